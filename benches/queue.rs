@@ -1,0 +1,341 @@
+//! Queue-core benchmark: `cargo bench --bench queue` (add `-- --runs 5` for more runs).
+//!
+//! Starts its own durable PostgreSQL cluster (fsync and synchronous_commit on) under /tmp,
+//! drives the real `penguin-jobs run` binary as a separate process and prints JSON with
+//! the median and every run of:
+//! - batch enqueue rate (`enqueue_many`, 1,000 jobs per statement),
+//! - end-to-end no-op drain of 200k jobs on an empty table,
+//! - the same drain on a table already holding 1M completed rows and 200k rows scheduled
+//!   an hour ahead (and the ratio to the empty-table rate),
+//! - enqueue-to-start latency p50/p99 at a steady 500 jobs/s (single-row enqueues),
+//! - the daemon's idle RSS and its peak RSS during the drain.
+//!
+//! Drain rates are computed from the database's own timestamps: jobs / (last finished_at
+//! − first attempted_at), so process start-up and polling do not count.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use penguin_jobs::embedded_pg::EmbeddedPostgres;
+use penguin_jobs::queue::{self, KindDefaults, NewJob};
+use serde_json::json;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
+const DRAIN_JOBS: usize = 200_000;
+const ENQUEUE_CHUNK: usize = 1_000;
+
+const DAEMON_CONFIG: &str = r#"
+[database]
+max_connections = 8
+[daemon]
+poll_interval = "200ms"
+flush_batch = 2000
+[queues.default]
+concurrency = 500
+batch = 500
+"#;
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn rss_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn start(workdir: &Path, url: &str) -> Self {
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(workdir.join("jobs.toml"))
+            .arg("run")
+            .env("DATABASE_URL", url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the daemon");
+        Self { child }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    /// A failed run must not leave the daemon behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn wait_idle(pool: &PgPool) {
+    for _ in 0..300 {
+        let idle: bool = sqlx::query_scalar("select exists (select 1 from penguin.idle_workers)")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if idle {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("daemon did not become idle");
+}
+
+async fn enqueue_batch(
+    pool: &PgPool,
+    n: usize,
+    run_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> f64 {
+    let jobs: Vec<NewJob> = (0..ENQUEUE_CHUNK)
+        .map(|i| NewJob {
+            run_at,
+            ..NewJob::new("noop", json!({ "n": i }))
+        })
+        .collect();
+    let mut conn = pool.acquire().await.unwrap();
+    let start = Instant::now();
+    for _ in 0..n / ENQUEUE_CHUNK {
+        queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Enqueues DRAIN_JOBS due in a few seconds, lets the running daemon drain them, and
+/// returns (jobs/s, enqueue jobs/s, peak RSS in kB so far).
+async fn drain(pool: &PgPool, daemon: &Daemon) -> (f64, f64) {
+    let due = chrono::Utc::now() + chrono::Duration::seconds(6);
+    let enqueue_rate = enqueue_batch(pool, DRAIN_JOBS, Some(due)).await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "select count(*) from penguin.jobs where state in ('available', 'scheduled', 'running', 'retryable') and run_at < now() + interval '10 minutes'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "drain did not finish");
+        assert!(rss_kb(daemon.child.id(), "VmRSS:") > 0, "daemon died");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs: f64 = sqlx::query_scalar(
+        "select extract(epoch from max(finished_at) - min(attempted_at))::float8
+           from penguin.jobs where state = 'completed' and run_at = $1",
+    )
+    .bind(due)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let done: i64 = sqlx::query_scalar(
+        "select count(*) from penguin.jobs where state = 'completed' and run_at = $1",
+    )
+    .bind(due)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(done as usize, DRAIN_JOBS, "every job completed");
+    (DRAIN_JOBS as f64 / secs, enqueue_rate)
+}
+
+async fn latency(pool: &PgPool) -> (f64, f64) {
+    let marker = rand::random::<u32>() as i64;
+    let every = Duration::from_micros(2_000);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let total = 5_000;
+    for i in 0..total {
+        tick.tick().await;
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            queue::enqueue(
+                &pool,
+                &NewJob::new("noop", json!({ "latency": marker, "i": i })),
+            )
+            .await
+            .unwrap();
+        });
+    }
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "select count(*) from penguin.jobs where payload @> jsonb_build_object('latency', $1::bigint) and attempted_at is null",
+        )
+        .bind(marker)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let n: i64 = sqlx::query_scalar("select count(*) from penguin.jobs where payload @> jsonb_build_object('latency', $1::bigint)")
+            .bind(marker)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if left == 0 && n == total as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (p50, p99): (f64, f64) = sqlx::query_as(
+        "select percentile_cont(0.5) within group (order by ms), percentile_cont(0.99) within group (order by ms)
+           from (select extract(epoch from attempted_at - created_at) * 1000 as ms
+                   from penguin.jobs where payload @> jsonb_build_object('latency', $1::bigint)) t",
+    )
+    .bind(marker)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (p50, p99)
+}
+
+async fn fresh_database(cluster: &EmbeddedPostgres, name: &str) -> (PgPool, String) {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&cluster.url("postgres"))
+        .await
+        .unwrap();
+    sqlx::query(&format!("drop database if exists {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!("create database {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let url = cluster.url(name);
+    let pool = PgPoolOptions::new()
+        .max_connections(32)
+        .connect(&url)
+        .await
+        .unwrap();
+    queue::migrate(&pool).await.unwrap();
+    queue::sync_kinds(
+        &pool,
+        &[KindDefaults {
+            kind: "noop".into(),
+            queue: "default".into(),
+            max_attempts: 25,
+            priority: 0,
+        }],
+    )
+    .await
+    .unwrap();
+    (pool, url)
+}
+
+#[tokio::main]
+async fn main() {
+    let runs: usize = std::env::args()
+        .skip_while(|a| a != "--runs")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let dir = PathBuf::from(format!("/tmp/penguin-jobs-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("jobs.toml"), DAEMON_CONFIG).unwrap();
+    let cluster = EmbeddedPostgres::start(&dir.join("postgres"))
+        .await
+        .expect("start PostgreSQL");
+
+    let (mut empty_rates, mut loaded_rates, mut enqueue_rates) = (vec![], vec![], vec![]);
+    let (mut p50s, mut p99s, mut idle_rss, mut peak_rss) = (vec![], vec![], vec![], vec![]);
+    for run in 0..runs {
+        // empty table
+        let (pool, url) = fresh_database(&cluster, "bench_empty").await;
+        let daemon = Daemon::start(&dir, &url);
+        wait_idle(&pool).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        idle_rss.push(rss_kb(daemon.child.id(), "VmRSS:") as f64 / 1024.0);
+        let (rate, enq) = drain(&pool, &daemon).await;
+        peak_rss.push(rss_kb(daemon.child.id(), "VmHWM:") as f64 / 1024.0);
+        empty_rates.push(rate);
+        enqueue_rates.push(enq);
+        let (p50, p99) = latency(&pool).await;
+        p50s.push(p50);
+        p99s.push(p99);
+        daemon.stop();
+        pool.close().await;
+
+        // 1M completed + 200k scheduled an hour ahead
+        let (pool, url) = fresh_database(&cluster, "bench_loaded").await;
+        sqlx::query(
+            "insert into penguin.jobs (queue, kind, payload, state, max_attempts, attempt, run_at, attempted_at, finished_at)
+             select 'default', 'noop', jsonb_build_object('n', g), 'completed', 25, 1, now() - interval '1 hour', now() - interval '1 hour', now() - interval '1 hour'
+               from generate_series(1, 1000000) g",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "insert into penguin.jobs (queue, kind, payload, state, max_attempts, run_at)
+             select 'default', 'noop', jsonb_build_object('n', g), 'scheduled', 25, now() + interval '1 hour'
+               from generate_series(1, 200000) g",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("vacuum analyze penguin.jobs")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let daemon = Daemon::start(&dir, &url);
+        wait_idle(&pool).await;
+        let (rate, _) = drain(&pool, &daemon).await;
+        loaded_rates.push(rate);
+        daemon.stop();
+        pool.close().await;
+        eprintln!(
+            "run {}: drain {:.0}/s, loaded drain {:.0}/s, enqueue {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, idle {:.1} MB, peak {:.1} MB",
+            run + 1,
+            empty_rates[run],
+            loaded_rates[run],
+            enqueue_rates[run],
+            p50s[run],
+            p99s[run],
+            idle_rss[run],
+            peak_rss[run]
+        );
+    }
+    let report = json!({
+        "runs": runs,
+        "drain_jobs": DRAIN_JOBS,
+        "postgres": "embedded, fsync=on, synchronous_commit=on, same machine",
+        "daemon_config": DAEMON_CONFIG,
+        "noop_drain_jobs_per_s": { "median": median(&mut empty_rates.clone()), "runs": empty_rates },
+        "noop_drain_over_1m_completed_200k_future_jobs_per_s": { "median": median(&mut loaded_rates.clone()), "runs": loaded_rates },
+        "loaded_vs_empty_ratio": median(&mut loaded_rates.clone()) / median(&mut empty_rates.clone()),
+        "batch_enqueue_jobs_per_s": { "median": median(&mut enqueue_rates.clone()), "runs": enqueue_rates },
+        "enqueue_to_start_ms_at_500_per_s": {
+            "p50_median": median(&mut p50s.clone()), "p99_median": median(&mut p99s.clone()),
+            "p50_runs": p50s, "p99_runs": p99s
+        },
+        "daemon_idle_rss_mb": { "median": median(&mut idle_rss.clone()), "runs": idle_rss },
+        "daemon_peak_rss_mb": { "median": median(&mut peak_rss.clone()), "runs": peak_rss },
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let _ = cluster.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

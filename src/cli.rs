@@ -1,0 +1,517 @@
+//! The command line: one function per subcommand. Commands read and write through
+//! `queue/` and the registry; they hold no SQL of their own.
+//!
+//! Must never print a secret (database URLs are redacted) and never panic on bad input:
+//! every refusal is one clear line and a non-zero exit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, redact_url};
+use crate::embedded_pg::EmbeddedPostgres;
+use crate::jobs::{Deps, Registry};
+use crate::queue::{self, JobFilter, NewJob};
+
+/// Durable PostgreSQL job queue and worker daemon for PenguinMails' integrations.
+///
+/// With no database configured (no DATABASE_URL, no [database] url), `run` starts a
+/// private PostgreSQL under the data directory (./.penguin-jobs/postgres by default).
+#[derive(Debug, Parser)]
+#[command(name = "penguin-jobs", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file. Default ./jobs.toml; a missing default file means built-in defaults.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the worker pools until SIGTERM/SIGINT (applies migrations first).
+    Run(RunArgs),
+    /// Apply database migrations and write every known kind's defaults to penguin.kinds.
+    Migrate,
+    /// Enqueue one job and print its id.
+    Enqueue(EnqueueArgs),
+    /// Inspect and act on jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Inspect, replay and purge dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Job counts per queue and state.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Do not apply migrations at start (the schema must already be current).
+    #[arg(long)]
+    pub no_migrate: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Job kind, e.g. noop or http.request.
+    pub kind: String,
+    /// Payload as JSON.
+    #[arg(long, default_value = "{}")]
+    pub payload: String,
+    /// Queue (default: the kind's queue).
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Earliest start, RFC 3339 (e.g. 2026-12-01T09:00:00Z).
+    #[arg(long, conflicts_with = "delay")]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Earliest start as a delay from now (e.g. 30s, 5m).
+    #[arg(long = "in", value_name = "DURATION", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    /// Lower runs first (default: the kind's priority).
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i16>,
+    /// Attempts before dead-lettering (default: the kind's).
+    #[arg(long)]
+    pub max_attempts: Option<i32>,
+    /// At most one live job per key; prints the live job's id if one exists.
+    #[arg(long)]
+    pub unique_key: Option<String>,
+    /// Tenant (UUID).
+    #[arg(long)]
+    pub tenant: Option<uuid::Uuid>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Newest jobs first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job with its payload, errors and result.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a live job.
+    Cancel { id: i64 },
+    /// Run a job again now (a finished one with fresh attempts).
+    Retry { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Newest dead letters first.
+    List {
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter with its whole error history.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enqueue a dead letter again as a new job with fresh attempts.
+    Replay {
+        /// Dead letter id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Replay every dead letter not replayed yet.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this kind.
+        #[arg(long, requires = "all")]
+        kind: Option<String>,
+    },
+    /// Delete dead letters older than a duration.
+    Purge {
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        older_than: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 5m, 2h, 30d)"))
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Run(args) => run_daemon(config, args).await,
+        Command::Migrate => {
+            let (pool, _) = connect(&config, false).await?;
+            let registry = registry(&config)?;
+            migrate(&pool, &registry).await?;
+            println!(
+                "migrations applied; {} kinds registered",
+                registry.kinds().len()
+            );
+            Ok(())
+        }
+        Command::Enqueue(args) => enqueue(&config, args).await,
+        Command::Jobs(cmd) => jobs(&config, cmd).await,
+        Command::Dlq(cmd) => dlq(&config, cmd).await,
+        Command::Stats { json } => {
+            let (pool, _) = connect(&config, false).await?;
+            let stats = queue::stats(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "{:<20} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>6}",
+                    "QUEUE",
+                    "AVAILABLE",
+                    "SCHEDULED",
+                    "RUNNING",
+                    "RETRYABLE",
+                    "COMPLETED",
+                    "CANCELLED",
+                    "DEAD"
+                );
+                for s in stats {
+                    println!(
+                        "{:<20} {:>10} {:>10} {:>8} {:>10} {:>10} {:>10} {:>6}",
+                        s.queue,
+                        s.available,
+                        s.scheduled,
+                        s.running,
+                        s.retryable,
+                        s.completed,
+                        s.cancelled,
+                        s.dead_letters
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn registry(config: &Config) -> anyhow::Result<Registry> {
+    let deps = Deps::new()?;
+    Ok(Registry::builtin(config, &deps)?)
+}
+
+async fn migrate(pool: &PgPool, registry: &Registry) -> anyhow::Result<()> {
+    queue::migrate(pool).await.context("applying migrations")?;
+    queue::sync_kinds(pool, &registry.kind_defaults())
+        .await
+        .context("writing kind defaults to penguin.kinds")?;
+    Ok(())
+}
+
+/// The database of the embedded cluster.
+const EMBEDDED_DATABASE: &str = "penguin_jobs";
+
+/// Connects to the configured database, or (for `run` only) starts the embedded cluster;
+/// other commands attach to the embedded cluster of a running daemon.
+async fn connect(
+    config: &Config,
+    may_start: bool,
+) -> anyhow::Result<(PgPool, Option<EmbeddedPostgres>)> {
+    let options = PgPoolOptions::new()
+        .max_connections(config.database.max_connections)
+        .acquire_timeout(Duration::from_secs(10));
+    if let Some(url) = config.database_url()? {
+        let pool = options
+            .connect(url.expose_secret())
+            .await
+            .with_context(|| format!("cannot connect to {}", redact_url(&url)))?;
+        return Ok((pool, None));
+    }
+    let dir = config.daemon.data_dir.join("postgres");
+    let (admin_url, url, cluster) = if may_start {
+        let cluster = EmbeddedPostgres::start(&dir).await?;
+        tracing::info!(dir = %dir.display(), "started the embedded PostgreSQL (no database configured)");
+        (
+            cluster.url("postgres"),
+            cluster.url(EMBEDDED_DATABASE),
+            Some(cluster),
+        )
+    } else {
+        match (
+            EmbeddedPostgres::running_url(&dir, "postgres"),
+            EmbeddedPostgres::running_url(&dir, EMBEDDED_DATABASE),
+        ) {
+            (Some(admin), Some(url)) => (admin, url, None),
+            _ => bail!(
+                "no database configured: set DATABASE_URL or [database] url, or start `penguin-jobs run`, \
+                 which runs an embedded PostgreSQL under {}",
+                dir.display()
+            ),
+        }
+    };
+    // the embedded cluster keeps our data in a database of its own
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url)
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(EMBEDDED_DATABASE)
+            .fetch_one(&admin)
+            .await?;
+    if !exists {
+        sqlx::query(&format!("create database {EMBEDDED_DATABASE}"))
+            .execute(&admin)
+            .await?;
+    }
+    admin.close().await;
+    let pool = options.connect(&url).await?;
+    Ok((pool, cluster))
+}
+
+async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<()> {
+    let registry = Arc::new(registry(&config)?);
+    let (pool, cluster) = connect(&config, true).await?;
+    let result = async {
+        if args.no_migrate {
+            queue::sync_kinds(&pool, &registry.kind_defaults())
+                .await
+                .context("writing kind defaults to penguin.kinds (is the schema migrated?)")?;
+        } else {
+            migrate(&pool, &registry).await?;
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        crate::runtime::run(&config, pool.clone(), registry, shutdown).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    pool.close().await;
+    if let Some(cluster) = cluster
+        && let Err(e) = cluster.stop().await
+    {
+        tracing::error!(error = %e, "could not stop the embedded PostgreSQL");
+    }
+    result
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once (leases will expire and
+/// the jobs be rescued).
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting without waiting for running jobs");
+    std::process::exit(130);
+}
+
+async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
+    let payload: serde_json::Value =
+        serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+    let run_at = match (args.run_at, args.delay) {
+        (Some(at), _) => Some(at),
+        (None, Some(delay)) => {
+            Some(Utc::now() + chrono::Duration::from_std(delay).context("--in is too large")?)
+        }
+        (None, None) => None,
+    };
+    let job = NewJob {
+        kind: args.kind,
+        payload,
+        queue: args.queue,
+        run_at,
+        priority: args.priority,
+        max_attempts: args.max_attempts,
+        unique_key: args.unique_key,
+        tenant_id: args.tenant,
+    };
+    registry(config)?.check(&job)?;
+    let (pool, _) = connect(config, false).await?;
+    let id = queue::enqueue(&pool, &job).await.map_err(user_error)?;
+    println!("{id}");
+    Ok(())
+}
+
+fn user_error(e: queue::Error) -> anyhow::Error {
+    match e.user_message() {
+        Some(m) => anyhow::anyhow!(m),
+        None => e.into(),
+    }
+}
+
+async fn jobs(config: &Config, cmd: JobsCommand) -> anyhow::Result<()> {
+    let (pool, _) = connect(config, false).await?;
+    match cmd {
+        JobsCommand::List {
+            state,
+            kind,
+            queue: q,
+            limit,
+            json,
+        } => {
+            let filter = JobFilter {
+                state,
+                kind,
+                queue: q,
+                limit,
+            };
+            let jobs = queue::list_jobs(&pool, &filter).await.map_err(user_error)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+                return Ok(());
+            }
+            println!(
+                "{:>10} {:<12} {:<20} {:<16} {:>8} {:>7}  RUN_AT",
+                "ID", "STATE", "KIND", "QUEUE", "PRIORITY", "ATTEMPT"
+            );
+            for j in jobs {
+                println!(
+                    "{:>10} {:<12} {:<20} {:<16} {:>8} {:>3}/{:<3}  {}",
+                    j.id,
+                    j.state,
+                    j.kind,
+                    j.queue,
+                    j.priority,
+                    j.attempt,
+                    j.max_attempts,
+                    j.run_at.to_rfc3339()
+                );
+            }
+        }
+        JobsCommand::Show { id, json } => {
+            let job = queue::get_job(&pool, id).await.map_err(user_error)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                print_record(&serde_json::to_value(&job)?);
+            }
+        }
+        JobsCommand::Cancel { id } => {
+            queue::cancel_job(&pool, id).await.map_err(user_error)?;
+            println!("job {id} cancelled");
+        }
+        JobsCommand::Retry { id } => {
+            queue::retry_job(&pool, id).await.map_err(user_error)?;
+            println!("job {id} is available again");
+        }
+    }
+    Ok(())
+}
+
+async fn dlq(config: &Config, cmd: DlqCommand) -> anyhow::Result<()> {
+    let (pool, _) = connect(config, false).await?;
+    match cmd {
+        DlqCommand::List { kind, limit, json } => {
+            let rows = queue::list_dead_letters(&pool, kind.as_deref(), limit)
+                .await
+                .map_err(user_error)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            println!(
+                "{:>8} {:>10} {:<20} {:<16} {:<20} {:>7}  {:<25} REPLAYED_AS",
+                "ID", "JOB", "KIND", "QUEUE", "REASON", "ATTEMPT", "DEAD_AT"
+            );
+            for d in rows {
+                println!(
+                    "{:>8} {:>10} {:<20} {:<16} {:<20} {:>3}/{:<3}  {:<25} {}",
+                    d.id,
+                    d.job_id,
+                    d.kind,
+                    d.queue,
+                    d.reason,
+                    d.attempt,
+                    d.max_attempts,
+                    d.dead_at.to_rfc3339(),
+                    d.replayed_as.map(|j| j.to_string()).unwrap_or_default()
+                );
+            }
+        }
+        DlqCommand::Show { id, json } => {
+            let d = queue::get_dead_letter(&pool, id)
+                .await
+                .map_err(user_error)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print_record(&serde_json::to_value(&d)?);
+            }
+        }
+        DlqCommand::Replay { id, all, kind } => {
+            let ids = id.map(|i| vec![i]);
+            if !all && ids.is_none() {
+                bail!("give a dead letter id or --all");
+            }
+            let replayed = queue::replay_dead_letters(&pool, ids.as_deref(), kind.as_deref())
+                .await
+                .map_err(user_error)?;
+            for r in &replayed {
+                println!("dead letter {} replayed as job {}", r.dead_letter, r.job);
+            }
+            if replayed.is_empty() {
+                println!("nothing to replay");
+            }
+        }
+        DlqCommand::Purge { older_than } => {
+            let n = queue::purge_dead_letters(&pool, older_than)
+                .await
+                .map_err(user_error)?;
+            println!("{n} dead letters purged");
+        }
+    }
+    Ok(())
+}
+
+/// Prints a JSON object as `key: value` lines, nested values as indented JSON.
+fn print_record(value: &serde_json::Value) {
+    let Some(obj) = value.as_object() else {
+        println!("{value}");
+        return;
+    };
+    for (k, v) in obj {
+        match v {
+            serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+                let pretty = serde_json::to_string_pretty(v).unwrap_or_default();
+                println!("{k}:\n  {}", pretty.replace('\n', "\n  "));
+            }
+            serde_json::Value::String(s) => println!("{k}: {s}"),
+            serde_json::Value::Null => println!("{k}: -"),
+            other => println!("{k}: {other}"),
+        }
+    }
+}

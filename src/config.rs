@@ -1,0 +1,440 @@
+//! `jobs.toml` plus environment overrides, turned into a typed and validated [`Config`].
+//!
+//! Layering: built-in defaults, then the file (`--config PATH`, default `./jobs.toml`; a
+//! missing *default* file means built-in defaults, a missing *named* file is an error),
+//! then the environment (`DATABASE_URL` overrides `[database] url`). Secrets are written
+//! as `"env:NAME"` or `"file:PATH"` and resolved here into [`SecretString`]s.
+//!
+//! This module must never log or echo a secret value, and never reach the database:
+//! it only reads files and the environment.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The default config file, read when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "jobs.toml";
+
+/// Errors that stop the daemon at start; each names the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("secret {reference}: {message}")]
+    Secret { reference: String, message: String },
+}
+
+/// The whole configuration of one daemon.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the jobs live.
+    pub database: DatabaseConfig,
+    /// Timings of the worker runtime.
+    pub daemon: DaemonConfig,
+    /// Worker pools, one per queue name.
+    pub queues: BTreeMap<String, QueueConfig>,
+    /// Per-kind overrides of the defaults each kind ships with.
+    pub kinds: BTreeMap<String, KindConfig>,
+    /// How long finished rows are kept.
+    pub retention: RetentionConfig,
+}
+
+/// `[database]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL, or `"env:NAME"` / `"file:PATH"` holding one. `DATABASE_URL` overrides
+    /// it. Unset: `run` starts a private cluster under `daemon.data_dir`.
+    pub url: Option<String>,
+    /// Connections in the main pool (claims, enqueues, maintenance). Outcome flushes and
+    /// LISTEN use a few dedicated connections on top.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 16,
+        }
+    }
+}
+
+/// `[daemon]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Directory for daemon state; the embedded PostgreSQL cluster lives in `postgres/` under it.
+    pub data_dir: PathBuf,
+    /// How often an idle pool looks for work when no notification arrives (scheduled jobs,
+    /// retries coming due, a lost notification).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long a claimed job stays leased without a heartbeat. A heartbeat extends the
+    /// leases of every job a pool holds every `lease / 3`.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often expired leases (jobs of a worker that died) are returned to `retryable`.
+    #[serde(with = "humantime_serde")]
+    pub rescue_interval: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight jobs may run before they are released.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Most outcomes written back in one statement.
+    pub flush_batch: usize,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./.penguin-jobs"),
+            poll_interval: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+            rescue_interval: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(30),
+            flush_batch: 1000,
+        }
+    }
+}
+
+/// `[queues.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Jobs of this queue running at once in this daemon.
+    pub concurrency: usize,
+    /// Jobs claimed per statement. The pool keeps up to two batches claimed ahead of its
+    /// workers and claims the next batch when one is used up. Default: twice the
+    /// concurrency, between 10 and 500.
+    pub batch: Option<usize>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 50,
+            batch: None,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The claim batch size, defaulted from the concurrency.
+    pub fn batch_size(&self) -> usize {
+        self.batch
+            .unwrap_or_else(|| (self.concurrency * 2).clamp(10, 500))
+    }
+}
+
+/// `[kinds."KIND"]`: overrides of a kind's built-in defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindConfig {
+    /// Queue (pool) that works this kind.
+    pub queue: Option<String>,
+    /// Attempts before the job moves to the dead letters.
+    pub max_attempts: Option<u32>,
+    /// Lower runs first; negative values allowed.
+    pub priority: Option<i16>,
+    /// Longest one attempt may run; on expiry the attempt fails with class `timeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Delay before the next attempt.
+    pub backoff: Option<BackoffConfig>,
+}
+
+/// How the delay between attempts grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackoffStrategy {
+    /// base, 2·base, 4·base, … capped at max.
+    Exponential,
+    /// base, 2·base, 3·base, … capped at max.
+    Linear,
+    /// base every time.
+    Fixed,
+}
+
+/// `backoff = { strategy, base, max, jitter }`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    pub strategy: BackoffStrategy,
+    /// First delay.
+    #[serde(with = "humantime_serde")]
+    pub base: Duration,
+    /// Longest delay, jitter included.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// Add a random part (up to the delay itself, still capped at max) so that jobs that
+    /// failed together do not retry together.
+    #[serde(default = "default_true")]
+    pub jitter: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            strategy: BackoffStrategy::Exponential,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(3600),
+            jitter: true,
+        }
+    }
+}
+
+/// `[retention]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// How long `completed` jobs stay in `penguin.jobs`. `"0s"` deletes a job at completion.
+    #[serde(with = "humantime_serde")]
+    pub completed: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            completed: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (or the default file, if present), applies the environment and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::from_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Self::from_file(Path::new(DEFAULT_CONFIG_PATH))?
+            }
+            None => Self::default(),
+        };
+        if let Ok(url) = std::env::var("DATABASE_URL")
+            && !url.trim().is_empty()
+        {
+            config.database.url = Some(url);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without touching the environment (used by tests and `load`).
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Checks every value that would otherwise fail later, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.database.max_connections < 2 {
+            return invalid("database.max_connections must be at least 2".into());
+        }
+        let d = &self.daemon;
+        if d.poll_interval.is_zero() {
+            return invalid("daemon.poll_interval must be > 0".into());
+        }
+        if d.lease < Duration::from_secs(3) {
+            return invalid("daemon.lease must be at least 3s".into());
+        }
+        if d.rescue_interval.is_zero() {
+            return invalid("daemon.rescue_interval must be > 0".into());
+        }
+        if d.flush_batch == 0 || d.flush_batch > 10_000 {
+            return invalid("daemon.flush_batch must be between 1 and 10000".into());
+        }
+        for (name, q) in &self.queues {
+            check_name("queues", name)?;
+            if q.concurrency == 0 || q.concurrency > 100_000 {
+                return invalid(format!(
+                    "queues.{name}.concurrency must be between 1 and 100000"
+                ));
+            }
+            if let Some(b) = q.batch
+                && (b == 0 || b > 5_000)
+            {
+                return invalid(format!("queues.{name}.batch must be between 1 and 5000"));
+            }
+        }
+        for (kind, k) in &self.kinds {
+            if let Some(q) = &k.queue {
+                check_name(&format!("kinds.\"{kind}\".queue"), q)?;
+            }
+            if k.max_attempts == Some(0) {
+                return invalid(format!("kinds.\"{kind}\".max_attempts must be at least 1"));
+            }
+            if k.timeout.is_some_and(|t| t.is_zero()) {
+                return invalid(format!("kinds.\"{kind}\".timeout must be > 0"));
+            }
+            if let Some(b) = &k.backoff {
+                if b.base.is_zero() {
+                    return invalid(format!("kinds.\"{kind}\".backoff.base must be > 0"));
+                }
+                if b.max < b.base {
+                    return invalid(format!(
+                        "kinds.\"{kind}\".backoff.max must be at least backoff.base"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The pool settings of `queue`: its `[queues.NAME]` table or the defaults.
+    pub fn queue(&self, queue: &str) -> QueueConfig {
+        self.queues.get(queue).cloned().unwrap_or_default()
+    }
+
+    /// The database URL with secrets resolved, if one is configured.
+    pub fn database_url(&self) -> Result<Option<SecretString>, ConfigError> {
+        self.database.url.as_deref().map(resolve_secret).transpose()
+    }
+}
+
+fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{key}: queue name {name:?} must be 1-64 characters of a-z, A-Z, 0-9, '_', '-', '.'"
+        )))
+    }
+}
+
+/// Resolves `"env:NAME"` and `"file:PATH"`; any other value is taken literally (convenient
+/// for a local database URL without password). The error names the reference, never the value.
+pub fn resolve_secret(reference: &str) -> Result<SecretString, ConfigError> {
+    let fail = |message: String| ConfigError::Secret {
+        reference: reference.to_string(),
+        message,
+    };
+    if let Some(name) = reference.strip_prefix("env:") {
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => Ok(SecretString::from(v)),
+            Ok(_) => Err(fail("the environment variable is empty".into())),
+            Err(_) => Err(fail("the environment variable is not set".into())),
+        }
+    } else if let Some(path) = reference.strip_prefix("file:") {
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let value = text.trim_end_matches(['\n', '\r']).to_string();
+        if value.is_empty() {
+            return Err(fail("the file is empty".into()));
+        }
+        Ok(SecretString::from(value))
+    } else {
+        Ok(SecretString::from(reference.to_string()))
+    }
+}
+
+/// A database URL with its password replaced, for logs and errors.
+pub fn redact_url(url: &SecretString) -> String {
+    let raw = url.expose_secret();
+    match (raw.find("://"), raw.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &raw[scheme_end + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &raw[..scheme_end], user, &raw[at + 1..])
+        }
+        _ => raw.split('?').next().unwrap_or("").to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("", Path::new("x.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.daemon.poll_interval, Duration::from_secs(1));
+        assert_eq!(c.retention.completed, Duration::from_secs(86_400));
+        assert_eq!(c.queue("default").concurrency, 50);
+        assert_eq!(c.queue("default").batch_size(), 100);
+    }
+
+    #[test]
+    fn durations_are_humantime_strings() {
+        let c = Config::from_toml(
+            "[daemon]\nlease = \"1m\"\nshutdown_grace = \"200ms\"\n[kinds.\"http.request\"]\ntimeout = \"15s\"\nbackoff = { strategy = \"linear\", base = \"2s\", max = \"1h\" }\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.daemon.lease, Duration::from_secs(60));
+        assert_eq!(c.daemon.shutdown_grace, Duration::from_millis(200));
+        let k = &c.kinds["http.request"];
+        assert_eq!(k.timeout, Some(Duration::from_secs(15)));
+        let b = k.backoff.unwrap();
+        assert_eq!(b.strategy, BackoffStrategy::Linear);
+        assert!(b.jitter);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = Config::from_toml("[daemon]\nleese = \"1s\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("leese"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let c = Config::from_toml("[queues.email]\nconcurrency = 0\n", Path::new("x")).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert_eq!(err, "queues.email.concurrency must be between 1 and 100000");
+        let c = Config::from_toml("[kinds.noop]\nmax_attempts = 0\n", Path::new("x")).unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("kinds.\"noop\".max_attempts")
+        );
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_and_file_without_echoing_the_value() {
+        let dir = std::env::temp_dir().join(format!("pj-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s");
+        std::fs::write(&file, "hunter2\n").unwrap();
+        let s = resolve_secret(&format!("file:{}", file.display())).unwrap();
+        assert_eq!(s.expose_secret(), "hunter2");
+        let err = resolve_secret("env:PENGUIN_JOBS_TEST_SURELY_UNSET").unwrap_err();
+        assert!(err.to_string().contains("not set"));
+    }
+
+    #[test]
+    fn redacted_urls_hide_the_password() {
+        let u = SecretString::from("postgres://app:s3cret@db:5432/jobs".to_string());
+        assert_eq!(redact_url(&u), "postgres://app:***@db:5432/jobs");
+    }
+}

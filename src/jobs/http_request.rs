@@ -1,0 +1,197 @@
+//! `http.request`: one generic outbound HTTP call (customer webhooks, health checks,
+//! anything without a provider module of its own).
+//!
+//! Payload: `{"method": "POST", "url": "https://…", "headers": {"k": "v"},
+//! "body": "text" | {json}, "expect_status": 200 | [200, 204], "timeout": "10s"}`.
+//! Without `expect_status` any 2xx succeeds. Failures are classified by
+//! [`crate::providers::http`]: network, timeout, 408, 429 and 5xx retry (honouring
+//! `Retry-After`), other answers are permanent. Must never store or log the response
+//! body or the request headers (they may carry credentials).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::future::BoxFuture;
+use serde::Deserialize;
+
+use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use crate::providers::ErrorClass;
+use crate::providers::http::{error_from_response, error_from_transport};
+
+/// The `http.request` kind.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    client: reqwest::Client,
+}
+
+impl HttpRequest {
+    pub fn new(client: reqwest::Client) -> Self {
+        Self { client }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Payload {
+    #[serde(default = "default_method")]
+    method: String,
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    body: Option<serde_json::Value>,
+    #[serde(default)]
+    expect_status: Option<ExpectStatus>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ExpectStatus {
+    One(u16),
+    Many(Vec<u16>),
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+struct Prepared {
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: reqwest::header::HeaderMap,
+    body: Option<(Vec<u8>, bool)>,
+    expect: Option<Vec<u16>>,
+    timeout: Option<Duration>,
+}
+
+fn prepare(payload: &serde_json::Value) -> Result<Prepared, String> {
+    let p: Payload = serde_json::from_value(payload.clone()).map_err(|e| e.to_string())?;
+    let method = reqwest::Method::from_bytes(p.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("method {:?} is not an HTTP method", p.method))?;
+    let url = reqwest::Url::parse(&p.url).map_err(|e| format!("url: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "url: scheme {:?} is not http or https",
+            url.scheme()
+        ));
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in &p.headers {
+        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("headers: {name:?} is not a valid header name"))?;
+        let value = reqwest::header::HeaderValue::from_str(value)
+            .map_err(|_| format!("headers: the value of {name} is not a valid header value"))?;
+        headers.insert(name, value);
+    }
+    let body = match p.body {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(text)) => Some((text.into_bytes(), false)),
+        Some(json) => Some((serde_json::to_vec(&json).map_err(|e| e.to_string())?, true)),
+    };
+    let expect = p.expect_status.map(|e| match e {
+        ExpectStatus::One(s) => vec![s],
+        ExpectStatus::Many(v) => v,
+    });
+    if let Some(expect) = &expect
+        && (expect.is_empty() || expect.iter().any(|s| !(100..=599).contains(s)))
+    {
+        return Err("expect_status: give HTTP statuses between 100 and 599".into());
+    }
+    if p.timeout.is_some_and(|t| t.is_zero()) {
+        return Err("timeout must be > 0".into());
+    }
+    Ok(Prepared {
+        method,
+        url,
+        headers,
+        body,
+        expect,
+        timeout: p.timeout,
+    })
+}
+
+impl Handler for HttpRequest {
+    fn kind(&self) -> &'static str {
+        "http.request"
+    }
+
+    fn default_policy(&self) -> KindPolicy {
+        KindPolicy {
+            timeout: Duration::from_secs(60),
+            ..KindPolicy::default()
+        }
+    }
+
+    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
+        prepare(payload).map(|_| ())
+    }
+
+    fn run(&self, ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let req = prepare(&payload).map_err(JobError::bad_payload)?;
+            let mut builder = client
+                .request(req.method, req.url)
+                .headers(req.headers)
+                .timeout(req.timeout.unwrap_or(ctx.timeout).min(ctx.timeout));
+            if let Some((body, json)) = req.body {
+                if json && !builder_has_content_type(&payload) {
+                    builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json");
+                }
+                builder = builder.body(body);
+            }
+            let response = builder
+                .send()
+                .await
+                .map_err(|e| JobError::from(error_from_transport(&e)))?;
+            let status = response.status().as_u16();
+            let expected = match &req.expect {
+                Some(list) => list.contains(&status),
+                None => response.status().is_success(),
+            };
+            if expected {
+                return Ok(Some(serde_json::json!({ "status": status })));
+            }
+            if (200..400).contains(&status) {
+                return Err(JobError::Fatal {
+                    class: ErrorClass::Data,
+                    message: format!("HTTP {status} is not among the expected statuses"),
+                    status: Some(status),
+                });
+            }
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok());
+            Err(error_from_response(status, retry_after, Utc::now()).into())
+        })
+    }
+}
+
+fn builder_has_content_type(payload: &serde_json::Value) -> bool {
+    payload
+        .get("headers")
+        .and_then(|h| h.as_object())
+        .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn payloads_are_checked_with_clear_messages() {
+        assert!(prepare(&json!({"url": "https://example.com/hook"})).is_ok());
+        let err = |p| prepare(&p).err().unwrap();
+        assert!(err(json!({})).contains("missing field `url`"));
+        assert!(err(json!({"url": "ftp://x"})).contains("scheme"));
+        assert!(err(json!({"url": "https://x", "method": "G E T"})).contains("method"));
+        assert!(err(json!({"url": "https://x", "expect_status": 42})).contains("expect_status"));
+        assert!(err(json!({"url": "https://x", "bogus": 1})).contains("unknown field"));
+        assert!(err(json!({"url": "https://x", "headers": {"a b": "c"}})).contains("header"));
+    }
+}

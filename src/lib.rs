@@ -1,0 +1,15 @@
+//! penguin-jobs: a durable PostgreSQL job queue and worker daemon for PenguinMails'
+//! third-party integrations.
+//!
+//! Data flows one way: an enqueue (SQL, Rust, CLI, HTTP) writes a row through [`queue`];
+//! the [`runtime`] claims rows in batches and runs them through the [`jobs`] registry,
+//! whose handlers call out through [`providers`]; outcomes flow back to [`queue`].
+
+pub mod cli;
+pub mod config;
+pub mod embedded_pg;
+pub mod jobs;
+pub mod providers;
+pub mod queue;
+pub mod runtime;
+pub mod telemetry;

@@ -1,0 +1,288 @@
+//! Operator reads and writes: list, show, cancel and retry jobs; list, show, replay and
+//! purge dead letters; counts per queue and state. The CLI and the admin API call these
+//! and write no SQL of their own.
+//!
+//! Must never change a job a worker currently holds except to cancel it (the worker's
+//! outcome is then dropped, because the lease is cleared).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::{DeadLetter, Error, Job, STATES};
+
+/// Filters of `jobs list`.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    pub limit: i64,
+}
+
+/// Newest jobs first, filtered.
+pub async fn list_jobs(pool: &PgPool, filter: &JobFilter) -> Result<Vec<Job>, Error> {
+    if let Some(state) = &filter.state
+        && !STATES.contains(&state.as_str())
+    {
+        return Err(Error::Invalid(format!(
+            "unknown state {state:?}: expected one of {}",
+            STATES.join(", ")
+        )));
+    }
+    let jobs = sqlx::query_as(
+        "select * from penguin.jobs
+          where ($1::text is null or state = $1)
+            and ($2::text is null or kind = $2)
+            and ($3::text is null or queue = $3)
+          order by id desc
+          limit $4",
+    )
+    .bind(&filter.state)
+    .bind(&filter.kind)
+    .bind(&filter.queue)
+    .bind(filter.limit.clamp(1, 10_000))
+    .fetch_all(pool)
+    .await?;
+    Ok(jobs)
+}
+
+/// One job by id.
+pub async fn get_job(pool: &PgPool, id: i64) -> Result<Job, Error> {
+    sqlx::query_as("select * from penguin.jobs where id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(Error::NotFound { what: "job", id })
+}
+
+/// Cancels a live job. A running job's worker loses its lease, so its outcome is dropped.
+pub async fn cancel_job(pool: &PgPool, id: i64) -> Result<Job, Error> {
+    let job: Option<Job> = sqlx::query_as(
+        "update penguin.jobs
+            set state = 'cancelled', finished_at = now(), leased_by = null, lease_expires_at = null,
+                errors = errors || jsonb_build_array(jsonb_build_object(
+                    'at', now(), 'attempt', attempt, 'class', 'cancelled',
+                    'message', 'cancelled by an operator'))
+          where id = $1 and state in ('available', 'scheduled', 'running', 'retryable')
+         returning *",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    match job {
+        Some(job) => Ok(job),
+        None => {
+            let job = get_job(pool, id).await?;
+            Err(Error::Conflict(format!(
+                "job {id} is {}: only available, scheduled, running or retryable jobs can be cancelled",
+                job.state
+            )))
+        }
+    }
+}
+
+/// Runs a job again now: a waiting job (scheduled, retryable) is made available at once;
+/// a finished one (completed, cancelled) is made available with its attempts reset.
+pub async fn retry_job(pool: &PgPool, id: i64) -> Result<Job, Error> {
+    let result = sqlx::query_as(
+        "update penguin.jobs
+            set state = 'available', run_at = now(), finished_at = null,
+                attempt = case when state in ('completed', 'cancelled') then 0 else attempt end
+          where id = $1 and state in ('scheduled', 'retryable', 'completed', 'cancelled', 'available')
+         returning *",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await;
+    match result {
+        Ok(Some(job)) => Ok(job),
+        Ok(None) => {
+            let job = get_job(pool, id).await?;
+            Err(Error::Conflict(format!(
+                "job {id} is {}: a running job cannot be retried (cancel it first)",
+                job.state
+            )))
+        }
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => Err(Error::Conflict(
+            format!("job {id} cannot run again: another live job holds its unique key"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Newest dead letters first.
+pub async fn list_dead_letters(
+    pool: &PgPool,
+    kind: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, Error> {
+    let rows = sqlx::query_as(
+        "select * from penguin.dead_letters
+          where ($1::text is null or kind = $1)
+          order by id desc limit $2",
+    )
+    .bind(kind)
+    .bind(limit.clamp(1, 10_000))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+/// One dead letter by id.
+pub async fn get_dead_letter(pool: &PgPool, id: i64) -> Result<DeadLetter, Error> {
+    sqlx::query_as("select * from penguin.dead_letters where id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(Error::NotFound {
+            what: "dead letter",
+            id,
+        })
+}
+
+/// A replayed dead letter and the job that replays it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Replayed {
+    pub dead_letter: i64,
+    pub job: i64,
+}
+
+/// Replays dead letters not replayed yet: each becomes a new job with the same kind,
+/// queue, payload, priority and tenant, and fresh attempts; the dead letter records
+/// `replayed_at` and `replayed_as`. `ids = None` replays all (optionally of one kind).
+/// A dead letter whose unique key a live job holds is replayed as that job.
+pub async fn replay_dead_letters(
+    pool: &PgPool,
+    ids: Option<&[i64]>,
+    kind: Option<&str>,
+) -> Result<Vec<Replayed>, Error> {
+    let mut tx = pool.begin().await?;
+    let letters: Vec<DeadLetter> = sqlx::query_as(
+        "select * from penguin.dead_letters
+          where replayed_at is null
+            and ($1::bigint[] is null or id = any($1))
+            and ($2::text is null or kind = $2)
+          order by id
+          for update",
+    )
+    .bind(ids)
+    .bind(kind)
+    .fetch_all(&mut *tx)
+    .await?;
+    if let Some(ids) = ids {
+        for id in ids {
+            if !letters.iter().any(|l| l.id == *id) {
+                let letter = get_dead_letter(pool, *id).await?;
+                return Err(Error::Conflict(format!(
+                    "dead letter {id} was already replayed as job {}",
+                    letter.replayed_as.unwrap_or_default()
+                )));
+            }
+        }
+    }
+    let mut replayed = Vec::with_capacity(letters.len());
+    for letter in &letters {
+        // insert directly (not through penguin.enqueue): the kind may have left penguin.kinds,
+        // and a replay should still be possible; the worker then dead-letters it as unknown.
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "insert into penguin.jobs (queue, kind, payload, state, priority, max_attempts, unique_key, tenant_id)
+             values ($1, $2, $3, 'available', $4, $5, $6, $7)
+             on conflict (unique_key)
+                 where unique_key is not null and state in ('available', 'scheduled', 'running', 'retryable')
+                 do nothing
+             returning id",
+        )
+        .bind(&letter.queue)
+        .bind(&letter.kind)
+        .bind(&letter.payload)
+        .bind(letter.priority)
+        .bind(letter.max_attempts)
+        .bind(&letter.unique_key)
+        .bind(letter.tenant_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let job = match inserted {
+            Some(id) => id,
+            None => {
+                sqlx::query_scalar(
+                    "select id from penguin.jobs where unique_key = $1
+                   and state in ('available', 'scheduled', 'running', 'retryable')",
+                )
+                .bind(&letter.unique_key)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        sqlx::query(
+            "update penguin.dead_letters set replayed_at = now(), replayed_as = $2 where id = $1",
+        )
+        .bind(letter.id)
+        .bind(job)
+        .execute(&mut *tx)
+        .await?;
+        replayed.push(Replayed {
+            dead_letter: letter.id,
+            job,
+        });
+    }
+    tx.commit().await?;
+    Ok(replayed)
+}
+
+/// Deletes dead letters older than `older_than`; returns how many.
+pub async fn purge_dead_letters(pool: &PgPool, older_than: Duration) -> Result<u64, Error> {
+    let done = sqlx::query(
+        "delete from penguin.dead_letters where dead_at < now() - make_interval(secs => $1)",
+    )
+    .bind(older_than.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Job counts of one queue, per state, plus its dead letters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    pub queue: String,
+    pub available: i64,
+    pub scheduled: i64,
+    pub running: i64,
+    pub retryable: i64,
+    pub completed: i64,
+    pub cancelled: i64,
+    pub dead_letters: i64,
+}
+
+/// Counts per queue and state.
+pub async fn stats(pool: &PgPool) -> Result<Vec<QueueStats>, Error> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "select queue, state, count(*) from penguin.jobs group by 1, 2
+         union all
+         select queue, 'dead_letters', count(*) from penguin.dead_letters group by 1
+         order by 1, 2",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out: Vec<QueueStats> = Vec::new();
+    for (queue, state, count) in rows {
+        if out.last().is_none_or(|s| s.queue != queue) {
+            out.push(QueueStats {
+                queue: queue.clone(),
+                ..QueueStats::default()
+            });
+        }
+        let s = out.last_mut().expect("pushed above");
+        match state.as_str() {
+            "available" => s.available = count,
+            "scheduled" => s.scheduled = count,
+            "running" => s.running = count,
+            "retryable" => s.retryable = count,
+            "completed" => s.completed = count,
+            "cancelled" => s.cancelled = count,
+            _ => s.dead_letters = count,
+        }
+    }
+    Ok(out)
+}

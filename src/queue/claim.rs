@@ -1,0 +1,160 @@
+//! Claims, leases and release: the only SQL that moves jobs into and out of `running`
+//! on behalf of a live worker.
+//!
+//! A claim is one short statement (`FOR UPDATE SKIP LOCKED`, committed at once); the job is
+//! then protected by a lease, not a held lock. Must never keep a transaction open while a
+//! job runs.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::{Error, NOTIFY_CHANNEL};
+
+/// A job claimed for a worker: everything a handler and the outcome writer need.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// This attempt's number, starting at 1.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub priority: i16,
+    pub run_at: DateTime<Utc>,
+    pub tenant_id: Option<uuid::Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` due jobs of `queue` for `worker`, leased for `lease`, in
+/// priority, run_at, id order.
+#[tracing::instrument(skip_all, fields(queue = %queue, batch = limit))]
+pub async fn claim(
+    pool: &PgPool,
+    queue: &str,
+    limit: i64,
+    worker: &str,
+    lease: Duration,
+) -> Result<Vec<ClaimedJob>, Error> {
+    let mut jobs: Vec<ClaimedJob> = sqlx::query_as(
+        "with picked as (
+             select id from penguin.jobs
+             where queue = $1
+               and state in ('available', 'scheduled', 'retryable')
+               and run_at <= now()
+             order by priority, run_at, id
+             limit $2
+             for update skip locked
+         )
+         update penguin.jobs j
+            set state = 'running', attempt = j.attempt + 1, leased_by = $3,
+                lease_expires_at = now() + make_interval(secs => $4), attempted_at = now()
+           from picked
+          where j.id = picked.id
+         returning j.id, j.kind, j.payload, j.attempt, j.max_attempts, j.priority, j.run_at,
+                   j.tenant_id, j.created_at",
+    )
+    .bind(queue)
+    .bind(limit)
+    .bind(worker)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    // UPDATE ... RETURNING does not keep the subquery's order.
+    jobs.sort_unstable_by_key(|j| (j.priority, j.run_at, j.id));
+    Ok(jobs)
+}
+
+/// Extends the leases of the jobs `worker` still holds whose lease has less than two
+/// thirds left (called every third of a lease, so none runs out while the worker lives);
+/// returns how many were extended. Rows being written back right now are skipped
+/// (SKIP LOCKED): waiting on them could deadlock with the outcome writer, and they are
+/// leaving `running` anyway.
+pub async fn extend_leases(
+    pool: &PgPool,
+    worker: &str,
+    ids: &[i64],
+    lease: Duration,
+) -> Result<u64, Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query(
+        "update penguin.jobs j set lease_expires_at = now() + make_interval(secs => $3)
+           from (select id from penguin.jobs
+                  where id = any($1) and leased_by = $2
+                    and lease_expires_at < now() + make_interval(secs => $3 * 2 / 3)
+                  order by id
+                  for update skip locked) due
+          where j.id = due.id",
+    )
+    .bind(ids)
+    .bind(worker)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Gives back jobs `worker` claimed but will not finish (shutdown): they become
+/// `available` (or `scheduled`) again and the attempt they were charged is refunded.
+/// Wakes idle workers of `queue` elsewhere. Returns how many were released.
+pub async fn release(pool: &PgPool, queue: &str, worker: &str, ids: &[i64]) -> Result<u64, Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let released = sqlx::query(
+        "update penguin.jobs
+            set state = case when run_at > now() then 'scheduled' else 'available' end,
+                attempt = greatest(attempt - 1, 0),
+                leased_by = null, lease_expires_at = null
+          where id = any($1) and leased_by = $2",
+    )
+    .bind(ids)
+    .bind(worker)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if released > 0 {
+        sqlx::query("select pg_notify($1, $2)::text")
+            .bind(NOTIFY_CHANNEL)
+            .bind(queue)
+            .execute(pool)
+            .await?;
+    }
+    Ok(released)
+}
+
+/// Records that `worker` found `queue` empty, so inserts into it send a NOTIFY.
+pub async fn mark_idle(pool: &PgPool, worker: &str, queue: &str) -> Result<(), Error> {
+    sqlx::query(
+        "insert into penguin.idle_workers (worker, queue) values ($1, $2)
+         on conflict (worker) do update set idle_since = now(), queue = excluded.queue",
+    )
+    .bind(worker)
+    .bind(queue)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records that `worker` is busy again: inserts stop paying for NOTIFY on its account.
+pub async fn mark_busy(pool: &PgPool, worker: &str) -> Result<(), Error> {
+    sqlx::query("delete from penguin.idle_workers where worker = $1")
+        .bind(worker)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Deletes idle marks not refreshed for `older_than` (their daemon died).
+pub async fn forget_stale_idle_marks(pool: &PgPool, older_than: Duration) -> Result<u64, Error> {
+    let done = sqlx::query(
+        "delete from penguin.idle_workers where idle_since < now() - make_interval(secs => $1)",
+    )
+    .bind(older_than.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,220 @@
+//! Enqueue from Rust: one job through `penguin.enqueue(...)`, or many in one multi-row
+//! statement. Both run on the caller's connection or transaction, so a job exists if and
+//! only if the caller's transaction commits.
+//!
+//! Must never check payloads against a kind (that is the registry's job, before this is
+//! called) and never send NOTIFY itself: the insert trigger decides whether anyone idles.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgExecutor};
+
+use super::Error;
+
+/// A job to insert. `None` fields take the kind's defaults from `penguin.kinds`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    pub kind: String,
+    #[serde(default)]
+    pub payload: serde_json::Value,
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Earliest start; `None` or a past time means now.
+    #[serde(default)]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Lower runs first.
+    #[serde(default)]
+    pub priority: Option<i16>,
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+    /// At most one live job per key; enqueueing again returns the live job's id.
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    #[serde(default)]
+    pub tenant_id: Option<uuid::Uuid>,
+}
+
+impl NewJob {
+    /// A job of `kind` with `payload` and every other field defaulted.
+    pub fn new(kind: impl Into<String>, payload: serde_json::Value) -> Self {
+        Self {
+            kind: kind.into(),
+            payload,
+            ..Self::default()
+        }
+    }
+
+    /// Checks what the table would refuse less clearly.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.kind.trim().is_empty() {
+            return Err(Error::Invalid("kind must not be empty".into()));
+        }
+        if self.payload.is_null() {
+            return Err(Error::Invalid(
+                "payload must not be null (use {} for none)".into(),
+            ));
+        }
+        if let Some(m) = self.max_attempts
+            && m < 1
+        {
+            return Err(Error::Invalid(format!(
+                "max_attempts must be at least 1, got {m}"
+            )));
+        }
+        if self.queue.as_deref().is_some_and(|q| q.trim().is_empty()) {
+            return Err(Error::Invalid("queue must not be empty".into()));
+        }
+        if self.unique_key.as_deref().is_some_and(str::is_empty) {
+            return Err(Error::Invalid("unique_key must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Enqueues one job on `executor` (a pool, a connection or the caller's transaction) and
+/// returns its id, or the id of the live job holding the same unique key.
+#[tracing::instrument(skip_all, fields(job.kind = %job.kind))]
+pub async fn enqueue<'e>(executor: impl PgExecutor<'e>, job: &NewJob) -> Result<i64, Error> {
+    job.validate()?;
+    let id: i64 = sqlx::query_scalar(
+        "select penguin.enqueue($1, $2, $3, coalesce($4, now()), $5, $6, $7, $8)",
+    )
+    .bind(&job.kind)
+    .bind(&job.payload)
+    .bind(&job.queue)
+    .bind(job.run_at)
+    .bind(job.priority.map(i32::from))
+    .bind(job.max_attempts)
+    .bind(&job.unique_key)
+    .bind(job.tenant_id)
+    .fetch_one(executor)
+    .await?;
+    Ok(id)
+}
+
+/// Enqueues many jobs in one multi-row statement on `conn` (pass `&mut *tx` to enqueue in
+/// your own transaction) and returns their ids in input order. A job whose unique key is
+/// held by a live job gets that job's id. The whole batch fails on an unknown kind.
+#[tracing::instrument(skip_all, fields(jobs = jobs.len()))]
+pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<i64>, Error> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    for job in jobs {
+        job.validate()?;
+    }
+    if jobs.iter().all(|j| j.unique_key.is_none()) {
+        return enqueue_many_without_keys(conn, jobs).await;
+    }
+    let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.payload).collect();
+    let queues: Vec<Option<&str>> = jobs.iter().map(|j| j.queue.as_deref()).collect();
+    let run_ats: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
+    let priorities: Vec<Option<i16>> = jobs.iter().map(|j| j.priority).collect();
+    let attempts: Vec<Option<i32>> = jobs.iter().map(|j| j.max_attempts).collect();
+    let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.unique_key.as_deref()).collect();
+    let tenants: Vec<Option<uuid::Uuid>> = jobs.iter().map(|j| j.tenant_id).collect();
+
+    let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
+        "with input as materialized (
+             select t.ord, nextval('penguin.jobs_id_seq') as id, t.kind, t.payload,
+                    coalesce(t.queue, k.queue) as queue,
+                    coalesce(t.run_at, now()) as run_at,
+                    coalesce(t.priority, k.priority) as priority,
+                    coalesce(t.max_attempts, k.max_attempts) as max_attempts,
+                    t.unique_key, t.tenant_id, k.kind is not null as known
+             from unnest($1::text[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::smallint[],
+                         $6::int[], $7::text[], $8::uuid[])
+                  with ordinality as t(kind, payload, queue, run_at, priority, max_attempts,
+                                       unique_key, tenant_id, ord)
+             left join penguin.kinds k on k.kind = t.kind
+         ),
+         inserted as (
+             insert into penguin.jobs
+                 (id, queue, kind, payload, state, priority, max_attempts, run_at, unique_key, tenant_id)
+             select id, queue,
+                    case when known then kind else penguin.unknown_kind(kind) end,
+                    payload,
+                    case when run_at > now() then 'scheduled' else 'available' end,
+                    priority, max_attempts, run_at, unique_key, tenant_id
+             from input
+             order by ord
+             on conflict (unique_key)
+                 where unique_key is not null
+                   and state in ('available', 'scheduled', 'running', 'retryable')
+                 do nothing
+             returning id
+         )
+         select i.ord, coalesce(
+                    ins.id,
+                    (select j.id from penguin.jobs j
+                     where j.unique_key = i.unique_key
+                       and j.state in ('available', 'scheduled', 'running', 'retryable')))
+         from input i left join inserted ins on ins.id = i.id
+         order by i.ord",
+    )
+    .bind(&kinds)
+    .bind(&payloads)
+    .bind(&queues)
+    .bind(&run_ats)
+    .bind(&priorities)
+    .bind(&attempts)
+    .bind(&keys)
+    .bind(&tenants)
+    .fetch_all(&mut *conn)
+    .await?;
+
+    let mut ids = Vec::with_capacity(jobs.len());
+    for (ord, id) in rows {
+        match id {
+            Some(id) => ids.push(id),
+            // The key's holder committed after this statement's snapshot, or sits earlier
+            // in this very batch: one more single enqueue sees it.
+            None => ids.push(enqueue(&mut *conn, &jobs[(ord - 1) as usize]).await?),
+        }
+    }
+    Ok(ids)
+}
+
+/// The common case, no unique keys: a plain multi-row insert. Ids come from the identity
+/// sequence in insertion order, which follows `ord`, so the returned ids sorted ascending
+/// are the input's ids in input order.
+async fn enqueue_many_without_keys(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+) -> Result<Vec<i64>, Error> {
+    let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.payload).collect();
+    let queues: Vec<Option<&str>> = jobs.iter().map(|j| j.queue.as_deref()).collect();
+    let run_ats: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
+    let priorities: Vec<Option<i16>> = jobs.iter().map(|j| j.priority).collect();
+    let attempts: Vec<Option<i32>> = jobs.iter().map(|j| j.max_attempts).collect();
+    let tenants: Vec<Option<uuid::Uuid>> = jobs.iter().map(|j| j.tenant_id).collect();
+    let mut ids: Vec<i64> = sqlx::query_scalar(
+        "insert into penguin.jobs (queue, kind, payload, state, priority, max_attempts, run_at, tenant_id)
+         select coalesce(t.queue, k.queue),
+                case when k.kind is null then penguin.unknown_kind(t.kind) else t.kind end,
+                t.payload,
+                case when t.run_at > now() then 'scheduled' else 'available' end,
+                coalesce(t.priority, k.priority), coalesce(t.max_attempts, k.max_attempts),
+                coalesce(t.run_at, now()), t.tenant_id
+           from unnest($1::text[], $2::jsonb[], $3::text[], $4::timestamptz[], $5::smallint[],
+                       $6::int[], $7::uuid[])
+                with ordinality as t(kind, payload, queue, run_at, priority, max_attempts, tenant_id, ord)
+           left join penguin.kinds k on k.kind = t.kind
+          order by t.ord
+         returning id",
+    )
+    .bind(&kinds)
+    .bind(&payloads)
+    .bind(&queues)
+    .bind(&run_ats)
+    .bind(&priorities)
+    .bind(&attempts)
+    .bind(&tenants)
+    .fetch_all(&mut *conn)
+    .await?;
+    ids.sort_unstable();
+    Ok(ids)
+}

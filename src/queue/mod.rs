@@ -1,0 +1,154 @@
+//! The storage: every SQL statement that touches `penguin.jobs`, `penguin.dead_letters`,
+//! `penguin.kinds` and `penguin.idle_workers` lives under this module.
+//!
+//! It stores rows and knows no job kind: kinds arrive as plain [`KindDefaults`] data, and
+//! outcomes as plain [`Outcome`] values. It must never call a handler, a provider or the
+//! HTTP layer, and must never hold a row lock across anything but its own statement.
+
+pub mod admin;
+pub mod claim;
+pub mod enqueue;
+pub mod outcome;
+pub mod rescue;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+pub use admin::*;
+pub use claim::{
+    ClaimedJob, claim, extend_leases, forget_stale_idle_marks, mark_busy, mark_idle, release,
+};
+pub use enqueue::{NewJob, enqueue, enqueue_many};
+pub use outcome::{DeadReason, ErrorEntry, FlushCounts, Outcome, write_outcomes};
+pub use rescue::{RescueCounts, rescue_expired};
+
+/// The channel idle workers LISTEN on; the payload is a comma-separated list of queues.
+pub const NOTIFY_CHANNEL: &str = "penguin_jobs";
+
+/// States a job can be in (River's vocabulary).
+pub const STATES: [&str; 6] = [
+    "available",
+    "scheduled",
+    "running",
+    "retryable",
+    "completed",
+    "cancelled",
+];
+
+/// Storage errors. Database errors keep their chain; constraint and function errors raised
+/// by our own SQL carry a message meant for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: i64 },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl Error {
+    /// The message of an exception raised by our own SQL (for example an unknown kind
+    /// in `penguin.enqueue`), if this is one.
+    pub fn user_message(&self) -> Option<String> {
+        match self {
+            Error::Database(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("22023") | Some("22004")) =>
+            {
+                Some(db.message().to_string())
+            }
+            Error::Invalid(m) | Error::Conflict(m) => Some(m.clone()),
+            Error::NotFound { .. } => Some(self.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Applies the embedded migrations (idempotent; concurrent daemons serialise on sqlx's lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}
+
+/// One kind's defaults, as written into `penguin.kinds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindDefaults {
+    pub kind: String,
+    pub queue: String,
+    pub max_attempts: i32,
+    pub priority: i16,
+}
+
+/// Upserts every known kind's defaults into `penguin.kinds` in one statement. Kinds that
+/// another (newer) daemon registered are left alone.
+pub async fn sync_kinds(pool: &PgPool, kinds: &[KindDefaults]) -> Result<(), Error> {
+    let names: Vec<&str> = kinds.iter().map(|k| k.kind.as_str()).collect();
+    let queues: Vec<&str> = kinds.iter().map(|k| k.queue.as_str()).collect();
+    let attempts: Vec<i32> = kinds.iter().map(|k| k.max_attempts).collect();
+    let priorities: Vec<i16> = kinds.iter().map(|k| k.priority).collect();
+    sqlx::query(
+        "insert into penguin.kinds (kind, queue, max_attempts, priority)
+         select * from unnest($1::text[], $2::text[], $3::int[], $4::smallint[])
+         on conflict (kind) do update
+            set queue = excluded.queue, max_attempts = excluded.max_attempts,
+                priority = excluded.priority, updated_at = now()
+            where (penguin.kinds.queue, penguin.kinds.max_attempts, penguin.kinds.priority)
+               is distinct from (excluded.queue, excluded.max_attempts, excluded.priority)",
+    )
+    .bind(&names)
+    .bind(&queues)
+    .bind(&attempts)
+    .bind(&priorities)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A whole job row, for operators.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Job {
+    pub id: i64,
+    pub queue: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub state: String,
+    pub priority: i16,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub leased_by: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub unique_key: Option<String>,
+    pub tenant_id: Option<uuid::Uuid>,
+    pub errors: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub attempted_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A whole dead-letter row, for operators.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub job_id: i64,
+    pub queue: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub priority: i16,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub unique_key: Option<String>,
+    pub tenant_id: Option<uuid::Uuid>,
+    pub errors: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub reason: String,
+    pub dead_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+    pub replayed_as: Option<i64>,
+}

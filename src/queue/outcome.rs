@@ -1,0 +1,214 @@
+//! Writes the outcomes of finished attempts back, a whole batch in one statement:
+//! completed (kept or deleted, per retention), retry (error appended, `run_at` moved),
+//! snooze, cancel, or dead letter (the row moves to `penguin.dead_letters` with its whole
+//! error history in the same statement, so it is never in neither table).
+//!
+//! Every row is matched on `leased_by`: an outcome from a worker whose lease was taken
+//! over (it was presumed dead) is dropped, never applied over the new owner's work.
+//! `leased_by` is set exactly while a job is `running` (a check constraint holds it), so
+//! the statements do not repeat `state = 'running'`: that condition would let the planner
+//! drive the join from the partial lease index, whose statistics say "almost empty" and
+//! which is then scanned once per input row (measured: 0.8 s for 2,000 acks).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use super::Error;
+
+/// One failed attempt, as appended to `penguin.jobs.errors`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorEntry {
+    pub at: DateTime<Utc>,
+    pub attempt: i32,
+    /// `network`, `timeout`, `rate_limit`, `api`, `data`, `unknown_kind`, `lease_expired`, ...
+    pub class: String,
+    pub message: String,
+    /// The provider's HTTP status, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+/// Why a job left for the dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadReason {
+    /// No handler for the job's kind in this daemon.
+    UnknownKind,
+    /// A non-retryable error (4xx, bad payload, ...).
+    PermanentError,
+    /// The last allowed attempt failed.
+    AttemptsExhausted,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::UnknownKind => "unknown_kind",
+            DeadReason::PermanentError => "permanent_error",
+            DeadReason::AttemptsExhausted => "attempts_exhausted",
+        }
+    }
+}
+
+/// What became of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done; `delete` drops the row at once (`[retention] completed = "0s"`).
+    Completed {
+        result: Option<serde_json::Value>,
+        delete: bool,
+    },
+    /// Failed; run again at `run_at`.
+    Retry {
+        run_at: DateTime<Utc>,
+        error: ErrorEntry,
+    },
+    /// Not now: run again at `run_at` without spending an attempt.
+    Snooze { run_at: DateTime<Utc> },
+    /// Stop for good without dead-lettering (state `cancelled`).
+    Cancel { error: Option<ErrorEntry> },
+    /// Move to the dead letters.
+    Dead {
+        reason: DeadReason,
+        error: Option<ErrorEntry>,
+    },
+}
+
+/// Counts of what a flush applied; `dropped` outcomes belonged to lost leases.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlushCounts {
+    pub applied: u64,
+    pub dropped: u64,
+}
+
+/// The write-back statement: `$1` worker, then parallel arrays of id, action, run_at,
+/// error, result and dead-letter reason. Public so tests can check its plan.
+pub const WRITE_OUTCOMES_SQL: &str = "with input as materialized (
+     select * from unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::jsonb[],
+                          $6::jsonb[], $7::text[])
+         as t(id, action, run_at, error, result, reason)
+ ),
+ completed as (
+     update penguin.jobs j
+        set state = 'completed', finished_at = now(), result = i.result,
+            leased_by = null, lease_expires_at = null
+       from input i
+      where i.action = 'complete' and j.id = i.id and j.leased_by = $1
+     returning j.id
+ ),
+ deleted as (
+     delete from penguin.jobs j using input i
+      where i.action = 'delete' and j.id = i.id and j.leased_by = $1
+     returning j.id
+ ),
+ retried as (
+     update penguin.jobs j
+        set state = 'retryable', run_at = i.run_at, errors = j.errors || jsonb_build_array(i.error),
+            leased_by = null, lease_expires_at = null
+       from input i
+      where i.action = 'retry' and j.id = i.id and j.leased_by = $1
+     returning j.id
+ ),
+ snoozed as (
+     update penguin.jobs j
+        set state = 'scheduled', run_at = i.run_at, attempt = greatest(j.attempt - 1, 0),
+            leased_by = null, lease_expires_at = null
+       from input i
+      where i.action = 'snooze' and j.id = i.id and j.leased_by = $1
+     returning j.id
+ ),
+ cancelled as (
+     update penguin.jobs j
+        set state = 'cancelled', finished_at = now(),
+            errors = case when i.error is null then j.errors else j.errors || jsonb_build_array(i.error) end,
+            leased_by = null, lease_expires_at = null
+       from input i
+      where i.action = 'cancel' and j.id = i.id and j.leased_by = $1
+     returning j.id
+ ),
+ dead as (
+     delete from penguin.jobs j using input i
+      where i.action = 'dead' and j.id = i.id and j.leased_by = $1
+     returning j.*, i.reason as dead_reason, i.error as last_error
+ ),
+ buried as (
+     insert into penguin.dead_letters
+         (job_id, queue, kind, payload, priority, attempt, max_attempts, unique_key,
+          tenant_id, errors, created_at, reason)
+     select id, queue, kind, payload, priority, attempt, max_attempts, unique_key, tenant_id,
+            case when last_error is null then errors else errors || jsonb_build_array(last_error) end,
+            created_at, dead_reason
+       from dead
+     returning job_id
+ )
+ select (select count(*) from completed) + (select count(*) from deleted)
+      + (select count(*) from retried) + (select count(*) from snoozed)
+      + (select count(*) from cancelled) + (select count(*) from buried)";
+
+/// Applies `outcomes` (job id, outcome) of `worker` in one statement.
+#[tracing::instrument(skip_all, fields(outcomes = outcomes.len()))]
+pub async fn write_outcomes(
+    pool: &PgPool,
+    worker: &str,
+    outcomes: &[(i64, Outcome)],
+) -> Result<FlushCounts, Error> {
+    if outcomes.is_empty() {
+        return Ok(FlushCounts::default());
+    }
+    let n = outcomes.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut actions = Vec::with_capacity(n);
+    let mut run_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<serde_json::Value>> = Vec::with_capacity(n);
+    let mut results: Vec<Option<&serde_json::Value>> = Vec::with_capacity(n);
+    let mut reasons: Vec<Option<&str>> = Vec::with_capacity(n);
+    let to_json = |e: &ErrorEntry| serde_json::to_value(e).ok();
+    for (id, outcome) in outcomes {
+        ids.push(*id);
+        let (action, run_at, error, result, reason) = match outcome {
+            Outcome::Completed { result, delete } => (
+                if *delete { "delete" } else { "complete" },
+                None,
+                None,
+                result.as_ref(),
+                None,
+            ),
+            Outcome::Retry { run_at, error } => {
+                ("retry", Some(*run_at), to_json(error), None, None)
+            }
+            Outcome::Snooze { run_at } => ("snooze", Some(*run_at), None, None, None),
+            Outcome::Cancel { error } => {
+                ("cancel", None, error.as_ref().and_then(to_json), None, None)
+            }
+            Outcome::Dead { reason, error } => (
+                "dead",
+                None,
+                error.as_ref().and_then(to_json),
+                None,
+                Some(reason.as_str()),
+            ),
+        };
+        actions.push(action);
+        run_ats.push(run_at);
+        errors.push(error);
+        results.push(result);
+        reasons.push(reason);
+    }
+
+    let applied: i64 = sqlx::query_scalar(WRITE_OUTCOMES_SQL)
+        .bind(worker)
+        .bind(&ids)
+        .bind(&actions)
+        .bind(&run_ats)
+        .bind(&errors)
+        .bind(&results)
+        .bind(&reasons)
+        .fetch_one(pool)
+        .await?;
+    let applied = applied as u64;
+    Ok(FlushCounts {
+        applied,
+        dropped: n as u64 - applied.min(n as u64),
+    })
+}

@@ -1,0 +1,322 @@
+//! The real binary: crash (SIGKILL) and restart lose nothing, SIGTERM drains, and the CLI
+//! answers bad input with a clear error instead of a panic.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use penguin_jobs::queue::{self, NewJob};
+use serde_json::json;
+use support::daemon::{count, wait_for};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
+
+struct Workdir(PathBuf);
+
+impl Workdir {
+    fn new(config: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "penguin-jobs-daemon-test-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("jobs.toml"), config).unwrap();
+        Self(dir)
+    }
+
+    fn command(&self, db_url: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(self.0.join("jobs.toml"))
+            .args(args)
+            .current_dir(&self.0)
+            .env("DATABASE_URL", db_url)
+            .env("RUST_LOG", "info");
+        cmd
+    }
+
+    fn spawn_daemon(&self, db_url: &str, log: &str) -> Child {
+        let log = std::fs::File::create(self.0.join(log)).unwrap();
+        self.command(db_url, &["run"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.0.join(name)).unwrap_or_default()
+    }
+
+    fn run(&self, db_url: &str, args: &[&str]) -> Output {
+        self.command(db_url, args).output().unwrap()
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("daemon did not exit within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const CONFIG: &str = "[daemon]\npoll_interval = \"100ms\"\nlease = \"3s\"\nrescue_interval = \"250ms\"\nshutdown_grace = \"10s\"\n[queues.default]\nconcurrency = 20\n";
+
+#[tokio::test]
+async fn sigkill_mid_batch_then_restart_completes_every_job() {
+    let db = support::test_db().await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(20)))
+        .mount(&provider)
+        .await;
+    let work = Workdir::new(CONFIG);
+    let migrate = work.run(&db.url, &["migrate"]);
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+
+    let mut conn = db.pool.acquire().await.unwrap();
+    let url = format!("{}/hook", provider.uri());
+    let jobs: Vec<NewJob> = (0..1500)
+        .map(|n| {
+            NewJob::new(
+                "http.request",
+                json!({ "method": "POST", "url": url, "body": { "n": n } }),
+            )
+        })
+        .collect();
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+
+    let mut daemon = work.spawn_daemon(&db.url, "first.log");
+    wait_for(
+        &db.pool,
+        "select count(*) >= 100 from penguin.jobs where state = 'completed'",
+        Duration::from_secs(60),
+        "some jobs completed",
+    )
+    .await;
+    signal(&daemon, "-KILL");
+    wait_exit(&mut daemon, Duration::from_secs(10)).await;
+    let held_at_kill = count(
+        &db.pool,
+        "select count(*) from penguin.jobs where state = 'running'",
+    )
+    .await;
+    assert!(held_at_kill > 0, "the kill caught jobs mid-batch");
+    assert!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.jobs where state <> 'completed'"
+        )
+        .await
+            > 0
+    );
+
+    let mut daemon = work.spawn_daemon(&db.url, "second.log");
+    wait_for(
+        &db.pool,
+        "select count(*) = 1500 from penguin.jobs where state = 'completed'",
+        Duration::from_secs(120),
+        "every job completed after the restart",
+    )
+    .await;
+    signal(&daemon, "-TERM");
+    let status = wait_exit(&mut daemon, Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}\n{}", work.log("second.log"));
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.dead_letters").await,
+        0
+    );
+    let rescued = count(
+        &db.pool,
+        "select count(*) from penguin.jobs where errors @> '[{\"class\": \"lease_expired\"}]'",
+    )
+    .await;
+    assert_eq!(
+        rescued, held_at_kill,
+        "every job held at the kill was rescued once"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_running_jobs_and_exits_zero() {
+    let db = support::test_db().await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)))
+        .expect(5)
+        .mount(&provider)
+        .await;
+    let work = Workdir::new(CONFIG);
+    let mut daemon = work.spawn_daemon(&db.url, "daemon.log");
+    wait_for(
+        &db.pool,
+        "select exists (select 1 from penguin.idle_workers)",
+        Duration::from_secs(30),
+        "the daemon to start and idle",
+    )
+    .await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let url = format!("{}/slow", provider.uri());
+    let jobs: Vec<NewJob> = (0..5)
+        .map(|_| NewJob::new("http.request", json!({ "method": "POST", "url": url })))
+        .collect();
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    wait_for(
+        &db.pool,
+        "select count(*) = 5 from penguin.jobs where state = 'running'",
+        Duration::from_secs(10),
+        "the jobs to start",
+    )
+    .await;
+    signal(&daemon, "-TERM");
+    let status = wait_exit(&mut daemon, Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}\n{}", work.log("daemon.log"));
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.jobs where state = 'completed' and attempt = 1"
+        )
+        .await,
+        5
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.idle_workers").await,
+        0
+    );
+    provider.verify().await;
+}
+
+#[tokio::test]
+async fn the_cli_enqueues_inspects_and_refuses_bad_input_clearly() {
+    let db = support::test_db().await;
+    let work = Workdir::new("");
+    let out = work.run(&db.url, &["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = work.run(
+        &db.url,
+        &[
+            "enqueue",
+            "noop",
+            "--payload",
+            "{\"x\": 1}",
+            "--in",
+            "1h",
+            "--priority",
+            "-5",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: i64 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!((job.state.as_str(), job.priority), ("scheduled", -5));
+
+    let out = work.run(&db.url, &["jobs", "show", &id.to_string(), "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["payload"], json!({"x": 1}));
+
+    let out = work.run(&db.url, &["stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats[0]["scheduled"], 1);
+
+    let refusals: [(&[&str], &str); 5] = [
+        (&["enqueue", "nope"], "unknown job kind \"nope\""),
+        (
+            &["enqueue", "noop", "--payload", "{not json"],
+            "--payload is not valid JSON",
+        ),
+        (
+            &["enqueue", "http.request", "--payload", "{\"url\": 5}"],
+            "invalid payload for http.request",
+        ),
+        (&["jobs", "show", "999999"], "job 999999 not found"),
+        (
+            &["jobs", "list", "--state", "weird"],
+            "unknown state \"weird\"",
+        ),
+    ];
+    for (args, expected) in refusals {
+        let out = work.run(&db.url, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs").await,
+        1
+    );
+
+    let out = work.run(&db.url, &["jobs", "cancel", &id.to_string()]);
+    assert!(out.status.success());
+    let out = work.run(&db.url, &["jobs", "cancel", &id.to_string()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is cancelled"));
+    let out = work.run(&db.url, &["dlq", "purge", "--older-than", "30d"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0 dead letters purged"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_config_stops_the_daemon_at_start_naming_the_key() {
+    let db = support::test_db().await;
+    let work = Workdir::new("[queues.email]\nconcurrency = 0\n");
+    let out = work.run(&db.url, &["run"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("queues.email.concurrency must be between 1 and 100000"),
+        "{stderr}"
+    );
+
+    let work = Workdir::new("[kinds.\"mailgun.sned\"]\nmax_attempts = 3\n");
+    let out = work.run(&db.url, &["run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("kinds.\"mailgun.sned\": not a known job kind"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,287 @@
+//! Enqueue paths against a real PostgreSQL: the SQL function, the Rust API, unique keys.
+
+mod support;
+
+use penguin_jobs::queue::{self, NewJob};
+use serde_json::json;
+use support::daemon::{config, count, register_kinds};
+
+#[tokio::test]
+async fn sql_enqueue_in_a_rolled_back_transaction_leaves_no_job() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let id: i64 = sqlx::query_scalar("select penguin.enqueue('noop', '{}')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert!(id > 0);
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs").await,
+        0
+    );
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let id: i64 = sqlx::query_scalar("select penguin.enqueue('noop', '{\"a\": 1}')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!(job.state, "available");
+    assert_eq!(job.payload, json!({"a": 1}));
+}
+
+#[tokio::test]
+async fn sql_enqueue_fills_defaults_from_penguin_kinds() {
+    let db = support::test_db().await;
+    let cfg = config("[kinds.noop]\nqueue = \"probes\"\nmax_attempts = 7\npriority = -3\n");
+    register_kinds(&db.pool, &cfg).await;
+
+    let id: i64 = sqlx::query_scalar("select penguin.enqueue('noop', '{}')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!(
+        (job.queue.as_str(), job.max_attempts, job.priority),
+        ("probes", 7, -3)
+    );
+
+    // explicit arguments win; a future run_at makes the job scheduled
+    let id: i64 = sqlx::query_scalar(
+        "select penguin.enqueue('noop', '{}', queue => 'other', priority => 5, max_attempts => 2,
+                                run_at => now() + interval '1 hour')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!(
+        (job.queue.as_str(), job.max_attempts, job.priority),
+        ("other", 2, 5)
+    );
+    assert_eq!(job.state, "scheduled");
+}
+
+#[tokio::test]
+async fn sql_enqueue_of_an_unknown_kind_raises_a_clear_error() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+
+    let err = sqlx::query_scalar::<_, i64>("select penguin.enqueue('no.such.kind', '{}')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("unknown job kind \"no.such.kind\""), "{msg}");
+
+    let err =
+        sqlx::query_scalar::<_, i64>("select penguin.enqueue('noop', '{}', max_attempts => 0)")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("max_attempts must be at least 1"),
+        "{err}"
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn rust_enqueue_joins_the_callers_transaction() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+
+    let mut tx = db.pool.begin().await.unwrap();
+    queue::enqueue(&mut *tx, &NewJob::new("noop", json!({})))
+        .await
+        .unwrap();
+    let ids = queue::enqueue_many(
+        &mut tx,
+        &[
+            NewJob::new("noop", json!({"n": 1})),
+            NewJob::new("noop", json!({"n": 2})),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids.len(), 2);
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn enqueue_many_returns_ids_in_input_order_and_dedupes_unique_keys() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+
+    let held = queue::enqueue(
+        &mut *conn,
+        &NewJob {
+            unique_key: Some("k1".into()),
+            ..NewJob::new("noop", json!({"first": true}))
+        },
+    )
+    .await
+    .unwrap();
+
+    let jobs: Vec<NewJob> = (0..5)
+        .map(|n| NewJob {
+            unique_key: match n {
+                1 => Some("k1".into()),     // held by a live job
+                3 | 4 => Some("k2".into()), // twice in this batch
+                _ => None,
+            },
+            ..NewJob::new("noop", json!({ "n": n }))
+        })
+        .collect();
+    let ids = queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(ids[1], held);
+    assert_eq!(ids[3], ids[4]);
+    for (i, id) in ids.iter().enumerate() {
+        if i == 1 || i == 4 {
+            continue;
+        }
+        let job = queue::get_job(&db.pool, *id).await.unwrap();
+        assert_eq!(
+            job.payload,
+            json!({ "n": i }),
+            "id {id} belongs to input {i}"
+        );
+    }
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs").await,
+        4
+    );
+}
+
+#[tokio::test]
+async fn enqueue_many_refuses_a_batch_with_an_unknown_kind() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let err = queue::enqueue_many(
+        &mut conn,
+        &[
+            NewJob::new("noop", json!({})),
+            NewJob::new("nope", json!({})),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.user_message().unwrap(),
+        "penguin.enqueue: unknown job kind \"nope\""
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn concurrent_unique_enqueues_give_one_job() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+
+    let mut tasks = Vec::new();
+    for n in 0..16 {
+        let pool = db.pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let job = NewJob {
+                unique_key: Some("refresh:conn-42".into()),
+                ..NewJob::new("noop", json!({ "n": n }))
+            };
+            if n % 2 == 0 {
+                queue::enqueue(&pool, &job).await.unwrap()
+            } else {
+                let mut conn = pool.acquire().await.unwrap();
+                queue::enqueue_many(&mut conn, &[job]).await.unwrap()[0]
+            }
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every enqueue got the same live job: {ids:?}");
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_unique_key_is_free_again_once_its_job_finished() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let job = NewJob {
+        unique_key: Some("once".into()),
+        ..NewJob::new("noop", json!({}))
+    };
+    let first = queue::enqueue(&db.pool, &job).await.unwrap();
+    queue::cancel_job(&db.pool, first).await.unwrap();
+    let second = queue::enqueue(&db.pool, &job).await.unwrap();
+    assert_ne!(first, second);
+}
+
+#[tokio::test]
+async fn bad_new_jobs_are_refused_before_the_database() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let bad = [
+        NewJob::new("", json!({})),
+        NewJob::new("noop", serde_json::Value::Null),
+        NewJob {
+            max_attempts: Some(0),
+            ..NewJob::new("noop", json!({}))
+        },
+    ];
+    for job in &bad {
+        let err = queue::enqueue(&db.pool, job).await.unwrap_err();
+        assert!(err.user_message().is_some(), "{err}");
+    }
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn claim_indexes_are_partial_over_live_states() {
+    let db = support::test_db().await;
+    let defs: Vec<String> = sqlx::query_scalar(
+        "select indexdef from pg_indexes where schemaname = 'penguin' and tablename = 'jobs'
+          and indexname in ('jobs_claim_idx', 'jobs_unique_key_idx')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(defs.len(), 2);
+    for def in defs {
+        assert!(def.contains("WHERE"), "{def}");
+        assert!(!def.contains("completed"), "{def}");
+    }
+    let options: Vec<String> = sqlx::query_scalar(
+        "select unnest(reloptions) from pg_class where oid = 'penguin.jobs'::regclass",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        options.contains(&"autovacuum_vacuum_scale_factor=0.01".to_string()),
+        "{options:?}"
+    );
+}

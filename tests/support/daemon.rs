@@ -1,0 +1,89 @@
+//! Runs the worker runtime in-process against a test database, and waits on database
+//! conditions without sleeping blindly.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use penguin_jobs::config::Config;
+use penguin_jobs::jobs::{Deps, Registry};
+use penguin_jobs::{queue, runtime};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Parses and validates a test config.
+pub fn config(toml: &str) -> Config {
+    let config = Config::from_toml(toml, Path::new("test.toml")).expect("test config parses");
+    config.validate().expect("test config is valid");
+    config
+}
+
+/// The built-in registry under `config`, with its kinds written to `penguin.kinds`.
+pub async fn register_kinds(pool: &PgPool, config: &Config) -> Arc<Registry> {
+    let registry = Registry::builtin(config, &Deps::new().unwrap()).expect("registry");
+    queue::sync_kinds(pool, &registry.kind_defaults())
+        .await
+        .expect("sync kinds");
+    Arc::new(registry)
+}
+
+/// A runtime running in this test's tokio runtime.
+pub struct RunningRuntime {
+    pub token: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl RunningRuntime {
+    /// Graceful stop, as on SIGTERM; returns when everything is written back.
+    pub async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("runtime stops within 60s")
+            .expect("runtime task did not panic");
+    }
+}
+
+/// Starts the runtime with `toml` as its config.
+pub async fn start_runtime(pool: &PgPool, toml: &str) -> RunningRuntime {
+    let config = config(toml);
+    let registry = register_kinds(pool, &config).await;
+    let token = CancellationToken::new();
+    let pool = pool.clone();
+    let stop = token.clone();
+    let task = tokio::spawn(async move {
+        runtime::run(&config, pool, registry, stop)
+            .await
+            .expect("runtime runs");
+    });
+    RunningRuntime { token, task }
+}
+
+/// Waits until `sql` (a boolean query) is true; panics with `what` after `limit`.
+pub async fn wait_for(pool: &PgPool, sql: &str, limit: Duration, what: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let done: bool = sqlx::query_scalar(sql)
+            .fetch_one(pool)
+            .await
+            .expect("wait query runs");
+        if done {
+            return start.elapsed();
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Counts rows of a query returning one bigint.
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .expect("count query runs")
+}

@@ -1,0 +1,511 @@
+//! The worker runtime in-process against a real PostgreSQL and a local HTTP server that
+//! plays the provider: draining, wake-ups, retries, dead letters, leases, rescue, shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use penguin_jobs::queue::{self, NewJob};
+use serde_json::json;
+use support::daemon::{config, count, register_kinds, start_runtime, wait_for};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const FAST: &str = "[daemon]\npoll_interval = \"100ms\"\nlease = \"3s\"\nrescue_interval = \"200ms\"\nshutdown_grace = \"5s\"\n";
+
+fn http_job(url: String, max_attempts: i32) -> NewJob {
+    NewJob {
+        max_attempts: Some(max_attempts),
+        ..NewJob::new(
+            "http.request",
+            json!({ "method": "POST", "url": url, "body": {"hello": "world"} }),
+        )
+    }
+}
+
+const QUICK_RETRIES: &str = "[kinds.\"http.request\"]\nbackoff = { strategy = \"fixed\", base = \"10ms\", max = \"10ms\", jitter = false }\n";
+
+#[tokio::test]
+async fn pools_drain_every_job_and_keep_completed_rows() {
+    let db = support::test_db().await;
+    let rt = start_runtime(&db.pool, FAST).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let jobs: Vec<NewJob> = (0..3000)
+        .map(|n| NewJob::new("noop", json!({ "n": n })))
+        .collect();
+    for chunk in jobs.chunks(1000) {
+        queue::enqueue_many(&mut conn, chunk).await.unwrap();
+    }
+    wait_for(
+        &db.pool,
+        "select count(*) = 3000 from penguin.jobs where state = 'completed'",
+        Duration::from_secs(60),
+        "3000 completed jobs",
+    )
+    .await;
+    rt.stop().await;
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs where attempt <> 1 or finished_at is null or leased_by is not null").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_commit_wakes_an_idle_worker_well_before_the_poll_interval() {
+    let db = support::test_db().await;
+    let rt = start_runtime(&db.pool, "[daemon]\npoll_interval = \"30s\"\n").await;
+    // the pool marks itself idle once it found the queue empty
+    wait_for(
+        &db.pool,
+        "select exists (select 1 from penguin.idle_workers where queue = 'default')",
+        Duration::from_secs(10),
+        "an idle mark",
+    )
+    .await;
+    let id = queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
+        .await
+        .unwrap();
+    let waited = wait_for(
+        &db.pool,
+        &format!("select state = 'completed' from penguin.jobs where id = {id}"),
+        Duration::from_secs(10),
+        "the job to complete",
+    )
+    .await;
+    rt.stop().await;
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken by NOTIFY, not by the 30s poll"
+    );
+}
+
+#[tokio::test]
+async fn a_busy_queue_does_not_notify_on_each_insert() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    // nobody idles: the trigger must not send anything
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .unwrap();
+    listener.listen(queue::NOTIFY_CHANNEL).await.unwrap();
+    queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.recv())
+            .await
+            .is_err(),
+        "no NOTIFY while no worker idles"
+    );
+    // one idle worker: one NOTIFY per statement, even for many rows
+    queue::mark_idle(&db.pool, "w1", "default").await.unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let many: Vec<NewJob> = (0..50).map(|_| NewJob::new("noop", json!({}))).collect();
+    queue::enqueue_many(&mut conn, &many).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.payload(), "default");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.recv())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn retries_exhausted_land_in_dead_letters_with_every_error() {
+    let db = support::test_db().await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(503))
+        .expect(3)
+        .mount(&provider)
+        .await;
+    let rt = start_runtime(&db.pool, &format!("{FAST}{QUICK_RETRIES}")).await;
+    let id = queue::enqueue(&db.pool, &http_job(format!("{}/hook", provider.uri()), 3))
+        .await
+        .unwrap();
+    wait_for(
+        &db.pool,
+        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
+        Duration::from_secs(30),
+        "the dead letter",
+    )
+    .await;
+    rt.stop().await;
+    assert_eq!(
+        count(
+            &db.pool,
+            &format!("select count(*) from penguin.jobs where id = {id}")
+        )
+        .await,
+        0
+    );
+    let dead = &queue::list_dead_letters(&db.pool, None, 10).await.unwrap()[0];
+    assert_eq!(dead.reason, "attempts_exhausted");
+    assert_eq!(dead.attempt, 3);
+    let errors = dead.errors.as_array().unwrap();
+    assert_eq!(errors.len(), 3);
+    for (i, e) in errors.iter().enumerate() {
+        assert_eq!(e["attempt"], json!(i + 1));
+        assert_eq!(e["class"], "api");
+        assert_eq!(e["status"], 503);
+    }
+    provider.verify().await;
+}
+
+#[tokio::test]
+async fn a_4xx_goes_to_the_dead_letters_at_once() {
+    let db = support::test_db().await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(422))
+        .expect(1)
+        .mount(&provider)
+        .await;
+    let rt = start_runtime(&db.pool, &format!("{FAST}{QUICK_RETRIES}")).await;
+    let id = queue::enqueue(&db.pool, &http_job(format!("{}/hook", provider.uri()), 10))
+        .await
+        .unwrap();
+    wait_for(
+        &db.pool,
+        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
+        Duration::from_secs(30),
+        "the dead letter",
+    )
+    .await;
+    rt.stop().await;
+    let dead = &queue::list_dead_letters(&db.pool, None, 10).await.unwrap()[0];
+    assert_eq!(dead.reason, "permanent_error");
+    assert_eq!(dead.attempt, 1);
+    assert_eq!(dead.errors[0]["class"], "data");
+    assert_eq!(dead.errors[0]["status"], 422);
+}
+
+#[tokio::test]
+async fn a_429_retry_after_sets_the_earliest_next_run() {
+    let db = support::test_db().await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "120"))
+        .mount(&provider)
+        .await;
+    let rt = start_runtime(&db.pool, &format!("{FAST}{QUICK_RETRIES}")).await;
+    let id = queue::enqueue(&db.pool, &http_job(format!("{}/hook", provider.uri()), 10))
+        .await
+        .unwrap();
+    wait_for(
+        &db.pool,
+        &format!("select state = 'retryable' from penguin.jobs where id = {id}"),
+        Duration::from_secs(30),
+        "the retry",
+    )
+    .await;
+    rt.stop().await;
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    let wait = job.run_at
+        - job.errors[0]["at"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap();
+    assert!(
+        wait >= chrono::Duration::seconds(119),
+        "run_at honours Retry-After: {wait}"
+    );
+    assert_eq!(job.errors[0]["class"], "rate_limit");
+}
+
+#[tokio::test]
+async fn a_network_error_is_retried() {
+    let db = support::test_db().await;
+    // a port nobody listens on: connection refused
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+    let rt = start_runtime(&db.pool, &format!("{FAST}{QUICK_RETRIES}")).await;
+    let id = queue::enqueue(&db.pool, &http_job(url, 2)).await.unwrap();
+    wait_for(
+        &db.pool,
+        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
+        Duration::from_secs(30),
+        "the dead letter",
+    )
+    .await;
+    rt.stop().await;
+    let dead = &queue::list_dead_letters(&db.pool, None, 1).await.unwrap()[0];
+    assert_eq!(dead.reason, "attempts_exhausted");
+    assert_eq!(dead.errors[0]["class"], "network");
+    assert_eq!(dead.errors.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_job_of_an_unknown_kind_is_dead_lettered_as_unknown_kind() {
+    let db = support::test_db().await;
+    let rt = start_runtime(&db.pool, FAST).await;
+    // penguin.enqueue refuses unknown kinds; a newer daemon's kind can still reach the table
+    let id: i64 = sqlx::query_scalar(
+        "insert into penguin.jobs (queue, kind, payload, max_attempts) values ('default', 'from.the.future', '{}', 5) returning id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    wait_for(
+        &db.pool,
+        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
+        Duration::from_secs(30),
+        "the dead letter",
+    )
+    .await;
+    rt.stop().await;
+    let dead = &queue::list_dead_letters(&db.pool, None, 1).await.unwrap()[0];
+    assert_eq!(dead.reason, "unknown_kind");
+    assert_eq!(dead.errors[0]["class"], "unknown_kind");
+}
+
+#[tokio::test]
+async fn a_job_running_longer_than_the_lease_is_not_rescued_while_its_worker_lives() {
+    let db = support::test_db().await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(7)))
+        .expect(1)
+        .mount(&provider)
+        .await;
+    // lease 3s (heartbeat every 1s), rescue every 200ms, the job takes 7s
+    let rt = start_runtime(&db.pool, FAST).await;
+    let id = queue::enqueue(&db.pool, &http_job(format!("{}/slow", provider.uri()), 5))
+        .await
+        .unwrap();
+    wait_for(
+        &db.pool,
+        &format!("select state = 'completed' from penguin.jobs where id = {id}"),
+        Duration::from_secs(30),
+        "the slow job to complete",
+    )
+    .await;
+    rt.stop().await;
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!(job.attempt, 1);
+    assert_eq!(job.errors, json!([]), "never rescued");
+    provider.verify().await;
+}
+
+#[tokio::test]
+async fn a_job_whose_lease_expired_is_rescued_and_worked_again() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let id = queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
+        .await
+        .unwrap();
+    // a worker claimed it and died
+    let claimed = queue::claim(
+        &db.pool,
+        "default",
+        10,
+        "dead-worker",
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 1);
+    sqlx::query(
+        "update penguin.jobs set lease_expires_at = now() - interval '1 second' where id = $1",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let rt = start_runtime(&db.pool, FAST).await;
+    wait_for(
+        &db.pool,
+        &format!("select state = 'completed' from penguin.jobs where id = {id}"),
+        Duration::from_secs(30),
+        "the rescued job to complete",
+    )
+    .await;
+    rt.stop().await;
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!(job.attempt, 2);
+    assert_eq!(job.errors[0]["class"], "lease_expired");
+    assert!(
+        job.errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("dead-worker")
+    );
+}
+
+#[tokio::test]
+async fn an_outcome_from_a_worker_that_lost_its_lease_is_dropped() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let id = queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
+        .await
+        .unwrap();
+    queue::claim(&db.pool, "default", 1, "w-old", Duration::from_secs(3))
+        .await
+        .unwrap();
+    queue::cancel_job(&db.pool, id).await.unwrap();
+    let counts = queue::write_outcomes(
+        &db.pool,
+        "w-old",
+        &[(
+            id,
+            queue::Outcome::Completed {
+                result: None,
+                delete: false,
+            },
+        )],
+    )
+    .await
+    .unwrap();
+    assert_eq!((counts.applied, counts.dropped), (0, 1));
+    assert_eq!(
+        queue::get_job(&db.pool, id).await.unwrap().state,
+        "cancelled"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_running_jobs_finish_and_releases_the_rest_without_spending_an_attempt() {
+    let db = support::test_db().await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)))
+        .mount(&provider)
+        .await;
+    // one job at a time, claims of 4: three are claimed but not started when we stop
+    let rt = start_runtime(
+        &db.pool,
+        &format!("{FAST}[queues.default]\nconcurrency = 1\nbatch = 4\n"),
+    )
+    .await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let jobs: Vec<NewJob> = (0..4)
+        .map(|_| http_job(format!("{}/slow", provider.uri()), 5))
+        .collect();
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    wait_for(
+        &db.pool,
+        "select count(*) = 4 from penguin.jobs where state = 'running'",
+        Duration::from_secs(10),
+        "the batch to be claimed",
+    )
+    .await;
+    rt.stop().await;
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.jobs where state = 'completed' and attempt = 1"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs where state = 'available' and attempt = 0 and leased_by is null").await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn shutdown_after_the_grace_period_releases_jobs_still_running() {
+    let db = support::test_db().await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+        .mount(&provider)
+        .await;
+    let rt = start_runtime(
+        &db.pool,
+        "[daemon]\npoll_interval = \"100ms\"\nshutdown_grace = \"500ms\"\n",
+    )
+    .await;
+    let id = queue::enqueue(&db.pool, &http_job(format!("{}/stuck", provider.uri()), 5))
+        .await
+        .unwrap();
+    wait_for(
+        &db.pool,
+        &format!("select state = 'running' from penguin.jobs where id = {id}"),
+        Duration::from_secs(10),
+        "the job to start",
+    )
+    .await;
+    rt.stop().await;
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!((job.state.as_str(), job.attempt), ("available", 0));
+}
+
+#[tokio::test]
+async fn completed_jobs_are_deleted_at_once_with_zero_retention() {
+    let db = support::test_db().await;
+    let rt = start_runtime(
+        &db.pool,
+        &format!("{FAST}[retention]\ncompleted = \"0s\"\n"),
+    )
+    .await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let jobs: Vec<NewJob> = (0..100).map(|_| NewJob::new("noop", json!({}))).collect();
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    wait_for(
+        &db.pool,
+        "select count(*) = 0 from penguin.jobs",
+        Duration::from_secs(30),
+        "every job deleted",
+    )
+    .await;
+    rt.stop().await;
+}
+
+#[tokio::test]
+async fn replay_enqueues_a_dead_letter_again_with_fresh_attempts() {
+    let db = support::test_db().await;
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400))
+        .up_to_n_times(1)
+        .mount(&provider)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&provider)
+        .await;
+    let rt = start_runtime(&db.pool, FAST).await;
+    let id = queue::enqueue(&db.pool, &http_job(format!("{}/hook", provider.uri()), 5))
+        .await
+        .unwrap();
+    wait_for(
+        &db.pool,
+        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
+        Duration::from_secs(30),
+        "the dead letter",
+    )
+    .await;
+    let dead = queue::list_dead_letters(&db.pool, None, 1).await.unwrap()[0].clone();
+    let replayed = queue::replay_dead_letters(&db.pool, Some(&[dead.id]), None)
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 1);
+    let new_id = replayed[0].job;
+    wait_for(
+        &db.pool,
+        &format!("select state = 'completed' from penguin.jobs where id = {new_id}"),
+        Duration::from_secs(30),
+        "the replayed job to complete",
+    )
+    .await;
+    rt.stop().await;
+    let letter = queue::get_dead_letter(&db.pool, dead.id).await.unwrap();
+    assert_eq!(letter.replayed_as, Some(new_id));
+    assert!(letter.replayed_at.is_some());
+    let job = queue::get_job(&db.pool, new_id).await.unwrap();
+    assert_eq!((job.attempt, job.payload), (1, dead.payload));
+    // a second replay of the same letter is refused
+    let err = queue::replay_dead_letters(&db.pool, Some(&[dead.id]), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already replayed"), "{err}");
+}
