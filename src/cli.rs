@@ -280,9 +280,17 @@ async fn connect(
             .fetch_one(&admin)
             .await?;
     if !exists {
-        sqlx::query(&format!("create database {EMBEDDED_DATABASE}"))
+        // a CLI command attaching while the daemon starts may race us to it
+        let created = sqlx::query(&format!("create database {EMBEDDED_DATABASE}"))
             .execute(&admin)
-            .await?;
+            .await;
+        match created {
+            Err(sqlx::Error::Database(e))
+                if e.is_unique_violation() || e.code().as_deref() == Some("42P04") => {}
+            other => {
+                other?;
+            }
+        }
     }
     admin.close().await;
     let pool = options.connect(&url).await?;

@@ -320,3 +320,84 @@ async fn a_bad_config_stops_the_daemon_at_start_naming_the_key() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn with_no_database_configured_run_starts_and_stops_its_own_postgres() {
+    // the data directory must be reachable by the `postgres` user when tests run as root
+    let work = Workdir::new("");
+    let data_dir = work.0.join("state");
+    std::fs::write(
+        work.0.join("jobs.toml"),
+        format!(
+            "[daemon]\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n",
+            data_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&work.0).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&work.0, perms).unwrap();
+
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(work.0.join("jobs.toml"))
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    // no daemon yet: other commands explain what to do
+    let out = run(&["stats"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database configured"));
+
+    let log = std::fs::File::create(work.0.join("embedded.log")).unwrap();
+    let mut daemon = Command::new(BIN)
+        .arg("--config")
+        .arg(work.0.join("jobs.toml"))
+        .arg("run")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // attach to the running daemon's cluster: enqueue, and watch the job complete
+    let start = std::time::Instant::now();
+    let id = loop {
+        let out = run(&["enqueue", "noop"]);
+        if out.status.success() {
+            break String::from_utf8(out.stdout).unwrap().trim().to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            work.log("embedded.log")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    loop {
+        let out = run(&["jobs", "show", &id, "--json"]);
+        let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if job["state"] == "completed" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            work.log("embedded.log")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&daemon, "-TERM");
+    let status = wait_exit(&mut daemon, Duration::from_secs(30)).await;
+    assert!(status.success(), "{}", work.log("embedded.log"));
+    assert!(
+        work.log("embedded.log")
+            .contains("embedded PostgreSQL stopped")
+    );
+    assert!(
+        !data_dir.join("postgres/postmaster.pid").exists(),
+        "the cluster is down after the daemon exits"
+    );
+}

@@ -66,8 +66,9 @@ pub async fn claim(
     Ok(jobs)
 }
 
-/// Extends the leases of the jobs `worker` still holds whose lease has less than two
-/// thirds left (called every third of a lease, so none runs out while the worker lives);
+/// Extends the leases of the jobs `worker` still holds whose lease has less than five
+/// sixths left, i.e. was not renewed in the last sixth of a lease (called every third of
+/// a lease, so none runs out while the worker lives, and fresh claims are not rewritten);
 /// returns how many were extended. Rows being written back right now are skipped
 /// (SKIP LOCKED): waiting on them could deadlock with the outcome writer, and they are
 /// leaving `running` anyway.
@@ -84,7 +85,7 @@ pub async fn extend_leases(
         "update penguin.jobs j set lease_expires_at = now() + make_interval(secs => $3)
            from (select id from penguin.jobs
                   where id = any($1) and leased_by = $2
-                    and lease_expires_at < now() + make_interval(secs => $3 * 2 / 3)
+                    and lease_expires_at < now() + make_interval(secs => $3 * 5 / 6)
                   order by id
                   for update skip locked) due
           where j.id = due.id",

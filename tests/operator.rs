@@ -1,0 +1,177 @@
+//! Operator actions on a real PostgreSQL: retry, cancel, replay of many dead letters,
+//! purge and stats.
+
+mod support;
+
+use std::time::Duration;
+
+use penguin_jobs::queue::{self, NewJob, Outcome};
+use serde_json::json;
+use support::daemon::{config, count, register_kinds};
+
+/// Moves `id` to the dead letters the way a worker would.
+async fn bury(pool: &sqlx::PgPool, id: i64) {
+    let claimed = queue::claim(pool, "default", 100, "w", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(claimed.iter().any(|j| j.id == id));
+    let outcomes: Vec<(i64, Outcome)> = claimed
+        .iter()
+        .map(|j| {
+            let outcome = if j.id == id {
+                Outcome::Dead {
+                    reason: queue::DeadReason::PermanentError,
+                    error: None,
+                }
+            } else {
+                Outcome::Snooze {
+                    run_at: chrono::Utc::now(),
+                }
+            };
+            (j.id, outcome)
+        })
+        .collect();
+    queue::write_outcomes(pool, "w", &outcomes).await.unwrap();
+}
+
+#[tokio::test]
+async fn replay_all_of_one_kind_leaves_the_others_alone() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let mut buried = Vec::new();
+    for kind in ["noop", "noop", "http.request"] {
+        let payload = if kind == "noop" {
+            json!({})
+        } else {
+            json!({"url": "https://example.com"})
+        };
+        let id = queue::enqueue(&db.pool, &NewJob::new(kind, payload))
+            .await
+            .unwrap();
+        bury(&db.pool, id).await;
+        buried.push(id);
+    }
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.dead_letters").await,
+        3
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs").await,
+        0
+    );
+
+    let replayed = queue::replay_dead_letters(&db.pool, None, Some("noop"))
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 2);
+    for r in &replayed {
+        let job = queue::get_job(&db.pool, r.job).await.unwrap();
+        assert_eq!(
+            (job.kind.as_str(), job.state.as_str(), job.attempt),
+            ("noop", "available", 0)
+        );
+    }
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.dead_letters where replayed_at is null"
+        )
+        .await,
+        1
+    );
+    // nothing left of that kind: a second --all is a no-op
+    assert!(
+        queue::replay_dead_letters(&db.pool, None, Some("noop"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn purge_deletes_only_dead_letters_older_than_asked() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    for _ in 0..2 {
+        let id = queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
+            .await
+            .unwrap();
+        bury(&db.pool, id).await;
+    }
+    sqlx::query("update penguin.dead_letters set dead_at = now() - interval '40 days' where id = (select min(id) from penguin.dead_letters)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let purged = queue::purge_dead_letters(&db.pool, Duration::from_secs(30 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.dead_letters").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn retry_runs_a_waiting_job_now_and_a_finished_one_with_fresh_attempts() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let later = NewJob {
+        run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+        ..NewJob::new("noop", json!({}))
+    };
+    let scheduled = queue::enqueue(&db.pool, &later).await.unwrap();
+    let job = queue::retry_job(&db.pool, scheduled).await.unwrap();
+    assert_eq!(job.state, "available");
+    assert!(job.run_at <= chrono::Utc::now());
+
+    let claimed = queue::claim(&db.pool, "default", 1, "w", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let err = queue::retry_job(&db.pool, claimed[0].id).await.unwrap_err();
+    assert!(
+        err.to_string().contains("running job cannot be retried"),
+        "{err}"
+    );
+    queue::write_outcomes(
+        &db.pool,
+        "w",
+        &[(
+            claimed[0].id,
+            Outcome::Completed {
+                result: Some(json!({"ok": true})),
+                delete: false,
+            },
+        )],
+    )
+    .await
+    .unwrap();
+    let done = queue::get_job(&db.pool, claimed[0].id).await.unwrap();
+    assert_eq!(
+        (done.state.as_str(), done.result),
+        ("completed", Some(json!({"ok": true})))
+    );
+    let again = queue::retry_job(&db.pool, claimed[0].id).await.unwrap();
+    assert_eq!((again.state.as_str(), again.attempt), ("available", 0));
+}
+
+#[tokio::test]
+async fn stats_count_every_state_per_queue() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let mut jobs: Vec<NewJob> = (0..3).map(|_| NewJob::new("noop", json!({}))).collect();
+    jobs.push(NewJob {
+        queue: Some("email".into()),
+        run_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+        ..NewJob::new("noop", json!({}))
+    });
+    let ids = queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    queue::cancel_job(&db.pool, ids[0]).await.unwrap();
+    let stats = queue::stats(&db.pool).await.unwrap();
+    assert_eq!(stats.len(), 2);
+    let default = stats.iter().find(|s| s.queue == "default").unwrap();
+    assert_eq!((default.available, default.cancelled), (2, 1));
+    let email = stats.iter().find(|s| s.queue == "email").unwrap();
+    assert_eq!(email.scheduled, 1);
+}
