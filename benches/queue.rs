@@ -8,7 +8,10 @@
 //! - the same drain on a table already holding 1M completed rows and 200k rows scheduled
 //!   an hour ahead (and the ratio to the empty-table rate),
 //! - enqueue-to-start latency p50/p99 at a steady 500 jobs/s (single-row enqueues),
-//! - the daemon's idle RSS and its peak RSS during the drain.
+//! - the daemon's idle RSS and its peak RSS during the drain,
+//! - sustained churn (5 drains of 200k in a row over 1M completed rows) with the
+//!   migration's per-table autovacuum settings and with PostgreSQL's defaults: the rate of
+//!   each round, dead tuples left and the sizes of the table and its indexes.
 //!
 //! Drain rates are computed from the database's own timestamps: jobs / (last finished_at
 //! − first attempted_at), so process start-up and polling do not count.
@@ -26,6 +29,7 @@ use sqlx::postgres::PgPoolOptions;
 const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
 const DRAIN_JOBS: usize = 200_000;
 const ENQUEUE_CHUNK: usize = 1_000;
+const CHURN_ROUNDS: usize = 5;
 
 const DAEMON_CONFIG: &str = r#"
 [database]
@@ -212,6 +216,73 @@ async fn latency(pool: &PgPool, daemon: &Daemon) -> (f64, f64) {
     (p50, p99)
 }
 
+/// The autovacuum settings the migration puts on `penguin.jobs`.
+const QUEUE_AUTOVACUUM: &str = "autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold, \
+     autovacuum_vacuum_insert_scale_factor, autovacuum_vacuum_insert_threshold, \
+     autovacuum_analyze_scale_factor, autovacuum_analyze_threshold, autovacuum_vacuum_cost_delay";
+
+async fn load_completed(pool: &PgPool, rows: i64) {
+    sqlx::query(
+        "insert into penguin.jobs (queue, kind, payload, state, max_attempts, attempt, run_at, attempted_at, finished_at)
+         select 'default', 'noop', jsonb_build_object('n', g), 'completed', 25, 1, now() - interval '1 hour', now() - interval '1 hour', now() - interval '1 hour'
+           from generate_series(1, $1) g",
+    )
+    .bind(rows)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Sustained churn on a table holding 1M completed rows: CHURN_ROUNDS drains of 200k in a
+/// row, with the migration's autovacuum settings or with PostgreSQL's defaults. Returns
+/// the rate of each round and the table's dead tuples and sizes at the end.
+async fn churn(
+    cluster: &EmbeddedPostgres,
+    dir: &Path,
+    postgres_defaults: bool,
+) -> serde_json::Value {
+    let (pool, url) = fresh_database(cluster, "bench_churn").await;
+    load_completed(&pool, 1_000_000).await;
+    if postgres_defaults {
+        sqlx::query(&format!(
+            "alter table penguin.jobs reset ({QUEUE_AUTOVACUUM})"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("vacuum analyze penguin.jobs")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let daemon = Daemon::start(dir, &url);
+    wait_idle(&pool).await;
+    let mut rates = Vec::new();
+    for _ in 0..CHURN_ROUNDS {
+        rates.push(drain(&pool, &daemon).await.0.round());
+    }
+    daemon.stop();
+    // let the statistics collector catch up before reading it
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (dead, vacuums, heap_mb, claim_idx_mb, pkey_mb): (i64, i64, f64, f64, f64) =
+        sqlx::query_as(
+            "select n_dead_tup, autovacuum_count,
+                pg_relation_size('penguin.jobs') / 1048576.0::float8,
+                pg_relation_size('penguin.jobs_claim_idx') / 1048576.0::float8,
+                pg_relation_size('penguin.jobs_pkey') / 1048576.0::float8
+           from pg_stat_user_tables where relid = 'penguin.jobs'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    json!({
+        "round_rates": rates, "dead_tuples_after": dead, "autovacuums": vacuums,
+        "heap_mb": heap_mb.round(), "claim_index_mb": (claim_idx_mb * 10.0).round() / 10.0,
+        "pkey_mb": pkey_mb.round(),
+    })
+}
+
 async fn fresh_database(cluster: &EmbeddedPostgres, name: &str) -> (PgPool, String) {
     let admin = PgPoolOptions::new()
         .max_connections(1)
@@ -264,6 +335,7 @@ async fn main() {
 
     let (mut empty_rates, mut loaded_rates, mut enqueue_rates) = (vec![], vec![], vec![]);
     let (mut p50s, mut p99s, mut idle_rss, mut peak_rss) = (vec![], vec![], vec![], vec![]);
+    let (mut churn_queue, mut churn_defaults) = (vec![], vec![]);
     for run in 0..runs {
         // empty table
         let (pool, url) = fresh_database(&cluster, "bench_empty").await;
@@ -283,14 +355,7 @@ async fn main() {
 
         // 1M completed + 200k scheduled an hour ahead
         let (pool, url) = fresh_database(&cluster, "bench_loaded").await;
-        sqlx::query(
-            "insert into penguin.jobs (queue, kind, payload, state, max_attempts, attempt, run_at, attempted_at, finished_at)
-             select 'default', 'noop', jsonb_build_object('n', g), 'completed', 25, 1, now() - interval '1 hour', now() - interval '1 hour', now() - interval '1 hour'
-               from generate_series(1, 1000000) g",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        load_completed(&pool, 1_000_000).await;
         sqlx::query(
             "insert into penguin.jobs (queue, kind, payload, state, max_attempts, run_at)
              select 'default', 'noop', jsonb_build_object('n', g), 'scheduled', 25, now() + interval '1 hour'
@@ -309,6 +374,9 @@ async fn main() {
         loaded_rates.push(rate);
         daemon.stop();
         pool.close().await;
+
+        churn_queue.push(churn(&cluster, &dir, false).await);
+        churn_defaults.push(churn(&cluster, &dir, true).await);
         eprintln!(
             "run {}: drain {:.0}/s, loaded drain {:.0}/s, enqueue {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, idle {:.1} MB, peak {:.1} MB",
             run + 1,
@@ -336,6 +404,11 @@ async fn main() {
         },
         "daemon_idle_rss_mb": { "median": median(&mut idle_rss.clone()), "runs": idle_rss },
         "daemon_peak_rss_mb": { "median": median(&mut peak_rss.clone()), "runs": peak_rss },
+        "churn_5x200k_over_1m_completed": {
+            "note": "autovacuum_naptime = 2s on the bench cluster",
+            "queue_autovacuum_settings": churn_queue,
+            "postgres_default_autovacuum": churn_defaults,
+        },
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     let _ = cluster.stop().await;
