@@ -20,6 +20,7 @@ use crate::config::{Config, redact_url};
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::jobs::{Deps, Registry};
 use crate::queue::{self, JobFilter, NewJob};
+use crate::scheduler;
 
 /// Durable PostgreSQL job queue and worker daemon for PenguinMails' integrations.
 ///
@@ -49,6 +50,9 @@ pub enum Command {
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// List, pause and resume cron schedules.
+    #[command(subcommand)]
+    Schedules(SchedulesCommand),
     /// Job counts per queue and state.
     Stats {
         /// Print JSON instead of a table.
@@ -157,6 +161,19 @@ pub enum DlqCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum SchedulesCommand {
+    /// Every schedule with its next and last fire.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop firing a schedule (fires while paused are passed over, not caught up).
+    Pause { name: String },
+    /// Fire a paused schedule again.
+    Resume { name: String },
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 5m, 2h, 30d)"))
 }
@@ -179,6 +196,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enqueue(args) => enqueue(&config, args).await,
         Command::Jobs(cmd) => jobs(&config, cmd).await,
         Command::Dlq(cmd) => dlq(&config, cmd).await,
+        Command::Schedules(cmd) => schedules(&config, cmd).await,
         Command::Stats { json } => {
             let (pool, _) = connect(&config, false).await?;
             let stats = queue::stats(&pool).await?;
@@ -298,9 +316,18 @@ async fn connect(
 }
 
 async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<()> {
-    let registry = Arc::new(registry(&config)?);
+    // every config error before anything starts
+    let schedules = scheduler::from_config(&config)?;
+    let check = registry(&config)?;
+    for s in &schedules {
+        check
+            .check(&s.job)
+            .map_err(|e| anyhow::anyhow!("schedules.{}: {e}", s.name))?;
+    }
     let (pool, cluster) = connect(&config, true).await?;
     let result = async {
+        let deps = Deps::new()?.with_pool(pool.clone());
+        let registry = Arc::new(Registry::builtin(&config, &deps)?);
         if args.no_migrate {
             queue::sync_kinds(&pool, &registry.kind_defaults())
                 .await
@@ -310,7 +337,9 @@ async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<()> {
         }
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
+        let cron = tokio::spawn(scheduler::run(pool.clone(), schedules, shutdown.clone()));
         crate::runtime::run(&config, pool.clone(), registry, shutdown).await?;
+        let _ = cron.await;
         anyhow::Ok(())
     }
     .await;
@@ -500,6 +529,49 @@ async fn dlq(config: &Config, cmd: DlqCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(user_error)?;
             println!("{n} dead letters purged");
+        }
+    }
+    Ok(())
+}
+
+async fn schedules(config: &Config, cmd: SchedulesCommand) -> anyhow::Result<()> {
+    let (pool, _) = connect(config, false).await?;
+    match cmd {
+        SchedulesCommand::List { json } => {
+            let rows = scheduler::list(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            let when =
+                |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
+            println!(
+                "{:<24} {:<20} {:<16} {:<20} {:<8} {:<26} {:<26} LAST_JOB",
+                "NAME", "CRON", "TIMEZONE", "KIND", "ENABLED", "NEXT_FIRE", "LAST_FIRE"
+            );
+            for r in rows {
+                println!(
+                    "{:<24} {:<20} {:<16} {:<20} {:<8} {:<26} {:<26} {}",
+                    r.name,
+                    r.cron,
+                    r.timezone,
+                    r.kind,
+                    r.enabled,
+                    when(r.next_fire_at),
+                    when(r.last_fire_at),
+                    r.last_job_id
+                        .map(|j| j.to_string())
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        SchedulesCommand::Pause { name } => {
+            scheduler::set_enabled(&pool, &name, false).await?;
+            println!("schedule {name} paused");
+        }
+        SchedulesCommand::Resume { name } => {
+            scheduler::set_enabled(&pool, &name, true).await?;
+            println!("schedule {name} resumed");
         }
     }
     Ok(())

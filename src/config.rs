@@ -48,6 +48,10 @@ pub struct Config {
     pub kinds: BTreeMap<String, KindConfig>,
     /// How long finished rows are kept.
     pub retention: RetentionConfig,
+    /// Cron schedules, one per name: each fire enqueues one job, once across all daemons.
+    pub schedules: BTreeMap<String, ScheduleConfig>,
+    /// Built-in housekeeping schedules.
+    pub maintenance: MaintenanceConfig,
 }
 
 /// `[database]`.
@@ -202,15 +206,93 @@ impl Default for BackoffConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
-    /// How long `completed` jobs stay in `penguin.jobs`. `"0s"` deletes a job at completion.
+    /// How long `completed` and `cancelled` jobs stay in `penguin.jobs` before pruning.
+    /// `"0s"` deletes a job at completion.
     #[serde(with = "humantime_serde")]
     pub completed: Duration,
+    /// How long dead letters stay before pruning; `"0s"` keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub dead_letters: Duration,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self {
             completed: Duration::from_secs(24 * 3600),
+            dead_letters: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// What a schedule does about fires it missed while no daemon ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedFires {
+    /// Drop them; only fires from now on run.
+    #[default]
+    Skip,
+    /// Enqueue the latest `max_catch_up` of them.
+    CatchUp,
+}
+
+/// `[schedules.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Standard 5-field cron (`min hour dom month dow`), or 6 fields with seconds first.
+    pub cron: String,
+    /// IANA time zone the cron is read in (`Europe/Berlin`); default UTC.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// The job kind each fire enqueues.
+    pub kind: String,
+    /// Its payload.
+    #[serde(default = "empty_object")]
+    pub payload: serde_json::Value,
+    /// Queue (default: the kind's).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Priority (default: the kind's).
+    #[serde(default)]
+    pub priority: Option<i16>,
+    /// After downtime: `skip` or `catch_up`.
+    #[serde(default)]
+    pub missed: MissedFires,
+    /// With `catch_up`: most missed fires enqueued.
+    #[serde(default = "default_max_catch_up")]
+    pub max_catch_up: u32,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+fn default_max_catch_up() -> u32 {
+    1
+}
+
+/// `[maintenance]`: housekeeping run as ordinary scheduled jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Prune completed/cancelled jobs and dead letters past `[retention]`.
+    pub prune: bool,
+    /// When pruning runs (cron).
+    pub prune_cron: String,
+    /// Rows deleted per statement, so a prune never holds long locks.
+    pub prune_batch: u32,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            prune: true,
+            prune_cron: "* * * * *".into(),
+            prune_batch: 1000,
         }
     }
 }
@@ -282,6 +364,20 @@ impl Config {
                 return invalid(format!("queues.{name}.batch must be between 1 and 5000"));
             }
         }
+        if self.maintenance.prune_batch == 0 || self.maintenance.prune_batch > 100_000 {
+            return invalid("maintenance.prune_batch must be between 1 and 100000".into());
+        }
+        for (name, schedule) in &self.schedules {
+            check_name("schedules", name)?;
+            if let Some(q) = &schedule.queue {
+                check_name(&format!("schedules.{name}.queue"), q)?;
+            }
+            if schedule.max_catch_up == 0 || schedule.max_catch_up > 1000 {
+                return invalid(format!(
+                    "schedules.{name}.max_catch_up must be between 1 and 1000"
+                ));
+            }
+        }
         for (kind, k) in &self.kinds {
             if let Some(q) = &k.queue {
                 check_name(&format!("kinds.\"{kind}\".queue"), q)?;
@@ -327,7 +423,7 @@ fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::Invalid(format!(
-            "{key}: queue name {name:?} must be 1-64 characters of a-z, A-Z, 0-9, '_', '-', '.'"
+            "{key}: name {name:?} must be 1-64 characters of a-z, A-Z, 0-9, '_', '-', '.'"
         )))
     }
 }

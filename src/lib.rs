@@ -12,4 +12,5 @@ pub mod jobs;
 pub mod providers;
 pub mod queue;
 pub mod runtime;
+pub mod scheduler;
 pub mod telemetry;

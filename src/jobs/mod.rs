@@ -6,6 +6,7 @@
 //! job rows, or know about the worker runtime or the HTTP shim.
 
 pub mod http_request;
+pub mod maintenance;
 pub mod noop;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -142,6 +143,9 @@ pub struct RegistryError(String);
 #[derive(Clone)]
 pub struct Deps {
     pub http: reqwest::Client,
+    /// The database, for kinds that work on our own tables (maintenance). `None` where
+    /// the registry only checks payloads (the CLI's enqueue).
+    pub pool: Option<sqlx::PgPool>,
 }
 
 impl Deps {
@@ -149,7 +153,15 @@ impl Deps {
     pub fn new() -> Result<Self, RegistryError> {
         let http = crate::providers::http::client(Duration::from_secs(60))
             .map_err(|e| RegistryError(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { http })
+        Ok(Self { http, pool: None })
+    }
+
+    /// The same, with the database.
+    pub fn with_pool(self, pool: sqlx::PgPool) -> Self {
+        Self {
+            pool: Some(pool),
+            ..self
+        }
     }
 }
 
@@ -173,6 +185,7 @@ impl Registry {
         let handlers: Vec<Arc<dyn Handler>> = vec![
             Arc::new(noop::Noop),
             Arc::new(http_request::HttpRequest::new(deps.http.clone())),
+            Arc::new(maintenance::Prune::new(config, deps.pool.clone())),
         ];
         Self::new(handlers, &config.kinds)
     }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod claim;
 pub mod enqueue;
 pub mod outcome;
+pub mod prune;
 pub mod rescue;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +22,7 @@ pub use claim::{
 };
 pub use enqueue::{NewJob, enqueue, enqueue_many};
 pub use outcome::{DeadReason, ErrorEntry, FlushCounts, Outcome, write_outcomes};
+pub use prune::{Pruned, prune};
 pub use rescue::{RescueCounts, rescue_expired};
 
 /// The channel idle workers LISTEN on; the payload is a comma-separated list of queues.
