@@ -326,3 +326,62 @@ async fn pruning_removes_exactly_what_the_retention_says() {
         2
     );
 }
+
+#[tokio::test]
+async fn a_restart_after_downtime_honours_skip_and_catch_up() {
+    let db = support::test_db().await;
+    let dir = std::env::temp_dir().join(format!(
+        "penguin-jobs-sched-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("jobs.toml"),
+        "[daemon]\npoll_interval = \"100ms\"\n[maintenance]\nprune = false\n\
+         [schedules.skipper]\ncron = \"* * * * * *\"\nkind = \"noop\"\nmissed = \"skip\"\n\
+         [schedules.catcher]\ncron = \"* * * * * *\"\nkind = \"noop\"\nmissed = \"catch_up\"\nmax_catch_up = 2\n",
+    )
+    .unwrap();
+    let mut daemon = spawn_daemon(&dir, &db.url, "first.log");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop(&mut daemon);
+    let before: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "select name, last_fire_at from penguin.schedules where name in ('skipper', 'catcher')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    // four seconds without a daemon
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut daemon = spawn_daemon(&dir, &db.url, "second.log");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop(&mut daemon);
+
+    for (name, last_before) in before {
+        // the restart's first pass enqueues its fires in one transaction: one created_at
+        let first_pass: Vec<String> = sqlx::query_scalar(
+            "select unique_key from penguin.jobs
+              where unique_key like $1 and unique_key > $2
+                and created_at = (select min(created_at) from penguin.jobs
+                                   where unique_key like $1 and unique_key > $2)
+              order by unique_key",
+        )
+        .bind(format!("schedule:{name}:%"))
+        .bind(format!(
+            "schedule:{name}:{}",
+            last_before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        let expected = if name == "catcher" { 3 } else { 1 };
+        assert_eq!(first_pass.len(), expected, "{name}: {first_pass:?}");
+        let first = at(first_pass[0].trim_start_matches(&format!("schedule:{name}:")));
+        assert!(
+            first - last_before >= chrono::Duration::seconds(2),
+            "{name}: the missed fires before the catch-up window were not enqueued: {first_pass:?} after {last_before}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
