@@ -15,7 +15,7 @@ create table penguin.inbound_events (
     -- the request body exactly as received (what the signature covers)
     raw         bytea not null,
     received_at timestamptz not null default now(),
-    -- the processing job (mailgun.event, sendgrid.event, stripe.event); null when a filter dropped it
-    job_id      bigint,
+    -- its processing job (mailgun.event, sendgrid.event, stripe.event) carries
+    -- {"inbound_event_id": id}; a filtered event gets none
     unique (provider, event_id)
 );
