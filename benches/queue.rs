@@ -66,7 +66,7 @@ impl Daemon {
         let child = Command::new(BIN)
             .arg("--config")
             .arg(workdir.join("jobs.toml"))
-            .arg("run")
+            .args(["run", "--no-http"])
             .env("DATABASE_URL", url)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -66,6 +66,13 @@ pub struct RunArgs {
     /// Do not apply migrations at start (the schema must already be current).
     #[arg(long)]
     pub no_migrate: bool,
+    /// Do not serve the HTTP shim ([http] listen): workers and schedules only.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Run no worker pools: the HTTP shim and the schedules only (jobs wait for another
+    /// daemon's workers).
+    #[arg(long, conflicts_with = "no_http")]
+    pub no_workers: bool,
 }
 
 #[derive(Debug, Args)]
@@ -337,9 +344,35 @@ async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<()> {
         }
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
+        let shim = if args.no_http {
+            None
+        } else {
+            let state = crate::http::AppState::new(&config, pool.clone(), registry.clone())?;
+            let listener = tokio::net::TcpListener::bind(&config.http.listen)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on http.listen = {}", config.http.listen)
+                })?;
+            tracing::info!(listen = %config.http.listen, "HTTP shim listening");
+            let max_body = config.http.max_body;
+            let stop = shutdown.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::http::serve_on(listener, state, max_body, stop).await {
+                    tracing::error!(error = %e, "HTTP shim stopped");
+                }
+            }))
+        };
         let cron = tokio::spawn(scheduler::run(pool.clone(), schedules, shutdown.clone()));
-        crate::runtime::run(&config, pool.clone(), registry, shutdown).await?;
+        if args.no_workers {
+            tracing::info!("no worker pools (--no-workers)");
+            shutdown.cancelled().await;
+        } else {
+            crate::runtime::run(&config, pool.clone(), registry, shutdown).await?;
+        }
         let _ = cron.await;
+        if let Some(shim) = shim {
+            let _ = shim.await;
+        }
         anyhow::Ok(())
     }
     .await;

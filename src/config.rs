@@ -52,6 +52,90 @@ pub struct Config {
     pub schedules: BTreeMap<String, ScheduleConfig>,
     /// Built-in housekeeping schedules.
     pub maintenance: MaintenanceConfig,
+    /// The HTTP shim: enqueue over HTTP and provider webhooks.
+    pub http: HttpConfig,
+    /// Provider credentials and webhook keys.
+    pub providers: ProvidersConfig,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address the shim listens on.
+    pub listen: String,
+    /// Bearer tokens accepted by `POST /v1/jobs`, each `"env:NAME"` or `"file:PATH"`.
+    /// Empty: `/v1/jobs` answers 401 to everyone.
+    pub api_tokens: Vec<String>,
+    /// Largest request body in bytes; larger requests get 413.
+    pub max_body: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            api_tokens: Vec::new(),
+            max_body: 1024 * 1024,
+        }
+    }
+}
+
+/// `[providers.*]`: one table per provider; a provider without its table has its webhook
+/// route answer 404.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    pub mailgun: Option<MailgunConfig>,
+    pub sendgrid: Option<SendgridConfig>,
+    pub stripe: Option<StripeConfig>,
+}
+
+/// One `[[providers.NAME.filters]]` entry: an event gets a processing job when its type
+/// is `event` (`"*"`: any) and every condition holds. With filters configured, an event
+/// no filter matches is stored but gets no job, and is counted in
+/// `penguin.webhook_counters` (reason `filtered`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFilter {
+    /// Event type (`payment_intent.succeeded`, `bounce`, `failed`, ...) or `"*"`.
+    pub event: String,
+    /// Dot-separated field path in the event (`data.object.currency`) → required JSON value.
+    #[serde(default)]
+    pub conditions: BTreeMap<String, serde_json::Value>,
+}
+
+/// `[providers.mailgun]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailgunConfig {
+    /// HTTP webhook signing key (`"env:NAME"` / `"file:PATH"`).
+    pub webhook_signing_key: Option<String>,
+    /// Which events get a processing job (`[[providers.NAME.filters]]`); none: all do.
+    #[serde(default)]
+    pub filters: Vec<WebhookFilter>,
+}
+
+/// `[providers.sendgrid]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendgridConfig {
+    /// Event Webhook verification key: base64 DER public key (`"env:NAME"` / `"file:PATH"`).
+    pub webhook_public_key: Option<String>,
+    /// Which events get a processing job (`[[providers.NAME.filters]]`); none: all do.
+    #[serde(default)]
+    pub filters: Vec<WebhookFilter>,
+}
+
+/// `[providers.stripe]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeConfig {
+    /// Endpoint signing secret `whsec_...` (`"env:NAME"` / `"file:PATH"`).
+    pub webhook_secret: Option<String>,
+    /// Which events get a processing job (`[[providers.NAME.filters]]`); none: all do.
+    #[serde(default)]
+    pub filters: Vec<WebhookFilter>,
 }
 
 /// `[database]`.
@@ -364,6 +448,15 @@ impl Config {
                 return invalid(format!("queues.{name}.batch must be between 1 and 5000"));
             }
         }
+        if self.http.max_body < 1024 || self.http.max_body > 64 * 1024 * 1024 {
+            return invalid("http.max_body must be between 1024 and 67108864 bytes".into());
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            return invalid(format!(
+                "http.listen: {:?} is not an address like 127.0.0.1:8080",
+                self.http.listen
+            ));
+        }
         if self.maintenance.prune_batch == 0 || self.maintenance.prune_batch > 100_000 {
             return invalid("maintenance.prune_batch must be between 1 and 100000".into());
         }
@@ -450,6 +543,18 @@ pub fn resolve_secret(reference: &str) -> Result<SecretString, ConfigError> {
         Ok(SecretString::from(value))
     } else {
         Ok(SecretString::from(reference.to_string()))
+    }
+}
+
+/// Like [`resolve_secret`], but only `"env:NAME"` and `"file:PATH"` are accepted: tokens
+/// and signing keys must not sit in the config file itself.
+pub fn resolve_secret_ref(key: &str, reference: &str) -> Result<SecretString, ConfigError> {
+    if reference.starts_with("env:") || reference.starts_with("file:") {
+        resolve_secret(reference)
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{key}: write the secret as \"env:NAME\" or \"file:PATH\", not the value itself"
+        )))
     }
 }
 

@@ -8,9 +8,11 @@
 pub mod cli;
 pub mod config;
 pub mod embedded_pg;
+pub mod http;
 pub mod jobs;
 pub mod providers;
 pub mod queue;
 pub mod runtime;
 pub mod scheduler;
 pub mod telemetry;
+pub mod webhooks;

@@ -42,7 +42,7 @@ impl Workdir {
 
     fn spawn_daemon(&self, db_url: &str, log: &str) -> Child {
         let log = std::fs::File::create(self.0.join(log)).unwrap();
-        self.command(db_url, &["run"])
+        self.command(db_url, &["run", "--no-http"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -196,9 +196,18 @@ async fn sigterm_drains_running_jobs_and_exits_zero() {
         &db.pool,
         "select count(*) = 5 from penguin.jobs where state = 'running'",
         Duration::from_secs(10),
-        "the jobs to start",
+        "the jobs to be claimed",
     )
     .await;
+    // claimed is not started: signal only once all five reached the provider
+    let start = std::time::Instant::now();
+    while provider.received_requests().await.unwrap_or_default().len() < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the jobs never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     signal(&daemon, "-TERM");
     let status = wait_exit(&mut daemon, Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}\n{}", work.log("daemon.log"));
@@ -357,7 +366,7 @@ async fn with_no_database_configured_run_starts_and_stops_its_own_postgres() {
     let mut daemon = Command::new(BIN)
         .arg("--config")
         .arg(work.0.join("jobs.toml"))
-        .arg("run")
+        .args(["run", "--no-http"])
         .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(log)

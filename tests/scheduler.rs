@@ -140,7 +140,7 @@ fn spawn_daemon(dir: &std::path::Path, url: &str, log: &str) -> Child {
     Command::new(BIN)
         .arg("--config")
         .arg(dir.join("jobs.toml"))
-        .arg("run")
+        .args(["run", "--no-http"])
         .env("DATABASE_URL", url)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

@@ -396,6 +396,20 @@ async fn shutdown_lets_running_jobs_finish_and_releases_the_rest_without_spendin
         "the batch to be claimed",
     )
     .await;
+    // claimed is not started: stop only once the first job reached the provider
+    let start = std::time::Instant::now();
+    while provider
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the first job never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     rt.stop().await;
     assert_eq!(
         count(

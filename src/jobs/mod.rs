@@ -6,8 +6,11 @@
 //! job rows, or know about the worker runtime or the HTTP shim.
 
 pub mod http_request;
+pub mod mailgun_event;
 pub mod maintenance;
 pub mod noop;
+pub mod sendgrid_event;
+pub mod stripe_event;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -186,6 +189,9 @@ impl Registry {
             Arc::new(noop::Noop),
             Arc::new(http_request::HttpRequest::new(deps.http.clone())),
             Arc::new(maintenance::Prune::new(config, deps.pool.clone())),
+            Arc::new(mailgun_event::MailgunEvent::new(deps.pool.clone())),
+            Arc::new(sendgrid_event::SendgridEvent::new(deps.pool.clone())),
+            Arc::new(stripe_event::StripeEvent::new(deps.pool.clone())),
         ];
         Self::new(handlers, &config.kinds)
     }

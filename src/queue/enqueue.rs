@@ -98,6 +98,26 @@ pub async fn enqueue<'e>(executor: impl PgExecutor<'e>, job: &NewJob) -> Result<
 /// held by a live job gets that job's id. The whole batch fails on an unknown kind.
 #[tracing::instrument(skip_all, fields(jobs = jobs.len()))]
 pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<i64>, Error> {
+    Ok(enqueue_many_reporting(conn, jobs)
+        .await?
+        .into_iter()
+        .map(|e| e.id)
+        .collect())
+}
+
+/// One enqueued job: its id, and whether this call created it (`false`: a live job
+/// already held its unique key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: i64,
+    pub created: bool,
+}
+
+/// [`enqueue_many`], telling for each job whether it was created or deduplicated.
+pub async fn enqueue_many_reporting(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+) -> Result<Vec<Enqueued>, Error> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
@@ -105,7 +125,11 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
         job.validate()?;
     }
     if jobs.iter().all(|j| j.unique_key.is_none()) {
-        return enqueue_many_without_keys(conn, jobs).await;
+        let ids = enqueue_many_without_keys(conn, jobs).await?;
+        return Ok(ids
+            .into_iter()
+            .map(|id| Enqueued { id, created: true })
+            .collect());
     }
     let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
     let payloads: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.payload).collect();
@@ -116,7 +140,7 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
     let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.unique_key.as_deref()).collect();
     let tenants: Vec<Option<uuid::Uuid>> = jobs.iter().map(|j| j.tenant_id).collect();
 
-    let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
+    let rows: Vec<(i64, Option<i64>, bool)> = sqlx::query_as(
         "with input as materialized (
              select t.ord, nextval('penguin.jobs_id_seq') as id, t.kind, t.payload,
                     coalesce(t.queue, k.queue) as queue,
@@ -150,7 +174,8 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
                     ins.id,
                     (select j.id from penguin.jobs j
                      where j.unique_key = i.unique_key
-                       and j.state in ('available', 'scheduled', 'running', 'retryable')))
+                       and j.state in ('available', 'scheduled', 'running', 'retryable'))),
+                ins.id is not null
          from input i left join inserted ins on ins.id = i.id
          order by i.ord",
     )
@@ -165,16 +190,32 @@ pub async fn enqueue_many(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Ve
     .fetch_all(&mut *conn)
     .await?;
 
-    let mut ids = Vec::with_capacity(jobs.len());
-    for (ord, id) in rows {
+    let mut out = Vec::with_capacity(jobs.len());
+    for (ord, id, created) in rows {
         match id {
-            Some(id) => ids.push(id),
+            Some(id) => out.push(Enqueued { id, created }),
             // The key's holder committed after this statement's snapshot, or sits earlier
-            // in this very batch: one more single enqueue sees it.
-            None => ids.push(enqueue(&mut *conn, &jobs[(ord - 1) as usize]).await?),
+            // in this very batch: look again, then enqueue alone if it is gone.
+            None => {
+                let job = &jobs[(ord - 1) as usize];
+                let held: Option<i64> = sqlx::query_scalar(
+                    "select id from penguin.jobs where unique_key = $1
+                       and state in ('available', 'scheduled', 'running', 'retryable')",
+                )
+                .bind(&job.unique_key)
+                .fetch_optional(&mut *conn)
+                .await?;
+                out.push(match held {
+                    Some(id) => Enqueued { id, created: false },
+                    None => Enqueued {
+                        id: enqueue(&mut *conn, job).await?,
+                        created: true,
+                    },
+                });
+            }
         }
     }
-    Ok(ids)
+    Ok(out)
 }
 
 /// The common case, no unique keys: a plain multi-row insert. Ids come from the identity

@@ -7,8 +7,11 @@
 
 pub mod admin;
 pub mod claim;
+pub mod email;
 pub mod enqueue;
+pub mod inbound;
 pub mod outcome;
+pub mod payments;
 pub mod prune;
 pub mod rescue;
 
@@ -20,7 +23,8 @@ pub use admin::*;
 pub use claim::{
     ClaimedJob, claim, extend_leases, forget_stale_idle_marks, mark_busy, mark_idle, release,
 };
-pub use enqueue::{NewJob, enqueue, enqueue_many};
+pub use enqueue::{Enqueued, NewJob, enqueue, enqueue_many, enqueue_many_reporting};
+pub use inbound::{NewInboundEvent, store_inbound};
 pub use outcome::{DeadReason, ErrorEntry, FlushCounts, Outcome, write_outcomes};
 pub use prune::{Pruned, prune};
 pub use rescue::{RescueCounts, rescue_expired};

@@ -1,0 +1,245 @@
+//! Email webhook effects: `penguin.email_events` (append-only), `penguin.email_status`
+//! (one row per campaign recipient, under the precedence of `penguin.email_status_rank`),
+//! `penguin.suppressions`, and `penguin.webhook_counters` (shared with the edge). Also
+//! reads `penguin.inbound_events` for the processing jobs of every provider.
+//!
+//! One processed event is one transaction: its event row, its status and its suppression
+//! commit together or not at all, and the event row's unique `inbound_event_id` makes a
+//! second run a no-op. It must never delete a suppression, never let a lower-ranked status
+//! replace a higher one, and knows nothing of provider payloads (callers hand it
+//! normalised [`EmailEvent`]s).
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool};
+
+use super::Error;
+
+/// One stored inbound webhook event, as the processing jobs need it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct InboundEvent {
+    pub id: i64,
+    /// `mailgun`, `sendgrid` or `stripe`.
+    pub provider: String,
+    /// The provider's event id.
+    pub event_id: String,
+    pub event_type: Option<String>,
+    /// The event itself.
+    pub payload: serde_json::Value,
+}
+
+/// Loads inbound event `id`, or `None` if there is none.
+pub async fn load_inbound_event<'e>(
+    executor: impl PgExecutor<'e>,
+    id: i64,
+) -> Result<Option<InboundEvent>, Error> {
+    Ok(sqlx::query_as(
+        "select id, provider, event_id, event_type, payload
+           from penguin.inbound_events where id = $1",
+    )
+    .bind(id)
+    .fetch_optional(executor)
+    .await?)
+}
+
+/// Why an address is suppressed (`penguin.suppressions.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuppressionReason {
+    HardBounce,
+    Complaint,
+    Unsubscribe,
+}
+
+impl SuppressionReason {
+    /// The stored string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressionReason::HardBounce => "hard_bounce",
+            SuppressionReason::Complaint => "complaint",
+            SuppressionReason::Unsubscribe => "unsubscribe",
+        }
+    }
+}
+
+/// A recipient status (`penguin.email_status.status`), ranked by
+/// `penguin.email_status_rank` in the migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailStatus {
+    Processed,
+    Deferred,
+    SoftBounced,
+    Delivered,
+    Opened,
+    Clicked,
+    Bounced,
+    Failed,
+    Dropped,
+    Complained,
+    Unsubscribed,
+}
+
+impl EmailStatus {
+    /// The stored string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailStatus::Processed => "processed",
+            EmailStatus::Deferred => "deferred",
+            EmailStatus::SoftBounced => "soft_bounced",
+            EmailStatus::Delivered => "delivered",
+            EmailStatus::Opened => "opened",
+            EmailStatus::Clicked => "clicked",
+            EmailStatus::Bounced => "bounced",
+            EmailStatus::Failed => "failed",
+            EmailStatus::Dropped => "dropped",
+            EmailStatus::Complained => "complained",
+            EmailStatus::Unsubscribed => "unsubscribed",
+        }
+    }
+}
+
+/// One provider email event, normalised by its job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailEvent {
+    /// `mailgun` or `sendgrid`.
+    pub provider: &'static str,
+    /// The provider's own event name.
+    pub event_type: String,
+    /// What it means for the recipient; `None` leaves `email_status` alone.
+    pub status: Option<EmailStatus>,
+    pub campaign_id: Option<String>,
+    pub recipient_id: Option<String>,
+    /// The address, lowercased by the caller.
+    pub recipient: String,
+    pub provider_message_id: Option<String>,
+    pub provider_event_id: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub inbound_event_id: i64,
+    /// Add the recipient to the suppressions for this reason.
+    pub suppress: Option<SuppressionReason>,
+}
+
+/// What recording one event changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EmailEffects {
+    /// `false`: this inbound event was already recorded, nothing else was done.
+    pub event_recorded: bool,
+    /// The campaign recipient's status was inserted or replaced.
+    pub status_changed: bool,
+    /// The address was newly suppressed.
+    pub suppressed: bool,
+}
+
+/// Records `event` in one transaction: its `email_events` row; when it has a status and a
+/// campaign id, the recipient's `email_status` (only if the new status ranks higher, or
+/// equal and later); and its suppression (first reason wins). An inbound event recorded
+/// before changes nothing.
+pub async fn record_email_event(pool: &PgPool, event: &EmailEvent) -> Result<EmailEffects, Error> {
+    let mut tx = pool.begin().await?;
+    let inserted: Option<i64> = sqlx::query_scalar(
+        "insert into penguin.email_events
+             (provider, event_type, status, campaign_id, recipient_id, recipient,
+              provider_message_id, provider_event_id, occurred_at, inbound_event_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         on conflict (inbound_event_id) do nothing
+         returning id",
+    )
+    .bind(event.provider)
+    .bind(&event.event_type)
+    .bind(event.status.map(EmailStatus::as_str))
+    .bind(&event.campaign_id)
+    .bind(&event.recipient_id)
+    .bind(&event.recipient)
+    .bind(&event.provider_message_id)
+    .bind(&event.provider_event_id)
+    .bind(event.occurred_at)
+    .bind(event.inbound_event_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(email_event_id) = inserted else {
+        tx.rollback().await?;
+        return Ok(EmailEffects::default());
+    };
+    let mut effects = EmailEffects {
+        event_recorded: true,
+        ..EmailEffects::default()
+    };
+
+    if let (Some(status), Some(campaign_id)) = (event.status, &event.campaign_id) {
+        effects.status_changed = sqlx::query(
+            "insert into penguin.email_status as s
+                 (campaign_id, recipient, recipient_id, status, provider, provider_message_id,
+                  occurred_at, email_event_id)
+             values ($1, $2, $3, $4, $5, $6, $7, $8)
+             on conflict (campaign_id, recipient) do update
+                set recipient_id = coalesce(excluded.recipient_id, s.recipient_id),
+                    status = excluded.status,
+                    provider = excluded.provider,
+                    provider_message_id = excluded.provider_message_id,
+                    occurred_at = excluded.occurred_at,
+                    email_event_id = excluded.email_event_id,
+                    updated_at = now()
+              where penguin.email_status_rank(excluded.status) > penguin.email_status_rank(s.status)
+                 or (penguin.email_status_rank(excluded.status) = penguin.email_status_rank(s.status)
+                     and excluded.occurred_at > s.occurred_at)",
+        )
+        .bind(campaign_id)
+        .bind(&event.recipient)
+        .bind(&event.recipient_id)
+        .bind(status.as_str())
+        .bind(event.provider)
+        .bind(&event.provider_message_id)
+        .bind(event.occurred_at)
+        .bind(email_event_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+    }
+
+    if let Some(reason) = event.suppress {
+        effects.suppressed = sqlx::query(
+            "insert into penguin.suppressions (address, reason, provider, inbound_event_id)
+             values ($1, $2, $3, $4)
+             on conflict (address) do nothing",
+        )
+        .bind(&event.recipient)
+        .bind(reason.as_str())
+        .bind(event.provider)
+        .bind(event.inbound_event_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+    }
+
+    tx.commit().await?;
+    Ok(effects)
+}
+
+/// Adds `n` to each `(provider, reason)` counter of `penguin.webhook_counters`, in one
+/// statement (repeated pairs are summed first).
+pub async fn count_webhooks<'e>(
+    executor: impl PgExecutor<'e>,
+    counts: &[(&str, &str, i64)],
+) -> Result<(), Error> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let providers: Vec<&str> = counts.iter().map(|c| c.0).collect();
+    let reasons: Vec<&str> = counts.iter().map(|c| c.1).collect();
+    let ns: Vec<i64> = counts.iter().map(|c| c.2).collect();
+    sqlx::query(
+        "insert into penguin.webhook_counters as c (provider, reason, count)
+         select provider, reason, sum(n)::bigint
+           from unnest($1::text[], $2::text[], $3::bigint[]) as t(provider, reason, n)
+          group by provider, reason
+          order by provider, reason
+         on conflict (provider, reason) do update
+            set count = c.count + excluded.count, updated_at = now()",
+    )
+    .bind(&providers)
+    .bind(&reasons)
+    .bind(&ns)
+    .execute(executor)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,481 @@
+//! The HTTP shim against a real PostgreSQL: `/v1/jobs` statuses, and webhooks verified at
+//! the edge, stored with their job after commit, deduplicated, refused when forged or stale.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use hmac::{Hmac, Mac};
+use p256::ecdsa::signature::Signer;
+use penguin_jobs::http::{AppState, serve_on};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use support::daemon::{config, count, register_kinds};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "test-api-token-0123456789";
+const STRIPE_SECRET: &str = "whsec_test_secret_for_the_shim";
+const MAILGUN_KEY: &str = "mailgun-signing-key-for-tests";
+
+struct Shim {
+    base: String,
+    client: reqwest::Client,
+    clock: Arc<AtomicI64>,
+    sendgrid_key: p256::ecdsa::SigningKey,
+    _stop: tokio_util::sync::DropGuard,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn start(pool: &sqlx::PgPool, pool_for_shim: sqlx::PgPool) -> Shim {
+    start_with(pool, pool_for_shim, "").await
+}
+
+/// `extra` is appended to the shim's config (filters).
+async fn start_with(pool: &sqlx::PgPool, pool_for_shim: sqlx::PgPool, extra: &str) -> Shim {
+    let dir = std::env::temp_dir().join(format!(
+        "penguin-jobs-http-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sendgrid_key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+    // SubjectPublicKeyInfo DER of a P-256 key: the fixed algorithm header, then the point
+    let mut public = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
+    public.extend_from_slice(
+        sendgrid_key
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes(),
+    );
+    use base64::Engine;
+    let files = [
+        ("token", TOKEN.to_string()),
+        ("stripe", STRIPE_SECRET.to_string()),
+        ("mailgun", MAILGUN_KEY.to_string()),
+        (
+            "sendgrid",
+            base64::engine::general_purpose::STANDARD.encode(&public),
+        ),
+    ];
+    for (name, value) in &files {
+        std::fs::write(dir.join(name), value).unwrap();
+    }
+    let f = |name: &str| format!("file:{}", dir.join(name).display());
+    let cfg = config(&format!(
+        "[http]\napi_tokens = [\"{}\"]\nmax_body = 4096\n\
+         [providers.stripe]\nwebhook_secret = \"{}\"\n\
+         [providers.mailgun]\nwebhook_signing_key = \"{}\"\n\
+         [providers.sendgrid]\nwebhook_public_key = \"{}\"\n{extra}",
+        f("token"),
+        f("stripe"),
+        f("mailgun"),
+        f("sendgrid")
+    ));
+    let registry = register_kinds(pool, &cfg).await;
+    let clock = Arc::new(AtomicI64::new(chrono::Utc::now().timestamp()));
+    let c = clock.clone();
+    let state = AppState::new(&cfg, pool_for_shim, registry)
+        .unwrap()
+        .with_clock(move || c.load(Ordering::SeqCst));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(serve_on(listener, state, 4096, stop.clone()));
+    Shim {
+        base,
+        client: reqwest::Client::new(),
+        clock,
+        sendgrid_key,
+        _stop: stop.drop_guard(),
+        _dir: tempdir::Dir(dir),
+    }
+}
+
+impl Shim {
+    async fn post_job(&self, token: Option<&str>, body: &str) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}/v1/jobs", self.base))
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post_webhook(
+        &self,
+        provider: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}/webhooks/{provider}", self.base))
+            .body(body.to_vec());
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+}
+
+fn hmac_hex(key: &[u8], msg: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(msg);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn stripe_event(id: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": id, "object": "event", "type": "payment_intent.succeeded", "created": 1_700_000_000,
+        "data": {"object": {"id": "pi_1", "object": "payment_intent", "amount": 4200, "currency": "usd"}}
+    }))
+    .unwrap()
+}
+
+fn stripe_signature(t: i64, body: &[u8]) -> String {
+    let mut signed = format!("{t}.").into_bytes();
+    signed.extend_from_slice(body);
+    format!("t={t},v1={}", hmac_hex(STRIPE_SECRET.as_bytes(), &signed))
+}
+
+#[tokio::test]
+async fn post_jobs_answers_every_status_the_contract_names() {
+    let db = support::test_db().await;
+    let shim = start(&db.pool, db.pool.clone()).await;
+
+    assert_eq!(shim.post_job(None, r#"{"kind": "noop"}"#).await.0, 401);
+    assert_eq!(
+        shim.post_job(Some("wrong-token-0123456789abc"), r#"{"kind": "noop"}"#)
+            .await
+            .0,
+        401
+    );
+
+    let (status, body) = shim
+        .post_job(
+            Some(TOKEN),
+            r#"{"kind": "noop", "payload": {}, "unique_key": "once", "priority": -1}"#,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_i64().unwrap();
+    let (status, again) = shim
+        .post_job(
+            Some(TOKEN),
+            r#"{"kind": "noop", "payload": {}, "unique_key": "once"}"#,
+        )
+        .await;
+    assert_eq!((status, again["id"].as_i64()), (200, Some(id)));
+
+    let (status, body) = shim
+        .post_job(Some(TOKEN), r#"{"kind": "no.such.kind", "payload": {}}"#)
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        body["error"].as_str().unwrap().contains("unknown job kind"),
+        "{body}"
+    );
+    let (status, body) = shim
+        .post_job(
+            Some(TOKEN),
+            r#"{"kind": "http.request", "payload": {"method": "GET"}}"#,
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `url`"),
+        "{body}"
+    );
+    assert_eq!(shim.post_job(Some(TOKEN), "{not json").await.0, 422);
+    let big = format!(
+        r#"{{"kind": "noop", "payload": {{"pad": "{}"}}}}"#,
+        "x".repeat(5000)
+    );
+    assert_eq!(shim.post_job(Some(TOKEN), &big).await.0, 413);
+
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn concurrent_posts_share_commits_and_each_gets_its_own_job() {
+    let db = support::test_db().await;
+    let shim = Arc::new(start(&db.pool, db.pool.clone()).await);
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let shim = shim.clone();
+        tasks.push(tokio::spawn(async move {
+            shim.post_job(
+                Some(TOKEN),
+                &format!(r#"{{"kind": "noop", "payload": {{"n": {n}}}}}"#),
+            )
+            .await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 202);
+        ids.push(body["id"].as_i64().unwrap());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 200);
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs").await,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_stripe_event_is_stored_with_its_job_once_and_forgeries_are_refused() {
+    let db = support::test_db().await;
+    let shim = start(&db.pool, db.pool.clone()).await;
+    let body = stripe_event("evt_shim_1");
+    let sig = stripe_signature(shim.now(), &body);
+
+    let (status, answer) = shim
+        .post_webhook("stripe", &[("stripe-signature", sig.clone())], &body)
+        .await;
+    assert_eq!(
+        (status, answer),
+        (200, json!({"stored": 1, "duplicates": 0}))
+    );
+    // redelivery: 200, no second row, no second job
+    let (status, answer) = shim
+        .post_webhook("stripe", &[("stripe-signature", sig.clone())], &body)
+        .await;
+    assert_eq!(
+        (status, answer),
+        (200, json!({"stored": 0, "duplicates": 1}))
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.inbound_events").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.jobs j join penguin.inbound_events e
+                on (j.payload->>'inbound_event_id')::bigint = e.id
+             where j.kind = 'stripe.event' and e.event_id = 'evt_shim_1'"
+        )
+        .await,
+        1
+    );
+    let raw: Vec<u8> = sqlx::query_scalar("select raw from penguin.inbound_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(raw, body, "the raw body is stored exactly as received");
+
+    // forged, missing, stale: 401 and nothing stored
+    let other = stripe_event("evt_shim_2");
+    let mut tampered = other.clone();
+    tampered[10] ^= 1;
+    let sig2 = stripe_signature(shim.now(), &other);
+    assert_eq!(
+        shim.post_webhook("stripe", &[("stripe-signature", sig2.clone())], &tampered)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(shim.post_webhook("stripe", &[], &other).await.0, 401);
+    shim.clock.fetch_add(301, Ordering::SeqCst);
+    assert_eq!(
+        shim.post_webhook("stripe", &[("stripe-signature", sig2)], &other)
+            .await
+            .0,
+        401
+    );
+    // a validly signed body that is not an event: 400
+    let junk = b"[1, 2, 3]".to_vec();
+    let sig = stripe_signature(shim.now(), &junk);
+    assert_eq!(
+        shim.post_webhook("stripe", &[("stripe-signature", sig)], &junk)
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.inbound_events").await,
+        1
+    );
+    assert_eq!(shim.post_webhook("paypal", &[], b"{}").await.0, 404);
+}
+
+#[tokio::test]
+async fn a_sendgrid_batch_stores_each_event_once() {
+    let db = support::test_db().await;
+    let shim = start(&db.pool, db.pool.clone()).await;
+    let body = serde_json::to_vec(&json!([
+        {"email": "ada@example.com", "timestamp": 1_700_000_000, "event": "delivered", "sg_event_id": "sg-1", "sg_message_id": "m1.filter", "campaignId": "cmp_42"},
+        {"email": "bob@example.com", "timestamp": 1_700_000_001, "event": "bounce", "type": "bounce", "sg_event_id": "sg-2", "sg_message_id": "m2.filter"}
+    ]))
+    .unwrap();
+    let ts = shim.now().to_string();
+    let mut signed = ts.clone().into_bytes();
+    signed.extend_from_slice(&body);
+    let signature: p256::ecdsa::Signature = shim.sendgrid_key.sign(&signed);
+    use base64::Engine;
+    let sig = base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes());
+    let headers = [
+        ("x-twilio-email-event-webhook-signature", sig),
+        ("x-twilio-email-event-webhook-timestamp", ts),
+    ];
+    let (status, answer) = shim.post_webhook("sendgrid", &headers, &body).await;
+    assert_eq!(
+        (status, answer),
+        (200, json!({"stored": 2, "duplicates": 0}))
+    );
+    let (status, answer) = shim.post_webhook("sendgrid", &headers, &body).await;
+    assert_eq!(
+        (status, answer),
+        (200, json!({"stored": 0, "duplicates": 2}))
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.jobs where kind = 'sendgrid.event'"
+        )
+        .await,
+        2
+    );
+    let mut tampered = body.clone();
+    tampered[5] ^= 1;
+    assert_eq!(
+        shim.post_webhook("sendgrid", &headers, &tampered).await.0,
+        401
+    );
+}
+
+#[tokio::test]
+async fn a_mailgun_token_cannot_be_replayed() {
+    let db = support::test_db().await;
+    let shim = start(&db.pool, db.pool.clone()).await;
+    let ts = shim.now();
+    let token = "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6aa";
+    let body = |id: &str| {
+        serde_json::to_vec(&json!({
+            "signature": {"timestamp": ts.to_string(), "token": token,
+                          "signature": hmac_hex(MAILGUN_KEY.as_bytes(), format!("{ts}{token}").as_bytes())},
+            "event-data": {"id": id, "event": "delivered", "recipient": "ada@example.com", "timestamp": ts as f64,
+                           "user-variables": {"campaign-id": "cmp_42", "recipient-id": "rcp_7"}}
+        }))
+        .unwrap()
+    };
+    assert_eq!(
+        shim.post_webhook("mailgun", &[], &body("mg-1")).await.0,
+        200
+    );
+    // the same signed token again, even around another event: refused
+    assert_eq!(
+        shim.post_webhook("mailgun", &[], &body("mg-2")).await.0,
+        401
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.inbound_events").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_database_answers_503_so_the_provider_retries() {
+    let db = support::test_db().await;
+    // a pool whose server is gone: a socket path nobody listens on
+    let dead = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_millis(500))
+        .connect_lazy("postgres://postgres@localhost/none?host=/nonexistent-socket-dir&port=5432")
+        .unwrap();
+    let shim = start(&db.pool, dead).await;
+    let body = stripe_event("evt_down");
+    let sig = stripe_signature(shim.now(), &body);
+    let (status, answer) = shim
+        .post_webhook("stripe", &[("stripe-signature", sig)], &body)
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(
+        shim.post_job(Some(TOKEN), r#"{"kind": "noop", "payload": {}}"#)
+            .await
+            .0,
+        503
+    );
+}
+
+#[tokio::test]
+async fn filtered_events_are_stored_and_counted_but_get_no_job() {
+    let db = support::test_db().await;
+    let shim = start_with(
+        &db.pool,
+        db.pool.clone(),
+        "[[providers.stripe.filters]]\nevent = \"payment_intent.succeeded\"\nconditions = { \"data.object.currency\" = \"usd\" }\n",
+    )
+    .await;
+    let wanted = stripe_event("evt_usd");
+    let sig = stripe_signature(shim.now(), &wanted);
+    assert_eq!(
+        shim.post_webhook("stripe", &[("stripe-signature", sig)], &wanted)
+            .await
+            .0,
+        200
+    );
+    let other = serde_json::to_vec(&json!({
+        "id": "evt_customer", "type": "customer.created", "created": 1_700_000_000, "data": {"object": {}}
+    }))
+    .unwrap();
+    let sig = stripe_signature(shim.now(), &other);
+    assert_eq!(
+        shim.post_webhook("stripe", &[("stripe-signature", sig.clone())], &other)
+            .await
+            .0,
+        200
+    );
+    // a redelivery of the filtered event is not counted twice
+    assert_eq!(
+        shim.post_webhook("stripe", &[("stripe-signature", sig)], &other)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.inbound_events").await,
+        2
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.jobs where kind = 'stripe.event'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&db.pool, "select count from penguin.webhook_counters where provider = 'stripe' and reason = 'filtered'").await,
+        1
+    );
+}
