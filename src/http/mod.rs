@@ -131,7 +131,7 @@ impl AppState {
             registry,
             tokens: Arc::new(tokens),
             keys: Arc::new(keys),
-            ingest: Ingest::start(pool, 2),
+            ingest: Ingest::start(pool, 6),
             mailgun_tokens: Arc::new(Mutex::new(HashMap::new())),
             clock: Arc::new(|| chrono::Utc::now().timestamp()),
         })
