@@ -501,6 +501,23 @@ mod tests {
     }
 
     #[test]
+    fn the_example_jobs_toml_is_a_working_config() {
+        let config = Config::from_toml(
+            include_str!("../jobs.toml"),
+            std::path::Path::new("jobs.toml"),
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let registry =
+            crate::jobs::Registry::builtin(&config, &crate::jobs::Deps::new().unwrap()).unwrap();
+        let schedules = from_config(&config).unwrap();
+        assert!(schedules.len() >= 2, "the prune schedule and the example");
+        for s in &schedules {
+            registry.check(&s.job).unwrap();
+        }
+    }
+
+    #[test]
     fn unique_keys_name_the_schedule_and_the_fire() {
         let s = schedule("* * * * *", "UTC");
         assert_eq!(
