@@ -669,6 +669,10 @@ fn server_options(socket_dir: &Path, port: u16, durability: Durability) -> Vec<S
         format!("port={port}"),
         "max_connections=200".into(),
         "shared_buffers=256MB".into(),
+        // a queue writes WAL fast: checkpoint on time rather than every GB of WAL, so
+        // full-page writes after a checkpoint do not come every few seconds under load
+        "max_wal_size=4GB".into(),
+        "checkpoint_timeout=10min".into(),
         format!("fsync={on_off}"),
         format!("synchronous_commit={on_off}"),
         format!("full_page_writes={on_off}"),

@@ -180,7 +180,12 @@ pub async fn serve_on(
     max_body: usize,
     shutdown: CancellationToken,
 ) -> Result<(), HttpError> {
+    use axum::serve::ListenerExt;
     let app = router(state, max_body).into_make_service_with_connect_info::<SocketAddr>();
+    // answers are small: send them at once instead of waiting for Nagle's algorithm
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
