@@ -6,6 +6,7 @@
 //! job rows, or know about the worker runtime or the HTTP shim.
 
 pub mod http_request;
+pub mod inbound;
 pub mod mailgun_event;
 pub mod maintenance;
 pub mod noop;
@@ -189,8 +190,8 @@ impl Registry {
             Arc::new(noop::Noop),
             Arc::new(http_request::HttpRequest::new(deps.http.clone())),
             Arc::new(maintenance::Prune::new(config, deps.pool.clone())),
-            Arc::new(mailgun_event::MailgunEvent::new(deps.pool.clone())),
-            Arc::new(sendgrid_event::SendgridEvent::new(deps.pool.clone())),
+            Arc::new(mailgun_event::handler(deps.pool.clone())),
+            Arc::new(sendgrid_event::handler(deps.pool.clone())),
             Arc::new(stripe_event::StripeEvent::new(deps.pool.clone())),
         ];
         Self::new(handlers, &config.kinds)

@@ -12,58 +12,17 @@
 //!
 //! Must never log a payload or an email address at info level.
 
-use futures::future::BoxFuture;
-use serde_json::Value;
 use sqlx::PgPool;
 
-use super::mailgun_event::{
-    Parsed, address, id_at, ignore_unknown, inbound_event_id, load_inbound, record_email,
-    require_pool, str_at, webhook_policy,
-};
-use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use super::inbound::{EmailWebhook, Parsed, address, id_at, str_at};
 use crate::queue::email::{EmailEvent, EmailStatus, InboundEvent, SuppressionReason};
 
 /// The provider name in `penguin.inbound_events`.
 const PROVIDER: &str = "sendgrid";
 
 /// The `sendgrid.event` kind.
-#[derive(Debug, Clone)]
-pub struct SendgridEvent {
-    pool: Option<PgPool>,
-}
-
-impl SendgridEvent {
-    pub fn new(pool: Option<PgPool>) -> Self {
-        Self { pool }
-    }
-}
-
-impl Handler for SendgridEvent {
-    fn kind(&self) -> &'static str {
-        "sendgrid.event"
-    }
-
-    fn default_policy(&self) -> KindPolicy {
-        webhook_policy()
-    }
-
-    fn validate(&self, payload: &Value) -> Result<(), String> {
-        inbound_event_id(payload).map(|_| ())
-    }
-
-    fn run(&self, ctx: JobContext, payload: Value) -> BoxFuture<'static, Attempt> {
-        let pool = self.pool.clone();
-        Box::pin(async move {
-            let pool = require_pool(pool, PROVIDER)?;
-            let inbound = load_inbound(&pool, &payload, PROVIDER).await?;
-            match parse(&inbound).map_err(JobError::bad_payload)? {
-                Parsed::Event(event) => record_email(&pool, &ctx, &event).await,
-                Parsed::Unknown(event_type) => {
-                    ignore_unknown(&pool, &ctx, PROVIDER, &event_type).await
-                }
-            }
-        })
-    }
+pub fn handler(pool: Option<PgPool>) -> EmailWebhook {
+    EmailWebhook::new("sendgrid.event", PROVIDER, parse, pool)
 }
 
 /// Parses one SendGrid event object.
@@ -116,7 +75,7 @@ fn parse(inbound: &InboundEvent) -> Result<Parsed, String> {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 

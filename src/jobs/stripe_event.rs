@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::mailgun_event::{
+use super::inbound::{
     db_error, ignore_unknown, inbound_event_id, load_inbound, require_pool, str_at, webhook_policy,
 };
 use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
