@@ -366,6 +366,17 @@ async fn a_sendgrid_batch_stores_each_event_once() {
         .await,
         2
     );
+    // each event keeps its own bytes of the batch, not the whole batch again
+    let raws: Vec<Vec<u8>> =
+        sqlx::query_scalar("select raw from penguin.inbound_events order by event_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(raws.len(), 2);
+    for (raw, element) in raws.iter().zip(&elements) {
+        assert_eq!(raw.as_slice(), element.get().as_bytes());
+    }
     let mut tampered = body.clone();
     tampered[5] ^= 1;
     assert_eq!(

@@ -19,7 +19,8 @@ pub struct NewInboundEvent {
     pub headers: serde_json::Value,
     /// The event itself.
     pub payload: serde_json::Value,
-    /// The request body exactly as received.
+    /// The request body exactly as received; for one element of a batch (SendGrid), that
+    /// element's own bytes of the body.
     pub raw: Vec<u8>,
     /// The kind of its processing job; `None` when a filter dropped it.
     pub job_kind: Option<&'static str>,
