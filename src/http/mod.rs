@@ -61,7 +61,7 @@ pub struct AppState {
     keys: Arc<Keys>,
     ingest: Ingest,
     /// Mailgun tokens seen in the last replay window, with their timestamps.
-    mailgun_tokens: Arc<Mutex<HashMap<String, i64>>>,
+    mailgun_tokens: Arc<Mutex<SeenTokens>>,
     /// Unix seconds now; a function so tests can move the clock.
     clock: Arc<dyn Fn() -> i64 + Send + Sync>,
 }
@@ -132,7 +132,7 @@ impl AppState {
             tokens: Arc::new(tokens),
             keys: Arc::new(keys),
             ingest: Ingest::start(pool, 6),
-            mailgun_tokens: Arc::new(Mutex::new(HashMap::new())),
+            mailgun_tokens: Arc::new(Mutex::new(SeenTokens::default())),
             clock: Arc::new(|| chrono::Utc::now().timestamp()),
         })
     }
@@ -421,10 +421,47 @@ fn remember_mailgun_token(
     now: i64,
 ) -> Result<(), Rejection> {
     let mut seen = state.mailgun_tokens.lock().expect("token cache lock");
-    seen.retain(|_, ts| now - *ts <= webhooks::REPLAY_WINDOW_SECS);
-    if seen.contains_key(&token) {
+    seen.forget_older_than(now - webhooks::REPLAY_WINDOW_SECS);
+    if seen.by_token.contains_key(&token) {
         return Err(Rejection::Replayed);
     }
-    seen.insert(token, timestamp);
+    seen.by_token.insert(token.clone(), timestamp);
+    seen.in_order.push_back((timestamp, token));
     Ok(())
+}
+
+/// Mailgun tokens seen within the replay window: a map to look them up, and a queue in
+/// arrival order to forget the old ones without scanning the map on every request.
+#[derive(Default)]
+struct SeenTokens {
+    by_token: HashMap<String, i64>,
+    in_order: std::collections::VecDeque<(i64, String)>,
+}
+
+impl SeenTokens {
+    fn forget_older_than(&mut self, cutoff: i64) {
+        while self.in_order.front().is_some_and(|(ts, _)| *ts < cutoff) {
+            if let Some((_, token)) = self.in_order.pop_front() {
+                self.by_token.remove(&token);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_tokens_are_forgotten_once_out_of_the_window() {
+        let mut seen = SeenTokens::default();
+        for (ts, token) in [(100, "a"), (200, "b"), (300, "c")] {
+            seen.by_token.insert(token.into(), ts);
+            seen.in_order.push_back((ts, token.into()));
+        }
+        seen.forget_older_than(200);
+        assert!(!seen.by_token.contains_key("a"));
+        assert!(seen.by_token.contains_key("b") && seen.by_token.contains_key("c"));
+        assert_eq!(seen.in_order.len(), 2);
+    }
 }
