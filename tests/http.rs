@@ -542,3 +542,49 @@ async fn filtered_events_are_stored_and_counted_but_get_no_job() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_stored_stripe_event_is_processed_end_to_end() {
+    let db = support::test_db().await;
+    let shim = start(&db.pool, db.pool.clone()).await;
+    let body = stripe_event("evt_e2e");
+    let sig = stripe_signature(shim.now(), &body);
+    assert_eq!(
+        shim.post_webhook("stripe", &[("stripe-signature", sig)], &body)
+            .await
+            .0,
+        200
+    );
+
+    let registry = penguin_jobs::jobs::Registry::builtin(
+        &config(""),
+        &penguin_jobs::jobs::Deps::new()
+            .unwrap()
+            .with_pool(db.pool.clone()),
+    )
+    .unwrap();
+    let claimed = penguin_jobs::queue::claim(
+        &db.pool,
+        "default",
+        10,
+        "w",
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].kind, "stripe.event");
+    let outcome = penguin_jobs::runtime::run_attempt(&registry, claimed[0].clone(), false).await;
+    assert!(
+        matches!(outcome, penguin_jobs::queue::Outcome::Completed { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.payments where id = 'pi_1' and status = 'succeeded'"
+        )
+        .await,
+        1
+    );
+}

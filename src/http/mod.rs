@@ -368,6 +368,9 @@ async fn webhook(
         .map(Vec::as_slice)
         .unwrap_or_default();
     let raws = raw_per_event(&body, events.len());
+    // Stripe's body is its event; Mailgun's carries the event-data and the signature:
+    // only a body that is exactly the event can stand in for the parsed payload
+    let raw_is_event = provider == "stripe";
     let rows: Vec<NewInboundEvent> = events
         .into_iter()
         .zip(raws)
@@ -377,7 +380,7 @@ async fn webhook(
             event_id: e.event_id,
             event_type: e.event_type,
             headers: kept.clone(),
-            payload: e.payload,
+            payload: (!raw_is_event).then_some(e.payload),
             raw,
         })
         .collect();

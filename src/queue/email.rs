@@ -33,7 +33,8 @@ pub async fn load_inbound_event<'e>(
     id: i64,
 ) -> Result<Option<InboundEvent>, Error> {
     Ok(sqlx::query_as(
-        "select id, provider, event_id, event_type, payload
+        "select id, provider, event_id, event_type,
+                coalesce(payload, convert_from(raw, 'UTF8')::jsonb) as payload
            from penguin.inbound_events where id = $1",
     )
     .bind(id)

@@ -17,8 +17,9 @@ pub struct NewInboundEvent {
     pub event_type: Option<String>,
     /// The headers that matter (signature, timestamp), as a JSON object.
     pub headers: serde_json::Value,
-    /// The event itself.
-    pub payload: serde_json::Value,
+    /// The event itself, when `raw` is not exactly it (an element of a batch); `None`
+    /// when `raw` is the event (readers parse `raw`).
+    pub payload: Option<serde_json::Value>,
     /// The request body exactly as received; for one element of a batch (SendGrid), that
     /// element's own bytes of the body.
     pub raw: Vec<u8>,
@@ -40,7 +41,8 @@ pub async fn store_inbound(
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     let types: Vec<Option<&str>> = events.iter().map(|e| e.event_type.as_deref()).collect();
     let headers: Vec<&serde_json::Value> = events.iter().map(|e| &e.headers).collect();
-    let payloads: Vec<&serde_json::Value> = events.iter().map(|e| &e.payload).collect();
+    let payloads: Vec<Option<&serde_json::Value>> =
+        events.iter().map(|e| e.payload.as_ref()).collect();
     let raws: Vec<&[u8]> = events.iter().map(|e| e.raw.as_slice()).collect();
     let kinds: Vec<Option<&str>> = events.iter().map(|e| e.job_kind).collect();
     let rows: Vec<(i64, Option<i64>)> = sqlx::query_as(
