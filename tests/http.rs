@@ -327,6 +327,19 @@ async fn a_stripe_event_is_stored_with_its_job_once_and_forgeries_are_refused() 
         1
     );
     assert_eq!(shim.post_webhook("paypal", &[], b"{}").await.0, 404);
+    // over [http] max_body (4096 here): 413, nothing stored
+    let big = vec![b' '; 5000];
+    let sig = stripe_signature(shim.now(), &big);
+    assert_eq!(
+        shim.post_webhook("stripe", &[("stripe-signature", sig)], &big)
+            .await
+            .0,
+        413
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.inbound_events").await,
+        1
+    );
 }
 
 #[tokio::test]
