@@ -6,9 +6,10 @@
 //! signed ~1 KB Stripe event with a unique id (signed by this harness just before the run;
 //! wrk replays them from a file). Prints JSON with requests/s, p50 and p99 per run and their
 //! medians, and checks that every request answered 2xx has its row and its job. Each
-//! connection count starts with a 3-second warm-up run that is checked but not reported,
-//! and every run starts right after a CHECKPOINT (the harness drops and creates a database
-//! per run, which leaves checkpoint work that a daemon in steady state does not have).
+//! connection count starts with a warm-up run (as long as a run, so PostgreSQL has created
+//! the WAL segments later runs recycle) that is checked but not reported, and every run
+//! starts right after a CHECKPOINT (the harness drops and creates a database per run, which
+//! leaves checkpoint work that a daemon in steady state does not have).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -227,7 +228,10 @@ async fn main() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             // generous: 40k/s per second of the run, split over the wrk threads
-            let secs = if warmup { 3 } else { seconds };
+            // the warm-up lasts as long as a run: besides caches, it makes PostgreSQL create
+            // the WAL segments a run fills. Later runs recycle them, as a daemon in steady
+            // state does; creating (zero-filling) them mid-run costs the first run ~4 ms of p99
+            let secs = seconds;
             let per_thread = (40_000 * secs as usize) / WRK_THREADS;
             let prefix = dir.join("requests");
             write_requests(&prefix, &format!("{conns}_{run}"), per_thread);
