@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
 use crate::providers::ErrorClass;
-use crate::providers::http::{error_from_response, error_from_transport};
+use crate::providers::http::{error_from_answer, error_from_transport};
 
 /// The `http.request` kind.
 #[derive(Debug, Clone)]
@@ -162,11 +162,7 @@ impl Handler for HttpRequest {
                     status: Some(status),
                 });
             }
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok());
-            Err(error_from_response(status, retry_after, Utc::now()).into())
+            Err(error_from_answer(status, response.headers(), None, Utc::now()).into())
         })
     }
 }

@@ -5,12 +5,16 @@
 //! error, a fatal error, a snooze or a cancel. It must never decide retry timing, write
 //! job rows, or know about the worker runtime or the HTTP shim.
 
+pub mod email_send;
 pub mod http_request;
 pub mod inbound;
 pub mod mailgun_event;
 pub mod maintenance;
 pub mod noop;
+pub mod outbound;
+pub mod posthog_capture;
 pub mod sendgrid_event;
+pub mod stripe_connect;
 pub mod stripe_event;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -186,7 +190,45 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// The built-in kinds with `config`'s overrides applied.
     pub fn builtin(config: &Config, deps: &Deps) -> Result<Self, RegistryError> {
+        let outbound = outbound::Outbound::new(
+            outbound::ProviderLimits::from_config(config),
+            deps.pool.clone(),
+        );
+        let providers = &config.providers;
+        let stripe = Arc::new(crate::providers::stripe::Stripe::new(
+            providers.stripe.as_ref(),
+        ));
+        let send = |provider| {
+            email_send::EmailSend::new(
+                provider,
+                deps.http.clone(),
+                deps.pool.clone(),
+                outbound.clone(),
+            )
+        };
         let handlers: Vec<Arc<dyn Handler>> = vec![
+            Arc::new(send(email_send::EmailProvider::Mailgun(
+                crate::providers::mailgun::Mailgun::new(providers.mailgun.as_ref()),
+            ))),
+            Arc::new(send(email_send::EmailProvider::Sendgrid(
+                crate::providers::sendgrid::Sendgrid::new(providers.sendgrid.as_ref()),
+            ))),
+            Arc::new(stripe_connect::CreateAccount::new(
+                stripe.clone(),
+                deps.http.clone(),
+                deps.pool.clone(),
+                outbound.clone(),
+            )),
+            Arc::new(stripe_connect::CreateAccountLink::new(
+                stripe,
+                deps.http.clone(),
+                outbound.clone(),
+            )),
+            Arc::new(posthog_capture::Capture::new(
+                crate::providers::posthog::Posthog::new(providers.posthog.as_ref()),
+                deps.http.clone(),
+                outbound.clone(),
+            )),
             Arc::new(noop::Noop),
             Arc::new(http_request::HttpRequest::new(deps.http.clone())),
             Arc::new(maintenance::Prune::new(config, deps.pool.clone())),

@@ -46,24 +46,124 @@ pub fn classify_status(status: u16) -> (ErrorClass, bool) {
     }
 }
 
-/// Classifies an answer whose status was not the expected one.
-pub fn error_from_response(
+/// The earliest next call a throttling answer allows: `Retry-After` (seconds or an HTTP
+/// date), else `X-RateLimit-Reset` (Unix seconds, or seconds from now when small).
+pub fn not_before_from_headers(
+    headers: &reqwest::header::HeaderMap,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(at) = text("retry-after").and_then(|v| parse_retry_after(v, now)) {
+        return Some(at);
+    }
+    let reset: i64 = text("x-ratelimit-reset")?.trim().parse().ok()?;
+    let at = if reset > 1_000_000_000 {
+        DateTime::from_timestamp(reset, 0)?
+    } else {
+        now + chrono::Duration::seconds(reset)
+    };
+    (at > now).then_some(at.min(now + chrono::Duration::days(1)))
+}
+
+/// Classifies a provider's non-success answer: the status decides class and retry, the
+/// throttling headers the earliest retry, and `message` (the provider's own words, when it
+/// gave some) is kept so an operator reads why in the dead letter.
+pub fn error_from_answer(
     status: u16,
-    retry_after: Option<&str>,
+    headers: &reqwest::header::HeaderMap,
+    message: Option<String>,
     now: DateTime<Utc>,
 ) -> CallError {
     let (class, retryable) = classify_status(status);
     CallError {
         class,
         retryable,
-        message: format!("HTTP {status}"),
+        message: match message {
+            Some(m) if !m.trim().is_empty() => {
+                format!("HTTP {status}: {}", truncate(m.trim(), 500))
+            }
+            _ => format!("HTTP {status}"),
+        },
         status: Some(status),
         not_before: if retryable {
-            retry_after.and_then(|v| parse_retry_after(v, now))
+            not_before_from_headers(headers, now)
         } else {
             None
         },
     }
+}
+
+/// A `configuration` error: our own settings are missing or wrong. Retryable, so the
+/// jobs go on once an operator fixes the configuration and restarts.
+pub fn configuration_error(message: impl Into<String>) -> CallError {
+    CallError {
+        class: ErrorClass::Configuration,
+        retryable: true,
+        message: message.into(),
+        status: None,
+        not_before: None,
+    }
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A provider's answer, its body read (at most the limit given to [`exchange`]).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body as JSON, if it is.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// Sends `request` and reads its answer (a transport failure is classified).
+pub async fn exchange(request: reqwest::RequestBuilder, limit: usize) -> Result<Answer, CallError> {
+    let response = request.send().await.map_err(|e| error_from_transport(&e))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = read_body(response, limit).await?;
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Reads at most `limit` bytes of an answer's body (providers' answers are small; a huge
+/// one is cut, not buffered).
+pub async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, CallError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| error_from_transport(&e))?
+    {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    Ok(body)
 }
 
 /// Classifies a transport error (no HTTP answer).
@@ -157,12 +257,39 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_reset_is_read_when_retry_after_is_absent() {
+        let now = DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            "x-ratelimit-reset",
+            (now.timestamp() + 7).to_string().parse().unwrap(),
+        );
+        assert_eq!(
+            not_before_from_headers(&h, now),
+            Some(now + chrono::Duration::seconds(7))
+        );
+        h.insert("retry-after", "2".parse().unwrap());
+        assert_eq!(
+            not_before_from_headers(&h, now),
+            Some(now + chrono::Duration::seconds(2))
+        );
+        let e = error_from_answer(400, &h, Some("'to' parameter is missing".into()), now);
+        assert_eq!(e.message, "HTTP 400: 'to' parameter is missing");
+        assert_eq!(e.not_before, None);
+        assert!(!e.retryable);
+    }
+
+    #[test]
     fn retry_after_is_ignored_on_permanent_errors() {
         let now = Utc::now();
-        let e = error_from_response(400, Some("60"), now);
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "60".parse().unwrap());
+        let e = error_from_answer(400, &h, None, now);
         assert!(!e.retryable);
         assert_eq!(e.not_before, None);
-        let e = error_from_response(429, Some("60"), now);
+        let e = error_from_answer(429, &h, None, now);
         assert!(e.retryable);
         assert!(e.not_before.is_some());
     }

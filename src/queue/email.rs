@@ -65,6 +65,8 @@ impl SuppressionReason {
 /// `penguin.email_status_rank` in the migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmailStatus {
+    /// Our own record that the provider accepted the message (ranks below every webhook).
+    Sent,
     Processed,
     Deferred,
     SoftBounced,
@@ -82,6 +84,7 @@ impl EmailStatus {
     /// The stored string.
     pub fn as_str(self) -> &'static str {
         match self {
+            EmailStatus::Sent => "sent",
             EmailStatus::Processed => "processed",
             EmailStatus::Deferred => "deferred",
             EmailStatus::SoftBounced => "soft_bounced",
@@ -241,6 +244,96 @@ pub async fn count_webhooks<'e>(
     .bind(&reasons)
     .bind(&ns)
     .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// What a send job must know before calling the provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendCheck {
+    /// The provider message id this job's send was already recorded with (a retry after
+    /// the provider accepted it): do not send again.
+    pub already_sent: Option<String>,
+    /// Which of the recipients are in `penguin.suppressions`.
+    pub suppressed: Vec<String>,
+}
+
+/// One statement: was job `job_id`'s message already accepted, and which of `recipients`
+/// (lowercased addresses) are suppressed.
+pub async fn check_send(
+    pool: &PgPool,
+    job_id: i64,
+    recipients: &[String],
+) -> Result<SendCheck, Error> {
+    let (sent, suppressed): (Option<String>, Vec<String>) = sqlx::query_as(
+        "select (select coalesce(provider_message_id, '') from penguin.email_events
+                  where send_job_id = $1 limit 1),
+                coalesce((select array_agg(address) from penguin.suppressions
+                           where address = any($2)), '{}')",
+    )
+    .bind(job_id)
+    .bind(recipients)
+    .fetch_one(pool)
+    .await?;
+    Ok(SendCheck {
+        already_sent: sent,
+        suppressed,
+    })
+}
+
+/// A message a provider accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptedSend {
+    pub job_id: i64,
+    /// `mailgun` or `sendgrid`.
+    pub provider: &'static str,
+    pub provider_message_id: String,
+    pub campaign_id: Option<String>,
+    pub recipient_id: Option<String>,
+    /// The `to` addresses, lowercased, without duplicates.
+    pub recipients: Vec<String>,
+    pub accepted_at: DateTime<Utc>,
+}
+
+/// Records an accepted send in one statement: a `sent` email event per recipient, keyed by
+/// the job (recording twice changes nothing), and, with a campaign id, each recipient's
+/// status `sent` unless a webhook already reported something (every webhook status ranks
+/// higher).
+pub async fn record_send(pool: &PgPool, send: &AcceptedSend) -> Result<(), Error> {
+    sqlx::query(
+        "with ev as (
+             insert into penguin.email_events
+                 (provider, event_type, status, campaign_id, recipient_id, recipient,
+                  provider_message_id, occurred_at, send_job_id)
+             select $1, 'sent', 'sent', $2, $3, r, $4, $5, $6
+               from unnest($7::text[]) as r
+             on conflict (send_job_id, recipient) where send_job_id is not null do nothing
+             returning id, recipient
+         )
+         insert into penguin.email_status as s
+             (campaign_id, recipient, recipient_id, status, provider, provider_message_id,
+              occurred_at, email_event_id)
+         select $2, ev.recipient, $3, 'sent', $1, $4, $5, ev.id
+           from ev
+          where $2::text is not null
+         on conflict (campaign_id, recipient) do update
+            set recipient_id = coalesce(excluded.recipient_id, s.recipient_id),
+                status = excluded.status, provider = excluded.provider,
+                provider_message_id = excluded.provider_message_id,
+                occurred_at = excluded.occurred_at, email_event_id = excluded.email_event_id,
+                updated_at = now()
+          where penguin.email_status_rank(excluded.status) > penguin.email_status_rank(s.status)
+             or (penguin.email_status_rank(excluded.status) = penguin.email_status_rank(s.status)
+                 and excluded.occurred_at > s.occurred_at)",
+    )
+    .bind(send.provider)
+    .bind(&send.campaign_id)
+    .bind(&send.recipient_id)
+    .bind(&send.provider_message_id)
+    .bind(send.accepted_at)
+    .bind(send.job_id)
+    .bind(&send.recipients)
+    .execute(pool)
     .await?;
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod claim;
 pub mod email;
 pub mod enqueue;
 pub mod inbound;
+pub mod integrations;
 pub mod outcome;
 pub mod payments;
 pub mod prune;

@@ -4,9 +4,9 @@
 //! Stripe delivers events at least once and in no particular order, so every write here is
 //! guarded by the event's `created`: an older event never overwrites what a newer one
 //! stored, and the event already stored (same `last_event_id`) changes nothing when it
-//! comes again. It must never write `connect_accounts.tenant_id` (set where the account is
-//! created for a tenant), never store card data, and knows nothing of Stripe's JSON
-//! (callers hand it the fields).
+//! comes again. The webhook writes never touch `connect_accounts.tenant_id`: only
+//! [`record_created_account`] (the `stripe.account.create` job) sets it. Never stores card
+//! data, and knows nothing of Stripe's JSON (callers hand it the fields).
 
 use std::collections::BTreeMap;
 
@@ -308,6 +308,26 @@ pub async fn apply_account_update(pool: &PgPool, u: &AccountUpdate) -> Result<bo
     }
     tx.commit().await?;
     Ok(created || changed)
+}
+
+/// Records an account this platform created for `tenant_id` (the `stripe.account.create`
+/// job). An `account.updated` that arrived first keeps its flags; a retried job changes
+/// nothing.
+pub async fn record_created_account(
+    pool: &PgPool,
+    account_id: &str,
+    tenant_id: Option<uuid::Uuid>,
+) -> Result<(), Error> {
+    sqlx::query(
+        "insert into penguin.connect_accounts as a (id, tenant_id) values ($1, $2)
+         on conflict (id) do update set tenant_id = coalesce(excluded.tenant_id, a.tenant_id),
+                                        updated_at = now()",
+    )
+    .bind(account_id)
+    .bind(tenant_id)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

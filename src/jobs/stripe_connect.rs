@@ -1,0 +1,251 @@
+//! Stripe Connect onboarding kinds: `stripe.account.create` (an Express account for a
+//! tenant, stored in `penguin.connect_accounts`) and `stripe.account_link.create` (its
+//! single-use onboarding link, returned as the job's result: a backend enqueues it with
+//! `"wait"` and gets the link in the answer).
+//!
+//! Every request carries `Idempotency-Key: penguin-jobs:<kind>:<job id>`, the same on every
+//! attempt, so a retry after a lost answer never creates a second account. Must never log
+//! the key or the link.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::outbound::Outbound;
+use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use crate::providers::ErrorClass;
+use crate::providers::http::configuration_error;
+use crate::providers::stripe::Stripe;
+use crate::queue::payments::record_created_account;
+
+/// The idempotency key of a job's Stripe request.
+pub fn idempotency_key(kind: &str, job_id: i64) -> String {
+    format!("penguin-jobs:{kind}:{job_id}")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountPayload {
+    email: String,
+    /// ISO 3166-1 alpha-2.
+    country: String,
+    #[serde(default)]
+    tenant_id: Option<uuid::Uuid>,
+}
+
+fn account_payload(payload: &serde_json::Value) -> Result<AccountPayload, String> {
+    let p: AccountPayload = serde_json::from_value(payload.clone()).map_err(|e| e.to_string())?;
+    if !(p.country.len() == 2 && p.country.bytes().all(|b| b.is_ascii_uppercase())) {
+        return Err(format!(
+            "country: {:?} is not a two-letter country code like \"US\"",
+            p.country
+        ));
+    }
+    let at = p.email.split_once('@');
+    if !at.is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        || p.email.contains(char::is_whitespace)
+    {
+        return Err(format!("email: {:?} is not an email address", p.email));
+    }
+    Ok(p)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkPayload {
+    account: String,
+    refresh_url: String,
+    return_url: String,
+}
+
+fn link_payload(payload: &serde_json::Value) -> Result<LinkPayload, String> {
+    let p: LinkPayload = serde_json::from_value(payload.clone()).map_err(|e| e.to_string())?;
+    if !p.account.starts_with("acct_") || p.account.len() < 6 {
+        return Err(format!(
+            "account: {:?} is not a Stripe account id (acct_...)",
+            p.account
+        ));
+    }
+    for (field, url) in [
+        ("refresh_url", &p.refresh_url),
+        ("return_url", &p.return_url),
+    ] {
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => return Err(format!("{field}: {url:?} is not an http(s) URL")),
+        }
+    }
+    Ok(p)
+}
+
+/// `stripe.account.create`.
+#[derive(Clone)]
+pub struct CreateAccount {
+    stripe: Arc<Stripe>,
+    http: reqwest::Client,
+    pool: Option<sqlx::PgPool>,
+    outbound: Arc<Outbound>,
+}
+
+impl CreateAccount {
+    pub fn new(
+        stripe: Arc<Stripe>,
+        http: reqwest::Client,
+        pool: Option<sqlx::PgPool>,
+        outbound: Arc<Outbound>,
+    ) -> Self {
+        Self {
+            stripe,
+            http,
+            pool,
+            outbound,
+        }
+    }
+}
+
+impl Handler for CreateAccount {
+    fn kind(&self) -> &'static str {
+        "stripe.account.create"
+    }
+
+    fn default_policy(&self) -> KindPolicy {
+        KindPolicy {
+            timeout: Duration::from_secs(30),
+            ..KindPolicy::default()
+        }
+    }
+
+    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
+        account_payload(payload).map(|_| ())
+    }
+
+    fn run(&self, ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
+        let this = self.clone();
+        Box::pin(async move {
+            let p = account_payload(&payload).map_err(JobError::bad_payload)?;
+            let Some(pool) = &this.pool else {
+                return Err(configuration_error("this registry has no database").into());
+            };
+            let tenant = p.tenant_id.or(ctx.tenant_id);
+            let tenant_text = tenant.map(|t| t.to_string());
+            let form = Stripe::account_form(&p.email, &p.country, tenant_text.as_deref());
+            let key = idempotency_key("stripe.account.create", ctx.id);
+            let account = this
+                .outbound
+                .call("stripe", "stripe.account.create", || {
+                    this.stripe
+                        .create_account(&this.http, &form, &key, ctx.timeout)
+                })
+                .await?;
+            record_created_account(pool, &account.id, tenant)
+                .await
+                .map_err(|e| JobError::Retryable {
+                    // the retry repeats the idempotency key: Stripe answers with the same account
+                    class: ErrorClass::Api,
+                    message: format!("account {} created but not stored: {e}", account.id),
+                    status: None,
+                    not_before: None,
+                })?;
+            Ok(Some(json!({ "account": account.id, "tenant_id": tenant })))
+        })
+    }
+}
+
+/// `stripe.account_link.create`.
+#[derive(Clone)]
+pub struct CreateAccountLink {
+    stripe: Arc<Stripe>,
+    http: reqwest::Client,
+    outbound: Arc<Outbound>,
+}
+
+impl CreateAccountLink {
+    pub fn new(stripe: Arc<Stripe>, http: reqwest::Client, outbound: Arc<Outbound>) -> Self {
+        Self {
+            stripe,
+            http,
+            outbound,
+        }
+    }
+}
+
+impl Handler for CreateAccountLink {
+    fn kind(&self) -> &'static str {
+        "stripe.account_link.create"
+    }
+
+    /// A user is waiting on the other end: runs before everything of default priority,
+    /// with a short timeout and few attempts (a link is only useful for minutes).
+    fn default_policy(&self) -> KindPolicy {
+        KindPolicy {
+            priority: -100,
+            max_attempts: 5,
+            timeout: Duration::from_secs(15),
+            backoff: crate::config::BackoffConfig {
+                base: Duration::from_millis(500),
+                max: Duration::from_secs(10),
+                ..Default::default()
+            },
+            ..KindPolicy::default()
+        }
+    }
+
+    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
+        link_payload(payload).map(|_| ())
+    }
+
+    fn run(&self, ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
+        let this = self.clone();
+        Box::pin(async move {
+            let p = link_payload(&payload).map_err(JobError::bad_payload)?;
+            let form = Stripe::account_link_form(&p.account, &p.refresh_url, &p.return_url);
+            let key = idempotency_key("stripe.account_link.create", ctx.id);
+            let link = this
+                .outbound
+                .call("stripe", "stripe.account_link.create", || {
+                    this.stripe
+                        .create_account_link(&this.http, &form, &key, ctx.timeout)
+                })
+                .await?;
+            Ok(Some(json!({
+                "account": p.account,
+                "url": link.url,
+                "expires_at": link.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            })))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_checked() {
+        assert!(account_payload(&json!({"email": "owner@example.com", "country": "US"})).is_ok());
+        assert!(
+            account_payload(&json!({"email": "owner@example.com", "country": "usa"}))
+                .unwrap_err()
+                .starts_with("country")
+        );
+        assert!(
+            account_payload(&json!({"email": "x", "country": "US"}))
+                .unwrap_err()
+                .starts_with("email")
+        );
+        assert!(link_payload(&json!({"account": "acct_1", "refresh_url": "https://a.example/r", "return_url": "https://a.example/d"})).is_ok());
+        assert!(link_payload(&json!({"account": "cus_1", "refresh_url": "https://a.example/r", "return_url": "https://a.example/d"})).unwrap_err().starts_with("account"));
+        assert!(link_payload(&json!({"account": "acct_1", "refresh_url": "nope", "return_url": "https://a.example/d"})).unwrap_err().starts_with("refresh_url"));
+    }
+
+    #[test]
+    fn the_idempotency_key_depends_on_the_job_only() {
+        assert_eq!(
+            idempotency_key("stripe.account.create", 42),
+            "penguin-jobs:stripe.account.create:42"
+        );
+    }
+}

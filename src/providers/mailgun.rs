@@ -1,0 +1,198 @@
+//! Mailgun's sending API: `POST {base}/v3/{domain}/messages`, a multipart form with Basic
+//! auth `api:<key>`; the answer's `id` is the Message-Id its webhooks carry.
+//!
+//! Builds the request and classifies the answer; must never touch the queue or log the
+//! message, its addresses or the key.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use secrecy::ExposeSecret;
+
+use super::SecretSource;
+use super::email::Email;
+use super::http::{CallError, error_from_answer, exchange};
+use crate::config::{MailgunConfig, MailgunRegion};
+
+/// The API root of each region.
+pub fn region_url(region: MailgunRegion) -> &'static str {
+    match region {
+        MailgunRegion::Us => "https://api.mailgun.net",
+        MailgunRegion::Eu => "https://api.eu.mailgun.net",
+    }
+}
+
+/// Mailgun as configured under `[providers.mailgun]`.
+#[derive(Debug)]
+pub struct Mailgun {
+    base: String,
+    domain: Option<String>,
+    key: SecretSource,
+}
+
+/// A message Mailgun accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// Message-Id without angle brackets (as `penguin.email_events` stores it).
+    pub message_id: String,
+}
+
+impl Mailgun {
+    pub fn new(config: Option<&MailgunConfig>) -> Self {
+        let region = config.map(|c| c.region).unwrap_or_default();
+        Self {
+            base: super::base_url(config.and_then(|c| c.base_url.as_ref()), region_url(region)),
+            domain: config.and_then(|c| c.domain.clone()),
+            key: SecretSource::new(
+                "providers.mailgun.api_key",
+                config.and_then(|c| c.api_key.clone()),
+            ),
+        }
+    }
+
+    /// The multipart form of `email` (field names as Mailgun documents them).
+    pub fn form_fields(email: &Email) -> Vec<(String, String)> {
+        let mut f: Vec<(String, String)> = vec![("from".into(), email.from.clone())];
+        for a in &email.to {
+            f.push(("to".into(), a.clone()));
+        }
+        for a in &email.cc {
+            f.push(("cc".into(), a.clone()));
+        }
+        for a in &email.bcc {
+            f.push(("bcc".into(), a.clone()));
+        }
+        if let Some(r) = &email.reply_to {
+            f.push(("h:Reply-To".into(), r.clone()));
+        }
+        if let Some(s) = &email.subject {
+            f.push(("subject".into(), s.clone()));
+        }
+        if let Some(t) = &email.text {
+            f.push(("text".into(), t.clone()));
+        }
+        if let Some(h) = &email.html {
+            f.push(("html".into(), h.clone()));
+        }
+        if let Some(t) = &email.template_id {
+            f.push(("template".into(), t.clone()));
+        }
+        if let Some(d) = &email.template_data {
+            f.push(("t:variables".into(), d.to_string()));
+        }
+        // Mailgun keeps three tags
+        for t in email.tags.iter().take(3) {
+            f.push(("o:tag".into(), t.clone()));
+        }
+        for (name, value) in &email.headers {
+            f.push((format!("h:{name}"), value.clone()));
+        }
+        if let Some(c) = &email.campaign_id {
+            f.push(("v:campaign-id".into(), c.clone()));
+        }
+        if let Some(r) = &email.recipient_id {
+            f.push(("v:recipient-id".into(), r.clone()));
+        }
+        f
+    }
+
+    /// Sends `email`; `timeout` bounds the call.
+    pub async fn send(
+        &self,
+        http: &reqwest::Client,
+        email: &Email,
+        timeout: Duration,
+    ) -> Result<Accepted, CallError> {
+        let Some(domain) = &self.domain else {
+            return Err(super::http::configuration_error(
+                "providers.mailgun.domain is not configured",
+            ));
+        };
+        let key = self.key.get()?;
+        let mut form = reqwest::multipart::Form::new();
+        for (name, value) in Self::form_fields(email) {
+            form = form.text(name, value);
+        }
+        let request = http
+            .post(format!("{}/v3/{domain}/messages", self.base))
+            .basic_auth("api", Some(key.expose_secret()))
+            .multipart(form)
+            .timeout(timeout);
+        let answer = exchange(request, 64 * 1024).await?;
+        if answer.status != 200 {
+            let message = answer
+                .json()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
+                .or_else(|| String::from_utf8(answer.body.clone()).ok())
+                .map(|m| super::redact(&m, &key));
+            return Err(error_from_answer(
+                answer.status,
+                &answer.headers,
+                message,
+                Utc::now(),
+            ));
+        }
+        let id = answer
+            .json()
+            .and_then(|v| v.get("id").and_then(|m| m.as_str()).map(String::from))
+            .ok_or_else(|| unexpected_answer("Mailgun answered 200 without a message id"))?;
+        Ok(Accepted {
+            message_id: id
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string(),
+        })
+    }
+}
+
+/// A 2xx we cannot read: the call may have succeeded, so it is an `api` error (retried).
+pub(crate) fn unexpected_answer(message: &str) -> CallError {
+    CallError {
+        class: super::ErrorClass::Api,
+        retryable: true,
+        message: message.into(),
+        status: None,
+        not_before: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_form_carries_every_field_and_the_join_variables() {
+        let email = Email::from_payload(&json!({
+            "from": "News <news@mg.example.com>", "to": ["ada@example.com", "bob@example.com"],
+            "cc": ["cy@example.com"], "subject": "Hi", "html": "<p>Hi</p>", "text": "Hi",
+            "campaign_id": "cmp_42", "recipient_id": "rcp_7", "tags": ["launch", "a", "b", "c"],
+            "headers": {"X-Campaign": "42"}}))
+        .unwrap();
+        let f = Mailgun::form_fields(&email);
+        let get = |n: &str| -> Vec<&str> {
+            f.iter()
+                .filter(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(get("to"), vec!["ada@example.com", "bob@example.com"]);
+        assert_eq!(get("cc"), vec!["cy@example.com"]);
+        assert_eq!(get("o:tag"), vec!["launch", "a", "b"]);
+        assert_eq!(get("h:X-Campaign"), vec!["42"]);
+        assert_eq!(get("v:campaign-id"), vec!["cmp_42"]);
+        assert_eq!(get("v:recipient-id"), vec!["rcp_7"]);
+        assert_eq!(get("subject"), vec!["Hi"]);
+    }
+
+    #[test]
+    fn regions_have_their_own_api_root() {
+        let eu = MailgunConfig {
+            region: MailgunRegion::Eu,
+            ..Default::default()
+        };
+        assert_eq!(Mailgun::new(Some(&eu)).base, "https://api.eu.mailgun.net");
+        assert_eq!(Mailgun::new(None).base, "https://api.mailgun.net");
+    }
+}
