@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -137,24 +137,11 @@ async fn a_paused_schedule_passes_its_fires_over_and_resumes_without_catching_up
 }
 
 fn spawn_daemon(dir: &std::path::Path, url: &str, log: &str) -> Child {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(dir.join("jobs.toml"))
-        .args(["run", "--no-http"])
-        .env("DATABASE_URL", url)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(log)).unwrap())
-        .spawn()
-        .unwrap()
+    support::daemon::spawn_daemon(&dir.join("jobs.toml"), url, &dir.join(log))
 }
 
 fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    support::daemon::stop_daemon(child)
 }
 
 #[tokio::test]

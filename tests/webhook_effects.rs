@@ -932,7 +932,12 @@ fn snapshot_of_nothing() -> Value {
 #[tokio::test]
 async fn without_a_database_pool_the_kinds_fail_as_configuration_errors() {
     let db = support::test_db().await;
-    let registry = register_kinds(&db.pool, &config("")).await;
+    register_kinds(&db.pool, &config("")).await;
+    let registry = penguin_jobs::jobs::Registry::builtin(
+        &config(""),
+        &penguin_jobs::jobs::Deps::new().unwrap(),
+    )
+    .unwrap();
     let id = inbound(
         &db.pool,
         "stripe",

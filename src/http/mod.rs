@@ -1,5 +1,6 @@
 //! The HTTP shim: authenticate, persist, answer. `POST /v1/jobs` enqueues for the backend
-//! (bearer token); `POST /webhooks/{mailgun,sendgrid,stripe}` verifies the provider's
+//! (bearer token; with `"wait"` it answers when the job has finished, with its result) and
+//! `GET /v1/jobs/{id}` tells where a job is; `POST /webhooks/{mailgun,sendgrid,stripe}` verifies the provider's
 //! signature at the edge, stores each event raw with its processing job, and answers 200
 //! only after the commit (group commit: see [`ingest`]).
 //!
@@ -57,6 +58,8 @@ struct Keys {
 #[derive(Clone)]
 pub struct AppState {
     registry: Arc<Registry>,
+    /// For `wait` and `GET /v1/jobs/{id}` (reads only; writes go through `ingest`).
+    pool: PgPool,
     tokens: Arc<Vec<SecretString>>,
     keys: Arc<Keys>,
     ingest: Ingest,
@@ -131,7 +134,8 @@ impl AppState {
             registry,
             tokens: Arc::new(tokens),
             keys: Arc::new(keys),
-            ingest: Ingest::start(pool, 6),
+            ingest: Ingest::start(pool.clone(), 6),
+            pool,
             mailgun_tokens: Arc::new(Mutex::new(SeenTokens::default())),
             clock: Arc::new(|| chrono::Utc::now().timestamp()),
         })
@@ -151,6 +155,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/jobs", post(create_job))
+        .route("/v1/jobs/{id}", get(show_job))
         .route("/webhooks/{provider}", post(webhook))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -235,13 +240,52 @@ fn bearer_ok(state: &AppState, headers: &HeaderMap) -> bool {
     ok.into()
 }
 
+/// Longest `"wait"` a request may ask for.
+pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `POST /v1/jobs`: 202 `{"id"}` for a new job, 200 `{"id"}` for the live job holding the
 /// same unique key, 401 without a valid token, 422 for an unknown kind or a bad payload.
+/// With `"wait": "10s"` (at most 60 s), the answer comes once the job is final: 200 with
+/// its state and result; or at the timeout: 202 with its id and current state, to poll at
+/// `GET /v1/jobs/{id}`.
 async fn create_job(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     if !bearer_ok(&state, &headers) {
         return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
     }
-    let job: NewJob = match serde_json::from_slice(&body) {
+    let mut value: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid job: {e}"),
+            );
+        }
+    };
+    let wait = match value.as_object_mut().and_then(|o| o.remove("wait")) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(text)) => match humantime::parse_duration(&text) {
+            Ok(d) if d <= MAX_WAIT => Some(d),
+            Ok(_) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "wait: at most 60s; poll GET /v1/jobs/{id} for longer",
+                );
+            }
+            Err(e) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("wait: {text:?} is not a duration like \"10s\": {e}"),
+                );
+            }
+        },
+        Some(_) => {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "wait: give a duration like \"10s\"",
+            );
+        }
+    };
+    let job: NewJob = match serde_json::from_value(value) {
         Ok(job) => job,
         Err(e) => {
             return error(
@@ -256,17 +300,66 @@ async fn create_job(State(state): State<AppState>, headers: HeaderMap, body: Byt
     if let Err(e) = state.registry.check(&job) {
         return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
     }
-    match state.ingest.submit(Work::Job(job)).await {
-        Ok(Done::Job(e)) => {
-            let status = if e.created {
-                StatusCode::ACCEPTED
-            } else {
-                StatusCode::OK
-            };
-            (status, axum::Json(json!({ "id": e.id }))).into_response()
+    let enqueued = match state.ingest.submit(Work::Job(job)).await {
+        Ok(Done::Job(e)) => e,
+        Ok(Done::Events(_)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        Err(e) => return ingest_error(e),
+    };
+    let Some(wait) = wait else {
+        let status = if enqueued.created {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        return (status, axum::Json(json!({ "id": enqueued.id }))).into_response();
+    };
+    match crate::queue::wait_for_job(&state.pool, enqueued.id, wait).await {
+        Ok(Some(s)) if s.is_final() => {
+            (StatusCode::OK, axum::Json(status_json(&s))).into_response()
         }
-        Ok(Done::Events(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
-        Err(e) => ingest_error(e),
+        Ok(Some(s)) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({ "id": s.id, "state": s.state })),
+        )
+            .into_response(),
+        // completed and deleted at once (`[retention] completed = "0s"`): no result kept
+        Ok(None) => (
+            StatusCode::OK,
+            axum::Json(json!({ "id": enqueued.id, "state": "completed", "result": null })),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(job.id = enqueued.id, error = %e, "could not read the job while waiting");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "id": enqueued.id })),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn status_json(s: &crate::queue::JobStatus) -> serde_json::Value {
+    serde_json::to_value(s).unwrap_or_else(|_| json!({ "id": s.id, "state": s.state }))
+}
+
+/// `GET /v1/jobs/{id}`: the job's state, result and errors (`dead` once dead-lettered);
+/// 404 when no job or dead letter has this id.
+async fn show_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !bearer_ok(&state, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+    }
+    let Ok(id) = id.parse::<i64>() else {
+        return error(StatusCode::NOT_FOUND, "job ids are integers");
+    };
+    match crate::queue::job_status(&state.pool, id).await {
+        Ok(Some(s)) => (StatusCode::OK, axum::Json(status_json(&s))).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => ingest_error(e.into()),
     }
 }
 

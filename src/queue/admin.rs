@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -55,6 +56,82 @@ pub async fn get_job(pool: &PgPool, id: i64) -> Result<Job, Error> {
         .fetch_optional(pool)
         .await?
         .ok_or(Error::NotFound { what: "job", id })
+}
+
+/// Where a job is, as its enqueuer sees it: its state (`dead` once dead-lettered) and
+/// what it left (result, or the errors of its attempts).
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct JobStatus {
+    pub id: i64,
+    pub kind: String,
+    /// A job state, or `dead` (in the dead letters).
+    pub state: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub result: Option<serde_json::Value>,
+    pub errors: serde_json::Value,
+    /// Why it was dead-lettered.
+    pub dead_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl JobStatus {
+    /// Finished for good: completed, cancelled or dead.
+    pub fn is_final(&self) -> bool {
+        matches!(self.state.as_str(), "completed" | "cancelled" | "dead")
+    }
+}
+
+/// The status of job `id` from `penguin.jobs`, else from its latest dead letter. `None`
+/// when neither has it (never existed, or completed and deleted at once with
+/// `[retention] completed = "0s"`, or pruned).
+pub async fn job_status(pool: &PgPool, id: i64) -> Result<Option<JobStatus>, Error> {
+    Ok(sqlx::query_as(
+        "(select id, kind, state, attempt, max_attempts, result, errors,
+                 null::text as dead_reason, created_at, finished_at
+            from penguin.jobs where id = $1)
+         union all
+         (select job_id, kind, 'dead', attempt, max_attempts, null::jsonb, errors, reason,
+                 created_at, dead_at
+            from penguin.dead_letters where job_id = $1
+           order by dead_at desc limit 1)
+         limit 1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Enqueues `job` and waits up to `wait` for it to be final (the Rust side of `POST
+/// /v1/jobs` with `"wait"`): its id, and its last status.
+pub async fn enqueue_and_wait(
+    pool: &PgPool,
+    job: &super::NewJob,
+    wait: Duration,
+) -> Result<(i64, Option<JobStatus>), Error> {
+    let id = super::enqueue(pool, job).await?;
+    Ok((id, wait_for_job(pool, id, wait).await?))
+}
+
+/// Waits until job `id` is final or `timeout` has passed, polling every few milliseconds
+/// at first and every 100 ms later; returns its last status.
+pub async fn wait_for_job(
+    pool: &PgPool,
+    id: i64,
+    timeout: Duration,
+) -> Result<Option<JobStatus>, Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let status = job_status(pool, id).await?;
+        let done = status.as_ref().is_none_or(JobStatus::is_final);
+        if done || tokio::time::Instant::now() + pause > deadline {
+            return Ok(status);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
 }
 
 /// Cancels a live job. A running job's worker loses its lease, so its outcome is dropped.

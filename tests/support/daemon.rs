@@ -23,7 +23,8 @@ pub fn config(toml: &str) -> Config {
 
 /// The built-in registry under `config`, with its kinds written to `penguin.kinds`.
 pub async fn register_kinds(pool: &PgPool, config: &Config) -> Arc<Registry> {
-    let registry = Registry::builtin(config, &Deps::new().unwrap()).expect("registry");
+    let deps = Deps::new().unwrap().with_pool(pool.clone());
+    let registry = Registry::builtin(config, &deps).expect("registry");
     queue::sync_kinds(pool, &registry.kind_defaults())
         .await
         .expect("sync kinds");
@@ -86,4 +87,27 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
         .fetch_one(pool)
         .await
         .expect("count query runs")
+}
+
+/// Spawns `penguin-jobs run --no-http` with `config_path`, logging to `log_path`.
+pub fn spawn_daemon(config_path: &Path, url: &str, log_path: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_penguin-jobs"))
+        .arg("--config")
+        .arg(config_path)
+        .args(["run", "--no-http"])
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log_path).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, then waits: the daemon must exit cleanly.
+pub fn stop_daemon(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }

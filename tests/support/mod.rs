@@ -20,6 +20,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod fake_provider;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::OnceLock;

@@ -1,0 +1,972 @@
+//! Outbound provider kinds against a local fake provider that checks the exact request and
+//! injects faults: request shapes per kind, error classes, suppressions, the breaker, the
+//! rate limit shared by two daemon processes, metrics, and `wait` on `POST /v1/jobs`.
+
+mod support;
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use penguin_jobs::queue::{self, NewJob};
+use serde_json::{Value, json};
+use support::daemon::{config, count, register_kinds, start_runtime, wait_for};
+use support::fake_provider::{FakeProvider, Recorded, Reply};
+
+const MAILGUN_KEY: &str = "key-test-mailgun-0123456789";
+const SENDGRID_KEY: &str = "SG.test-sendgrid-key-0123456789";
+const STRIPE_KEY: &str = "sk_test_stripe_key_0123456789";
+const POSTHOG_KEY: &str = "phc_test_posthog_key_0123456789";
+
+/// A temporary directory with the provider keys in files.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "penguin-jobs-providers-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, key) in [
+            ("mailgun", MAILGUN_KEY),
+            ("sendgrid", SENDGRID_KEY),
+            ("stripe", STRIPE_KEY),
+            ("posthog", POSTHOG_KEY),
+        ] {
+            std::fs::write(dir.join(name), format!("{key}\n")).unwrap();
+        }
+        Self(dir)
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("file:{}", self.0.join(name).display())
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A config with every provider pointing at `fake`, quick polling and quick retries;
+/// `extra` is appended (it may add tables such as `[providers.mailgun.circuit_breaker]`
+/// or `[kinds."mailgun.send"]`).
+fn toml(fake: &FakeProvider, dir: &Dir, extra: &str) -> String {
+    let quick = "strategy = \"fixed\"\nbase = \"100ms\"\nmax = \"100ms\"\njitter = false\n";
+    let mut text = format!(
+        "[daemon]\npoll_interval = \"50ms\"\nlease = \"5s\"\nrescue_interval = \"200ms\"\nshutdown_grace = \"5s\"\n\
+         [providers.mailgun]\napi_key = \"{mg}\"\ndomain = \"mg.example.com\"\nbase_url = \"{url}\"\n\
+         [providers.sendgrid]\napi_key = \"{sg}\"\nbase_url = \"{url}\"\nip_pool = \"marketing\"\n\
+         [providers.stripe]\nsecret_key = \"{st}\"\nbase_url = \"{url}\"\n\
+         [providers.posthog]\napi_key = \"{ph}\"\nhost = \"{url}\"\n",
+        mg = dir.key("mailgun"),
+        sg = dir.key("sendgrid"),
+        st = dir.key("stripe"),
+        ph = dir.key("posthog"),
+        url = fake.url,
+    );
+    for kind in [
+        "mailgun.send",
+        "sendgrid.send",
+        "stripe.account.create",
+        "stripe.account_link.create",
+        "posthog.capture",
+    ] {
+        text.push_str(&format!("[kinds.\"{kind}\".backoff]\n{quick}"));
+    }
+    text.push_str(extra);
+    text
+}
+
+fn email() -> Value {
+    json!({"from": "News <news@mg.example.com>", "to": ["ada@example.com"], "subject": "Hi",
+           "html": "<p>Hi</p>", "text": "Hi", "campaign_id": "cmp_42", "recipient_id": "rcp_7",
+           "tags": ["launch"], "headers": {"X-Campaign": "42"}})
+}
+
+async fn enqueue(pool: &sqlx::PgPool, kind: &str, payload: Value) -> i64 {
+    queue::enqueue(pool, &NewJob::new(kind, payload))
+        .await
+        .expect("enqueue")
+}
+
+async fn wait_state(pool: &sqlx::PgPool, id: i64, state: &str) {
+    let start = Instant::now();
+    loop {
+        let status = queue::job_status(pool, id).await.unwrap();
+        if status.as_ref().is_some_and(|s| s.state == state) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "job {id} is not {state} after 20 s: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_dead(pool: &sqlx::PgPool, id: i64) -> queue::DeadLetter {
+    wait_for(
+        pool,
+        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
+        Duration::from_secs(20),
+        &format!("job {id} dead-lettered"),
+    )
+    .await;
+    sqlx::query_as("select * from penguin.dead_letters where job_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[tokio::test]
+async fn mailgun_send_posts_the_exact_form_and_records_the_message_as_sent() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let id = enqueue(&db.pool, "mailgun.send", email()).await;
+    wait_state(&db.pool, id, "completed").await;
+    rt.stop().await;
+
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, "/v3/mg.example.com/messages");
+    assert_eq!(
+        r.header("authorization"),
+        Some(basic("api", MAILGUN_KEY).as_str())
+    );
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("multipart/form-data")
+    );
+    let mut form = r.form();
+    form.sort();
+    let mut expected: Vec<(String, String)> = [
+        ("from", "News <news@mg.example.com>"),
+        ("to", "ada@example.com"),
+        ("subject", "Hi"),
+        ("text", "Hi"),
+        ("html", "<p>Hi</p>"),
+        ("o:tag", "launch"),
+        ("h:X-Campaign", "42"),
+        ("v:campaign-id", "cmp_42"),
+        ("v:recipient-id", "rcp_7"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    expected.sort();
+    assert_eq!(form, expected);
+
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    let result = job.result.unwrap();
+    assert_eq!(result["outcome"], "sent");
+    assert_eq!(result["message_id"], "20261126.1@mg.example.com");
+    let (status, message_id): (String, String) = sqlx::query_as(
+        "select status, provider_message_id from penguin.email_status
+          where campaign_id = 'cmp_42' and recipient = 'ada@example.com'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), message_id.as_str()),
+        ("sent", "20261126.1@mg.example.com")
+    );
+}
+
+#[tokio::test]
+async fn sendgrid_send_posts_the_exact_json_and_keeps_the_x_message_id() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let id = enqueue(&db.pool, "sendgrid.send", email()).await;
+    let template = enqueue(
+        &db.pool,
+        "sendgrid.send",
+        json!({"from": "news@example.com", "to": ["bob@example.com"], "template_id": "d-123",
+               "template_data": {"first_name": "Bob"}, "campaign_id": "cmp_42"}),
+    )
+    .await;
+    wait_state(&db.pool, id, "completed").await;
+    wait_state(&db.pool, template, "completed").await;
+    rt.stop().await;
+
+    let requests = fake.requests_to("/v3/mail/send");
+    assert_eq!(requests.len(), 2);
+    for r in &requests {
+        assert_eq!(r.method, "POST");
+        let bearer = format!("Bearer {SENDGRID_KEY}");
+        assert_eq!(r.header("authorization"), Some(bearer.as_str()));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+    }
+    let plain = requests
+        .iter()
+        .find(|r| r.json().get("template_id").is_none())
+        .unwrap();
+    assert_eq!(
+        plain.json(),
+        json!({
+            "personalizations": [{"to": [{"email": "ada@example.com"}]}],
+            "from": {"email": "news@mg.example.com", "name": "News"},
+            "subject": "Hi",
+            "content": [{"type": "text/plain", "value": "Hi"}, {"type": "text/html", "value": "<p>Hi</p>"}],
+            "custom_args": {"campaignId": "cmp_42", "recipientId": "rcp_7"},
+            "categories": ["launch"],
+            "headers": {"X-Campaign": "42"},
+            "ip_pool_name": "marketing"
+        })
+    );
+    let templated = requests
+        .iter()
+        .find(|r| r.json().get("template_id").is_some())
+        .unwrap();
+    assert_eq!(
+        templated.json(),
+        json!({
+            "personalizations": [{"to": [{"email": "bob@example.com"}],
+                                  "dynamic_template_data": {"first_name": "Bob"}}],
+            "from": {"email": "news@example.com"},
+            "template_id": "d-123",
+            "custom_args": {"campaignId": "cmp_42"},
+            "ip_pool_name": "marketing"
+        })
+    );
+    let result = queue::get_job(&db.pool, id).await.unwrap().result.unwrap();
+    assert!(
+        result["message_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("sg-message-")
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.email_status where status = 'sent' and provider = 'sendgrid'").await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn stripe_account_create_sends_the_connect_form_with_a_stable_idempotency_key() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    // the first answer is lost in a 500: the retry must carry the same key
+    fake.push(
+        "/v1/accounts",
+        Reply::status(
+            500,
+            json!({"error": {"message": "boom", "type": "api_error"}}),
+        ),
+    );
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let tenant = uuid::Uuid::from_u128(rand::random::<u128>());
+    let id = enqueue(
+        &db.pool,
+        "stripe.account.create",
+        json!({"email": "owner@example.com", "country": "US", "tenant_id": tenant}),
+    )
+    .await;
+    wait_state(&db.pool, id, "completed").await;
+    rt.stop().await;
+
+    let requests = fake.requests_to("/v1/accounts");
+    assert_eq!(requests.len(), 2);
+    let key = format!("penguin-jobs:stripe.account.create:{id}");
+    for r in &requests {
+        assert_eq!(r.method, "POST");
+        let bearer = format!("Bearer {STRIPE_KEY}");
+        assert_eq!(r.header("authorization"), Some(bearer.as_str()));
+        assert_eq!(r.header("idempotency-key"), Some(key.as_str()));
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/x-www-form-urlencoded")
+        );
+        assert_eq!(
+            r.form(),
+            vec![
+                ("type".to_string(), "express".to_string()),
+                ("country".into(), "US".into()),
+                ("email".into(), "owner@example.com".into()),
+                (
+                    "capabilities[card_payments][requested]".into(),
+                    "true".into()
+                ),
+                ("capabilities[transfers][requested]".into(), "true".into()),
+                ("metadata[tenant_id]".into(), tenant.to_string()),
+            ]
+        );
+    }
+    let result = queue::get_job(&db.pool, id).await.unwrap().result.unwrap();
+    let account = result["account"].as_str().unwrap().to_string();
+    assert!(account.starts_with("acct_"));
+    let stored: Option<uuid::Uuid> =
+        sqlx::query_scalar("select tenant_id from penguin.connect_accounts where id = $1")
+            .bind(&account)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, Some(tenant));
+}
+
+#[tokio::test]
+async fn posthog_capture_jobs_ready_together_share_batch_calls() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    register_kinds(&db.pool, &config(&toml(&fake, &dir, ""))).await;
+    let jobs: Vec<NewJob> = (0..150)
+        .map(|i| {
+            NewJob::new(
+                "posthog.capture",
+                json!({"event": "campaign_sent", "distinct_id": format!("user_{i}"),
+                       "properties": {"campaign": "cmp_42"}, "organization_id": "org_1",
+                       "timestamp": "2026-11-26T10:00:00Z"}),
+            )
+        })
+        .collect();
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    drop(conn);
+    let rt = start_runtime(
+        &db.pool,
+        &toml(
+            &fake,
+            &dir,
+            "[queues.default]\nconcurrency = 200\nbatch = 200\n",
+        ),
+    )
+    .await;
+    wait_for(
+        &db.pool,
+        "select count(*) = 150 from penguin.jobs where state = 'completed'",
+        Duration::from_secs(30),
+        "150 captures",
+    )
+    .await;
+    rt.stop().await;
+
+    let calls = fake.requests_to("/batch/");
+    assert!(
+        calls.len() < 150 / 10,
+        "{} calls for 150 events",
+        calls.len()
+    );
+    let mut users = Vec::new();
+    for call in &calls {
+        let body = call.json();
+        assert_eq!(body["api_key"], POSTHOG_KEY);
+        let batch = body["batch"].as_array().unwrap();
+        assert!(batch.len() <= 100);
+        for e in batch {
+            assert_eq!(e["event"], "campaign_sent");
+            assert_eq!(e["properties"]["$groups"], json!({"organization": "org_1"}));
+            assert_eq!(e["properties"]["campaign"], "cmp_42");
+            assert_eq!(e["timestamp"], "2026-11-26T10:00:00.000Z");
+            users.push(e["distinct_id"].as_str().unwrap().to_string());
+        }
+    }
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), 150, "every event sent exactly once");
+}
+
+#[tokio::test]
+async fn a_500_then_200_is_retried_and_completes() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    fake.push("/v3/", Reply::status(500, json!({"message": "internal"})));
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let id = enqueue(&db.pool, "mailgun.send", email()).await;
+    wait_state(&db.pool, id, "completed").await;
+    rt.stop().await;
+
+    assert_eq!(fake.requests().len(), 2);
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!(job.attempt, 2);
+    assert_eq!(job.errors[0]["class"], "api");
+    assert_eq!(job.errors[0]["status"], 500);
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_runs_again_no_earlier_than_it_says() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    fake.push(
+        "/v3/mail/send",
+        Reply::status(429, json!({"errors": [{"message": "too many requests"}]}))
+            .with_header("retry-after", "2"),
+    );
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let id = enqueue(&db.pool, "sendgrid.send", email()).await;
+    wait_state(&db.pool, id, "completed").await;
+    rt.stop().await;
+
+    let requests = fake.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "one refused call, one retry: no calls while waiting"
+    );
+    let gap = requests[1].at - requests[0].at;
+    assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!(job.attempt, 2);
+    assert_eq!(job.errors[0]["class"], "rate_limit");
+}
+
+#[tokio::test]
+async fn a_400_is_dead_lettered_at_once_with_the_providers_message() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    fake.push(
+        "/v3/",
+        Reply::status(
+            400,
+            json!({"message": "'to' parameter is not a valid address. please check documentation"}),
+        ),
+    );
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let id = enqueue(&db.pool, "mailgun.send", email()).await;
+    let dead = wait_dead(&db.pool, id).await;
+    rt.stop().await;
+
+    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(dead.reason, "permanent_error");
+    let last = dead.errors.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["class"], "data");
+    assert_eq!(last["status"], 400);
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("'to' parameter is not a valid address"),
+        "{last}"
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_and_a_dropped_connection_are_retried() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    fake.push("/v3/", Reply::Delay(Duration::from_secs(5)));
+    fake.push("/v3/", Reply::Reset);
+    let rt = start_runtime(
+        &db.pool,
+        &toml(&fake, &dir, "[kinds.\"mailgun.send\"]\ntimeout = \"1s\"\n"),
+    )
+    .await;
+    let id = enqueue(&db.pool, "mailgun.send", email()).await;
+    wait_state(&db.pool, id, "completed").await;
+    rt.stop().await;
+
+    assert_eq!(fake.requests().len(), 3);
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!(job.attempt, 3);
+    assert_eq!(job.errors[0]["class"], "timeout");
+    assert_eq!(job.errors[1]["class"], "network");
+}
+
+#[tokio::test]
+async fn a_401_is_dead_lettered_and_marks_the_integration_error() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    fake.push("/v1/accounts", Reply::status(401, json!({"error": {"message": "Invalid API Key provided: sk_test_****6789", "type": "invalid_request_error"}})));
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let id = enqueue(
+        &db.pool,
+        "stripe.account.create",
+        json!({"email": "owner@example.com", "country": "US"}),
+    )
+    .await;
+    let dead = wait_dead(&db.pool, id).await;
+    rt.stop().await;
+
+    assert_eq!(fake.requests().len(), 1);
+    let last = dead.errors.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["class"], "authentication");
+    assert!(!dead.errors.to_string().contains(STRIPE_KEY));
+    let integration = queue::integrations::get_integration(&db.pool, "stripe")
+        .await
+        .unwrap()
+        .expect("a stripe row");
+    assert_eq!(integration.status, "error");
+    assert_eq!(
+        integration.last_error_class.as_deref(),
+        Some("authentication")
+    );
+}
+
+#[tokio::test]
+async fn a_409_idempotency_conflict_is_not_retried_unless_stripe_says_so() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    fake.push("/v1/accounts", Reply::status(409, json!({"error": {"message": "Keys for idempotent requests can only be used with the same parameters they were first used with.", "type": "idempotency_error"}})));
+    fake.push(
+        "/v1/account_links",
+        Reply::status(409, json!({"error": {"message": "There is currently another in-progress request using this Idempotent Key", "type": "invalid_request_error"}}))
+            .with_header("stripe-should-retry", "true"),
+    );
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let conflict = enqueue(
+        &db.pool,
+        "stripe.account.create",
+        json!({"email": "owner@example.com", "country": "US"}),
+    )
+    .await;
+    let in_flight = enqueue(
+        &db.pool,
+        "stripe.account_link.create",
+        json!({"account": "acct_1", "refresh_url": "https://app.example.com/r", "return_url": "https://app.example.com/d"}),
+    )
+    .await;
+    let dead = wait_dead(&db.pool, conflict).await;
+    wait_state(&db.pool, in_flight, "completed").await;
+    rt.stop().await;
+
+    assert_eq!(fake.requests_to("/v1/accounts").len(), 1);
+    assert!(dead.errors.to_string().contains("idempotency conflict"));
+    assert_eq!(fake.requests_to("/v1/account_links").len(), 2);
+    let result = queue::get_job(&db.pool, in_flight)
+        .await
+        .unwrap()
+        .result
+        .unwrap();
+    assert!(
+        result["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://connect.stripe.com/setup/")
+    );
+}
+
+#[tokio::test]
+async fn a_bad_payload_enqueued_through_sql_is_dead_lettered_as_data_without_a_call() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let id: i64 = sqlx::query_scalar(
+        "select penguin.enqueue('mailgun.send', '{\"from\": \"a@example.com\", \"to\": []}')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let dead = wait_dead(&db.pool, id).await;
+    rt.stop().await;
+
+    assert!(fake.requests().is_empty());
+    assert_eq!(dead.attempt, 1);
+    let last = dead.errors.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["class"], "data");
+    assert!(last["message"].as_str().unwrap().contains("to:"), "{last}");
+}
+
+#[tokio::test]
+async fn suppressed_recipients_are_skipped_and_a_fully_suppressed_send_makes_no_call() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    sqlx::query("insert into penguin.suppressions (address, reason, provider) values ('ada@example.com', 'hard_bounce', 'mailgun')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let only_ada = enqueue(&db.pool, "mailgun.send", email()).await;
+    let mut both = email();
+    both["to"] = json!(["Ada <ADA@example.com>", "bob@example.com"]);
+    let both = enqueue(&db.pool, "mailgun.send", both).await;
+    wait_state(&db.pool, only_ada, "completed").await;
+    wait_state(&db.pool, both, "completed").await;
+    rt.stop().await;
+
+    let result = queue::get_job(&db.pool, only_ada)
+        .await
+        .unwrap()
+        .result
+        .unwrap();
+    assert_eq!(result["outcome"], "suppressed");
+    assert_eq!(result["suppressed"], json!(["ada@example.com"]));
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].field("to"), vec!["bob@example.com"]);
+}
+
+#[tokio::test]
+async fn a_send_the_provider_already_accepted_is_not_sent_again() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    register_kinds(&db.pool, &config(&toml(&fake, &dir, ""))).await;
+    // as if the daemon died after the provider's answer, before the job's outcome
+    let id = enqueue(&db.pool, "mailgun.send", email()).await;
+    queue::email::record_send(
+        &db.pool,
+        &queue::email::AcceptedSend {
+            job_id: id,
+            provider: "mailgun",
+            provider_message_id: "earlier@mg.example.com".into(),
+            campaign_id: Some("cmp_42".into()),
+            recipient_id: None,
+            recipients: vec!["ada@example.com".into()],
+            accepted_at: chrono::Utc::now(),
+        },
+    )
+    .await
+    .unwrap();
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    wait_state(&db.pool, id, "completed").await;
+    rt.stop().await;
+
+    assert!(fake.requests().is_empty());
+    let result = queue::get_job(&db.pool, id).await.unwrap().result.unwrap();
+    assert_eq!(result["deduplicated"], true);
+    assert_eq!(result["message_id"], "earlier@mg.example.com");
+}
+
+#[tokio::test]
+async fn the_breaker_opens_after_the_threshold_and_a_probe_closes_it_after_recovery() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    for _ in 0..3 {
+        fake.push(
+            "/v3/",
+            Reply::status(503, json!({"message": "unavailable"})),
+        );
+    }
+    let rt = start_runtime(
+        &db.pool,
+        &toml(
+            &fake,
+            &dir,
+            "[providers.mailgun.circuit_breaker]\nfailure_threshold = 3\nrecovery_timeout = \"1s\"\nmonitoring_period = \"1m\"\n",
+        ),
+    )
+    .await;
+    // three failing attempts open the breaker
+    let first = enqueue(&db.pool, "mailgun.send", email()).await;
+    wait_for(
+        &db.pool,
+        "select exists (select 1 from penguin.integrations where provider = 'mailgun' and breaker = 'open')",
+        Duration::from_secs(20),
+        "breaker open",
+    )
+    .await;
+    // jobs arriving while it is open wait without calling
+    let later: Vec<i64> =
+        futures::future::join_all((0..3).map(|_| enqueue(&db.pool, "mailgun.send", email()))).await;
+    for id in later.iter().chain([&first]) {
+        wait_state(&db.pool, *id, "completed").await;
+    }
+    rt.stop().await;
+
+    let requests = fake.requests();
+    assert_eq!(
+        requests.len(),
+        3 + 4,
+        "three failures, then one call per job"
+    );
+    let closed_gap = requests[3].at - requests[2].at;
+    assert!(
+        closed_gap >= Duration::from_millis(950),
+        "no call while open: probe after {closed_gap:?}"
+    );
+    let integration = queue::integrations::get_integration(&db.pool, "mailgun")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (integration.breaker.as_str(), integration.failures),
+        ("closed", 0)
+    );
+    for id in later {
+        let job = queue::get_job(&db.pool, id).await.unwrap();
+        assert_eq!(job.attempt, 1, "waiting for the breaker spends no attempt");
+        assert_eq!(job.errors, json!([]));
+    }
+}
+
+#[tokio::test]
+async fn calls_are_counted_per_minute_provider_kind_and_status_class() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    fake.push("/v3/mail/send", Reply::status(500, json!({})));
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let a = enqueue(&db.pool, "sendgrid.send", email()).await;
+    let b = enqueue(&db.pool, "sendgrid.send", email()).await;
+    wait_state(&db.pool, a, "completed").await;
+    wait_state(&db.pool, b, "completed").await;
+    wait_for(
+        &db.pool,
+        "select coalesce(sum(calls), 0) = 3 from penguin.integration_metrics where provider = 'sendgrid'",
+        Duration::from_secs(10),
+        "three calls counted",
+    )
+    .await;
+    rt.stop().await;
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "select kind, status_class, sum(calls)::bigint from penguin.integration_metrics
+          group by 1, 2 order by 2",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("sendgrid.send".to_string(), "2xx".to_string(), 2),
+            ("sendgrid.send".to_string(), "5xx".to_string(), 1)
+        ]
+    );
+}
+
+fn spawn_daemon(dir: &Dir, config: &str, url: &str, log: &str) -> Child {
+    let path = dir.0.join(format!("{log}.toml"));
+    std::fs::write(&path, config).unwrap();
+    support::daemon::spawn_daemon(&path, url, &dir.0.join(log))
+}
+
+#[tokio::test]
+async fn the_rate_limit_holds_for_two_daemon_processes_together() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let config = toml(
+        &fake,
+        &dir,
+        "[queues.default]\nconcurrency = 4\nbatch = 2\n\
+         [providers.sendgrid.rate_limit]\nper_second = 5\nburst = 1\n",
+    );
+    register_kinds(&db.pool, &support::daemon::config(&config)).await;
+    let jobs: Vec<NewJob> = (0..20)
+        .map(|_| NewJob::new("sendgrid.send", email()))
+        .collect();
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    drop(conn);
+    let mut a = spawn_daemon(&dir, &config, &db.url, "a.log");
+    let mut b = spawn_daemon(&dir, &config, &db.url, "b.log");
+    let mut workers = std::collections::BTreeSet::new();
+    let start = Instant::now();
+    loop {
+        let running: Vec<String> = sqlx::query_scalar(
+            "select distinct leased_by from penguin.jobs where leased_by is not null",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        workers.extend(
+            running
+                .into_iter()
+                .map(|w| w.split('/').next().unwrap_or("").to_string()),
+        );
+        let done = count(
+            &db.pool,
+            "select count(*) from penguin.jobs where state = 'completed'",
+        )
+        .await;
+        if done == 20 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "20 sends within 30 s ({done} done)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    support::daemon::stop_daemon(&mut a);
+    support::daemon::stop_daemon(&mut b);
+
+    let times: Vec<Instant> = fake.requests().iter().map(|r: &Recorded| r.at).collect();
+    assert_eq!(times.len(), 20);
+    // a bucket of 1 refilled at 5/s: any n calls span at least (n - 1) / 5 seconds (a
+    // little slack for the time between the bucket's clock and the fake's)
+    for i in 0..times.len() {
+        for j in i + 1..times.len() {
+            let span = (times[j] - times[i]).as_secs_f64();
+            let calls = (j - i + 1) as f64;
+            assert!(
+                calls <= 1.0 + 5.0 * span + 1.0,
+                "{calls} calls in {span:.3}s"
+            );
+        }
+    }
+    let span = (times[19] - times[0]).as_secs_f64();
+    assert!(span >= 19.0 / 5.0 - 1.0, "20 calls took only {span:.2}s");
+    assert!(workers.len() >= 2, "both daemons worked: {workers:?}");
+}
+
+/// The shim on port 0 with `toml` plus an API token; returns its base URL and the token.
+async fn start_shim(
+    pool: &sqlx::PgPool,
+    dir: &Dir,
+    toml: &str,
+) -> (String, String, tokio_util::sync::DropGuard) {
+    let token = "test-api-token-for-wait-0123456789".to_string();
+    std::fs::write(dir.0.join("token"), &token).unwrap();
+    let cfg = config(&format!(
+        "{toml}[http]\napi_tokens = [\"file:{}\"]\n",
+        dir.0.join("token").display()
+    ));
+    let registry = register_kinds(pool, &cfg).await;
+    let state = penguin_jobs::http::AppState::new(&cfg, pool.clone(), registry).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(penguin_jobs::http::serve_on(
+        listener,
+        state,
+        64 * 1024,
+        stop.clone(),
+    ));
+    (base, token, stop.drop_guard())
+}
+
+/// The shim's job API as the backend calls it.
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    /// `POST /v1/jobs`: status and JSON answer.
+    async fn post(&self, body: &Value) -> (u16, Value) {
+        let answer = self
+            .client
+            .post(format!("{}/v1/jobs", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), answer.json().await.unwrap())
+    }
+
+    /// `GET path`, with the token or without.
+    async fn get(&self, path: &str, authenticated: bool) -> (u16, Value) {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if authenticated {
+            request = request.bearer_auth(&self.token);
+        }
+        let answer = request.send().await.unwrap();
+        (answer.status().as_u16(), answer.json().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn an_account_link_enqueued_with_wait_comes_back_in_the_answer() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let toml = toml(&fake, &dir, "");
+    let (base, token, _shim) = start_shim(&db.pool, &dir, &toml).await;
+    let rt = start_runtime(&db.pool, &toml).await;
+    let api = Api {
+        client: reqwest::Client::new(),
+        base,
+        token,
+    };
+    let link = json!({"kind": "stripe.account_link.create", "wait": "10s",
+                      "payload": {"account": "acct_1", "refresh_url": "https://app.example.com/r",
+                                  "return_url": "https://app.example.com/d"}});
+    let (status, body) = api.post(&link).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["state"], "completed");
+    assert!(
+        body["result"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://connect.stripe.com/setup/e/acct_1/")
+    );
+    assert!(body["result"]["expires_at"].is_string());
+    let sent = &fake.requests_to("/v1/account_links")[0];
+    assert_eq!(
+        sent.form(),
+        vec![
+            ("account".to_string(), "acct_1".to_string()),
+            ("refresh_url".into(), "https://app.example.com/r".into()),
+            ("return_url".into(), "https://app.example.com/d".into()),
+            ("type".into(), "account_onboarding".into()),
+        ]
+    );
+    let id = body["id"].as_i64().unwrap();
+    let key = format!("penguin-jobs:stripe.account_link.create:{id}");
+    assert_eq!(sent.header("idempotency-key"), Some(key.as_str()));
+    let priority: i16 = sqlx::query_scalar("select priority from penguin.jobs where id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(priority < 0, "account links jump the queue: {priority}");
+
+    // a slow provider: the answer comes at the timeout with the id to poll
+    fake.push("/v1/account_links", Reply::Delay(Duration::from_secs(2)));
+    let mut slow = link.clone();
+    slow["wait"] = json!("300ms");
+    let (status, body) = api.post(&slow).await;
+    assert_eq!(status, 202);
+    let id = body["id"].as_i64().unwrap();
+    assert!(
+        ["available", "running"].contains(&body["state"].as_str().unwrap()),
+        "{body}"
+    );
+    wait_state(&db.pool, id, "completed").await;
+    let (status, polled) = api.get(&format!("/v1/jobs/{id}"), true).await;
+    assert_eq!(status, 200);
+    assert_eq!(polled["state"], "completed");
+    assert!(polled["result"]["url"].is_string());
+
+    // no token, unknown id, bad wait, bad payload
+    assert_eq!(api.get(&format!("/v1/jobs/{id}"), false).await.0, 401);
+    assert_eq!(api.get("/v1/jobs/999999", true).await.0, 404);
+    let mut too_long = link.clone();
+    too_long["wait"] = json!("5m");
+    assert_eq!(api.post(&too_long).await.0, 422);
+    let (status, message) = api
+        .post(&json!({"kind": "mailgun.send", "payload": {"from": "a@example.com", "to": ["nobody"]}}))
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        message["error"].as_str().unwrap().contains("to:"),
+        "{message}"
+    );
+    rt.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_that_fails_for_good_is_reported_dead_to_the_waiting_caller() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    fake.push("/v1/account_links", Reply::status(400, json!({"error": {"message": "No such account: 'acct_gone'", "type": "invalid_request_error", "code": "resource_missing"}})));
+    let toml = toml(&fake, &dir, "");
+    let (base, token, _shim) = start_shim(&db.pool, &dir, &toml).await;
+    let rt = start_runtime(&db.pool, &toml).await;
+    let api = Api {
+        client: reqwest::Client::new(),
+        base,
+        token,
+    };
+    let (status, answer) = api
+        .post(&json!({"kind": "stripe.account_link.create", "wait": "10s",
+                       "payload": {"account": "acct_gone", "refresh_url": "https://app.example.com/r",
+                                   "return_url": "https://app.example.com/d"}}))
+        .await;
+    assert_eq!(status, 200);
+    rt.stop().await;
+    assert_eq!(answer["state"], "dead");
+    assert_eq!(answer["dead_reason"], "permanent_error");
+    assert!(
+        answer["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No such account: 'acct_gone' (invalid_request_error, resource_missing)"),
+        "{answer}"
+    );
+}
