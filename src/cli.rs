@@ -59,6 +59,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Provider health: credentials refused (status error), circuit breaker, last error.
+    Integrations {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +210,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(cmd) => jobs(&config, cmd).await,
         Command::Dlq(cmd) => dlq(&config, cmd).await,
         Command::Schedules(cmd) => schedules(&config, cmd).await,
+        Command::Integrations { json } => {
+            let (pool, _) = connect(&config, false).await?;
+            let rows = queue::integrations::list_integrations(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            if rows.is_empty() {
+                println!("no provider has been called yet");
+            }
+            println!(
+                "{:<12} {:<7} {:<10} {:>8}  {:<25} LAST ERROR",
+                "PROVIDER", "STATUS", "BREAKER", "FAILURES", "LAST SUCCESS"
+            );
+            for r in rows {
+                let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_else(|| "-".into())
+                };
+                let last_error = match (&r.last_error_class, &r.last_error) {
+                    (Some(c), Some(m)) => format!("{} [{c}] {m}", when(r.last_error_at)),
+                    _ => "-".into(),
+                };
+                println!(
+                    "{:<12} {:<7} {:<10} {:>8}  {:<25} {}",
+                    r.provider,
+                    r.status,
+                    r.breaker,
+                    r.failures,
+                    when(r.last_success_at),
+                    last_error
+                );
+            }
+            Ok(())
+        }
         Command::Stats { json } => {
             let (pool, _) = connect(&config, false).await?;
             let stats = queue::stats(&pool).await?;

@@ -860,6 +860,56 @@ mod tests {
     }
 
     #[test]
+    fn provider_tables_parse_and_are_checked() {
+        let c = Config::from_toml(
+            "[providers.mailgun]\napi_key = \"env:MG\"\ndomain = \"mg.example.com\"\nregion = \"eu\"\n\
+             [providers.sendgrid.rate_limit]\nper_second = 100\nper_minute = 5000\n\
+             [providers.sendgrid.circuit_breaker]\nfailure_threshold = 3\nrecovery_timeout = \"10s\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let limit = c.providers.sendgrid.as_ref().unwrap().rate_limit.unwrap();
+        assert_eq!(
+            limit.windows(),
+            vec![("second", 100.0, 100.0), ("minute", 100.0, 5000.0 / 60.0)]
+        );
+        let literal = Config::from_toml(
+            "[providers.stripe]\nsecret_key = \"sk_live_123\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let err = literal.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("providers.stripe.secret_key") && !err.contains("sk_live_123"),
+            "{err}"
+        );
+        let no_domain = Config::from_toml(
+            "[providers.mailgun]\napi_key = \"env:MG\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert!(
+            no_domain
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("providers.mailgun.domain")
+        );
+        let zero = Config::from_toml(
+            "[providers.posthog.rate_limit]\nper_second = 0\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert!(
+            zero.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("per_second")
+        );
+    }
+
+    #[test]
     fn redacted_urls_hide_the_password() {
         let u = SecretString::from("postgres://app:s3cret@db:5432/jobs".to_string());
         assert_eq!(redact_url(&u), "postgres://app:***@db:5432/jobs");

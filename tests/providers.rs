@@ -506,6 +506,28 @@ async fn a_401_is_dead_lettered_and_marks_the_integration_error() {
         integration.last_error_class.as_deref(),
         Some("authentication")
     );
+    // operators see it from the CLI
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_penguin-jobs"))
+        .args(["integrations"])
+        .env("DATABASE_URL", &db.url)
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let table = String::from_utf8_lossy(&shown.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("stripe"))
+        .expect("a stripe line");
+    assert!(
+        line.contains("error") && line.contains("[authentication]"),
+        "{table}"
+    );
+    assert!(!table.contains(STRIPE_KEY));
 }
 
 #[tokio::test]
@@ -785,7 +807,13 @@ async fn the_rate_limit_holds_for_two_daemon_processes_together() {
     support::daemon::stop_daemon(&mut b);
 
     let times: Vec<Instant> = fake.requests().iter().map(|r: &Recorded| r.at).collect();
-    assert_eq!(times.len(), 20);
+    assert_eq!(
+        times.len(),
+        20,
+        "one call per job; daemon logs:\n{}\n{}",
+        std::fs::read_to_string(dir.0.join("a.log")).unwrap_or_default(),
+        std::fs::read_to_string(dir.0.join("b.log")).unwrap_or_default()
+    );
     // a bucket of 1 refilled at 5/s: any n calls span at least (n - 1) / 5 seconds (a
     // little slack for the time between the bucket's clock and the fake's)
     for i in 0..times.len() {
