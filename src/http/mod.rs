@@ -8,6 +8,7 @@
 
 pub mod filters;
 pub mod ingest;
+pub mod oauth;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -64,6 +65,8 @@ pub struct AppState {
     mailgun_tokens: Arc<Mutex<SeenTokens>>,
     /// Unix seconds now; a function so tests can move the clock.
     clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// For the OAuth callback's single statement (state check and enqueue).
+    pool: PgPool,
 }
 
 impl AppState {
@@ -131,7 +134,8 @@ impl AppState {
             registry,
             tokens: Arc::new(tokens),
             keys: Arc::new(keys),
-            ingest: Ingest::start(pool, 6),
+            ingest: Ingest::start(pool.clone(), 6),
+            pool,
             mailgun_tokens: Arc::new(Mutex::new(SeenTokens::default())),
             clock: Arc::new(|| chrono::Utc::now().timestamp()),
         })
@@ -152,6 +156,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/jobs", post(create_job))
         .route("/webhooks/{provider}", post(webhook))
+        .route("/oauth/callback/{provider}", get(oauth::callback))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

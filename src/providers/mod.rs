@@ -5,6 +5,8 @@
 //! SQL: the retry decision from a class is the runtime's, the storage is `queue/`'s.
 
 pub mod http;
+pub mod keys;
+pub mod oauth;
 
 use serde::{Deserialize, Serialize};
 
