@@ -15,12 +15,9 @@ use super::{connect, print_record, registry, user_error};
 use crate::config::Config;
 use crate::jobs::apikey::{self, DEFAULT_ENVIRONMENT};
 use crate::providers::oauth::Providers;
-use crate::queue::credentials::{self as creds, Actor, AuditEvent, NewState, SEALED_COLUMNS};
+use crate::queue::credentials::{self as creds, Actor, AuditEvent, SEALED_COLUMNS};
 use crate::queue::{self};
 use crate::secrets::{self, Keyring, MasterKey, SecretsError};
-
-/// How long an authorization link (its `state`) stays usable.
-pub const STATE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(Debug, Subcommand)]
 pub enum OauthCommand {
@@ -133,34 +130,21 @@ pub(super) async fn oauth(config: &Config, cmd: OauthCommand) -> anyhow::Result<
                     "give --redirect-uri (the shim's /oauth/callback/{provider} as the provider reaches it) or set [oauth] redirect_uri"
                 ),
             };
-            reqwest::Url::parse(&redirect)
-                .with_context(|| format!("--redirect-uri {redirect:?} is not a URL"))?;
             let keyring = keyring(config)?;
             let (pool, _) = connect(config, false).await?;
-            let state = secrets::random_token(32);
-            let verifier = secrets::random_token(48);
-            let id = Uuid::new_v4();
-            let verifier_enc = keyring.encrypt(
-                secrecy::ExposeSecret::expose_secret(&verifier),
-                &creds::sealed_aad("oauth_states", "code_verifier_enc", id),
-            )?;
-            let hash = secrets::sha256_hex(secrecy::ExposeSecret::expose_secret(&state));
-            creds::insert_state(
+            let url = crate::jobs::oauth::begin_authorization(
                 &pool,
-                &NewState {
-                    id,
-                    state_hash: &hash,
-                    provider: &provider,
-                    tenant_id: tenant,
-                    redirect_uri: &redirect,
-                    code_verifier_enc: &verifier_enc,
-                    ttl: STATE_TTL,
-                },
+                &keyring,
+                &p,
+                tenant,
+                &redirect,
                 Actor::Cli,
             )
             .await
-            .map_err(user_error)?;
-            let url = p.authorization_url(&redirect, &state, &secrets::pkce_challenge(&verifier));
+            .map_err(|e| match e {
+                crate::jobs::oauth::StoreError::Queue(q) => user_error(q),
+                other => other.into(),
+            })?;
             println!("{url}");
         }
         OauthCommand::List { tenant, json } => {

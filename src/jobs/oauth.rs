@@ -248,6 +248,58 @@ pub async fn access_token(
     )?))
 }
 
+/// How long an authorization link (its `state`) stays usable.
+pub const STATE_TTL: Duration = Duration::from_secs(600);
+
+/// Starts a connection: stores a single-use state (hashed; usable for [`STATE_TTL`]) with
+/// its encrypted PKCE verifier, and returns the URL to send the user to.
+pub async fn begin_authorization(
+    pool: &PgPool,
+    keyring: &Keyring,
+    provider: &oauth::Provider,
+    tenant_id: Uuid,
+    redirect_uri: &str,
+    actor: Actor,
+) -> Result<reqwest::Url, StoreError> {
+    let parsed = reqwest::Url::parse(redirect_uri).map_err(|e| {
+        StoreError::Queue(queue::Error::Invalid(format!(
+            "redirect URI {redirect_uri:?} is not a URL: {e}"
+        )))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(StoreError::Queue(queue::Error::Invalid(format!(
+            "redirect URI {redirect_uri:?} must be http(s)"
+        ))));
+    }
+    let state = crate::secrets::random_token(32);
+    let verifier = crate::secrets::random_token(48);
+    let id = Uuid::new_v4();
+    let verifier_enc = keyring.encrypt(
+        verifier.expose_secret(),
+        &sealed_aad("oauth_states", "code_verifier_enc", id),
+    )?;
+    let hash = crate::secrets::sha256_hex(state.expose_secret());
+    creds::insert_state(
+        pool,
+        &creds::NewState {
+            id,
+            state_hash: &hash,
+            provider: &provider.name,
+            tenant_id,
+            redirect_uri,
+            code_verifier_enc: &verifier_enc,
+            ttl: STATE_TTL,
+        },
+        actor,
+    )
+    .await?;
+    Ok(provider.authorization_url(
+        redirect_uri,
+        &state,
+        &crate::secrets::pkce_challenge(&verifier),
+    ))
+}
+
 // ---------------------------------------------------------------- oauth.exchange
 
 /// The `oauth.exchange` kind.

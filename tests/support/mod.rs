@@ -19,6 +19,7 @@
 
 #![allow(dead_code)]
 
+pub mod credentials;
 pub mod daemon;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
