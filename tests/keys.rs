@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use penguin_jobs::jobs::apikey::{self, active_key};
@@ -13,12 +12,11 @@ use penguin_jobs::queue::{self, credentials as creds, credentials::Actor};
 use penguin_jobs::secrets::Keyring;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
-use support::credentials::{Dir, master_key_file, start_runtime};
+use support::credentials::{Dir, cli, master_key_file, start_runtime};
 use support::daemon::{count, wait_for};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
 const LIMIT: Duration = Duration::from_secs(60);
 
 struct World {
@@ -76,23 +74,7 @@ impl World {
     }
 
     fn cli_with(&self, config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(config)
-            .args(args)
-            .env("DATABASE_URL", &self.db.url)
-            .env_remove("PENGUIN_JOBS_MASTER_KEY")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-        drop(input);
-        child.wait_with_output().unwrap()
+        cli(config, &self.db.url, args, stdin)
     }
 
     async fn set(&self, provider: &str, key: &str) {

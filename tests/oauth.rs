@@ -14,7 +14,9 @@ use penguin_jobs::queue::credentials::{self as creds, Actor, sealed_aad};
 use penguin_jobs::secrets::{Keyring, sha256_hex};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
-use support::credentials::{Dir, OAuthServer, master_key_file, registry, start_runtime};
+use support::credentials::{
+    Dir, OAuthServer, master_key_file, registry, start_runtime, stop_daemon,
+};
 use support::daemon::{config, count, wait_for};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -583,14 +585,6 @@ fn spawn_daemon(w: &World, log: &str) -> Child {
         .unwrap()
 }
 
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
-}
-
 #[tokio::test]
 async fn two_daemons_sweeping_at_once_refresh_a_connection_once() {
     let w = world("acme", "basic").await;
@@ -637,8 +631,8 @@ async fn two_daemons_sweeping_at_once_refresh_a_connection_once() {
         "three more sweeps",
     )
     .await;
-    stop(&mut a);
-    stop(&mut b);
+    stop_daemon(&mut a);
+    stop_daemon(&mut b);
     assert_eq!(w.server.stats().await["token_requests"]["refresh_token"], 1);
     assert_eq!(
         audit_events(&w.db.pool, id).await,

@@ -8,9 +8,9 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 
 use penguin_jobs::config::Config;
@@ -78,6 +78,37 @@ pub async fn start_runtime(pool: &PgPool, toml: &str, keyring: &Keyring) -> Runn
     let config = config(toml);
     let registry = registry(pool, &config, keyring).await;
     start_runtime_with(pool, config, registry)
+}
+
+/// Runs the `penguin-jobs` binary with `config` against `database_url`, writing `stdin`
+/// (if any) to its standard input; the master key comes from the config only.
+pub fn cli(config: &Path, database_url: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_penguin-jobs"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env_remove("PENGUIN_JOBS_MASTER_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// Stops a spawned daemon as SIGTERM does and checks it exited cleanly.
+pub fn stop_daemon(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }
 
 /// A running oauthlib authorization server.
