@@ -7,7 +7,7 @@ mod support;
 use std::process::Output;
 use std::time::Duration;
 
-use penguin_jobs::jobs::apikey::{self, active_key};
+use penguin_jobs::jobs::apikey::{self, KeyMeta, active_key};
 use penguin_jobs::queue::{self, credentials as creds, credentials::Actor};
 use penguin_jobs::secrets::Keyring;
 use secrecy::{ExposeSecret, SecretString};
@@ -84,7 +84,7 @@ impl World {
             provider,
             "production",
             &SecretString::from(key.to_string()),
-            "monthly",
+            &meta("monthly"),
             Duration::from_secs(1),
             Actor::Cli,
         )
@@ -107,6 +107,13 @@ impl World {
         )
         .await
         .unwrap()
+    }
+}
+
+fn meta(schedule: &str) -> KeyMeta {
+    KeyMeta {
+        schedule: Some(schedule.into()),
+        ..KeyMeta::default()
     }
 }
 
@@ -316,7 +323,17 @@ async fn a_staged_key_that_fails_its_test_leaves_the_old_key_active_and_raises_a
 async fn keys_are_read_from_standard_input_stored_encrypted_and_never_listed() {
     let w = world(&[]).await;
     let out = w.cli(
-        &["keys", "set", "sendgrid", "--schedule", "quarterly"],
+        &[
+            "keys",
+            "set",
+            "sendgrid",
+            "--schedule",
+            "quarterly",
+            "--permissions",
+            "mail.send,stats.read",
+            "--expires-at",
+            "2027-01-31T00:00:00Z",
+        ],
         Some("SG.very-secret-value\n"),
     );
     assert!(
@@ -342,19 +359,42 @@ async fn keys_are_read_from_standard_input_stored_encrypted_and_never_listed() {
     assert_eq!(rows[0]["status"], "active");
     assert_eq!(rows[0]["rotation_schedule"], "quarterly");
     assert_eq!(rows[0]["version"], 1);
+    assert_eq!(
+        rows[0]["permissions"],
+        serde_json::json!(["mail.send", "stats.read"])
+    );
+    assert_eq!(rows[0]["expires_at"], "2027-01-31T00:00:00Z");
+    // a staged key keeps the schedule and permissions unless told otherwise
+    let out = w.cli(&["keys", "stage", "sendgrid"], Some("SG.next-value"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(
+        &w.cli(&["keys", "list", "--provider", "sendgrid", "--json"], None)
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(rows[0]["version"], 2);
+    assert_eq!(rows[0]["status"], "pending");
+    assert_eq!(rows[0]["rotation_schedule"], "quarterly");
+    assert_eq!(
+        rows[0]["permissions"],
+        serde_json::json!(["mail.send", "stats.read"])
+    );
+    assert_eq!(rows[0]["expires_at"], serde_json::Value::Null);
     let table = String::from_utf8(w.cli(&["keys", "list"], None).stdout).unwrap();
     assert!(table.contains("sendgrid") && !table.contains("very-secret"));
-    let enc: String = sqlx::query_scalar("select key_enc from penguin.api_keys")
-        .fetch_one(&w.db.pool)
-        .await
-        .unwrap();
+    let (id, enc): (uuid::Uuid, String) =
+        sqlx::query_as("select id, key_enc from penguin.api_keys where version = 1")
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
     assert!(enc.starts_with("pj1.") && !enc.contains("very-secret"));
     assert_eq!(
         w.keyring
-            .decrypt(
-                &enc,
-                &creds::api_key_aad(rows[0]["id"].as_str().unwrap().parse().unwrap())
-            )
+            .decrypt(&enc, &creds::api_key_aad(id))
             .unwrap()
             .expose_secret(),
         "SG.very-secret-value"
@@ -415,7 +455,7 @@ async fn keys_are_read_from_standard_input_stored_encrypted_and_never_listed() {
     }
     assert_eq!(
         count(&w.db.pool, "select count(*) from penguin.api_keys").await,
-        1
+        2
     );
 }
 
@@ -430,7 +470,7 @@ async fn the_daily_sweep_enqueues_due_rotations_once_and_overdue_revocations() {
         "forever",
         "production",
         &SecretString::from("f1".to_string()),
-        "never",
+        &meta("never"),
         Duration::from_secs(3600),
         Actor::Cli,
     )

@@ -657,3 +657,81 @@ async fn two_daemons_sweeping_at_once_refresh_a_connection_once() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_disconnected_connection_is_no_longer_refreshed_and_old_states_are_forgotten() {
+    let w = world("acme", "basic").await;
+    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let id = w.connect("acme", Uuid::new_v4()).await;
+    runtime.stop().await;
+    let access = w.access_token(id).await;
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(w.dir.0.join("jobs.toml"))
+            .args(args)
+            .env("DATABASE_URL", &w.db.url)
+            .output()
+            .unwrap()
+    };
+    let list = run(&["oauth", "list", "--json"]);
+    assert!(list.status.success());
+    let listed = String::from_utf8(list.stdout).unwrap();
+    assert!(listed.contains(&id.to_string()));
+    assert!(
+        !listed.contains(&access) && !listed.contains("pj1."),
+        "{listed}"
+    );
+
+    let out = run(&["oauth", "disconnect", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = run(&["oauth", "disconnect", &id.to_string()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no live oauth connection"));
+    assert_eq!(
+        creds::get_connection(&w.db.pool, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "revoked"
+    );
+    assert_eq!(
+        audit_events(&w.db.pool, id).await,
+        vec!["exchanged:ok", "connection_revoked:ok"]
+    );
+    w.make_due(id).await;
+    assert_eq!(
+        oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        oauth_jobs::access_token(&w.db.pool, &w.keyring, id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // the sweep forgets states a day after they expired
+    assert_eq!(
+        count(&w.db.pool, "select count(*) from penguin.oauth_states").await,
+        1
+    );
+    sqlx::query("update penguin.oauth_states set expires_at = now() - interval '25 hours'")
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&w.db.pool, "select count(*) from penguin.oauth_states").await,
+        0
+    );
+}

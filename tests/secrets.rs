@@ -8,7 +8,7 @@ mod support;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use penguin_jobs::jobs::apikey;
+use penguin_jobs::jobs::apikey::{self, KeyMeta};
 use penguin_jobs::jobs::oauth::{self as oauth_jobs, NewConnection, store_connection};
 use penguin_jobs::queue::credentials::{self as creds, Actor, AuditEvent, sealed_aad};
 use penguin_jobs::secrets::{Keyring, SecretsError};
@@ -92,7 +92,10 @@ async fn rotating_the_master_key_rewraps_every_secret_online_and_keeps_it_readab
         "stripe",
         "production",
         &key,
-        "monthly",
+        &KeyMeta {
+            schedule: Some("monthly".into()),
+            ..KeyMeta::default()
+        },
         Duration::from_secs(60),
         Actor::Cli,
     )

@@ -33,6 +33,8 @@ pub enum OauthCommand {
         #[arg(long)]
         redirect_uri: Option<String>,
     },
+    /// Mark a connection revoked (the tenant disconnected it): it is no longer refreshed.
+    Disconnect { id: Uuid },
     /// Connections with their status and expiry (never tokens).
     List {
         #[arg(long)]
@@ -50,9 +52,11 @@ pub enum KeysCommand {
         provider: String,
         #[arg(long, default_value = DEFAULT_ENVIRONMENT)]
         environment: String,
-        /// monthly, quarterly or never.
-        #[arg(long, default_value = "monthly")]
-        schedule: String,
+        /// monthly, quarterly or never (default: the current key's, or monthly).
+        #[arg(long)]
+        schedule: Option<String>,
+        #[command(flatten)]
+        meta: MetaArgs,
     },
     /// Stage the key read from standard input as the next key: the next rotation tests it
     /// and activates it.
@@ -60,6 +64,8 @@ pub enum KeysCommand {
         provider: String,
         #[arg(long, default_value = DEFAULT_ENVIRONMENT)]
         environment: String,
+        #[command(flatten)]
+        meta: MetaArgs,
     },
     /// Keys with versions, status and dates (never key material).
     List {
@@ -74,6 +80,27 @@ pub enum KeysCommand {
         #[arg(long, default_value = DEFAULT_ENVIRONMENT)]
         environment: String,
     },
+}
+
+/// What is stored with a key.
+#[derive(Debug, clap::Args)]
+pub struct MetaArgs {
+    /// What the key may do at the provider, comma-separated (default: the current key's).
+    #[arg(long, value_delimiter = ',')]
+    permissions: Vec<String>,
+    /// When the provider expires the key (RFC 3339); rotation is due a day before.
+    #[arg(long)]
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl MetaArgs {
+    fn into_meta(self, schedule: Option<String>) -> apikey::KeyMeta {
+        apikey::KeyMeta {
+            schedule,
+            permissions: self.permissions,
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +174,19 @@ pub(super) async fn oauth(config: &Config, cmd: OauthCommand) -> anyhow::Result<
             })?;
             println!("{url}");
         }
+        OauthCommand::Disconnect { id } => {
+            let (pool, _) = connect(config, false).await?;
+            let done = crate::jobs::oauth::disconnect(&pool, id, Actor::Cli)
+                .await
+                .map_err(|e| match e {
+                    crate::jobs::oauth::StoreError::Queue(q) => user_error(q),
+                    other => other.into(),
+                })?;
+            if !done {
+                bail!("no live oauth connection {id}");
+            }
+            println!("connection {id} revoked");
+        }
         OauthCommand::List { tenant, json } => {
             let (pool, _) = connect(config, false).await?;
             let rows = creds::list_connections(&pool, tenant)
@@ -190,10 +230,13 @@ pub(super) async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()
             provider,
             environment,
             schedule,
+            meta,
         } => {
             let keyring = keyring(config)?;
-            if !apikey::SCHEDULES.contains(&schedule.as_str()) {
-                bail!("--schedule {schedule:?} is not monthly, quarterly or never");
+            if let Some(s) = &schedule
+                && !apikey::SCHEDULES.contains(&s.as_str())
+            {
+                bail!("--schedule {s:?} is not monthly, quarterly or never");
             }
             let key = read_key_from_stdin()?;
             let (pool, _) = connect(config, false).await?;
@@ -203,7 +246,7 @@ pub(super) async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()
                 &provider,
                 &environment,
                 &key,
-                &schedule,
+                &meta.into_meta(schedule),
                 config.api_keys.overlap,
                 Actor::Cli,
             )
@@ -214,14 +257,22 @@ pub(super) async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()
         KeysCommand::Stage {
             provider,
             environment,
+            meta,
         } => {
             let keyring = keyring(config)?;
             let key = read_key_from_stdin()?;
             let (pool, _) = connect(config, false).await?;
-            let (id, version) =
-                apikey::stage_key(&pool, &keyring, &provider, &environment, &key, Actor::Cli)
-                    .await
-                    .map_err(key_error)?;
+            let (id, version) = apikey::stage_key(
+                &pool,
+                &keyring,
+                &provider,
+                &environment,
+                &key,
+                &meta.into_meta(None),
+                Actor::Cli,
+            )
+            .await
+            .map_err(key_error)?;
             println!(
                 "{provider} key version {version} ({id}) staged in {environment}; the next rotation tests and activates it"
             );

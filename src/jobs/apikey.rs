@@ -119,6 +119,30 @@ fn check_key(key: &SecretString) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// What is stored with a key besides the key itself.
+#[derive(Debug, Clone, Default)]
+pub struct KeyMeta {
+    /// `monthly`, `quarterly` or `never`; `None`: the active key's schedule (or monthly).
+    pub schedule: Option<String>,
+    /// What the key may do at the provider (for operators; the provider enforces it).
+    /// Empty: the active key's.
+    pub permissions: Vec<String>,
+    /// When the provider expires the key; its rotation is due a day before.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl KeyMeta {
+    fn check(&self) -> Result<(), KeyError> {
+        match &self.schedule {
+            Some(s) if !SCHEDULES.contains(&s.as_str()) => Err(KeyError::Invalid(format!(
+                "schedule {s:?} is not monthly, quarterly or never"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn insert_sealed(
     tx: &mut PgConnection,
     keyring: &Keyring,
@@ -126,9 +150,20 @@ async fn insert_sealed(
     environment: &str,
     key: &SecretString,
     provider_key_id: Option<&str>,
-    schedule: &str,
+    meta: &KeyMeta,
 ) -> Result<(Uuid, i32), KeyError> {
     let version = creds::lock_keys(tx, provider, environment).await?;
+    let active = creds::active_api_key(&mut *tx, provider, environment).await?;
+    let schedule = meta
+        .schedule
+        .clone()
+        .or_else(|| active.as_ref().map(|k| k.rotation_schedule.clone()))
+        .unwrap_or_else(|| "monthly".into());
+    let permissions = if meta.permissions.is_empty() {
+        active.map(|k| k.permissions).unwrap_or_default()
+    } else {
+        meta.permissions.clone()
+    };
     let id = Uuid::new_v4();
     let sealed = keyring.encrypt(key.expose_secret(), &api_key_aad(id))?;
     creds::insert_api_key(
@@ -140,9 +175,10 @@ async fn insert_sealed(
             version,
             key_enc: &sealed,
             provider_key_id,
-            permissions: &[],
+            permissions: &permissions,
             status: "pending",
-            rotation_schedule: schedule,
+            rotation_schedule: &schedule,
+            expires_at: meta.expires_at,
         },
     )
     .await?;
@@ -220,22 +256,18 @@ pub async fn set_key(
     provider: &str,
     environment: &str,
     key: &SecretString,
-    schedule: &str,
+    meta: &KeyMeta,
     overlap: Duration,
     actor: Actor,
 ) -> Result<(Uuid, i32), KeyError> {
     check_names(provider, environment).map_err(KeyError::Invalid)?;
     check_key(key)?;
-    if !SCHEDULES.contains(&schedule) {
-        return Err(KeyError::Invalid(format!(
-            "schedule {schedule:?} is not monthly, quarterly or never"
-        )));
-    }
+    meta.check()?;
     let mut tx = pool.begin().await?;
     creds::lock_keys(&mut tx, provider, environment).await?;
     creds::drop_pending_key(&mut tx, provider, environment, "replaced by keys set").await?;
     let (id, version) =
-        insert_sealed(&mut tx, keyring, provider, environment, key, None, schedule).await?;
+        insert_sealed(&mut tx, keyring, provider, environment, key, None, meta).await?;
     creds::audit(
         &mut *tx,
         &key_event(
@@ -244,7 +276,7 @@ pub async fn set_key(
             id,
             provider,
             true,
-            serde_json::json!({ "environment": environment, "version": version, "schedule": schedule }),
+            serde_json::json!({ "environment": environment, "version": version, "schedule": meta.schedule }),
         ),
     )
     .await?;
@@ -261,10 +293,12 @@ pub async fn stage_key(
     provider: &str,
     environment: &str,
     key: &SecretString,
+    meta: &KeyMeta,
     actor: Actor,
 ) -> Result<(Uuid, i32), KeyError> {
     check_names(provider, environment).map_err(KeyError::Invalid)?;
     check_key(key)?;
+    meta.check()?;
     let mut tx = pool.begin().await?;
     creds::lock_keys(&mut tx, provider, environment).await?;
     creds::drop_pending_key(
@@ -274,20 +308,8 @@ pub async fn stage_key(
         "replaced by a newer staged key",
     )
     .await?;
-    let schedule = creds::active_api_key(&mut *tx, provider, environment)
-        .await?
-        .map(|k| k.rotation_schedule)
-        .unwrap_or_else(|| "monthly".into());
-    let (id, version) = insert_sealed(
-        &mut tx,
-        keyring,
-        provider,
-        environment,
-        key,
-        None,
-        &schedule,
-    )
-    .await?;
+    let (id, version) =
+        insert_sealed(&mut tx, keyring, provider, environment, key, None, meta).await?;
     creds::audit(
         &mut *tx,
         &key_event(
@@ -487,7 +509,7 @@ impl Handler for Rotate {
                             env,
                             &key,
                             provider_key_id.as_deref(),
-                            &active_schedule(&pool, provider, env).await?,
+                            &KeyMeta::default(),
                         )
                         .await
                         .map_err(key_error)?;
@@ -583,14 +605,6 @@ impl Handler for Rotate {
             })))
         })
     }
-}
-
-async fn active_schedule(pool: &PgPool, provider: &str, env: &str) -> Result<String, JobError> {
-    Ok(creds::active_api_key(pool, provider, env)
-        .await
-        .map_err(db_error)?
-        .map(|k| k.rotation_schedule)
-        .unwrap_or_else(|| "monthly".into()))
 }
 
 /// The `apikey.revoke` kind.

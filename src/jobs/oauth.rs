@@ -248,6 +248,32 @@ pub async fn access_token(
     )?))
 }
 
+/// Marks a connection `revoked` (the tenant disconnected it) with its audit row; the
+/// sweep no longer refreshes it. `false`: no such live connection.
+pub async fn disconnect(pool: &PgPool, id: Uuid, actor: Actor) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await.map_err(queue::Error::from)?;
+    if !creds::revoke_connection(&mut tx, id).await? {
+        return Ok(false);
+    }
+    let info = creds::get_connection_in(&mut tx, id).await?;
+    creds::audit(
+        &mut *tx,
+        &AuditEvent {
+            event: "connection_revoked",
+            actor,
+            subject_type: "oauth_connection",
+            subject_id: Some(id.to_string()),
+            tenant_id: info.as_ref().map(|c| c.tenant_id),
+            provider: info.as_ref().map(|c| c.provider.as_str()),
+            ok: true,
+            detail: serde_json::json!({}),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(queue::Error::from)?;
+    Ok(true)
+}
+
 /// How long an authorization link (its `state`) stays usable.
 pub const STATE_TTL: Duration = Duration::from_secs(600);
 
@@ -693,6 +719,8 @@ pub struct Sweep(pub OAuthDeps);
 /// Enqueues `oauth.refresh` for every connection due within `ahead` (unique per
 /// connection); returns how many jobs were created (not deduplicated).
 pub async fn sweep(pool: &PgPool, ahead: Duration) -> Result<usize, queue::Error> {
+    // states are single-use and short-lived: forget them a day after they expired
+    creds::prune_states(pool, Duration::from_secs(86_400)).await?;
     let due = creds::due_connections(pool, ahead, STALE_REFRESH).await?;
     if due.is_empty() {
         return Ok(0);

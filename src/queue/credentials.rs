@@ -285,6 +285,16 @@ pub async fn finish_state<'e>(
     Ok(())
 }
 
+/// Deletes states that expired more than `grace` ago (used or not): returns how many.
+pub async fn prune_states(pool: &PgPool, grace: Duration) -> Result<u64, Error> {
+    let done =
+        sqlx::query("delete from penguin.oauth_states where expires_at < now() - $1::interval")
+            .bind(interval(grace))
+            .execute(pool)
+            .await?;
+    Ok(done.rows_affected())
+}
+
 // ---------------------------------------------------------------- OAuth connections
 
 /// The id of the connection of `(tenant, provider, account)`, locked for the caller's
@@ -390,13 +400,21 @@ pub async fn list_connections(
 
 /// One connection without token material.
 pub async fn get_connection(pool: &PgPool, id: Uuid) -> Result<Option<ConnectionInfo>, Error> {
+    get_connection_in(&mut *pool.acquire().await?, id).await
+}
+
+/// One connection without token material, on the caller's transaction.
+pub async fn get_connection_in(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<ConnectionInfo>, Error> {
     Ok(sqlx::query_as(
         "select id, tenant_id, provider, account_id, account_email, scopes, expires_at, status,
                 last_error, last_refreshed_at, created_at, updated_at
            from penguin.oauth_connections where id = $1",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?)
 }
 
@@ -598,6 +616,7 @@ pub struct SealedApiKey {
     pub key_enc: String,
     pub provider_key_id: Option<String>,
     pub rotation_schedule: String,
+    pub permissions: Vec<String>,
 }
 
 /// The active key of `provider` in `environment`, read at call time by provider jobs
@@ -627,8 +646,8 @@ async fn key_in_status<'e>(
     status: &str,
 ) -> Result<Option<SealedApiKey>, Error> {
     Ok(sqlx::query_as(
-        "select id, version, key_enc, provider_key_id, rotation_schedule from penguin.api_keys
-          where provider = $1 and environment = $2 and status = $3",
+        "select id, version, key_enc, provider_key_id, rotation_schedule, permissions
+           from penguin.api_keys where provider = $1 and environment = $2 and status = $3",
     )
     .bind(provider)
     .bind(environment)
@@ -678,6 +697,7 @@ pub struct NewApiKey<'a> {
     pub permissions: &'a [String],
     pub status: &'a str,
     pub rotation_schedule: &'a str,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Inserts a key (after [`lock_keys`] on the same transaction).
@@ -685,8 +705,8 @@ pub async fn insert_api_key(conn: &mut PgConnection, k: &NewApiKey<'_>) -> Resul
     sqlx::query(
         "insert into penguin.api_keys
              (id, provider, environment, version, key_enc, provider_key_id, permissions, status,
-              rotation_schedule)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+              rotation_schedule, expires_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(k.id)
     .bind(k.provider)
@@ -697,6 +717,7 @@ pub async fn insert_api_key(conn: &mut PgConnection, k: &NewApiKey<'_>) -> Resul
     .bind(k.permissions)
     .bind(k.status)
     .bind(k.rotation_schedule)
+    .bind(k.expires_at)
     .execute(conn)
     .await?;
     Ok(())
