@@ -526,4 +526,18 @@ async fn the_daily_sweep_enqueues_due_rotations_once_and_overdue_revocations() {
         1,
         "a 'never' key is not rotated"
     );
+    // a key the provider expires within a day is due whatever its schedule
+    sqlx::query("update penguin.api_keys set expires_at = now() + interval '2 hours' where provider = 'forever'")
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(apikey::sweep(&w.db.pool).await.unwrap(), 1);
+    assert_eq!(
+        count(
+            &w.db.pool,
+            "select count(*) from penguin.jobs where kind = 'apikey.rotate' and payload->>'provider' = 'forever'"
+        )
+        .await,
+        1
+    );
 }

@@ -689,6 +689,38 @@ mod tests {
         assert_eq!(err, "oauth.providers.acme.scopes is required");
     }
 
+    #[tokio::test]
+    async fn a_token_endpoint_that_cannot_be_reached_is_a_retryable_network_error() {
+        // a port nothing listens on
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = Config::from_toml(
+            &format!(
+                "[oauth.providers.acme]\nclient_id = \"c\"\nclient_secret = \"env:PATH\"\n\
+                 auth_url = \"http://127.0.0.1:{port}/a\"\ntoken_url = \"http://127.0.0.1:{port}/t\"\nscopes = [\"s\"]\n"
+            ),
+            std::path::Path::new("x"),
+        )
+        .unwrap();
+        let p = Providers::from_config(&config)
+            .unwrap()
+            .get("acme")
+            .unwrap();
+        let token = SecretString::from("refresh-token-value".to_string());
+        let client = crate::providers::http::client(std::time::Duration::from_secs(5)).unwrap();
+        match refresh(&client, &p, &token).await {
+            Err(TokenError::Call(e)) => {
+                assert!(e.retryable, "{e:?}");
+                assert_eq!(e.class, ErrorClass::Network);
+                assert!(!e.message.contains("refresh-token-value"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn accounts_are_named_by_the_usual_userinfo_fields() {
         let a = account_of(&serde_json::json!({"sub": "1234", "email": "a@b.c"})).unwrap();
