@@ -736,3 +736,67 @@ async fn a_disconnected_connection_is_no_longer_refreshed_and_old_states_are_for
         0
     );
 }
+
+#[tokio::test]
+async fn an_exchange_without_a_master_key_dead_letters_and_forgets_the_code() {
+    let w = world("acme", "basic").await;
+    let providers = Providers::from_config(&config(&w.toml)).unwrap();
+    let url = begin_authorization(
+        &w.db.pool,
+        &w.keyring,
+        &providers.get("acme").unwrap(),
+        Uuid::new_v4(),
+        &w.redirect_uri("acme"),
+        Actor::Api,
+    )
+    .await
+    .unwrap();
+    let back = w.server.consent(url.as_str()).await;
+    assert_eq!(reqwest::get(&back).await.unwrap().status().as_u16(), 200);
+    // a daemon started without its master key
+    let cfg = config(&w.toml);
+    let deps = penguin_jobs::jobs::Deps::new()
+        .unwrap()
+        .with_pool(w.db.pool.clone());
+    let registry = std::sync::Arc::new(penguin_jobs::jobs::Registry::builtin(&cfg, &deps).unwrap());
+    let runtime = support::daemon::start_runtime_with(&w.db.pool, cfg, registry);
+    wait_job_done(&w.db.pool, "oauth.exchange", 1).await;
+    runtime.stop().await;
+    let errors: serde_json::Value =
+        sqlx::query_scalar("select errors from penguin.dead_letters where kind = 'oauth.exchange'")
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(errors[0]["class"], "configuration");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no master key configured")
+    );
+    assert_eq!(
+        count(
+            &w.db.pool,
+            "select count(*) from penguin.oauth_states where code is not null"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&w.db.pool, "select count(*) from penguin.oauth_connections").await,
+        0
+    );
+    assert!(
+        w.server.stats().await["token_requests"]
+            .get("authorization_code")
+            .is_none()
+    );
+    assert_eq!(
+        count(
+            &w.db.pool,
+            "select count(*) from penguin.audit_log where event = 'exchange_failed'"
+        )
+        .await,
+        1
+    );
+}

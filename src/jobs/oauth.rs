@@ -401,13 +401,24 @@ impl Handler for Exchange {
                 Ok(p) => p,
                 Err(e) => return fail(e.to_string(), ErrorClass::Configuration).await,
             };
-            let keyring = deps.keyring()?;
-            let verifier = keyring
-                .decrypt(
-                    &state.code_verifier_enc,
-                    &sealed_aad("oauth_states", "code_verifier_enc", state.id),
-                )
-                .map_err(secrets_error)?;
+            // without the verifier the code can never be redeemed: end here, code forgotten
+            let keyring = match deps.keyring() {
+                Ok(k) => k,
+                Err(_) => {
+                    return fail(
+                        SecretsError::NoMasterKey.to_string(),
+                        ErrorClass::Configuration,
+                    )
+                    .await;
+                }
+            };
+            let verifier = match keyring.decrypt(
+                &state.code_verifier_enc,
+                &sealed_aad("oauth_states", "code_verifier_enc", state.id),
+            ) {
+                Ok(v) => v,
+                Err(e) => return fail(e.to_string(), ErrorClass::Configuration).await,
+            };
             let tokens = match oauth::exchange_code(
                 &deps.http,
                 &provider,
