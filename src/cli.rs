@@ -77,6 +77,9 @@ pub enum Command {
     },
     /// Open alerts (revoked grants, keys that failed their test), newest first.
     Alerts {
+        /// Acknowledge this alert instead of listing.
+        #[arg(long, value_name = "ID")]
+        ack: Option<i64>,
         #[arg(long)]
         json: bool,
     },
@@ -239,7 +242,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             limit,
             json,
         } => credentials::audit(&config, subject, limit, json).await,
-        Command::Alerts { json } => credentials::alerts(&config, json).await,
+        Command::Alerts { ack, json } => credentials::alerts(&config, ack, json).await,
         Command::Stats { json } => {
             let (pool, _) = connect(&config, false).await?;
             let stats = queue::stats(&pool).await?;

@@ -493,6 +493,27 @@ async fn a_revoked_grant_requires_reauthorization_raises_an_alert_and_is_not_ret
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].kind, "oauth_reauth_required");
     assert_eq!(alerts[0].tenant_id, Some(tenant));
+    let alerts_cli = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(w.dir.0.join("jobs.toml"))
+            .arg("alerts")
+            .args(args)
+            .env("DATABASE_URL", &w.db.url)
+            .output()
+            .unwrap()
+    };
+    let listed = alerts_cli(&["--json"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("must be authorized again"));
+    let acked = alerts_cli(&["--ack", &alerts[0].id.to_string()]);
+    assert!(
+        acked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&acked.stderr)
+    );
+    assert!(creds::open_alerts(&w.db.pool).await.unwrap().is_empty());
+    let again = alerts_cli(&["--ack", &alerts[0].id.to_string()]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no open alert"));
     assert_eq!(
         audit_events(&w.db.pool, id).await,
         vec![

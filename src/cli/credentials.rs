@@ -457,8 +457,18 @@ pub(super) async fn audit(
     Ok(())
 }
 
-pub(super) async fn alerts(config: &Config, json: bool) -> anyhow::Result<()> {
+pub(super) async fn alerts(config: &Config, ack: Option<i64>, json: bool) -> anyhow::Result<()> {
     let (pool, _) = connect(config, false).await?;
+    if let Some(id) = ack {
+        if !creds::acknowledge_alert(&pool, id)
+            .await
+            .map_err(user_error)?
+        {
+            bail!("no open alert {id}");
+        }
+        println!("alert {id} acknowledged");
+        return Ok(());
+    }
     let rows = creds::open_alerts(&pool).await.map_err(user_error)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

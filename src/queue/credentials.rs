@@ -154,6 +154,17 @@ pub struct AlertRow {
     pub acknowledged_at: Option<DateTime<Utc>>,
 }
 
+/// Acknowledges alert `id`; `false` if there is no such open alert.
+pub async fn acknowledge_alert(pool: &PgPool, id: i64) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "update penguin.alerts set acknowledged_at = now() where id = $1 and acknowledged_at is null",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Alerts not acknowledged yet, newest first.
 pub async fn open_alerts(pool: &PgPool) -> Result<Vec<AlertRow>, Error> {
     Ok(sqlx::query_as(
