@@ -22,6 +22,9 @@ use crate::jobs::{Deps, Registry};
 use crate::queue::{self, JobFilter, NewJob};
 use crate::scheduler;
 
+mod credentials;
+pub use credentials::{KeysCommand, OauthCommand, SecretsCommand};
+
 /// Durable PostgreSQL job queue and worker daemon for PenguinMails' integrations.
 ///
 /// With no database configured (no DATABASE_URL, no [database] url), `run` starts a
@@ -53,6 +56,33 @@ pub enum Command {
     /// List, pause and resume cron schedules.
     #[command(subcommand)]
     Schedules(SchedulesCommand),
+    /// Connect OAuth accounts and list connections.
+    #[command(subcommand)]
+    Oauth(OauthCommand),
+    /// Provider API keys: set, stage, list, rotate (keys are read from standard input).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// The master key: generate one, see which keys wrap the stored secrets, rotate it.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// The append-only audit log of credential events, newest first.
+    Audit {
+        /// Only events about this subject (connection, key or state id).
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open alerts (revoked grants, keys that failed their test), newest first.
+    Alerts {
+        /// Acknowledge this alert instead of listing.
+        #[arg(long, value_name = "ID")]
+        ack: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Job counts per queue and state.
     Stats {
         /// Print JSON instead of a table.
@@ -245,6 +275,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Oauth(cmd) => credentials::oauth(&config, cmd).await,
+        Command::Keys(cmd) => credentials::keys(&config, cmd).await,
+        Command::Secrets(cmd) => credentials::secrets(&config, cmd).await,
+        Command::Audit {
+            subject,
+            limit,
+            json,
+        } => credentials::audit(&config, subject, limit, json).await,
+        Command::Alerts { ack, json } => credentials::alerts(&config, ack, json).await,
         Command::Stats { json } => {
             let (pool, _) = connect(&config, false).await?;
             let stats = queue::stats(&pool).await?;
@@ -366,6 +405,8 @@ async fn connect(
 async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<()> {
     // every config error before anything starts
     let schedules = scheduler::from_config(&config)?;
+    let keyring = crate::secrets::Keyring::from_config(&config)?;
+    crate::providers::oauth::Providers::from_config(&config)?.check_secrets()?;
     let check = registry(&config)?;
     for s in &schedules {
         check
@@ -374,7 +415,7 @@ async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<()> {
     }
     let (pool, cluster) = connect(&config, true).await?;
     let result = async {
-        let deps = Deps::new()?.with_pool(pool.clone());
+        let deps = Deps::new()?.with_pool(pool.clone()).with_keyring(keyring);
         let registry = Arc::new(Registry::builtin(&config, &deps)?);
         if args.no_migrate {
             queue::sync_kinds(&pool, &registry.kind_defaults())

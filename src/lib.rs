@@ -14,5 +14,6 @@ pub mod providers;
 pub mod queue;
 pub mod runtime;
 pub mod scheduler;
+pub mod secrets;
 pub mod telemetry;
 pub mod webhooks;

@@ -169,10 +169,57 @@ pub fn from_config(config: &Config) -> Result<Vec<Schedule>, ScheduleError> {
             other => other,
         })?);
     }
+    for (enabled, name, cron, kind, key) in [
+        (
+            config.oauth.refresh,
+            OAUTH_REFRESH_SWEEP,
+            &config.oauth.refresh_cron,
+            "oauth.refresh_sweep",
+            "(oauth.refresh_cron)",
+        ),
+        (
+            config.api_keys.rotation,
+            APIKEY_ROTATION,
+            &config.api_keys.rotation_cron,
+            "apikey.rotation_sweep",
+            "(api_keys.rotation_cron)",
+        ),
+    ] {
+        if enabled {
+            schedules.push(builtin(name, cron, kind, key)?);
+        }
+    }
     for (name, cfg) in &config.schedules {
         schedules.push(Schedule::parse(name, cfg)?);
     }
     Ok(schedules)
+}
+
+/// The built-in schedule that enqueues `oauth.refresh` for connections about to expire.
+pub const OAUTH_REFRESH_SWEEP: &str = "oauth-refresh-sweep";
+/// The built-in schedule that enqueues `apikey.rotate` for keys that are due.
+pub const APIKEY_ROTATION: &str = "apikey-rotation";
+
+/// A built-in schedule (UTC, missed fires skipped); a bad cron names its config key.
+fn builtin(name: &str, cron: &str, kind: &str, key: &str) -> Result<Schedule, ScheduleError> {
+    let cfg = ScheduleConfig {
+        cron: cron.into(),
+        timezone: "UTC".into(),
+        kind: kind.into(),
+        payload: serde_json::json!({}),
+        queue: None,
+        priority: None,
+        missed: MissedFires::Skip,
+        max_catch_up: 1,
+    };
+    Schedule::parse(name, &cfg).map_err(|e| match e {
+        ScheduleError::BadCron { cron, message, .. } => ScheduleError::BadCron {
+            name: key.into(),
+            cron,
+            message,
+        },
+        other => other,
+    })
 }
 
 /// Which fires to enqueue, given the fires due since the last pass (oldest first, the
@@ -494,9 +541,12 @@ mod tests {
             .into_iter()
             .map(|s| s.name)
             .collect();
-        assert_eq!(names, vec![PRUNE]);
-        let config =
-            Config::from_toml("[maintenance]\nprune = false\n", std::path::Path::new("x")).unwrap();
+        assert_eq!(names, vec![PRUNE, OAUTH_REFRESH_SWEEP, APIKEY_ROTATION]);
+        let config = Config::from_toml(
+            "[maintenance]\nprune = false\n[oauth]\nrefresh = false\n[api_keys]\nrotation = false\n",
+            std::path::Path::new("x"),
+        )
+        .unwrap();
         assert!(from_config(&config).unwrap().is_empty());
     }
 

@@ -350,7 +350,7 @@ async fn posthog_capture_jobs_ready_together_share_batch_calls() {
     .await;
     wait_for(
         &db.pool,
-        "select count(*) = 150 from penguin.jobs where state = 'completed'",
+        "select count(*) = 150 from penguin.jobs where state = 'completed' and kind = 'posthog.capture'",
         Duration::from_secs(30),
         "150 captures",
     )
@@ -791,7 +791,7 @@ async fn the_rate_limit_holds_for_two_daemon_processes_together() {
         );
         let done = count(
             &db.pool,
-            "select count(*) from penguin.jobs where state = 'completed'",
+            "select count(*) from penguin.jobs where state = 'completed' and kind = 'sendgrid.send'",
         )
         .await;
         if done == 20 {

@@ -156,6 +156,7 @@ async fn two_daemons_enqueue_each_tick_of_a_per_second_schedule_exactly_once() {
     std::fs::write(
         dir.join("jobs.toml"),
         "[daemon]\npoll_interval = \"100ms\"\n[maintenance]\nprune = false\n\
+         [oauth]\nrefresh = false\n[api_keys]\nrotation = false\n\
          [schedules.tick]\ncron = \"* * * * * *\"\nkind = \"noop\"\n",
     )
     .unwrap();

@@ -9,6 +9,7 @@
 
 pub mod filters;
 pub mod ingest;
+pub mod oauth;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,7 +59,8 @@ struct Keys {
 #[derive(Clone)]
 pub struct AppState {
     registry: Arc<Registry>,
-    /// For `wait` and `GET /v1/jobs/{id}` (reads only; writes go through `ingest`).
+    /// For `wait`, `GET /v1/jobs/{id}` (reads) and the OAuth callback's single statement
+    /// (state check and enqueue); webhook and job writes go through `ingest`.
     pool: PgPool,
     tokens: Arc<Vec<SecretString>>,
     keys: Arc<Keys>,
@@ -157,6 +159,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .route("/v1/jobs", post(create_job))
         .route("/v1/jobs/{id}", get(show_job))
         .route("/webhooks/{provider}", post(webhook))
+        .route("/oauth/callback/{provider}", get(oauth::callback))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }

@@ -5,12 +5,14 @@
 //! error, a fatal error, a snooze or a cancel. It must never decide retry timing, write
 //! job rows, or know about the worker runtime or the HTTP shim.
 
+pub mod apikey;
 pub mod email_send;
 pub mod http_request;
 pub mod inbound;
 pub mod mailgun_event;
 pub mod maintenance;
 pub mod noop;
+pub mod oauth;
 pub mod outbound;
 pub mod posthog_capture;
 pub mod sendgrid_event;
@@ -145,7 +147,7 @@ pub enum EnqueueRefused {
 /// Registry building errors (a config naming a kind that does not exist).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct RegistryError(String);
+pub struct RegistryError(pub String);
 
 /// Everything a handler may need, built once per daemon.
 #[derive(Clone)]
@@ -154,6 +156,9 @@ pub struct Deps {
     /// The database, for kinds that work on our own tables (maintenance). `None` where
     /// the registry only checks payloads (the CLI's enqueue).
     pub pool: Option<sqlx::PgPool>,
+    /// The master keys, for kinds that read or store credentials. `None`: no master key
+    /// configured, and those kinds fail with a configuration error.
+    pub keyring: Option<Arc<crate::secrets::Keyring>>,
 }
 
 impl Deps {
@@ -161,7 +166,19 @@ impl Deps {
     pub fn new() -> Result<Self, RegistryError> {
         let http = crate::providers::http::client(Duration::from_secs(60))
             .map_err(|e| RegistryError(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { http, pool: None })
+        Ok(Self {
+            http,
+            pool: None,
+            keyring: None,
+        })
+    }
+
+    /// The same, with the master keys.
+    pub fn with_keyring(self, keyring: Option<crate::secrets::Keyring>) -> Self {
+        Self {
+            keyring: keyring.map(Arc::new),
+            ..self
+        }
     }
 
     /// The same, with the database.
@@ -236,6 +253,9 @@ impl Registry {
             Arc::new(sendgrid_event::handler(deps.pool.clone())),
             Arc::new(stripe_event::StripeEvent::new(deps.pool.clone())),
         ];
+        let mut handlers = handlers;
+        handlers.extend(oauth::handlers(config, deps)?);
+        handlers.extend(apikey::handlers(config, deps));
         Self::new(handlers, &config.kinds)
     }
 

@@ -6,7 +6,9 @@
 
 pub mod email;
 pub mod http;
+pub mod keys;
 pub mod mailgun;
+pub mod oauth;
 pub mod posthog;
 pub mod sendgrid;
 pub mod stripe;

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod claim;
+pub mod credentials;
 pub mod email;
 pub mod enqueue;
 pub mod inbound;

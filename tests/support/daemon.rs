@@ -52,6 +52,15 @@ impl RunningRuntime {
 pub async fn start_runtime(pool: &PgPool, toml: &str) -> RunningRuntime {
     let config = config(toml);
     let registry = register_kinds(pool, &config).await;
+    start_runtime_with(pool, config, registry)
+}
+
+/// Starts the runtime with `config` and an already registered `registry`.
+pub fn start_runtime_with(
+    pool: &PgPool,
+    config: Config,
+    registry: Arc<Registry>,
+) -> RunningRuntime {
     let token = CancellationToken::new();
     let pool = pool.clone();
     let stop = token.clone();

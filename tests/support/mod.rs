@@ -19,6 +19,7 @@
 
 #![allow(dead_code)]
 
+pub mod credentials;
 pub mod daemon;
 pub mod fake_provider;
 

@@ -1,0 +1,104 @@
+//! `GET /oauth/callback/{provider}`: where a provider sends the user back after consent.
+//!
+//! The `state` must be one `oauth authorize` issued for this provider, unused and less than
+//! ten minutes old; it is used up and the `oauth.exchange` job enqueued in one transaction.
+//! A bad, expired or reused state (or a refused consent) answers 400 and enqueues nothing.
+//! Must never call the provider here (the exchange is a job), and never echo the code.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use crate::queue::NewJob;
+use crate::queue::credentials::consume_state;
+
+/// The kind the callback enqueues.
+pub const EXCHANGE_KIND: &str = "oauth.exchange";
+
+fn page(status: StatusCode, title: &str, text: &str) -> Response {
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body><h1>{title}</h1><p>{text}</p></body></html>"
+    );
+    (status, Html(body)).into_response()
+}
+
+fn plain_word(s: &str) -> Option<&str> {
+    (s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then_some(s)
+}
+
+/// The callback route.
+pub async fn callback(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let bad = || {
+        page(
+            StatusCode::BAD_REQUEST,
+            "Authorization failed",
+            "This authorization link is invalid, has expired or was already used. Start the connection again.",
+        )
+    };
+    let Some(raw_state) = query
+        .get("state")
+        .filter(|s| !s.is_empty() && s.len() <= 512)
+    else {
+        return bad();
+    };
+    let state_hash = hex::encode(Sha256::digest(raw_state.as_bytes()));
+    let code = query
+        .get("code")
+        .filter(|c| !c.is_empty() && c.len() <= 4096);
+    let refused = query.get("error");
+    // a refusal still uses the state up, so the link cannot be replayed
+    let code_kept = if refused.is_some() { None } else { code };
+    if refused.is_none() && code.is_none() {
+        return bad();
+    }
+    let result = consume_state(
+        &state.pool,
+        &provider,
+        &state_hash,
+        code_kept.map(String::as_str),
+        |state_id, tenant| {
+            code_kept.map(|_| NewJob {
+                tenant_id: Some(tenant),
+                unique_key: Some(format!("{EXCHANGE_KIND}:{state_id}")),
+                ..NewJob::new(EXCHANGE_KIND, serde_json::json!({ "state_id": state_id }))
+            })
+        },
+    )
+    .await;
+    match result {
+        Ok(None) => {
+            tracing::info!(provider = %provider, "oauth callback with an unknown, expired or used state");
+            bad()
+        }
+        Ok(Some(_)) if refused.is_some() => {
+            let why = refused.and_then(|r| plain_word(r)).unwrap_or("refused");
+            page(
+                StatusCode::BAD_REQUEST,
+                "Authorization refused",
+                &format!("The provider answered: {why}. Nothing was connected."),
+            )
+        }
+        Ok(Some(_)) => page(
+            StatusCode::OK,
+            "Connected",
+            "The account is being connected. You can close this window.",
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "oauth callback failed");
+            page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "The connection could not be recorded right now. Start it again in a minute.",
+            )
+        }
+    }
+}

@@ -1,0 +1,778 @@
+//! API key kinds: `apikey.rotate` (one provider and environment), `apikey.revoke` (a
+//! retired key, once its overlap is over) and `apikey.rotation_sweep` (run daily by the
+//! built-in `apikey-rotation` schedule: rotations due, revocations due), plus the library
+//! calls the CLI and the provider jobs use: [`set_key`], [`stage_key`], [`active_key`].
+//!
+//! Rotation follows the seed: obtain the new key (the provider's key API where it has one,
+//! otherwise the key an operator staged), test it with a cheap authenticated call,
+//! activate it, keep the old one `retiring` for `[api_keys] overlap` while in-flight work
+//! drains, then revoke it. A failed test leaves the old key active, revokes the candidate
+//! and raises an alert. Payloads carry provider names and key ids, never a key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::oauth::{StoreError, db_error, fatal};
+use super::{Attempt, ErrorClass, Handler, JobContext, JobError, KindPolicy};
+use crate::config::{ApiKeysConfig, BackoffConfig, BackoffStrategy, Config};
+use crate::providers::keys::{self, KeyHooks};
+use crate::queue::credentials::{
+    self as creds, Actor, AuditEvent, NewAlert, NewApiKey, api_key_aad,
+};
+use crate::queue::{self, NewJob};
+use crate::secrets::{Keyring, SecretsError};
+
+/// Kind names.
+pub const ROTATE: &str = "apikey.rotate";
+pub const REVOKE: &str = "apikey.revoke";
+pub const SWEEP: &str = "apikey.rotation_sweep";
+
+/// Rotation schedules.
+pub const SCHEDULES: [&str; 3] = ["monthly", "quarterly", "never"];
+
+/// The environment used when none is given.
+pub const DEFAULT_ENVIRONMENT: &str = "production";
+
+/// A decrypted key, read at call time.
+pub struct ActiveKey {
+    pub id: Uuid,
+    pub version: i32,
+    pub key: SecretString,
+}
+
+impl std::fmt::Debug for ActiveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActiveKey")
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The active key of `provider` in `environment`, decrypted: what a provider job calls
+/// just before it sends, so a rotation takes effect on the next call.
+pub async fn active_key(
+    pool: &PgPool,
+    keyring: &Keyring,
+    provider: &str,
+    environment: &str,
+) -> Result<Option<ActiveKey>, StoreError> {
+    let Some(sealed) = creds::active_api_key(pool, provider, environment).await? else {
+        return Ok(None);
+    };
+    let key = keyring.decrypt(&sealed.key_enc, &api_key_aad(sealed.id))?;
+    Ok(Some(ActiveKey {
+        id: sealed.id,
+        version: sealed.version,
+        key,
+    }))
+}
+
+fn check_names(provider: &str, environment: &str) -> Result<(), String> {
+    for (what, v) in [("provider", provider), ("environment", environment)] {
+        let ok = !v.is_empty()
+            && v.len() <= 64
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok {
+            return Err(format!(
+                "{what} {v:?} must be 1-64 characters of a-z, A-Z, 0-9, '_', '-', '.'"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why storing a key failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error(transparent)]
+    Queue(#[from] queue::Error),
+}
+
+impl From<sqlx::Error> for KeyError {
+    fn from(e: sqlx::Error) -> Self {
+        KeyError::Queue(e.into())
+    }
+}
+
+fn check_key(key: &SecretString) -> Result<(), KeyError> {
+    let k = key.expose_secret();
+    if k.trim().is_empty() {
+        return Err(KeyError::Invalid("the key is empty".into()));
+    }
+    if k.chars().any(|c| c.is_control()) {
+        return Err(KeyError::Invalid(
+            "the key contains control characters (one key, on one line)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What is stored with a key besides the key itself.
+#[derive(Debug, Clone, Default)]
+pub struct KeyMeta {
+    /// `monthly`, `quarterly` or `never`; `None`: the active key's schedule (or monthly).
+    pub schedule: Option<String>,
+    /// What the key may do at the provider (for operators; the provider enforces it).
+    /// Empty: the active key's.
+    pub permissions: Vec<String>,
+    /// When the provider expires the key; its rotation is due a day before.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl KeyMeta {
+    fn check(&self) -> Result<(), KeyError> {
+        match &self.schedule {
+            Some(s) if !SCHEDULES.contains(&s.as_str()) => Err(KeyError::Invalid(format!(
+                "schedule {s:?} is not monthly, quarterly or never"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_sealed(
+    tx: &mut PgConnection,
+    keyring: &Keyring,
+    provider: &str,
+    environment: &str,
+    key: &SecretString,
+    provider_key_id: Option<&str>,
+    meta: &KeyMeta,
+) -> Result<(Uuid, i32), KeyError> {
+    let version = creds::lock_keys(tx, provider, environment).await?;
+    let active = creds::active_api_key(&mut *tx, provider, environment).await?;
+    let schedule = meta
+        .schedule
+        .clone()
+        .or_else(|| active.as_ref().map(|k| k.rotation_schedule.clone()))
+        .unwrap_or_else(|| "monthly".into());
+    let permissions = if meta.permissions.is_empty() {
+        active.map(|k| k.permissions).unwrap_or_default()
+    } else {
+        meta.permissions.clone()
+    };
+    let id = Uuid::new_v4();
+    let sealed = keyring.encrypt(key.expose_secret(), &api_key_aad(id))?;
+    creds::insert_api_key(
+        tx,
+        &NewApiKey {
+            id,
+            provider,
+            environment,
+            version,
+            key_enc: &sealed,
+            provider_key_id,
+            permissions: &permissions,
+            status: "pending",
+            rotation_schedule: &schedule,
+            expires_at: meta.expires_at,
+        },
+    )
+    .await?;
+    Ok((id, version))
+}
+
+fn key_event<'a>(
+    event: &'a str,
+    actor: Actor,
+    id: Uuid,
+    provider: &'a str,
+    ok: bool,
+    detail: serde_json::Value,
+) -> AuditEvent<'a> {
+    AuditEvent {
+        event,
+        actor,
+        subject_type: "api_key",
+        subject_id: Some(id.to_string()),
+        tenant_id: None,
+        provider: Some(provider),
+        ok,
+        detail,
+    }
+}
+
+/// Activates pending key `id` in `tx` (the active one starts retiring) and schedules the
+/// old key's revocation after `overlap`; returns the old key's id.
+async fn activate_in(
+    tx: &mut PgConnection,
+    id: Uuid,
+    version: i32,
+    provider: &str,
+    environment: &str,
+    overlap: Duration,
+    actor: Actor,
+) -> Result<Option<Uuid>, queue::Error> {
+    let old = creds::activate_key(tx, id, overlap).await?;
+    creds::audit(
+        &mut *tx,
+        &key_event(
+            "key_activated",
+            actor,
+            id,
+            provider,
+            true,
+            serde_json::json!({ "environment": environment, "version": version, "replaces": old }),
+        ),
+    )
+    .await?;
+    if let Some(old) = old {
+        let at = chrono::Utc::now() + chrono::Duration::from_std(overlap).unwrap_or_default();
+        queue::enqueue(
+            &mut *tx,
+            &NewJob {
+                run_at: Some(at),
+                unique_key: Some(format!("{REVOKE}:{old}")),
+                ..NewJob::new(
+                    REVOKE,
+                    serde_json::json!({ "key_id": old, "actor": actor.as_str() }),
+                )
+            },
+        )
+        .await?;
+    }
+    Ok(old)
+}
+
+/// `keys set`: stores `key` as the active key of `provider` in `environment` at once
+/// (the previous one retires for `overlap`); returns its id and version.
+#[allow(clippy::too_many_arguments)]
+pub async fn set_key(
+    pool: &PgPool,
+    keyring: &Keyring,
+    provider: &str,
+    environment: &str,
+    key: &SecretString,
+    meta: &KeyMeta,
+    overlap: Duration,
+    actor: Actor,
+) -> Result<(Uuid, i32), KeyError> {
+    check_names(provider, environment).map_err(KeyError::Invalid)?;
+    check_key(key)?;
+    meta.check()?;
+    let mut tx = pool.begin().await?;
+    creds::lock_keys(&mut tx, provider, environment).await?;
+    creds::drop_pending_key(&mut tx, provider, environment, "replaced by keys set").await?;
+    let (id, version) =
+        insert_sealed(&mut tx, keyring, provider, environment, key, None, meta).await?;
+    creds::audit(
+        &mut *tx,
+        &key_event(
+            "stored",
+            actor,
+            id,
+            provider,
+            true,
+            serde_json::json!({ "environment": environment, "version": version, "schedule": meta.schedule }),
+        ),
+    )
+    .await?;
+    activate_in(&mut tx, id, version, provider, environment, overlap, actor).await?;
+    tx.commit().await?;
+    Ok((id, version))
+}
+
+/// `keys stage`: stores `key` as the next key of `provider` in `environment` (replacing
+/// any key staged before), to be tested and activated by the next rotation.
+pub async fn stage_key(
+    pool: &PgPool,
+    keyring: &Keyring,
+    provider: &str,
+    environment: &str,
+    key: &SecretString,
+    meta: &KeyMeta,
+    actor: Actor,
+) -> Result<(Uuid, i32), KeyError> {
+    check_names(provider, environment).map_err(KeyError::Invalid)?;
+    check_key(key)?;
+    meta.check()?;
+    let mut tx = pool.begin().await?;
+    creds::lock_keys(&mut tx, provider, environment).await?;
+    creds::drop_pending_key(
+        &mut tx,
+        provider,
+        environment,
+        "replaced by a newer staged key",
+    )
+    .await?;
+    let (id, version) =
+        insert_sealed(&mut tx, keyring, provider, environment, key, None, meta).await?;
+    creds::audit(
+        &mut *tx,
+        &key_event(
+            "key_staged",
+            actor,
+            id,
+            provider,
+            true,
+            serde_json::json!({ "environment": environment, "version": version }),
+        ),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((id, version))
+}
+
+/// The job that rotates `provider`'s key in `environment` now (unique per pair).
+pub fn rotation_job(provider: &str, environment: &str, actor: Actor) -> NewJob {
+    NewJob {
+        unique_key: Some(format!("{ROTATE}:{provider}:{environment}")),
+        ..NewJob::new(
+            ROTATE,
+            serde_json::json!({ "provider": provider, "environment": environment, "actor": actor.as_str() }),
+        )
+    }
+}
+
+// ---------------------------------------------------------------- the kinds
+
+/// What the API key kinds share.
+#[derive(Clone)]
+pub struct KeyDeps {
+    pub pool: Option<PgPool>,
+    pub keyring: Option<Arc<Keyring>>,
+    pub http: reqwest::Client,
+    pub config: Arc<ApiKeysConfig>,
+}
+
+impl KeyDeps {
+    fn pool(&self) -> Result<PgPool, JobError> {
+        self.pool.clone().ok_or_else(|| {
+            fatal(
+                ErrorClass::Configuration,
+                "no database pool given to the API key kinds",
+            )
+        })
+    }
+
+    fn keyring(&self) -> Result<Arc<Keyring>, JobError> {
+        self.keyring.clone().ok_or_else(|| {
+            fatal(
+                ErrorClass::Configuration,
+                &SecretsError::NoMasterKey.to_string(),
+            )
+        })
+    }
+}
+
+fn key_error(e: KeyError) -> JobError {
+    match e {
+        KeyError::Queue(q) => db_error(q),
+        other => fatal(ErrorClass::Configuration, &other.to_string()),
+    }
+}
+
+fn policy() -> KindPolicy {
+    KindPolicy {
+        queue: "credentials".into(),
+        max_attempts: 8,
+        timeout: Duration::from_secs(120),
+        backoff: BackoffConfig {
+            strategy: BackoffStrategy::Exponential,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(1800),
+            jitter: true,
+        },
+        ..KindPolicy::default()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotatePayload {
+    provider: String,
+    #[serde(default = "default_environment")]
+    environment: String,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+fn default_environment() -> String {
+    DEFAULT_ENVIRONMENT.into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokePayload {
+    key_id: Uuid,
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+fn actor(a: &Option<String>) -> Result<Actor, String> {
+    match a {
+        None => Ok(Actor::Schedule),
+        Some(a) => {
+            Actor::parse(a).ok_or_else(|| format!("actor: {a:?} is not cli, schedule or api"))
+        }
+    }
+}
+
+/// The `apikey.rotate` kind.
+#[derive(Clone)]
+pub struct Rotate(pub KeyDeps);
+
+impl Handler for Rotate {
+    fn kind(&self) -> &'static str {
+        ROTATE
+    }
+
+    fn default_policy(&self) -> KindPolicy {
+        policy()
+    }
+
+    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
+        let p: RotatePayload =
+            serde_json::from_value(payload.clone()).map_err(|e| e.to_string())?;
+        check_names(&p.provider, &p.environment)?;
+        actor(&p.actor).map(|_| ())
+    }
+
+    fn run(&self, _ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
+        let deps = self.0.clone();
+        Box::pin(async move {
+            let p: RotatePayload = serde_json::from_value(payload)
+                .map_err(|e| JobError::bad_payload(e.to_string()))?;
+            let actor = actor(&p.actor).map_err(JobError::bad_payload)?;
+            let (provider, env) = (p.provider.as_str(), p.environment.as_str());
+            let pool = deps.pool()?;
+            let keyring = deps.keyring()?;
+            let hooks = KeyHooks::for_provider(&deps.config, provider)
+                .map_err(|e| fatal(ErrorClass::Configuration, &e.to_string()))?;
+            let Some(active) =
+                active_key(&pool, &keyring, provider, env)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::Queue(q) => db_error(q),
+                        StoreError::Secrets(s) => fatal(ErrorClass::Configuration, &s.to_string()),
+                    })?
+            else {
+                return Err(fatal(
+                    ErrorClass::Configuration,
+                    &format!(
+                        "no active {provider} key in {env}: set one with `penguin-jobs keys set {provider}`"
+                    ),
+                ));
+            };
+            let alert = |kind: &'static str, subject: Uuid, message: String| {
+                let pool = pool.clone();
+                let provider = provider.to_string();
+                async move {
+                    creds::raise_alert(
+                        &pool,
+                        &NewAlert {
+                            kind,
+                            subject_type: "api_key",
+                            subject_id: Some(subject.to_string()),
+                            tenant_id: None,
+                            provider: Some(&provider),
+                            message,
+                        },
+                    )
+                    .await
+                    .map_err(db_error)
+                }
+            };
+
+            // 1. the candidate: a pending key (staged, or created by an earlier attempt),
+            //    else a new one from the provider's key API
+            let candidate = match creds::pending_api_key(&pool, provider, env)
+                .await
+                .map_err(db_error)?
+            {
+                Some(k) => {
+                    let key = keyring
+                        .decrypt(&k.key_enc, &api_key_aad(k.id))
+                        .map_err(|e| fatal(ErrorClass::Configuration, &e.to_string()))?;
+                    (k.id, k.version, key)
+                }
+                None => match keys::create_key(&deps.http, &hooks, &active.key).await {
+                    Ok(Some((key, provider_key_id))) => {
+                        let mut tx = pool.begin().await.map_err(db_error)?;
+                        let (id, version) = insert_sealed(
+                            &mut tx,
+                            &keyring,
+                            provider,
+                            env,
+                            &key,
+                            provider_key_id.as_deref(),
+                            &KeyMeta::default(),
+                        )
+                        .await
+                        .map_err(key_error)?;
+                        creds::audit(
+                            &mut *tx,
+                            &key_event(
+                                "key_staged",
+                                actor,
+                                id,
+                                provider,
+                                true,
+                                serde_json::json!({ "environment": env, "version": version, "source": "key_api" }),
+                            ),
+                        )
+                        .await
+                        .map_err(db_error)?;
+                        tx.commit().await.map_err(db_error)?;
+                        (id, version, key)
+                    }
+                    Ok(None) => {
+                        let message = format!(
+                            "the {provider} key in {env} is due for rotation but no new key is staged \
+                             and {provider} has no key API: stage one with `penguin-jobs keys stage {provider} --environment {env}`"
+                        );
+                        alert("apikey_rotation_blocked", active.id, message.clone()).await?;
+                        return Err(fatal(ErrorClass::Configuration, &message));
+                    }
+                    Err(e) if e.retryable => return Err(e.into()),
+                    Err(e) => {
+                        let message =
+                            format!("creating the next {provider} key failed: {}", e.message);
+                        alert("apikey_rotation_failed", active.id, message.clone()).await?;
+                        return Err(fatal(e.class, &message));
+                    }
+                },
+            };
+            let (new_id, new_version, new_key) = candidate;
+
+            // 2. test it
+            if let Err(e) = keys::test_key(&deps.http, &hooks, &new_key).await {
+                if e.retryable {
+                    return Err(e.into());
+                }
+                let message = format!(
+                    "the new {provider} key (version {new_version}) failed its test call ({}); the current key stays active",
+                    e.message
+                );
+                let mut tx = pool.begin().await.map_err(db_error)?;
+                creds::fail_key(&mut tx, new_id, &e.message, true)
+                    .await
+                    .map_err(db_error)?;
+                creds::audit(
+                    &mut *tx,
+                    &key_event(
+                        "key_test_failed",
+                        actor,
+                        new_id,
+                        provider,
+                        false,
+                        serde_json::json!({ "environment": env, "version": new_version, "error": e.message }),
+                    ),
+                )
+                .await
+                .map_err(db_error)?;
+                tx.commit().await.map_err(db_error)?;
+                alert("apikey_test_failed", new_id, message.clone()).await?;
+                tracing::warn!(provider, environment = env, key = %new_id, "new API key failed its test; rotation abandoned");
+                return Err(fatal(e.class, &message));
+            }
+
+            // 3. activate; the old key retires for the overlap, then is revoked
+            let mut tx = pool.begin().await.map_err(db_error)?;
+            creds::lock_keys(&mut tx, provider, env)
+                .await
+                .map_err(db_error)?;
+            let old = activate_in(
+                &mut tx,
+                new_id,
+                new_version,
+                provider,
+                env,
+                deps.config.overlap,
+                actor,
+            )
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            tracing::info!(provider, environment = env, key = %new_id, version = new_version, "API key rotated");
+            Ok(Some(serde_json::json!({
+                "activated": new_id,
+                "version": new_version,
+                "retiring": old,
+            })))
+        })
+    }
+}
+
+/// The `apikey.revoke` kind.
+#[derive(Clone)]
+pub struct Revoke(pub KeyDeps);
+
+impl Handler for Revoke {
+    fn kind(&self) -> &'static str {
+        REVOKE
+    }
+
+    fn default_policy(&self) -> KindPolicy {
+        policy()
+    }
+
+    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
+        let p: RevokePayload =
+            serde_json::from_value(payload.clone()).map_err(|e| e.to_string())?;
+        actor(&p.actor).map(|_| ())
+    }
+
+    fn run(&self, _ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
+        let deps = self.0.clone();
+        Box::pin(async move {
+            let p: RevokePayload = serde_json::from_value(payload)
+                .map_err(|e| JobError::bad_payload(e.to_string()))?;
+            let actor = actor(&p.actor).map_err(JobError::bad_payload)?;
+            let pool = deps.pool()?;
+            let Some(key) = creds::get_api_key(&pool, p.key_id)
+                .await
+                .map_err(db_error)?
+            else {
+                return Err(JobError::bad_payload(format!("no api key {}", p.key_id)));
+            };
+            if key.status != "retiring" {
+                return Ok(Some(
+                    serde_json::json!({ "key_id": key.id, "skipped": key.status }),
+                ));
+            }
+            if let Some(at) = key.retire_at
+                && let Ok(wait) = (at - chrono::Utc::now()).to_std()
+                && !wait.is_zero()
+            {
+                // still in its overlap (a retry brought the job early)
+                return Err(JobError::Snooze { delay: wait });
+            }
+            // at the provider first (retryable), then here
+            let hooks = KeyHooks::for_provider(&deps.config, &key.provider)
+                .map_err(|e| fatal(ErrorClass::Configuration, &e.to_string()))?;
+            let mut at_provider = false;
+            if hooks.revoke_url.is_some() && key.provider_key_id.is_some() {
+                let keyring = deps.keyring()?;
+                let active = active_key(&pool, &keyring, &key.provider, &key.environment)
+                    .await
+                    .map_err(|e| fatal(ErrorClass::Configuration, &e.to_string()))?;
+                if let Some(active) = active {
+                    at_provider = keys::revoke_key(
+                        &deps.http,
+                        &hooks,
+                        &active.key,
+                        key.provider_key_id.as_deref(),
+                    )
+                    .await?;
+                }
+            }
+            let mut tx = pool.begin().await.map_err(db_error)?;
+            if creds::revoke_retiring_key(&mut tx, key.id)
+                .await
+                .map_err(db_error)?
+                .is_none()
+            {
+                return Ok(Some(
+                    serde_json::json!({ "key_id": key.id, "skipped": "not retiring" }),
+                ));
+            }
+            creds::audit(
+                &mut *tx,
+                &key_event(
+                    "key_revoked",
+                    actor,
+                    key.id,
+                    &key.provider,
+                    true,
+                    serde_json::json!({
+                        "environment": key.environment,
+                        "version": key.version,
+                        "revoked_at_provider": at_provider,
+                    }),
+                ),
+            )
+            .await
+            .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(Some(
+                serde_json::json!({ "key_id": key.id, "revoked_at_provider": at_provider }),
+            ))
+        })
+    }
+}
+
+/// The `apikey.rotation_sweep` kind.
+#[derive(Clone)]
+pub struct Sweep(pub KeyDeps);
+
+/// Enqueues the rotations and revocations that are due; returns how many jobs it created.
+pub async fn sweep(pool: &PgPool) -> Result<usize, queue::Error> {
+    let mut jobs: Vec<NewJob> = creds::due_rotations(pool)
+        .await?
+        .into_iter()
+        .map(|(p, e)| rotation_job(&p, &e, Actor::Schedule))
+        .collect();
+    jobs.extend(
+        creds::due_revocations(pool)
+            .await?
+            .into_iter()
+            .map(|(id, _)| NewJob {
+                unique_key: Some(format!("{REVOKE}:{id}")),
+                ..NewJob::new(REVOKE, serde_json::json!({ "key_id": id }))
+            }),
+    );
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let mut conn = pool.acquire().await?;
+    let done = queue::enqueue_many_reporting(&mut conn, &jobs).await?;
+    Ok(done.iter().filter(|e| e.created).count())
+}
+
+impl Handler for Sweep {
+    fn kind(&self) -> &'static str {
+        SWEEP
+    }
+
+    fn default_policy(&self) -> KindPolicy {
+        KindPolicy {
+            max_attempts: 3,
+            ..policy()
+        }
+    }
+
+    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
+        match payload.as_object() {
+            Some(o) if o.is_empty() => Ok(()),
+            _ => Err("takes no payload (use {})".into()),
+        }
+    }
+
+    fn run(&self, _ctx: JobContext, _payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
+        let deps = self.0.clone();
+        Box::pin(async move {
+            let pool = deps.pool()?;
+            let n = sweep(&pool).await.map_err(db_error)?;
+            Ok(Some(serde_json::json!({ "enqueued": n })))
+        })
+    }
+}
+
+/// The API key kinds of the registry.
+pub fn handlers(config: &Config, deps: &super::Deps) -> Vec<Arc<dyn Handler>> {
+    let d = KeyDeps {
+        pool: deps.pool.clone(),
+        keyring: deps.keyring.clone(),
+        http: deps.http.clone(),
+        config: Arc::new(config.api_keys.clone()),
+    };
+    vec![
+        Arc::new(Rotate(d.clone())),
+        Arc::new(Revoke(d.clone())),
+        Arc::new(Sweep(d)),
+    ]
+}

@@ -1,0 +1,288 @@
+//! Provider API key hooks for rotation: a cheap authenticated call that tests a key, and,
+//! where the provider has a key API, creating the next key and revoking a retired one.
+//!
+//! Built in: `mailgun`, `sendgrid`, `stripe` and `posthog` test calls, and SendGrid's key
+//! API; `[api_keys.providers.NAME]` overrides them or describes another provider. Must
+//! never touch the queue, and never put a key into an error message.
+
+use std::collections::BTreeMap;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::ErrorClass;
+use super::http::{CallError, classify_status, error_from_transport};
+use crate::config::{ApiKeyProviderConfig, ApiKeysConfig, ConfigError};
+use crate::secrets::scrub;
+
+/// How a key is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyAuth {
+    /// `Authorization: Bearer KEY`.
+    Bearer,
+    /// HTTP Basic with this user and the key as password (Mailgun: user `api`).
+    Basic(String),
+    /// The key as the value of this header.
+    Header(String),
+}
+
+/// One provider's key hooks.
+#[derive(Debug, Clone)]
+pub struct KeyHooks {
+    pub provider: String,
+    pub test_url: Option<String>,
+    pub auth: KeyAuth,
+    pub create_url: Option<String>,
+    pub create_body: Option<serde_json::Value>,
+    pub key_field: String,
+    pub id_field: String,
+    pub revoke_url: Option<String>,
+}
+
+fn builtin(provider: &str) -> Option<ApiKeyProviderConfig> {
+    let test = |url: &str, auth: &str| ApiKeyProviderConfig {
+        test_url: Some(url.into()),
+        auth: Some(auth.into()),
+        ..ApiKeyProviderConfig::default()
+    };
+    match provider {
+        "mailgun" => Some(test(
+            "https://api.mailgun.net/v3/domains?limit=1",
+            "basic:api",
+        )),
+        "stripe" => Some(test("https://api.stripe.com/v1/balance", "bearer")),
+        "posthog" => Some(test("https://us.posthog.com/api/users/@me/", "bearer")),
+        "sendgrid" => Some(ApiKeyProviderConfig {
+            create_url: Some("https://api.sendgrid.com/v3/api_keys".into()),
+            create_body: Some(serde_json::json!({"name": "penguin-jobs"})),
+            key_field: Some("api_key".into()),
+            id_field: Some("api_key_id".into()),
+            revoke_url: Some("https://api.sendgrid.com/v3/api_keys/{id}".into()),
+            ..test("https://api.sendgrid.com/v3/scopes", "bearer")
+        }),
+        _ => None,
+    }
+}
+
+impl KeyHooks {
+    /// The hooks of `provider`: the built-in ones with `[api_keys.providers.NAME]` on top.
+    pub fn for_provider(config: &ApiKeysConfig, provider: &str) -> Result<Self, ConfigError> {
+        let base = builtin(provider).unwrap_or_default();
+        let over = config.providers.get(provider).cloned().unwrap_or_default();
+        let pick = |a: Option<String>, b: Option<String>| a.or(b);
+        let auth_text = pick(over.auth, base.auth).unwrap_or_else(|| "bearer".into());
+        let auth = if auth_text == "bearer" {
+            KeyAuth::Bearer
+        } else if let Some(user) = auth_text.strip_prefix("basic:") {
+            KeyAuth::Basic(user.into())
+        } else if let Some(h) = auth_text.strip_prefix("header:") {
+            KeyAuth::Header(h.into())
+        } else {
+            return Err(ConfigError::Invalid(format!(
+                "api_keys.providers.{provider}.auth: {auth_text:?} is not \"bearer\", \"basic:USER\" or \"header:NAME\""
+            )));
+        };
+        Ok(Self {
+            provider: provider.into(),
+            test_url: pick(over.test_url, base.test_url),
+            auth,
+            create_url: pick(over.create_url, base.create_url),
+            create_body: over.create_body.or(base.create_body),
+            key_field: pick(over.key_field, base.key_field).unwrap_or_else(|| "key".into()),
+            id_field: pick(over.id_field, base.id_field).unwrap_or_else(|| "id".into()),
+            revoke_url: pick(over.revoke_url, base.revoke_url),
+        })
+    }
+
+    fn authorize(
+        &self,
+        request: reqwest::RequestBuilder,
+        key: &SecretString,
+    ) -> reqwest::RequestBuilder {
+        match &self.auth {
+            KeyAuth::Bearer => request.bearer_auth(key.expose_secret()),
+            KeyAuth::Basic(user) => request.basic_auth(user, Some(key.expose_secret())),
+            KeyAuth::Header(name) => request.header(name.as_str(), key.expose_secret()),
+        }
+    }
+}
+
+fn failure(what: &str, e: &reqwest::Error, secrets: &[&SecretString]) -> CallError {
+    let mut c = error_from_transport(e);
+    c.message = scrub(&format!("{what}: {}", c.message), secrets);
+    c
+}
+
+async fn expect_success(
+    what: &str,
+    response: reqwest::Response,
+) -> Result<reqwest::Response, CallError> {
+    let status = response.status().as_u16();
+    if response.status().is_success() {
+        return Ok(response);
+    }
+    let (class, retryable) = classify_status(status);
+    Err(CallError {
+        class,
+        retryable,
+        message: format!("{what} answered HTTP {status}"),
+        status: Some(status),
+        not_before: None,
+    })
+}
+
+/// Tests `key` with the provider's cheap authenticated call. A 401/403 means the key is
+/// bad (not retryable); 5xx and network errors are retryable. No test URL: a
+/// configuration error.
+pub async fn test_key(
+    client: &reqwest::Client,
+    hooks: &KeyHooks,
+    key: &SecretString,
+) -> Result<(), CallError> {
+    let Some(url) = &hooks.test_url else {
+        return Err(CallError {
+            class: ErrorClass::Configuration,
+            retryable: false,
+            message: format!(
+                "no test call for {} keys: set [api_keys.providers.{}] test_url",
+                hooks.provider, hooks.provider
+            ),
+            status: None,
+            not_before: None,
+        });
+    };
+    let response = hooks
+        .authorize(client.get(url), key)
+        .send()
+        .await
+        .map_err(|e| failure("key test", &e, &[key]))?;
+    expect_success("key test", response).await.map(|_| ())
+}
+
+/// Creates the next key through the provider's key API, authenticated with `active`:
+/// the new key and its provider id. `Ok(None)`: the provider has no key API.
+pub async fn create_key(
+    client: &reqwest::Client,
+    hooks: &KeyHooks,
+    active: &SecretString,
+) -> Result<Option<(SecretString, Option<String>)>, CallError> {
+    let Some(url) = &hooks.create_url else {
+        return Ok(None);
+    };
+    let mut request = hooks.authorize(client.post(url), active);
+    if let Some(body) = &hooks.create_body {
+        request = request.json(body);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| failure("key API", &e, &[active]))?;
+    let response = expect_success("key API", response).await?;
+    let bad = |m: &str| CallError {
+        class: ErrorClass::Api,
+        retryable: false,
+        message: format!("key API: {m}"),
+        status: None,
+        not_before: None,
+    };
+    let answer: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|_| bad("the answer is not JSON"))?;
+    let key = path(&answer, &hooks.key_field)
+        .and_then(|v| v.as_str())
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| bad(&format!("the answer has no {:?}", hooks.key_field)))?;
+    let id = path(&answer, &hooks.id_field).and_then(|v| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    Ok(Some((SecretString::from(key.to_string()), id)))
+}
+
+/// Revokes a retired key at the provider (`revoke_url` with `{id}`), authenticated with
+/// `active`. `Ok(false)`: nothing to do there (no key API, or no provider id).
+pub async fn revoke_key(
+    client: &reqwest::Client,
+    hooks: &KeyHooks,
+    active: &SecretString,
+    provider_key_id: Option<&str>,
+) -> Result<bool, CallError> {
+    let (Some(url), Some(id)) = (&hooks.revoke_url, provider_key_id) else {
+        return Ok(false);
+    };
+    let url = url.replace("{id}", &url_escape(id));
+    let response = hooks
+        .authorize(client.delete(url), active)
+        .send()
+        .await
+        .map_err(|e| failure("key revocation", &e, &[active]))?;
+    match response.status().as_u16() {
+        // already gone there
+        404 => Ok(true),
+        _ => expect_success("key revocation", response)
+            .await
+            .map(|_| true),
+    }
+}
+
+fn path<'a>(value: &'a serde_json::Value, dotted: &str) -> Option<&'a serde_json::Value> {
+    dotted.split('.').try_fold(value, |v, k| v.get(k))
+}
+
+fn url_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~') {
+                c.to_string()
+            } else {
+                let mut buf = [0; 4];
+                c.encode_utf8(&mut buf)
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect()
+            }
+        })
+        .collect()
+}
+
+/// Built-in provider names with hooks, for help texts.
+pub fn builtin_names() -> BTreeMap<&'static str, bool> {
+    ["mailgun", "sendgrid", "stripe", "posthog"]
+        .into_iter()
+        .map(|p| (p, builtin(p).is_some_and(|b| b.create_url.is_some())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_are_overridden_field_by_field() {
+        let config = crate::config::Config::from_toml(
+            "[api_keys.providers.sendgrid]\ntest_url = \"http://127.0.0.1:1/scopes\"\n\
+             [api_keys.providers.acme]\ntest_url = \"http://a/me\"\nauth = \"header:X-Api-Key\"\n",
+            std::path::Path::new("x"),
+        )
+        .unwrap()
+        .api_keys;
+        let s = KeyHooks::for_provider(&config, "sendgrid").unwrap();
+        assert_eq!(s.test_url.as_deref(), Some("http://127.0.0.1:1/scopes"));
+        assert_eq!(s.key_field, "api_key");
+        assert!(s.create_url.is_some());
+        let a = KeyHooks::for_provider(&config, "acme").unwrap();
+        assert_eq!(a.auth, KeyAuth::Header("X-Api-Key".into()));
+        assert!(a.create_url.is_none());
+        let m = KeyHooks::for_provider(&config, "mailgun").unwrap();
+        assert_eq!(m.auth, KeyAuth::Basic("api".into()));
+    }
+
+    #[test]
+    fn answer_fields_are_found_by_dotted_paths() {
+        let v = serde_json::json!({"key": {"secret": "s", "id": 3}});
+        assert_eq!(path(&v, "key.secret"), Some(&serde_json::json!("s")));
+        assert_eq!(path(&v, "key.nope"), None);
+        assert_eq!(url_escape("a b/c"), "a%20b%2Fc");
+    }
+}

@@ -1,0 +1,823 @@
+//! OAuth against a real authorization server (oauthlib, run locally) and a real
+//! PostgreSQL: connect with PKCE through the shim's callback, refresh with and without
+//! refresh-token rotation, a revoked grant, outages, and two daemons sweeping at once.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use penguin_jobs::http::{AppState, serve_on};
+use penguin_jobs::jobs::oauth::{self as oauth_jobs, begin_authorization};
+use penguin_jobs::providers::oauth::Providers;
+use penguin_jobs::queue::credentials::{self as creds, Actor, sealed_aad};
+use penguin_jobs::secrets::{Keyring, sha256_hex};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use support::credentials::{
+    Dir, OAuthServer, master_key_file, registry, start_runtime, stop_daemon,
+};
+use support::daemon::{config, count, wait_for};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
+const CLIENT_ID: &str = "penguin-test-client";
+const CLIENT_SECRET: &str = "client-secret-for-the-oauth-tests";
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct World {
+    db: support::TestDb,
+    dir: Dir,
+    server: OAuthServer,
+    keyring: Keyring,
+    toml: String,
+    shim: String,
+    _shim: tokio_util::sync::DropGuard,
+}
+
+/// A database, an authorization server for `provider` accepting client authentication
+/// `auth`, a master key, and the shim serving the callback.
+async fn world(provider: &str, auth: &str) -> World {
+    let db = support::test_db().await;
+    let dir = Dir::new("oauth");
+    let server = OAuthServer::start(CLIENT_ID, CLIENT_SECRET, auth);
+    let (key, master_ref) = master_key_file(&dir, "master.key");
+    let secret_ref = dir.secret_file("client.secret", CLIENT_SECRET);
+    let toml = format!(
+        "[daemon]\npoll_interval = \"100ms\"\n[maintenance]\nprune = false\n\
+         [secrets]\nmaster_key = \"{master_ref}\"\n\
+         [kinds.\"oauth.refresh\"]\nbackoff = {{ strategy = \"fixed\", base = \"100ms\", max = \"100ms\", jitter = false }}\n\
+         {}",
+        server.provider_toml(provider, CLIENT_ID, &secret_ref, auth)
+    );
+    std::fs::write(dir.0.join("jobs.toml"), &toml).unwrap();
+    let cfg = config(&toml);
+    let keyring = Keyring::new(key, Vec::new());
+    let registry = registry(&db.pool, &cfg, &keyring).await;
+    let state = AppState::new(&cfg, db.pool.clone(), registry).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shim = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(serve_on(listener, state, 1 << 20, stop.clone()));
+    World {
+        db,
+        dir,
+        server,
+        keyring,
+        toml,
+        shim,
+        _shim: stop.drop_guard(),
+    }
+}
+
+impl World {
+    fn redirect_uri(&self, provider: &str) -> String {
+        format!("{}/oauth/callback/{provider}", self.shim)
+    }
+
+    /// Connects `tenant` through the whole flow (the runtime must be running).
+    async fn connect(&self, provider: &str, tenant: Uuid) -> Uuid {
+        let providers = Providers::from_config(&config(&self.toml)).unwrap();
+        let url = begin_authorization(
+            &self.db.pool,
+            &self.keyring,
+            &providers.get(provider).unwrap(),
+            tenant,
+            &self.redirect_uri(provider),
+            Actor::Api,
+        )
+        .await
+        .unwrap();
+        let back = self.server.consent(url.as_str()).await;
+        let page = reqwest::get(&back).await.unwrap();
+        assert_eq!(page.status().as_u16(), 200);
+        wait_for(
+            &self.db.pool,
+            &format!(
+                "select exists (select 1 from penguin.oauth_connections where tenant_id = '{tenant}' and status = 'active')"
+            ),
+            LIMIT,
+            "the connection is stored",
+        )
+        .await;
+        sqlx::query_scalar("select id from penguin.oauth_connections where tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn refresh_token(&self, id: Uuid) -> String {
+        let enc: String = sqlx::query_scalar(
+            "select refresh_token_enc from penguin.oauth_connections where id = $1",
+        )
+        .bind(id)
+        .fetch_one(&self.db.pool)
+        .await
+        .unwrap();
+        self.keyring
+            .decrypt(
+                &enc,
+                &sealed_aad("oauth_connections", "refresh_token_enc", id),
+            )
+            .unwrap()
+            .expose_secret()
+            .to_string()
+    }
+
+    async fn access_token(&self, id: Uuid) -> String {
+        oauth_jobs::access_token(&self.db.pool, &self.keyring, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .expose_secret()
+            .to_string()
+    }
+
+    async fn make_due(&self, id: Uuid) {
+        sqlx::query("update penguin.oauth_connections set expires_at = now() + interval '1 minute' where id = $1")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await
+            .unwrap();
+    }
+}
+
+async fn audit_events(pool: &PgPool, subject: Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "select event || ':' || outcome from penguin.audit_log where subject_id = $1 order by id",
+    )
+    .bind(subject.to_string())
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn wait_job_done(pool: &PgPool, kind: &str, n: i64) {
+    wait_for(
+        pool,
+        &format!(
+            "select (select count(*) from penguin.jobs where kind = '{kind}' and state in ('completed', 'cancelled'))
+                  + (select count(*) from penguin.dead_letters where kind = '{kind}') >= {n}"
+        ),
+        LIMIT,
+        &format!("{n} {kind} job(s) finished"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_encrypted_tokens() {
+    let w = world("google", "body").await;
+    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let tenant = Uuid::new_v4();
+
+    // the CLI prints the authorization URL
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(w.dir.0.join("jobs.toml"))
+        .args([
+            "oauth",
+            "authorize",
+            "google",
+            "--tenant",
+            &tenant.to_string(),
+        ])
+        .args(["--redirect-uri", &w.redirect_uri("google")])
+        .env("DATABASE_URL", &w.db.url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = reqwest::Url::parse(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["client_id"], CLIENT_ID);
+    assert_eq!(q["access_type"], "offline", "Google's built-in parameters");
+    // the state is stored hashed, never as itself
+    let stored: String = sqlx::query_scalar("select state_hash from penguin.oauth_states")
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, sha256_hex(&q["state"]));
+    assert_eq!(
+        count(
+            &w.db.pool,
+            &format!(
+                "select count(*) from penguin.oauth_states where state_hash = '{}'",
+                q["state"]
+            )
+        )
+        .await,
+        0
+    );
+
+    // the user consents; the provider sends the browser to our callback
+    let back = w.server.consent(url.as_str()).await;
+    assert!(back.starts_with(&w.redirect_uri("google")));
+    let page = reqwest::get(&back).await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().await.unwrap().contains("Connected"));
+    wait_job_done(&w.db.pool, "oauth.exchange", 1).await;
+
+    let c = creds::list_connections(&w.db.pool, Some(tenant))
+        .await
+        .unwrap();
+    assert_eq!(c.len(), 1, "{c:?}");
+    let c = &c[0];
+    assert_eq!(
+        (
+            c.provider.as_str(),
+            c.account_id.as_str(),
+            c.status.as_str()
+        ),
+        ("google", "user-1", "active")
+    );
+    assert_eq!(c.account_email.as_deref(), Some("user-1@example.test"));
+    assert!(c.expires_at.is_some());
+    // the server checked our PKCE verifier and our client authentication in the body
+    let stats = w.server.stats().await;
+    assert_eq!(stats["pkce_checked"], 1);
+    assert_eq!(stats["token_requests"]["authorization_code"], 1);
+    assert_eq!(stats["client_auth"], serde_json::json!(["body"]));
+    // tokens are ciphertexts at rest, and decrypt to the token the server issued
+    let (access_enc, refresh_enc): (String, String) =
+        sqlx::query_as("select access_token_enc, refresh_token_enc from penguin.oauth_connections")
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert!(access_enc.starts_with("pj1.") && refresh_enc.starts_with("pj1."));
+    let access = w.access_token(c.id).await;
+    assert!(!access_enc.contains(&access));
+    assert_eq!(w.server.userinfo_status(&access).await, 200);
+    // the job carried the state id only; the code is gone from the state row
+    let payload: serde_json::Value =
+        sqlx::query_scalar("select payload from penguin.jobs where kind = 'oauth.exchange'")
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        payload.as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec!["state_id"]
+    );
+    assert_eq!(
+        count(
+            &w.db.pool,
+            "select count(*) from penguin.oauth_states where code is not null"
+        )
+        .await,
+        0
+    );
+
+    // the same callback again, or a made-up state: 400 and nothing enqueued
+    let again = reqwest::get(&back).await.unwrap();
+    assert_eq!(again.status().as_u16(), 400);
+    let forged = back.replace(&format!("state={}", urlencode(&q["state"])), "state=forged");
+    assert_ne!(forged, back);
+    assert_eq!(reqwest::get(&forged).await.unwrap().status().as_u16(), 400);
+    let wrong_provider = back.replace("/callback/google", "/callback/microsoft");
+    assert_eq!(
+        reqwest::get(&wrong_provider)
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        400
+    );
+    assert_eq!(
+        count(
+            &w.db.pool,
+            "select count(*) from penguin.jobs where kind = 'oauth.exchange'"
+        )
+        .await,
+        1
+    );
+    let state_id: Uuid = sqlx::query_scalar("select id from penguin.oauth_states")
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        audit_events(&w.db.pool, state_id).await,
+        vec!["authorization_started:ok"]
+    );
+    assert_eq!(audit_events(&w.db.pool, c.id).await, vec!["exchanged:ok"]);
+    runtime.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    reqwest::Url::parse_with_params("x:", [("v", s)])
+        .unwrap()
+        .query()
+        .unwrap()[2..]
+        .to_string()
+}
+
+#[tokio::test]
+async fn an_expired_state_or_a_refused_consent_answers_400_and_enqueues_nothing() {
+    let w = world("acme", "basic").await;
+    let providers = Providers::from_config(&config(&w.toml)).unwrap();
+    let p = providers.get("acme").unwrap();
+    let url = begin_authorization(
+        &w.db.pool,
+        &w.keyring,
+        &p,
+        Uuid::new_v4(),
+        &w.redirect_uri("acme"),
+        Actor::Api,
+    )
+    .await
+    .unwrap();
+    let back = w.server.consent(url.as_str()).await;
+    sqlx::query("update penguin.oauth_states set expires_at = now() - interval '1 second'")
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(reqwest::get(&back).await.unwrap().status().as_u16(), 400);
+
+    let url = begin_authorization(
+        &w.db.pool,
+        &w.keyring,
+        &p,
+        Uuid::new_v4(),
+        &w.redirect_uri("acme"),
+        Actor::Api,
+    )
+    .await
+    .unwrap();
+    let state = url
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .to_string();
+    let refused = format!(
+        "{}?error=access_denied&state={}",
+        w.redirect_uri("acme"),
+        urlencode(&state)
+    );
+    let page = reqwest::get(&refused).await.unwrap();
+    assert_eq!(page.status().as_u16(), 400);
+    assert!(page.text().await.unwrap().contains("access_denied"));
+    // and that state is used up
+    let replay = format!(
+        "{}?code=abc&state={}",
+        w.redirect_uri("acme"),
+        urlencode(&state)
+    );
+    assert_eq!(reqwest::get(&replay).await.unwrap().status().as_u16(), 400);
+    assert_eq!(
+        count(&w.db.pool, "select count(*) from penguin.jobs").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn refresh_stores_a_rotated_refresh_token_and_keeps_the_old_one_when_none_is_returned() {
+    let w = world("acme", "basic").await;
+    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let id = w.connect("acme", Uuid::new_v4()).await;
+    let ahead = Duration::from_secs(600);
+    // not due yet (the server issues one-hour tokens)
+    assert_eq!(oauth_jobs::sweep(&w.db.pool, ahead).await.unwrap(), 0);
+
+    // like Microsoft: every refresh rotates the refresh token
+    let first_refresh = w.refresh_token(id).await;
+    let first_access = w.access_token(id).await;
+    w.make_due(id).await;
+    assert_eq!(oauth_jobs::sweep(&w.db.pool, ahead).await.unwrap(), 1);
+    assert_eq!(
+        oauth_jobs::sweep(&w.db.pool, ahead).await.unwrap(),
+        0,
+        "unique per connection"
+    );
+    wait_job_done(&w.db.pool, "oauth.refresh", 1).await;
+    let second_refresh = w.refresh_token(id).await;
+    assert_ne!(second_refresh, first_refresh);
+    assert_ne!(w.access_token(id).await, first_access);
+    let c = creds::get_connection(&w.db.pool, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.status, "active");
+    assert!(c.expires_at.unwrap() > chrono::Utc::now() + chrono::Duration::minutes(50));
+    let stats = w.server.stats().await;
+    assert_eq!(stats["token_requests"]["refresh_token"], 1);
+    assert_eq!(
+        stats["refresh_tokens_seen"],
+        serde_json::json!([first_refresh])
+    );
+    assert!(
+        stats["client_auth"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m == "basic")
+    );
+    // the server spent the old refresh token: had we kept it, the next refresh would fail
+    let (status, answer) = w
+        .server
+        .refresh_directly(CLIENT_ID, CLIENT_SECRET, &first_refresh)
+        .await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    // like Google: no refresh token in the answer, the stored one stays
+    w.server
+        .control("config", serde_json::json!({"refresh_mode": "omit"}))
+        .await;
+    let access_before = w.access_token(id).await;
+    w.make_due(id).await;
+    assert_eq!(oauth_jobs::sweep(&w.db.pool, ahead).await.unwrap(), 1);
+    wait_job_done(&w.db.pool, "oauth.refresh", 2).await;
+    assert_eq!(w.refresh_token(id).await, second_refresh);
+    assert_ne!(w.access_token(id).await, access_before);
+
+    let results: Vec<serde_json::Value> = sqlx::query_scalar(
+        "select result from penguin.jobs where kind = 'oauth.refresh' order by id",
+    )
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(results[0]["refresh_token_rotated"], true);
+    assert_eq!(results[1]["refresh_token_rotated"], false);
+    assert_eq!(
+        audit_events(&w.db.pool, id).await,
+        vec!["exchanged:ok", "refreshed:ok", "refreshed:ok"]
+    );
+    runtime.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_grant_requires_reauthorization_raises_an_alert_and_is_not_retried() {
+    let w = world("acme", "basic").await;
+    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let tenant = Uuid::new_v4();
+    let id = w.connect("acme", tenant).await;
+    let refresh = w.refresh_token(id).await;
+    w.server
+        .control("revoke", serde_json::json!({"user": "user-1"}))
+        .await;
+    w.make_due(id).await;
+    oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
+        .await
+        .unwrap();
+    wait_job_done(&w.db.pool, "oauth.refresh", 1).await;
+
+    let c = creds::get_connection(&w.db.pool, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.status, "reauth_required");
+    assert!(
+        c.last_error.as_deref().unwrap().contains("invalid_grant"),
+        "{c:?}"
+    );
+    // one call, then straight to the dead letters
+    assert_eq!(w.server.stats().await["token_requests"]["refresh_token"], 1);
+    let (attempt, errors): (i32, serde_json::Value) = sqlx::query_as(
+        "select attempt, errors from penguin.dead_letters where kind = 'oauth.refresh'",
+    )
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(attempt, 1);
+    assert_eq!(errors[0]["class"], "authentication");
+    assert!(!errors.to_string().contains(&refresh));
+    let alerts = creds::open_alerts(&w.db.pool).await.unwrap();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].kind, "oauth_reauth_required");
+    assert_eq!(alerts[0].tenant_id, Some(tenant));
+    let alerts_cli = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(w.dir.0.join("jobs.toml"))
+            .arg("alerts")
+            .args(args)
+            .env("DATABASE_URL", &w.db.url)
+            .output()
+            .unwrap()
+    };
+    let listed = alerts_cli(&["--json"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("must be authorized again"));
+    let acked = alerts_cli(&["--ack", &alerts[0].id.to_string()]);
+    assert!(
+        acked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&acked.stderr)
+    );
+    assert!(creds::open_alerts(&w.db.pool).await.unwrap().is_empty());
+    let again = alerts_cli(&["--ack", &alerts[0].id.to_string()]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no open alert"));
+    assert_eq!(
+        audit_events(&w.db.pool, id).await,
+        vec![
+            "exchanged:ok",
+            "refresh_failed:failed",
+            "reauth_required:failed"
+        ]
+    );
+    // the sweep leaves it alone from now on
+    assert_eq!(
+        oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
+            .await
+            .unwrap(),
+        0
+    );
+    // connecting the account again makes it active
+    let again = w.connect("acme", tenant).await;
+    assert_eq!(again, id);
+    runtime.stop().await;
+}
+
+#[tokio::test]
+async fn outages_and_temporarily_unavailable_are_retried_until_the_refresh_succeeds() {
+    let w = world("acme", "basic").await;
+    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let id = w.connect("acme", Uuid::new_v4()).await;
+    // a 503, then an OAuth error answer that says "later", then the real server
+    w.server
+        .control(
+            "fail",
+            serde_json::json!({"answers": [
+                {"status": 503},
+                {"status": 400, "error": "temporarily_unavailable"},
+            ]}),
+        )
+        .await;
+    w.make_due(id).await;
+    oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
+        .await
+        .unwrap();
+    wait_job_done(&w.db.pool, "oauth.refresh", 1).await;
+    let (state, attempt, errors): (String, i32, serde_json::Value) = sqlx::query_as(
+        "select state, attempt, errors from penguin.jobs where kind = 'oauth.refresh'",
+    )
+    .fetch_one(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!((state.as_str(), attempt), ("completed", 3));
+    let errors = errors.as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors.iter().all(|e| e["class"] == "api"), "{errors:?}");
+    assert_eq!(errors[0]["status"], 503);
+    assert!(
+        errors[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("temporarily_unavailable")
+    );
+    assert_eq!(w.server.stats().await["token_requests"]["refresh_token"], 3);
+    assert_eq!(
+        creds::get_connection(&w.db.pool, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "active"
+    );
+    assert_eq!(
+        audit_events(&w.db.pool, id).await,
+        vec![
+            "exchanged:ok",
+            "refresh_failed:failed",
+            "refresh_failed:failed",
+            "refreshed:ok"
+        ]
+    );
+    runtime.stop().await;
+}
+
+fn spawn_daemon(w: &World, log: &str) -> Child {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(w.dir.0.join("daemons.toml"))
+        .args(["run", "--no-http"])
+        .env("DATABASE_URL", &w.db.url)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(w.dir.0.join(log)).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_daemons_sweeping_at_once_refresh_a_connection_once() {
+    let w = world("acme", "basic").await;
+    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let id = w.connect("acme", Uuid::new_v4()).await;
+    runtime.stop().await;
+    // both daemons sweep every second
+    std::fs::write(
+        w.dir.0.join("daemons.toml"),
+        format!("{}[oauth]\nrefresh_cron = \"* * * * * *\"\n", w.toml),
+    )
+    .unwrap();
+    w.make_due(id).await;
+    // two sweeps that raced (as with an older daemon that used no unique key): two
+    // refresh jobs for one connection, and each daemon's own sweeps on top
+    for _ in 0..2 {
+        sqlx::query("select penguin.enqueue('oauth.refresh', jsonb_build_object('connection_id', $1::text))")
+            .bind(id.to_string())
+            .execute(&w.db.pool)
+            .await
+            .unwrap();
+    }
+    let mut a = spawn_daemon(&w, "a.log");
+    let mut b = spawn_daemon(&w, "b.log");
+    wait_for(
+        &w.db.pool,
+        "select (select count(*) from penguin.jobs where kind = 'oauth.refresh' and state = 'completed')
+              + (select count(*) from penguin.dead_letters where kind = 'oauth.refresh') >= 2",
+        LIMIT,
+        "the racing refresh jobs finished",
+    )
+    .await;
+    // three more sweeps after that
+    let t: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()")
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    wait_for(
+        &w.db.pool,
+        &format!(
+            "select count(*) >= 3 from penguin.jobs where kind = 'oauth.refresh_sweep' and state = 'completed' and created_at > '{}'",
+            t.to_rfc3339()
+        ),
+        LIMIT,
+        "three more sweeps",
+    )
+    .await;
+    stop_daemon(&mut a);
+    stop_daemon(&mut b);
+    assert_eq!(w.server.stats().await["token_requests"]["refresh_token"], 1);
+    assert_eq!(
+        audit_events(&w.db.pool, id).await,
+        vec!["exchanged:ok", "refreshed:ok"]
+    );
+    let results: Vec<serde_json::Value> = sqlx::query_scalar(
+        "select result from penguin.jobs where kind = 'oauth.refresh' and state = 'completed' order by id",
+    )
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        results
+            .iter()
+            .filter(|r| r.get("skipped").is_none())
+            .count(),
+        1,
+        "{results:?}"
+    );
+    assert_eq!(
+        count(&w.db.pool, "select count(*) from penguin.dead_letters").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_disconnected_connection_is_no_longer_refreshed_and_old_states_are_forgotten() {
+    let w = world("acme", "basic").await;
+    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let id = w.connect("acme", Uuid::new_v4()).await;
+    runtime.stop().await;
+    let access = w.access_token(id).await;
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(w.dir.0.join("jobs.toml"))
+            .args(args)
+            .env("DATABASE_URL", &w.db.url)
+            .output()
+            .unwrap()
+    };
+    let list = run(&["oauth", "list", "--json"]);
+    assert!(list.status.success());
+    let listed = String::from_utf8(list.stdout).unwrap();
+    assert!(listed.contains(&id.to_string()));
+    assert!(
+        !listed.contains(&access) && !listed.contains("pj1."),
+        "{listed}"
+    );
+
+    let out = run(&["oauth", "disconnect", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = run(&["oauth", "disconnect", &id.to_string()]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no live oauth connection"));
+    assert_eq!(
+        creds::get_connection(&w.db.pool, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "revoked"
+    );
+    assert_eq!(
+        audit_events(&w.db.pool, id).await,
+        vec!["exchanged:ok", "connection_revoked:ok"]
+    );
+    w.make_due(id).await;
+    assert_eq!(
+        oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        oauth_jobs::access_token(&w.db.pool, &w.keyring, id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // the sweep forgets states a day after they expired
+    assert_eq!(
+        count(&w.db.pool, "select count(*) from penguin.oauth_states").await,
+        1
+    );
+    sqlx::query("update penguin.oauth_states set expires_at = now() - interval '25 hours'")
+        .execute(&w.db.pool)
+        .await
+        .unwrap();
+    oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&w.db.pool, "select count(*) from penguin.oauth_states").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_exchange_without_a_master_key_dead_letters_and_forgets_the_code() {
+    let w = world("acme", "basic").await;
+    let providers = Providers::from_config(&config(&w.toml)).unwrap();
+    let url = begin_authorization(
+        &w.db.pool,
+        &w.keyring,
+        &providers.get("acme").unwrap(),
+        Uuid::new_v4(),
+        &w.redirect_uri("acme"),
+        Actor::Api,
+    )
+    .await
+    .unwrap();
+    let back = w.server.consent(url.as_str()).await;
+    assert_eq!(reqwest::get(&back).await.unwrap().status().as_u16(), 200);
+    // a daemon started without its master key
+    let cfg = config(&w.toml);
+    let deps = penguin_jobs::jobs::Deps::new()
+        .unwrap()
+        .with_pool(w.db.pool.clone());
+    let registry = std::sync::Arc::new(penguin_jobs::jobs::Registry::builtin(&cfg, &deps).unwrap());
+    let runtime = support::daemon::start_runtime_with(&w.db.pool, cfg, registry);
+    wait_job_done(&w.db.pool, "oauth.exchange", 1).await;
+    runtime.stop().await;
+    let errors: serde_json::Value =
+        sqlx::query_scalar("select errors from penguin.dead_letters where kind = 'oauth.exchange'")
+            .fetch_one(&w.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(errors[0]["class"], "configuration");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no master key configured")
+    );
+    assert_eq!(
+        count(
+            &w.db.pool,
+            "select count(*) from penguin.oauth_states where code is not null"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&w.db.pool, "select count(*) from penguin.oauth_connections").await,
+        0
+    );
+    assert!(
+        w.server.stats().await["token_requests"]
+            .get("authorization_code")
+            .is_none()
+    );
+    assert_eq!(
+        count(
+            &w.db.pool,
+            "select count(*) from penguin.audit_log where event = 'exchange_failed'"
+        )
+        .await,
+        1
+    );
+}

@@ -1,0 +1,332 @@
+//! Credential test helpers: master key files, a runtime with the database and the master
+//! keys, and a real OAuth 2.0 authorization server (oauthlib, in Python) on a local port.
+//!
+//! The server needs Python 3 with `oauthlib`. It is looked for in a virtualenv under the
+//! target directory, then `PENGUIN_JOBS_TEST_PYTHON`, then `python3`; when none has it, the
+//! virtualenv is created and `oauthlib` installed from PyPI. If that fails the test fails
+//! saying what to install: it never skips.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
+
+use penguin_jobs::config::Config;
+use penguin_jobs::jobs::{Deps, Registry};
+use penguin_jobs::queue;
+use penguin_jobs::secrets::{Keyring, MasterKey};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+
+use super::daemon::{RunningRuntime, config, start_runtime_with};
+
+/// The oauthlib version the test server is written against.
+pub const OAUTHLIB: &str = "oauthlib==3.2.2";
+
+/// A scratch directory removed on drop.
+pub struct Dir(pub PathBuf);
+
+impl Dir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "penguin-jobs-{prefix}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Writes `name` and returns `"file:PATH"`.
+    pub fn secret_file(&self, name: &str, value: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, value).unwrap();
+        format!("file:{}", path.display())
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A new master key written to `dir/name`: the key and its `"file:PATH"` reference.
+pub fn master_key_file(dir: &Dir, name: &str) -> (MasterKey, String) {
+    let key = MasterKey::generate();
+    let reference = dir.secret_file(name, key.to_base64().expose_secret());
+    (key, reference)
+}
+
+/// The built-in registry with the database and master keys, its kinds registered.
+pub async fn registry(pool: &PgPool, config: &Config, keyring: &Keyring) -> Arc<Registry> {
+    let deps = Deps::new()
+        .unwrap()
+        .with_pool(pool.clone())
+        .with_keyring(Some(keyring.clone()));
+    let registry = Registry::builtin(config, &deps).expect("registry");
+    queue::sync_kinds(pool, &registry.kind_defaults())
+        .await
+        .expect("sync kinds");
+    Arc::new(registry)
+}
+
+/// Starts the worker runtime (all kinds, with the database and `keyring`).
+pub async fn start_runtime(pool: &PgPool, toml: &str, keyring: &Keyring) -> RunningRuntime {
+    let config = config(toml);
+    let registry = registry(pool, &config, keyring).await;
+    start_runtime_with(pool, config, registry)
+}
+
+/// Runs the `penguin-jobs` binary with `config` against `database_url`, writing `stdin`
+/// (if any) to its standard input; the master key comes from the config only.
+pub fn cli(config: &Path, database_url: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_penguin-jobs"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env_remove("PENGUIN_JOBS_MASTER_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// Stops a spawned daemon as SIGTERM does and checks it exited cleanly.
+pub fn stop_daemon(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// A running oauthlib authorization server.
+pub struct OAuthServer {
+    pub base: String,
+    child: Child,
+    http: reqwest::Client,
+}
+
+impl Drop for OAuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OAuthServer {
+    /// Starts a server for one client; `auth` is the client authentication it accepts
+    /// (`"basic"` or `"body"`).
+    pub fn start(client_id: &str, client_secret: &str, auth: &str) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oauth_server/server.py");
+        let mut child = Command::new(python())
+            .arg(&script)
+            .args([client_id, client_secret, auth])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start the OAuth test server {}: {e}",
+                    script.display()
+                )
+            });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read the OAuth test server's port");
+        let port = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .unwrap_or_else(|| panic!("the OAuth test server did not start: {line:?}"));
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// `[oauth.providers.NAME]` pointing at this server.
+    pub fn provider_toml(
+        &self,
+        name: &str,
+        client_id: &str,
+        secret_ref: &str,
+        auth: &str,
+    ) -> String {
+        format!(
+            "[oauth.providers.{name}]\nclient_id = \"{client_id}\"\nclient_secret = \"{secret_ref}\"\n\
+             auth_url = \"{b}/authorize\"\ntoken_url = \"{b}/token\"\nuserinfo_url = \"{b}/userinfo\"\n\
+             scopes = [\"openid\", \"email\"]\nclient_auth = \"{auth}\"\n",
+            b = self.base
+        )
+    }
+
+    /// POSTs a control request (`config`, `revoke`, `fail`).
+    pub async fn control(&self, what: &str, body: serde_json::Value) -> serde_json::Value {
+        self.http
+            .post(format!("{}/_control/{what}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// What the server saw.
+    pub async fn stats(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/_control/stats", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Plays the user's browser: opens `authorize_url`, consents (automatic), and returns
+    /// the redirect back to our callback (not followed).
+    pub async fn consent(&self, authorize_url: &str) -> String {
+        let r = self.http.get(authorize_url).send().await.unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            302,
+            "authorization refused: {:?}",
+            r.text().await
+        );
+        r.headers()["location"].to_str().unwrap().to_string()
+    }
+
+    /// Calls the userinfo endpoint with `token`: its HTTP status.
+    pub async fn userinfo_status(&self, token: &str) -> u16 {
+        self.http
+            .get(format!("{}/userinfo", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// A refresh grant sent directly: status and answer.
+    pub async fn refresh_directly(
+        &self,
+        client_id: &str,
+        secret: &str,
+        refresh_token: &str,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}/token", self.base))
+            .basic_auth(client_id, Some(secret))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or_default())
+    }
+}
+
+fn imports_oauthlib(python: &Path) -> bool {
+    Command::new(python)
+        .args(["-c", "import oauthlib"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A Python with oauthlib (see the module docs); panics with what to install.
+pub fn python() -> PathBuf {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match PYTHON.get_or_init(find_or_install_python) {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn find_or_install_python() -> Result<PathBuf, String> {
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("oauth-venv");
+    let in_venv = venv.join("bin/python");
+    if imports_oauthlib(&in_venv) {
+        return Ok(in_venv);
+    }
+    if let Ok(p) = std::env::var("PENGUIN_JOBS_TEST_PYTHON")
+        && imports_oauthlib(Path::new(&p))
+    {
+        return Ok(PathBuf::from(p));
+    }
+    if imports_oauthlib(Path::new("python3")) {
+        return Ok(PathBuf::from("python3"));
+    }
+    let help = format!(
+        "the OAuth tests run a real authorization server built on oauthlib and need Python 3 \
+         with {OAUTHLIB}: install python3 and python3-venv (bash .ci/run does), or set \
+         PENGUIN_JOBS_TEST_PYTHON to a Python that has oauthlib"
+    );
+    // build aside and rename, so that concurrent test binaries never see half a venv
+    let tmp = venv.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
+        let out = cmd
+            .output()
+            .map_err(|e| format!("{help}; {what} could not run: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{help}; {what} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&tmp),
+        "python3 -m venv",
+    )?;
+    run(
+        Command::new(tmp.join("bin/python")).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            OAUTHLIB,
+        ]),
+        "pip install oauthlib",
+    )?;
+    if std::fs::rename(&tmp, &venv).is_err() {
+        // another test binary finished first
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    if imports_oauthlib(&in_venv) {
+        Ok(in_venv)
+    } else {
+        Err(format!(
+            "{help}; the virtualenv at {} does not import oauthlib",
+            venv.display()
+        ))
+    }
+}
