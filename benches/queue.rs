@@ -40,6 +40,11 @@ flush_batch = 2000
 [queues.default]
 concurrency = 500
 batch = 500
+# the built-in credential schedules would add their own jobs to the counts
+[oauth]
+refresh = false
+[api_keys]
+rotation = false
 "#;
 
 fn median(values: &mut [f64]) -> f64 {

@@ -198,7 +198,8 @@ async fn main() {
                 dir.join("jobs.toml"),
                 format!(
                     "[database]\nmax_connections = 8\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
-                     [providers.stripe]\nwebhook_secret = \"file:{}\"\n[maintenance]\nprune = false\n",
+                     [providers.stripe]\nwebhook_secret = \"file:{}\"\n[maintenance]\nprune = false\n\
+                     [oauth]\nrefresh = false\n[api_keys]\nrotation = false\n",
                     dir.join("secret").display()
                 ),
             )

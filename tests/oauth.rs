@@ -14,9 +14,8 @@ use penguin_jobs::queue::credentials::{self as creds, Actor, sealed_aad};
 use penguin_jobs::secrets::{Keyring, sha256_hex};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
-use support::credentials::{
-    Dir, OAuthServer, master_key_file, registry, start_runtime, stop_daemon,
-};
+use support::credentials::{Dir, OAuthServer, master_key_file, registry, start_runtime};
+use support::daemon::stop_daemon;
 use support::daemon::{config, count, wait_for};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -998,3 +998,42 @@ async fn a_job_that_fails_for_good_is_reported_dead_to_the_waiting_caller() {
         "{answer}"
     );
 }
+
+#[tokio::test]
+async fn an_active_key_in_api_keys_is_used_instead_of_the_configured_one() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let keyring =
+        penguin_jobs::secrets::Keyring::new(penguin_jobs::secrets::MasterKey::generate(), vec![]);
+    let stored = secrecy::SecretString::from("SG.stored-and-rotated-key-9876543210".to_string());
+    penguin_jobs::jobs::apikey::set_key(
+        &db.pool,
+        &keyring,
+        "sendgrid",
+        "production",
+        &stored,
+        &penguin_jobs::jobs::apikey::KeyMeta::default(),
+        Duration::from_secs(86_400),
+        penguin_jobs::queue::credentials::Actor::Cli,
+    )
+    .await
+    .unwrap();
+    let rt = support::credentials::start_runtime(&db.pool, &toml(&fake, &dir, ""), &keyring).await;
+    let sendgrid = enqueue(&db.pool, "sendgrid.send", email()).await;
+    let mailgun = enqueue(&db.pool, "mailgun.send", email()).await;
+    wait_state(&db.pool, sendgrid, "completed").await;
+    wait_state(&db.pool, mailgun, "completed").await;
+    rt.stop().await;
+
+    let sent = &fake.requests_to("/v3/mail/send")[0];
+    assert_eq!(
+        sent.header("authorization"),
+        Some("Bearer SG.stored-and-rotated-key-9876543210")
+    );
+    // no key stored for Mailgun: the configured one
+    let sent = &fake.requests_to("/v3/mg.example.com")[0];
+    assert_eq!(
+        sent.header("authorization"),
+        Some(basic("api", MAILGUN_KEY).as_str())
+    );
+}

@@ -14,7 +14,8 @@ use penguin_jobs::queue::credentials::{self as creds, Actor, AuditEvent, sealed_
 use penguin_jobs::secrets::{Keyring, SecretsError};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
-use support::credentials::{Dir, OAuthServer, cli, master_key_file, stop_daemon};
+use support::credentials::{Dir, OAuthServer, cli, master_key_file};
+use support::daemon::stop_daemon;
 use support::daemon::{count, wait_for};
 use uuid::Uuid;
 use wiremock::matchers::{header, method, path};

@@ -135,15 +135,20 @@ impl Handler for EmailSend {
             let message_id = match &*this.provider {
                 EmailProvider::Mailgun(m) => {
                     this.outbound
-                        .call("mailgun", "mailgun.send", || m.send(&http, &email, timeout))
+                        .call("mailgun", "mailgun.send", m.configured_key(), async |key| {
+                            m.send(&http, key, &email, timeout).await
+                        })
                         .await?
                         .message_id
                 }
                 EmailProvider::Sendgrid(s) => {
                     this.outbound
-                        .call("sendgrid", "sendgrid.send", || {
-                            s.send(&http, &email, timeout)
-                        })
+                        .call(
+                            "sendgrid",
+                            "sendgrid.send",
+                            s.configured_key(),
+                            async |key| s.send(&http, key, &email, timeout).await,
+                        )
                         .await?
                         .message_id
                 }

@@ -210,6 +210,7 @@ impl Registry {
         let outbound = outbound::Outbound::new(
             outbound::ProviderLimits::from_config(config),
             deps.pool.clone(),
+            deps.keyring.clone(),
         );
         let providers = &config.providers;
         let stripe = Arc::new(crate::providers::stripe::Stripe::new(

@@ -14,22 +14,27 @@
 //!   its error class).
 //! - Metrics: latency and status class per minute, provider and kind, flushed to
 //!   `penguin.integration_metrics` every two seconds.
+//! - Key: the provider's active key in `penguin.api_keys` (environment `production`, read
+//!   at most every 30 s, so a rotation takes effect within that), else the key of its
+//!   `[providers.NAME]` table. Stored keys need the master key (`[secrets]`).
 //!
 //! Must never log a request, a response body or a secret.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, Utc};
 use sqlx::PgPool;
 
+use secrecy::SecretString;
+
 use super::JobError;
 use crate::config::{CircuitBreakerConfig, Config, RateLimitConfig};
-use crate::providers::ErrorClass;
 use crate::providers::http::CallError;
+use crate::providers::{ErrorClass, SecretSource};
 use crate::queue::integrations::{self, MetricRow};
+use crate::secrets::Keyring;
 
 /// How often each daemon re-reads a provider's breaker row.
 const BREAKER_REFRESH: Duration = Duration::from_secs(1);
@@ -37,6 +42,8 @@ const BREAKER_REFRESH: Duration = Duration::from_secs(1);
 const LEASE_TTL: Duration = Duration::from_secs(1);
 /// How often metrics are written.
 const METRICS_FLUSH: Duration = Duration::from_secs(2);
+/// How long a stored key (or its absence) is trusted before `penguin.api_keys` is read again.
+const STORED_KEY_CACHE: Duration = Duration::from_secs(30);
 
 /// Limits of one provider, from its `[providers.NAME]` table.
 #[derive(Debug, Clone, Copy, Default)]
@@ -128,6 +135,9 @@ type MetricKey = (DateTime<Utc>, &'static str, &'static str, &'static str);
 /// The guard around provider calls (one per daemon, shared by its kinds).
 pub struct Outbound {
     pool: Option<PgPool>,
+    keyring: Option<Arc<Keyring>>,
+    /// Provider → (read at, its active stored key if any).
+    stored_keys: Mutex<HashMap<&'static str, (Instant, Option<SecretString>)>>,
     providers: HashMap<&'static str, ProviderState>,
     metrics: Arc<Mutex<HashMap<MetricKey, Agg>>>,
 }
@@ -147,7 +157,11 @@ impl Outbound {
     /// The guard for `limits`. Without a database (the CLI checking payloads) it lets every
     /// call through and records nothing. With one, it starts the metrics writer, which
     /// ends when the guard is dropped.
-    pub fn new(limits: HashMap<&'static str, ProviderLimits>, pool: Option<PgPool>) -> Arc<Self> {
+    pub fn new(
+        limits: HashMap<&'static str, ProviderLimits>,
+        pool: Option<PgPool>,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Arc<Self> {
         let providers = limits
             .into_iter()
             .map(|(name, limits)| {
@@ -175,6 +189,8 @@ impl Outbound {
             .collect();
         let outbound = Arc::new(Self {
             pool,
+            keyring,
+            stored_keys: Mutex::new(HashMap::new()),
             providers,
             metrics: Arc::new(Mutex::new(HashMap::new())),
         });
@@ -184,26 +200,71 @@ impl Outbound {
         outbound
     }
 
-    /// Runs `call` to `provider` for a job of `kind` under the breaker and the rate limit.
-    /// A refused call (breaker open, bucket empty) is a snooze: the job runs again later
-    /// without spending an attempt.
-    pub async fn call<T, F, Fut>(
+    /// Runs `call` to `provider` for a job of `kind` under the breaker and the rate limit,
+    /// with the provider's key (`configured`: the key of its config table, when no key is
+    /// stored). A refused call (breaker open, bucket empty) is a snooze: the job runs
+    /// again later without spending an attempt.
+    pub async fn call<T>(
         &self,
         provider: &'static str,
         kind: &'static str,
-        call: F,
-    ) -> Result<T, JobError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, CallError>>,
-    {
+        configured: &SecretSource,
+        call: impl AsyncFnOnce(&SecretString) -> Result<T, CallError>,
+    ) -> Result<T, JobError> {
+        let key = self.key(provider, configured).await?;
         let permit = self.before(provider).await?;
         let started = Instant::now();
-        let result = call().await;
+        let result = call(&key).await;
         let elapsed = started.elapsed();
         self.record_metric(provider, kind, &result, elapsed);
         self.after(provider, permit, result.as_ref().err()).await;
         result.map_err(JobError::from)
+    }
+
+    /// The stored active key of `provider`, else the configured one.
+    async fn key(
+        &self,
+        provider: &'static str,
+        configured: &SecretSource,
+    ) -> Result<SecretString, CallError> {
+        let (Some(pool), Some(keyring)) = (&self.pool, &self.keyring) else {
+            return configured.get();
+        };
+        let cached = self
+            .stored_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(provider)
+            .filter(|(at, _)| at.elapsed() < STORED_KEY_CACHE)
+            .map(|(_, key)| key.clone());
+        let stored = match cached {
+            Some(key) => key,
+            None => {
+                let key = match super::apikey::active_key(
+                    pool,
+                    keyring,
+                    provider,
+                    super::apikey::DEFAULT_ENVIRONMENT,
+                )
+                .await
+                {
+                    Ok(found) => found.map(|k| k.key),
+                    Err(e) => {
+                        tracing::warn!(provider, error = %e, "could not read the stored API key; using the configured one");
+                        None
+                    }
+                };
+                self.stored_keys
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(provider, (Instant::now(), key.clone()));
+                key
+            }
+        };
+        match stored {
+            Some(key) => Ok(key),
+            None => configured.get(),
+        }
     }
 
     async fn before(&self, provider: &'static str) -> Result<Permit, JobError> {

@@ -93,9 +93,12 @@ async fn collect(
         tokio::spawn(async move {
             let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let result = outbound
-                .call("posthog", "posthog.capture", || {
-                    posthog.capture_batch(&http, items, timeout)
-                })
+                .call(
+                    "posthog",
+                    "posthog.capture",
+                    posthog.configured_key(),
+                    async |key| posthog.capture_batch(&http, key, items, timeout).await,
+                )
                 .await;
             for reply in replies {
                 let _ = reply.send(result.clone());

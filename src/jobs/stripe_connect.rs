@@ -135,10 +135,16 @@ impl Handler for CreateAccount {
             let key = idempotency_key("stripe.account.create", ctx.id);
             let account = this
                 .outbound
-                .call("stripe", "stripe.account.create", || {
-                    this.stripe
-                        .create_account(&this.http, &form, &key, ctx.timeout)
-                })
+                .call(
+                    "stripe",
+                    "stripe.account.create",
+                    this.stripe.configured_key(),
+                    async |secret| {
+                        this.stripe
+                            .create_account(&this.http, secret, &form, &key, ctx.timeout)
+                            .await
+                    },
+                )
                 .await?;
             record_created_account(pool, &account.id, tenant)
                 .await
@@ -205,10 +211,16 @@ impl Handler for CreateAccountLink {
             let key = idempotency_key("stripe.account_link.create", ctx.id);
             let link = this
                 .outbound
-                .call("stripe", "stripe.account_link.create", || {
-                    this.stripe
-                        .create_account_link(&this.http, &form, &key, ctx.timeout)
-                })
+                .call(
+                    "stripe",
+                    "stripe.account_link.create",
+                    this.stripe.configured_key(),
+                    async |secret| {
+                        this.stripe
+                            .create_account_link(&this.http, secret, &form, &key, ctx.timeout)
+                            .await
+                    },
+                )
                 .await?;
             Ok(Some(json!({
                 "account": p.account,

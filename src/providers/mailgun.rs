@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::SecretSource;
 use super::email::Email;
@@ -38,6 +38,12 @@ pub struct Accepted {
 }
 
 impl Mailgun {
+    /// The key of the configuration (`[providers.mailgun]`), used when `penguin.api_keys`
+    /// holds no active key for the provider.
+    pub fn configured_key(&self) -> &SecretSource {
+        &self.key
+    }
+
     pub fn new(config: Option<&MailgunConfig>) -> Self {
         let region = config.map(|c| c.region).unwrap_or_default();
         Self {
@@ -100,6 +106,7 @@ impl Mailgun {
     pub async fn send(
         &self,
         http: &reqwest::Client,
+        key: &SecretString,
         email: &Email,
         timeout: Duration,
     ) -> Result<Accepted, CallError> {
@@ -108,7 +115,6 @@ impl Mailgun {
                 "providers.mailgun.domain is not configured",
             ));
         };
-        let key = self.key.get()?;
         let mut form = reqwest::multipart::Form::new();
         for (name, value) in Self::form_fields(email) {
             form = form.text(name, value);
@@ -124,7 +130,7 @@ impl Mailgun {
                 .json()
                 .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
                 .or_else(|| String::from_utf8(answer.body.clone()).ok())
-                .map(|m| super::redact(&m, &key));
+                .map(|m| super::redact(&m, key));
             return Err(error_from_answer(
                 answer.status,
                 &answer.headers,

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -78,6 +78,12 @@ impl CaptureEvent {
 }
 
 impl Posthog {
+    /// The key of the configuration (`[providers.posthog]`), used when `penguin.api_keys`
+    /// holds no active key for the provider.
+    pub fn configured_key(&self) -> &SecretSource {
+        &self.key
+    }
+
     pub fn new(config: Option<&PosthogConfig>) -> Self {
         Self {
             host: super::base_url(config.and_then(|c| c.host.as_ref()), DEFAULT_HOST),
@@ -92,10 +98,10 @@ impl Posthog {
     pub async fn capture_batch(
         &self,
         http: &reqwest::Client,
+        key: &SecretString,
         items: Vec<Value>,
         timeout: Duration,
     ) -> Result<(), CallError> {
-        let key = self.key.get()?;
         let request = http
             .post(format!("{}/batch/", self.host))
             .json(&json!({ "api_key": key.expose_secret(), "batch": items }))
@@ -113,7 +119,7 @@ impl Posthog {
                     .map(String::from)
             })
             .or_else(|| String::from_utf8(answer.body.clone()).ok())
-            .map(|m| super::redact(&m, &key));
+            .map(|m| super::redact(&m, key));
         Err(error_from_answer(
             answer.status,
             &answer.headers,

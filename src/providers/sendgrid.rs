@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::SecretSource;
@@ -46,6 +46,12 @@ fn mailbox(address: &str) -> Value {
 }
 
 impl Sendgrid {
+    /// The key of the configuration (`[providers.sendgrid]`), used when `penguin.api_keys`
+    /// holds no active key for the provider.
+    pub fn configured_key(&self) -> &SecretSource {
+        &self.key
+    }
+
     pub fn new(config: Option<&SendgridConfig>) -> Self {
         Self {
             base: super::base_url(config.and_then(|c| c.base_url.as_ref()), DEFAULT_BASE_URL),
@@ -120,10 +126,10 @@ impl Sendgrid {
     pub async fn send(
         &self,
         http: &reqwest::Client,
+        key: &SecretString,
         email: &Email,
         timeout: Duration,
     ) -> Result<Accepted, CallError> {
-        let key = self.key.get()?;
         let request = http
             .post(format!("{}/v3/mail/send", self.base))
             .bearer_auth(key.expose_secret())
@@ -159,7 +165,7 @@ impl Sendgrid {
                 (!texts.is_empty()).then(|| texts.join("; "))
             })
             .or_else(|| String::from_utf8(answer.body.clone()).ok())
-            .map(|m| super::redact(&m, &key));
+            .map(|m| super::redact(&m, key));
         Err(error_from_answer(
             answer.status,
             &answer.headers,

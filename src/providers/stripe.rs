@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::ErrorClass;
@@ -42,6 +42,12 @@ pub struct AccountLink {
 }
 
 impl Stripe {
+    /// The key of the configuration (`[providers.stripe]`), used when `penguin.api_keys`
+    /// holds no active key for the provider.
+    pub fn configured_key(&self) -> &SecretSource {
+        &self.key
+    }
+
     pub fn new(config: Option<&StripeConfig>) -> Self {
         Self {
             base: super::base_url(config.and_then(|c| c.base_url.as_ref()), DEFAULT_BASE_URL),
@@ -93,12 +99,13 @@ impl Stripe {
     pub async fn create_account(
         &self,
         http: &reqwest::Client,
+        key: &SecretString,
         form: &[(String, String)],
         idempotency_key: &str,
         timeout: Duration,
     ) -> Result<Account, CallError> {
         let answer = self
-            .post(http, "/v1/accounts", form, idempotency_key, timeout)
+            .post(http, key, "/v1/accounts", form, idempotency_key, timeout)
             .await?;
         let id = answer
             .get("id")
@@ -112,12 +119,20 @@ impl Stripe {
     pub async fn create_account_link(
         &self,
         http: &reqwest::Client,
+        key: &SecretString,
         form: &[(String, String)],
         idempotency_key: &str,
         timeout: Duration,
     ) -> Result<AccountLink, CallError> {
         let answer = self
-            .post(http, "/v1/account_links", form, idempotency_key, timeout)
+            .post(
+                http,
+                key,
+                "/v1/account_links",
+                form,
+                idempotency_key,
+                timeout,
+            )
             .await?;
         let url = answer.get("url").and_then(|v| v.as_str());
         let expires = answer
@@ -138,12 +153,12 @@ impl Stripe {
     async fn post(
         &self,
         http: &reqwest::Client,
+        key: &SecretString,
         path: &str,
         form: &[(String, String)],
         idempotency_key: &str,
         timeout: Duration,
     ) -> Result<Value, CallError> {
-        let key = self.key.get()?;
         let request = http
             .post(format!("{}{path}", self.base))
             .bearer_auth(key.expose_secret())
@@ -174,7 +189,7 @@ impl Stripe {
                     _ => text.to_string(),
                 }
             })
-            .map(|m| super::redact(&m, &key));
+            .map(|m| super::redact(&m, key));
         let should_retry = headers
             .get("stripe-should-retry")
             .and_then(|v| v.to_str().ok())

@@ -102,15 +102,6 @@ pub fn cli(config: &Path, database_url: &str, args: &[&str], stdin: Option<&str>
     child.wait_with_output().unwrap()
 }
 
-/// Stops a spawned daemon as SIGTERM does and checks it exited cleanly.
-pub fn stop_daemon(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
-}
-
 /// A running oauthlib authorization server.
 pub struct OAuthServer {
     pub base: String,
