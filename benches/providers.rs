@@ -1,4 +1,5 @@
-//! Outbound provider benchmark: `cargo bench --bench providers` (`-- --runs N --jobs N`).
+//! Outbound provider benchmark: `cargo bench --bench providers` (`-- --runs N --jobs N
+//! --only sink_instant`).
 //!
 //! Starts its own durable PostgreSQL cluster under /tmp, a local Mailgun sink in this
 //! process, and the real `penguin-jobs run --no-http` binary with one pool of concurrency
@@ -323,8 +324,12 @@ async fn main() {
             (jobs / 4).max(1000),
         ),
     ];
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let mut results = serde_json::Map::new();
     for (name, delay, limit, n) in settings {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         let mut rates = vec![];
         let mut p50s = vec![];
         let mut p99s = vec![];

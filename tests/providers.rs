@@ -1037,3 +1037,67 @@ async fn an_active_key_in_api_keys_is_used_instead_of_the_configured_one() {
         Some(basic("api", MAILGUN_KEY).as_str())
     );
 }
+
+#[tokio::test]
+async fn sends_recorded_together_never_hide_a_webhook_status_and_never_collide() {
+    let db = support::test_db().await;
+    sqlx::query(
+        "with ev as (
+             insert into penguin.email_events (provider, event_type, status, campaign_id, recipient, occurred_at)
+             values ('mailgun', 'delivered', 'delivered', 'cmp_1', 'ada@example.com', now())
+             returning id)
+         insert into penguin.email_status (campaign_id, recipient, status, provider, occurred_at, email_event_id)
+         select 'cmp_1', 'ada@example.com', 'delivered', 'mailgun', now(), id from ev",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let send = |job_id: i64, to: &str, message: &str| queue::email::AcceptedSend {
+        job_id,
+        provider: "mailgun",
+        provider_message_id: message.into(),
+        campaign_id: Some("cmp_1".into()),
+        recipient_id: None,
+        recipients: vec![to.into()],
+        accepted_at: chrono::Utc::now(),
+    };
+    // two sends to bob in one batch, and one to ada whose webhook came first
+    let batch = vec![
+        send(1, "bob@example.com", "m1"),
+        send(2, "bob@example.com", "m2"),
+        send(3, "ada@example.com", "m3"),
+    ];
+    queue::email::record_sends(&db.pool, &batch).await.unwrap();
+    queue::email::record_sends(&db.pool, &batch).await.unwrap();
+    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "select recipient, status, provider_message_id from penguin.email_status order by recipient",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows[0],
+        ("ada@example.com".into(), "delivered".into(), None)
+    );
+    assert_eq!(
+        (rows[1].0.as_str(), rows[1].1.as_str()),
+        ("bob@example.com", "sent")
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.email_events where event_type = 'sent'"
+        )
+        .await,
+        3,
+        "recording the same sends again adds nothing"
+    );
+    let checks = queue::email::check_sends(
+        &db.pool,
+        &[(2, vec!["bob@example.com".into()]), (99, vec![])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(checks[0].already_sent.as_deref(), Some("m2"));
+    assert_eq!(checks[1].already_sent, None);
+}

@@ -6,7 +6,8 @@
 //! completes with outcome `suppressed` without a call; (3) the call goes through
 //! [`Outbound`] (breaker, rate limit, metrics); (4) the accepted message is recorded at
 //! once, before the job's own outcome, as `sent` email events keyed by the job and as the
-//! recipients' status. Neither provider takes an idempotency key, so a crash between (3)
+//! recipients' status. Steps (1) and (4) are grouped with those of concurrent sends (see
+//! [`super::send_ledger`]). Neither provider takes an idempotency key, so a crash between (3)
 //! and (4) can still send twice; (4) narrows that window to one statement.
 //!
 //! Must never log the message, its addresses or the provider key.
@@ -18,12 +19,13 @@ use futures::future::BoxFuture;
 use serde_json::json;
 
 use super::outbound::Outbound;
+use super::send_ledger::SendLedger;
 use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
 use crate::providers::email::{Email, bare_address};
 use crate::providers::http::configuration_error;
 use crate::providers::mailgun::Mailgun;
 use crate::providers::sendgrid::Sendgrid;
-use crate::queue::email::{AcceptedSend, check_send, record_send};
+use crate::queue::email::AcceptedSend;
 
 /// Which provider a send kind uses.
 #[derive(Debug)]
@@ -55,6 +57,7 @@ pub struct EmailSend {
     http: reqwest::Client,
     pool: Option<sqlx::PgPool>,
     outbound: Arc<Outbound>,
+    ledger: Arc<SendLedger>,
 }
 
 impl EmailSend {
@@ -63,12 +66,14 @@ impl EmailSend {
         http: reqwest::Client,
         pool: Option<sqlx::PgPool>,
         outbound: Arc<Outbound>,
+        ledger: Arc<SendLedger>,
     ) -> Self {
         Self {
             provider: Arc::new(provider),
             http,
             pool,
             outbound,
+            ledger,
         }
     }
 }
@@ -103,15 +108,16 @@ impl Handler for EmailSend {
                 return Err(configuration_error("this registry has no database").into());
             };
             let recipients = email.recipients();
-            let check =
-                check_send(pool, ctx.id, &recipients)
-                    .await
-                    .map_err(|e| JobError::Retryable {
-                        class: crate::providers::ErrorClass::Api,
-                        message: format!("database: {e}"),
-                        status: None,
-                        not_before: None,
-                    })?;
+            let check = this
+                .ledger
+                .check(pool, ctx.id, recipients)
+                .await
+                .map_err(|e| JobError::Retryable {
+                    class: crate::providers::ErrorClass::Api,
+                    message: format!("database: {e}"),
+                    status: None,
+                    not_before: None,
+                })?;
             if let Some(message_id) = check.already_sent {
                 tracing::info!(
                     job.id = ctx.id,
@@ -169,7 +175,7 @@ impl Handler for EmailSend {
                 recipients: to,
                 accepted_at: Utc::now(),
             };
-            if let Err(e) = record_send(pool, &send).await {
+            if let Err(e) = this.ledger.record(pool, send).await {
                 // the provider has the message: failing the job would send it again
                 tracing::error!(job.id = ctx.id, provider = provider_name, error = %e, "message accepted but its status could not be recorded");
             }

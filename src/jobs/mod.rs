@@ -15,6 +15,7 @@ pub mod noop;
 pub mod oauth;
 pub mod outbound;
 pub mod posthog_capture;
+pub mod send_ledger;
 pub mod sendgrid_event;
 pub mod stripe_connect;
 pub mod stripe_event;
@@ -216,12 +217,14 @@ impl Registry {
         let stripe = Arc::new(crate::providers::stripe::Stripe::new(
             providers.stripe.as_ref(),
         ));
+        let ledger = Arc::new(send_ledger::SendLedger::default());
         let send = |provider| {
             email_send::EmailSend::new(
                 provider,
                 deps.http.clone(),
                 deps.pool.clone(),
                 outbound.clone(),
+                ledger.clone(),
             )
         };
         let handlers: Vec<Arc<dyn Handler>> = vec![

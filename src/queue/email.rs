@@ -258,27 +258,57 @@ pub struct SendCheck {
     pub suppressed: Vec<String>,
 }
 
-/// One statement: was job `job_id`'s message already accepted, and which of `recipients`
-/// (lowercased addresses) are suppressed.
+/// One statement: was job `job_id`'s message already accepted (a retry after the provider
+/// answered), and which of `recipients` (lowercased addresses) are suppressed.
 pub async fn check_send(
     pool: &PgPool,
     job_id: i64,
     recipients: &[String],
 ) -> Result<SendCheck, Error> {
-    let (sent, suppressed): (Option<String>, Vec<String>) = sqlx::query_as(
-        "select (select coalesce(provider_message_id, '') from penguin.email_events
-                  where send_job_id = $1 limit 1),
-                coalesce((select array_agg(address) from penguin.suppressions
-                           where address = any($2)), '{}')",
+    let mut checks = check_sends(pool, &[(job_id, recipients.to_vec())]).await?;
+    Ok(checks.pop().unwrap_or_default())
+}
+
+/// [`check_send`] for many jobs in one statement; answers in input order.
+pub async fn check_sends(
+    pool: &PgPool,
+    jobs: &[(i64, Vec<String>)],
+) -> Result<Vec<SendCheck>, Error> {
+    let job_ids: Vec<i64> = jobs.iter().map(|(id, _)| *id).collect();
+    let mut ords = Vec::new();
+    let mut addresses = Vec::new();
+    for (i, (_, recipients)) in jobs.iter().enumerate() {
+        for r in recipients {
+            ords.push(i as i32 + 1);
+            addresses.push(r.as_str());
+        }
+    }
+    let rows: Vec<(i64, Option<String>, Vec<String>)> = sqlx::query_as(
+        "with jobs as (
+             select job_id, ord from unnest($1::bigint[]) with ordinality as j(job_id, ord)
+         ),
+         rcpt as (select * from unnest($2::int[], $3::text[]) as r(ord, address))
+         select j.ord,
+                (select coalesce(e.provider_message_id, '') from penguin.email_events e
+                  where e.send_job_id = j.job_id limit 1),
+                coalesce((select array_agg(distinct s.address) from rcpt r
+                            join penguin.suppressions s on s.address = r.address
+                           where r.ord = j.ord), '{}')
+           from jobs j
+          order by j.ord",
     )
-    .bind(job_id)
-    .bind(recipients)
-    .fetch_one(pool)
+    .bind(&job_ids)
+    .bind(&ords)
+    .bind(&addresses)
+    .fetch_all(pool)
     .await?;
-    Ok(SendCheck {
-        already_sent: sent,
-        suppressed,
-    })
+    Ok(rows
+        .into_iter()
+        .map(|(_, already_sent, suppressed)| SendCheck {
+            already_sent,
+            suppressed,
+        })
+        .collect())
 }
 
 /// A message a provider accepted.
@@ -295,27 +325,62 @@ pub struct AcceptedSend {
     pub accepted_at: DateTime<Utc>,
 }
 
-/// Records an accepted send in one statement: a `sent` email event per recipient, keyed by
+/// Records an accepted send: see [`record_sends`].
+pub async fn record_send(pool: &PgPool, send: &AcceptedSend) -> Result<(), Error> {
+    record_sends(pool, std::slice::from_ref(send)).await
+}
+
+/// Records accepted sends in one statement: a `sent` email event per recipient, keyed by
 /// the job (recording twice changes nothing), and, with a campaign id, each recipient's
 /// status `sent` unless a webhook already reported something (every webhook status ranks
-/// higher).
-pub async fn record_send(pool: &PgPool, send: &AcceptedSend) -> Result<(), Error> {
+/// higher). When several sends of the batch reach the same campaign recipient, the latest
+/// accepted one sets the status.
+pub async fn record_sends(pool: &PgPool, sends: &[AcceptedSend]) -> Result<(), Error> {
+    let rows = sends.iter().map(|s| s.recipients.len()).sum();
+    let mut job_ids = Vec::with_capacity(rows);
+    let mut providers = Vec::with_capacity(rows);
+    let mut campaigns = Vec::with_capacity(rows);
+    let mut recipient_ids = Vec::with_capacity(rows);
+    let mut message_ids = Vec::with_capacity(rows);
+    let mut accepted = Vec::with_capacity(rows);
+    let mut recipients = Vec::with_capacity(rows);
+    for send in sends {
+        for r in &send.recipients {
+            job_ids.push(send.job_id);
+            providers.push(send.provider);
+            campaigns.push(send.campaign_id.as_deref());
+            recipient_ids.push(send.recipient_id.as_deref());
+            message_ids.push(send.provider_message_id.as_str());
+            accepted.push(send.accepted_at);
+            recipients.push(r.as_str());
+        }
+    }
     sqlx::query(
-        "with ev as (
+        "with input as (
+             select * from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::timestamptz[], $7::text[])
+                 as t(job_id, provider, campaign_id, recipient_id, message_id, accepted_at, recipient)
+         ),
+         ev as (
              insert into penguin.email_events
                  (provider, event_type, status, campaign_id, recipient_id, recipient,
                   provider_message_id, occurred_at, send_job_id)
-             select $1, 'sent', 'sent', $2, $3, r, $4, $5, $6
-               from unnest($7::text[]) as r
+             select provider, 'sent', 'sent', campaign_id, recipient_id, recipient, message_id,
+                    accepted_at, job_id
+               from input
              on conflict (send_job_id, recipient) where send_job_id is not null do nothing
-             returning id, recipient
+             returning id, provider, campaign_id, recipient_id, recipient, provider_message_id,
+                       occurred_at
          )
          insert into penguin.email_status as s
              (campaign_id, recipient, recipient_id, status, provider, provider_message_id,
               occurred_at, email_event_id)
-         select $2, ev.recipient, $3, 'sent', $1, $4, $5, ev.id
+         select distinct on (campaign_id, recipient)
+                campaign_id, recipient, recipient_id, 'sent', provider, provider_message_id,
+                occurred_at, id
            from ev
-          where $2::text is not null
+          where campaign_id is not null
+          order by campaign_id, recipient, occurred_at desc, id desc
          on conflict (campaign_id, recipient) do update
             set recipient_id = coalesce(excluded.recipient_id, s.recipient_id),
                 status = excluded.status, provider = excluded.provider,
@@ -326,13 +391,13 @@ pub async fn record_send(pool: &PgPool, send: &AcceptedSend) -> Result<(), Error
              or (penguin.email_status_rank(excluded.status) = penguin.email_status_rank(s.status)
                  and excluded.occurred_at > s.occurred_at)",
     )
-    .bind(send.provider)
-    .bind(&send.campaign_id)
-    .bind(&send.recipient_id)
-    .bind(&send.provider_message_id)
-    .bind(send.accepted_at)
-    .bind(send.job_id)
-    .bind(&send.recipients)
+    .bind(&job_ids)
+    .bind(&providers)
+    .bind(&campaigns)
+    .bind(&recipient_ids)
+    .bind(&message_ids)
+    .bind(&accepted)
+    .bind(&recipients)
     .execute(pool)
     .await?;
     Ok(())
