@@ -121,8 +121,8 @@ pub struct RateLimitConfig {
     pub per_second: Option<f64>,
     pub per_minute: Option<f64>,
     pub per_hour: Option<f64>,
-    /// Calls allowed at once above the steady rate (the bucket's size). Default: one
-    /// second of `per_second`, else one call.
+    /// Calls allowed at once (the bucket's size): any one second then sees at most
+    /// `per_second + burst` calls. Default: a tenth of `per_second` (at least 1), else 1.
     pub burst: Option<f64>,
 }
 
@@ -131,7 +131,7 @@ impl RateLimitConfig {
     pub fn windows(&self) -> Vec<(&'static str, f64, f64)> {
         let burst = self
             .burst
-            .unwrap_or_else(|| self.per_second.map_or(1.0, |r| r.max(1.0)));
+            .unwrap_or_else(|| self.per_second.map_or(1.0, |r| (r / 10.0).max(1.0)));
         let mut windows = Vec::new();
         if let Some(r) = self.per_second {
             windows.push(("second", burst, r));
@@ -1039,7 +1039,7 @@ mod tests {
         let limit = c.providers.sendgrid.as_ref().unwrap().rate_limit.unwrap();
         assert_eq!(
             limit.windows(),
-            vec![("second", 100.0, 100.0), ("minute", 100.0, 5000.0 / 60.0)]
+            vec![("second", 10.0, 100.0), ("minute", 10.0, 5000.0 / 60.0)]
         );
         let literal = Config::from_toml(
             "[providers.stripe]\nsecret_key = \"sk_live_123\"\n",
