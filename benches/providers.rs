@@ -21,13 +21,16 @@
 //! one-second window (bounded by per_second + burst). Prints JSON with every run and the
 //! medians.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{Daemon, fresh_database, median};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -36,16 +39,8 @@ use hyper_util::rt::TokioIo;
 use penguin_jobs::embedded_pg::EmbeddedPostgres;
 use penguin_jobs::queue::{self, NewJob};
 use serde_json::json;
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 const CONCURRENCY: usize = 256;
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// The local Mailgun: answers `POST /v3/{domain}/messages` after `delay`, recording when
 /// each call arrived.
@@ -98,39 +93,6 @@ async fn start_sink(delay: Duration) -> Sink {
     Sink { url, arrivals }
 }
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-async fn fresh_database(cluster: &EmbeddedPostgres, name: &str) -> (PgPool, String) {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&cluster.url("postgres"))
-        .await
-        .unwrap();
-    for sql in [
-        format!("drop database if exists {name}"),
-        format!("create database {name}"),
-    ] {
-        sqlx::query(&sql).execute(&admin).await.unwrap();
-    }
-    admin.close().await;
-    let url = cluster.url(name);
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&url)
-        .await
-        .unwrap();
-    (pool, url)
-}
-
 struct RunResult {
     jobs_per_s: f64,
     call_mean_ms: f64,
@@ -148,7 +110,7 @@ async fn run_once(
     jobs: usize,
 ) -> RunResult {
     let sink = start_sink(sink_delay).await;
-    let (pool, url) = fresh_database(cluster, "bench_providers").await;
+    let (pool, url) = fresh_database(cluster, "bench_providers", 2).await;
     let config = dir.join("jobs.toml");
     std::fs::write(
         &config,

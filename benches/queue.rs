@@ -16,6 +16,8 @@
 //! Drain rates are computed from the database's own timestamps: jobs / (last finished_at
 //! − first attempted_at), so process start-up and polling do not count.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +26,6 @@ use penguin_jobs::embedded_pg::EmbeddedPostgres;
 use penguin_jobs::queue::{self, KindDefaults, NewJob};
 use serde_json::json;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
 const DRAIN_JOBS: usize = 200_000;
@@ -48,8 +49,7 @@ rotation = false
 "#;
 
 fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
+    common::median(values)
 }
 
 fn rss_kb(pid: u32, field: &str) -> u64 {
@@ -289,26 +289,7 @@ async fn churn(
 }
 
 async fn fresh_database(cluster: &EmbeddedPostgres, name: &str) -> (PgPool, String) {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&cluster.url("postgres"))
-        .await
-        .unwrap();
-    sqlx::query(&format!("drop database if exists {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query(&format!("create database {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let url = cluster.url(name);
-    let pool = PgPoolOptions::new()
-        .max_connections(32)
-        .connect(&url)
-        .await
-        .unwrap();
+    let (pool, url) = common::fresh_database(cluster, name, 32).await;
     queue::migrate(&pool).await.unwrap();
     queue::sync_kinds(
         &pool,

@@ -11,17 +11,18 @@
 //! starts right after a CHECKPOINT (the harness drops and creates a database per run, which
 //! leaves checkpoint work that a daemon in steady state does not have).
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{Daemon, fresh_database, median};
 use hmac::{Hmac, Mac};
 use penguin_jobs::embedded_pg::EmbeddedPostgres;
 use serde_json::json;
 use sha2::Sha256;
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 const SECRET: &str = "whsec_benchmark_secret_0123456789";
 const WRK_THREADS: usize = 2;
@@ -48,12 +49,6 @@ function request()
   return reqs[idx]
 end
 "#;
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -86,43 +81,6 @@ fn write_requests(prefix: &Path, run: &str, per_thread: usize) {
             writeln!(out, "t={t},v1={sig}\t{body}").unwrap();
         }
     }
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-async fn fresh_database(cluster: &EmbeddedPostgres, name: &str) -> (PgPool, String) {
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&cluster.url("postgres"))
-        .await
-        .unwrap();
-    sqlx::query(&format!("drop database if exists {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query(&format!("create database {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-    let url = cluster.url(name);
-    (
-        PgPoolOptions::new()
-            .max_connections(2)
-            .connect(&url)
-            .await
-            .unwrap(),
-        url,
-    )
 }
 
 /// Parses wrk's `--latency` output: (requests/s, p50 ms, p99 ms, responses, non-2xx).
@@ -192,7 +150,7 @@ async fn main() {
         // run 0 warms the cluster and the page cache up and is not reported
         for run in 0..=runs {
             let warmup = run == 0;
-            let (pool, url) = fresh_database(&cluster, "bench_shim").await;
+            let (pool, url) = fresh_database(&cluster, "bench_shim", 2).await;
             let port = free_port();
             std::fs::write(
                 dir.join("jobs.toml"),

@@ -1,0 +1,56 @@
+//! Shared by the benchmarks (`mod common;`): medians, a fresh database per run on the
+//! benchmark's own cluster, and a daemon process that is stopped (SIGTERM) when dropped.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command};
+
+use penguin_jobs::embedded_pg::EmbeddedPostgres;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// The median of `values` (the upper one of an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// A spawned `penguin-jobs` process, stopped with SIGTERM and awaited on drop.
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Drops and creates database `name` on `cluster`: a pool of `connections` on it, and its URL.
+pub async fn fresh_database(
+    cluster: &EmbeddedPostgres,
+    name: &str,
+    connections: u32,
+) -> (PgPool, String) {
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&cluster.url("postgres"))
+        .await
+        .unwrap();
+    for sql in [
+        format!("drop database if exists {name}"),
+        format!("create database {name}"),
+    ] {
+        sqlx::query(&sql).execute(&admin).await.unwrap();
+    }
+    admin.close().await;
+    let url = cluster.url(name);
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .connect(&url)
+        .await
+        .unwrap();
+    (pool, url)
+}
