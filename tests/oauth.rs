@@ -266,7 +266,7 @@ async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_en
     assert_eq!(
         count(
             &w.db.pool,
-            "select count(*) from penguin.oauth_states where code is not null"
+            "select count(*) from penguin.oauth_states where code_enc is not null"
         )
         .await,
         0
@@ -773,6 +773,18 @@ async fn an_exchange_without_a_master_key_dead_letters_and_forgets_the_code() {
     .unwrap();
     let back = w.server.consent(url.as_str()).await;
     assert_eq!(reqwest::get(&back).await.unwrap().status().as_u16(), 200);
+    // until it is redeemed, the code is kept only encrypted
+    let code = reqwest::Url::parse(&back)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let kept: String = sqlx::query_scalar("select code_enc from penguin.oauth_states")
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    assert!(kept.starts_with("pj1.") && !kept.contains(&code), "{kept}");
     // a daemon started without its master key
     let cfg = config(&w.toml);
     let deps = penguin_jobs::jobs::Deps::new()
@@ -797,7 +809,7 @@ async fn an_exchange_without_a_master_key_dead_letters_and_forgets_the_code() {
     assert_eq!(
         count(
             &w.db.pool,
-            "select count(*) from penguin.oauth_states where code is not null"
+            "select count(*) from penguin.oauth_states where code_enc is not null"
         )
         .await,
         0
@@ -819,4 +831,67 @@ async fn an_exchange_without_a_master_key_dead_letters_and_forgets_the_code() {
         .await,
         1
     );
+}
+
+#[tokio::test]
+async fn a_callback_to_a_shim_without_a_master_key_keeps_nothing_and_leaves_the_state_usable() {
+    let w = world("acme", "basic").await;
+    let providers = Providers::from_config(&config(&w.toml)).unwrap();
+    let url = begin_authorization(
+        &w.db.pool,
+        &w.keyring,
+        &providers.get("acme").unwrap(),
+        Uuid::new_v4(),
+        &w.redirect_uri("acme"),
+        Actor::Api,
+    )
+    .await
+    .unwrap();
+    let back = w.server.consent(url.as_str()).await;
+    // the same configuration without [secrets]: the code could only be kept in plaintext
+    let without_key: String = w
+        .toml
+        .lines()
+        .filter(|l| *l != "[secrets]" && !l.starts_with("master_key ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = config(&without_key);
+    let registry = std::sync::Arc::new(
+        penguin_jobs::jobs::Registry::builtin(
+            &cfg,
+            &penguin_jobs::jobs::Deps::new()
+                .unwrap()
+                .with_pool(w.db.pool.clone()),
+        )
+        .unwrap(),
+    );
+    let state = AppState::new(&cfg, w.db.pool.clone(), registry).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shim = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(serve_on(listener, state, 1 << 20, stop.clone()));
+    let _stop = stop.drop_guard();
+    let answer = reqwest::get(back.replacen(&w.shim, &shim, 1))
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 503);
+    assert_eq!(
+        count(
+            &w.db.pool,
+            "select count(*) from penguin.oauth_states where used_at is null and code_enc is null"
+        )
+        .await,
+        1,
+        "the state is not used up and no code is kept"
+    );
+    assert_eq!(
+        count(
+            &w.db.pool,
+            "select count(*) from penguin.jobs where kind = 'oauth.exchange'"
+        )
+        .await,
+        0
+    );
+    // the configured shim then takes the same callback
+    assert_eq!(reqwest::get(&back).await.unwrap().status().as_u16(), 200);
 }

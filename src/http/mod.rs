@@ -69,6 +69,8 @@ pub struct AppState {
     mailgun_tokens: Arc<Mutex<SeenTokens>>,
     /// Unix seconds now; a function so tests can move the clock.
     clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// Seals the OAuth callback's authorization code; `None` without a master key.
+    keyring: Option<Arc<crate::secrets::Keyring>>,
 }
 
 impl AppState {
@@ -140,6 +142,9 @@ impl AppState {
             pool,
             mailgun_tokens: Arc::new(Mutex::new(SeenTokens::default())),
             clock: Arc::new(|| chrono::Utc::now().timestamp()),
+            keyring: crate::secrets::Keyring::from_config(config)
+                .map_err(|e| HttpError::Key(e.to_string()))?
+                .map(Arc::new),
         })
     }
 

@@ -3,6 +3,7 @@
 //! The `state` must be one `oauth authorize` issued for this provider, unused and less than
 //! ten minutes old; it is used up and the `oauth.exchange` job enqueued in one transaction.
 //! A bad, expired or reused state (or a refused consent) answers 400 and enqueues nothing.
+//! The code is stored encrypted under the master key (no master key: 503, nothing used up).
 //! Must never call the provider here (the exchange is a job), and never echo the code.
 
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use crate::queue::NewJob;
-use crate::queue::credentials::consume_state;
+use crate::queue::credentials::{consume_state, sealed_aad};
 
 /// The kind the callback enqueues.
 pub const EXCHANGE_KIND: &str = "oauth.exchange";
@@ -60,11 +61,27 @@ pub async fn callback(
     if refused.is_none() && code.is_none() {
         return bad();
     }
+    // the code is a credential until redeemed: it is only ever stored encrypted
+    let keyring = state.keyring.clone();
+    if code_kept.is_some() && keyring.is_none() {
+        tracing::error!(provider = %provider, "oauth callback: no master key configured, the code cannot be kept");
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not configured",
+            "This service cannot store connections yet (no master key). Contact its operators.",
+        );
+    }
     let result = consume_state(
         &state.pool,
         &provider,
         &state_hash,
-        code_kept.map(String::as_str),
+        |state_id| match (code_kept, &keyring) {
+            (Some(code), Some(keyring)) => keyring
+                .encrypt(code, &sealed_aad("oauth_states", "code_enc", state_id))
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            _ => Ok(None),
+        },
         |state_id, tenant| {
             code_kept.map(|_| NewJob {
                 tenant_id: Some(tenant),

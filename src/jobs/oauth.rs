@@ -355,7 +355,7 @@ impl Handler for Exchange {
                 .await
                 .map_err(db_error)?
                 .ok_or_else(|| JobError::bad_payload(format!("no oauth state {state_id}")))?;
-            let Some(code) = state.code.clone() else {
+            let Some(code_enc) = state.code_enc.clone() else {
                 return match state.connection_id {
                     Some(c) => Ok(Some(
                         serde_json::json!({ "connection_id": c, "already": true }),
@@ -365,7 +365,6 @@ impl Handler for Exchange {
                     )),
                 };
             };
-            let code = SecretString::from(code);
             let fail = |message: String, class: ErrorClass| {
                 let pool = pool.clone();
                 let state = state.clone();
@@ -417,6 +416,12 @@ impl Handler for Exchange {
                 &sealed_aad("oauth_states", "code_verifier_enc", state.id),
             ) {
                 Ok(v) => v,
+                Err(e) => return fail(e.to_string(), ErrorClass::Configuration).await,
+            };
+            let code = match keyring
+                .decrypt(&code_enc, &sealed_aad("oauth_states", "code_enc", state.id))
+            {
+                Ok(c) => c,
                 Err(e) => return fail(e.to_string(), ErrorClass::Configuration).await,
             };
             let tokens = match oauth::exchange_code(

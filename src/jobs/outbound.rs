@@ -3,7 +3,7 @@
 //! call, then its health and its metrics.
 //!
 //! - Rate limit: tokens are taken from `penguin.rate_limits` a few at a time (one
-//!   statement per lease of up to a tenth of a second's worth) and spent within 250 ms;
+//!   statement per lease of up to a tenth of a second's worth) and spent within a second;
 //!   an empty bucket snoozes the job to when a token will be free: no attempt is spent and
 //!   nothing waits in a loop. The breaker's probe call does not wait for a token.
 //! - Breaker: each daemon reads the provider's row at most once a second. Open: the job is
@@ -39,7 +39,7 @@ use crate::secrets::Keyring;
 /// How often each daemon re-reads a provider's breaker row.
 const BREAKER_REFRESH: Duration = Duration::from_secs(1);
 /// How long leased tokens may be held before they are thrown away.
-const LEASE_TTL: Duration = Duration::from_millis(250);
+const LEASE_TTL: Duration = Duration::from_secs(1);
 /// How often metrics are written.
 const METRICS_FLUSH: Duration = Duration::from_secs(2);
 /// How long a stored key (or its absence) is trusted before `penguin.api_keys` is read again.

@@ -225,29 +225,36 @@ pub async fn insert_state(pool: &PgPool, s: &NewState<'_>, actor: Actor) -> Resu
 }
 
 /// Uses up the state whose hash is `state_hash` for `provider` (unused, unexpired), keeps
-/// `code` on it when given, and enqueues `job(state id, tenant)` in the same transaction.
-/// `None`: no such usable state, and nothing was changed or enqueued.
+/// the code `seal_code(state id)` returns (a ciphertext; `None` when there is no code), and
+/// enqueues `job(state id, tenant)` in the same transaction. `Ok(None)`: no such usable
+/// state, and nothing was changed or enqueued; an error from `seal_code` changes nothing.
 pub async fn consume_state(
     pool: &PgPool,
     provider: &str,
     state_hash: &str,
-    code: Option<&str>,
+    seal_code: impl FnOnce(Uuid) -> Result<Option<String>, String>,
     job: impl FnOnce(Uuid, Uuid) -> Option<NewJob>,
 ) -> Result<Option<Option<i64>>, Error> {
     let mut tx = pool.begin().await?;
     let row: Option<(Uuid, Uuid)> = sqlx::query_as(
-        "update penguin.oauth_states set used_at = now(), code = $3
+        "update penguin.oauth_states set used_at = now()
           where state_hash = $1 and provider = $2 and used_at is null and expires_at > now()
          returning id, tenant_id",
     )
     .bind(state_hash)
     .bind(provider)
-    .bind(code)
     .fetch_optional(&mut *tx)
     .await?;
     let Some((id, tenant)) = row else {
         return Ok(None);
     };
+    if let Some(sealed) = seal_code(id).map_err(Error::Invalid)? {
+        sqlx::query("update penguin.oauth_states set code_enc = $2 where id = $1")
+            .bind(id)
+            .bind(sealed)
+            .execute(&mut *tx)
+            .await?;
+    }
     let job_id = match job(id, tenant) {
         Some(j) => Some(enqueue(&mut *tx, &j).await?),
         None => None,
@@ -264,14 +271,15 @@ pub struct StateRow {
     pub tenant_id: Uuid,
     pub redirect_uri: String,
     pub code_verifier_enc: String,
-    pub code: Option<String>,
+    /// The authorization code, encrypted; cleared once exchanged or failed.
+    pub code_enc: Option<String>,
     pub connection_id: Option<Uuid>,
 }
 
 /// The state `id`.
 pub async fn get_state(pool: &PgPool, id: Uuid) -> Result<Option<StateRow>, Error> {
     Ok(sqlx::query_as(
-        "select id, provider, tenant_id, redirect_uri, code_verifier_enc, code, connection_id
+        "select id, provider, tenant_id, redirect_uri, code_verifier_enc, code_enc, connection_id
            from penguin.oauth_states where id = $1",
     )
     .bind(id)
@@ -286,7 +294,7 @@ pub async fn finish_state<'e>(
     connection_id: Option<Uuid>,
 ) -> Result<(), Error> {
     sqlx::query(
-        "update penguin.oauth_states set code = null, connection_id = coalesce($2, connection_id)
+        "update penguin.oauth_states set code_enc = null, connection_id = coalesce($2, connection_id)
           where id = $1",
     )
     .bind(id)
@@ -856,10 +864,11 @@ pub async fn due_revocations(pool: &PgPool) -> Result<Vec<(Uuid, DateTime<Utc>)>
 
 /// Every secret column: `(table, column)`. Each ciphertext's additional data is
 /// `"<table>.<column>:<row id>"` (see [`sealed_aad`]).
-pub const SEALED_COLUMNS: [(&str, &str); 4] = [
+pub const SEALED_COLUMNS: [(&str, &str); 5] = [
     ("oauth_connections", "access_token_enc"),
     ("oauth_connections", "refresh_token_enc"),
     ("oauth_states", "code_verifier_enc"),
+    ("oauth_states", "code_enc"),
     ("api_keys", "key_enc"),
 ];
 
