@@ -71,6 +71,23 @@ async fn world(provider: &str, auth: &str) -> World {
 }
 
 impl World {
+    /// Starts an authorization for a new tenant and consents: the callback URL the
+    /// provider sends the browser to.
+    async fn consent_as_a_new_tenant(&self, provider: &str) -> String {
+        let providers = Providers::from_config(&config(&self.toml)).unwrap();
+        let url = begin_authorization(
+            &self.db.pool,
+            &self.keyring,
+            &providers.get(provider).unwrap(),
+            Uuid::new_v4(),
+            &self.redirect_uri(provider),
+            Actor::Api,
+        )
+        .await
+        .unwrap();
+        self.server.consent(url.as_str()).await
+    }
+
     fn redirect_uri(&self, provider: &str) -> String {
         format!("{}/oauth/callback/{provider}", self.shim)
     }
@@ -760,18 +777,7 @@ async fn a_disconnected_connection_is_no_longer_refreshed_and_old_states_are_for
 #[tokio::test]
 async fn an_exchange_without_a_master_key_dead_letters_and_forgets_the_code() {
     let w = world("acme", "basic").await;
-    let providers = Providers::from_config(&config(&w.toml)).unwrap();
-    let url = begin_authorization(
-        &w.db.pool,
-        &w.keyring,
-        &providers.get("acme").unwrap(),
-        Uuid::new_v4(),
-        &w.redirect_uri("acme"),
-        Actor::Api,
-    )
-    .await
-    .unwrap();
-    let back = w.server.consent(url.as_str()).await;
+    let back = w.consent_as_a_new_tenant("acme").await;
     assert_eq!(reqwest::get(&back).await.unwrap().status().as_u16(), 200);
     // until it is redeemed, the code is kept only encrypted
     let code = reqwest::Url::parse(&back)
@@ -836,18 +842,7 @@ async fn an_exchange_without_a_master_key_dead_letters_and_forgets_the_code() {
 #[tokio::test]
 async fn a_callback_to_a_shim_without_a_master_key_keeps_nothing_and_leaves_the_state_usable() {
     let w = world("acme", "basic").await;
-    let providers = Providers::from_config(&config(&w.toml)).unwrap();
-    let url = begin_authorization(
-        &w.db.pool,
-        &w.keyring,
-        &providers.get("acme").unwrap(),
-        Uuid::new_v4(),
-        &w.redirect_uri("acme"),
-        Actor::Api,
-    )
-    .await
-    .unwrap();
-    let back = w.server.consent(url.as_str()).await;
+    let back = w.consent_as_a_new_tenant("acme").await;
     // the same configuration without [secrets]: the code could only be kept in plaintext
     let without_key: String = w
         .toml
