@@ -25,9 +25,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, Utc};
-use sqlx::PgPool;
-
 use secrecy::SecretString;
+use sqlx::PgPool;
 
 use super::JobError;
 use crate::config::{CircuitBreakerConfig, Config, RateLimitConfig};
