@@ -528,6 +528,11 @@ pub struct RetentionConfig {
     /// How long dead letters stay before pruning; `"0s"` keeps them forever.
     #[serde(with = "humantime_serde")]
     pub dead_letters: Duration,
+    /// How long stored webhooks (`penguin.inbound_events`) stay; `"0s"` keeps them forever.
+    /// At least 3 days: providers redeliver for that long, and a redelivery is recognised
+    /// by its stored row.
+    #[serde(with = "humantime_serde")]
+    pub inbound_events: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -535,6 +540,7 @@ impl Default for RetentionConfig {
         Self {
             completed: Duration::from_secs(24 * 3600),
             dead_letters: Duration::from_secs(30 * 24 * 3600),
+            inbound_events: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -689,6 +695,14 @@ impl Config {
             ));
         }
         self.providers.validate()?;
+        let inbound = self.retention.inbound_events;
+        if !inbound.is_zero() && inbound < Duration::from_secs(3 * 24 * 3600) {
+            return invalid(
+                "retention.inbound_events must be \"0s\" (keep) or at least 3d: providers redeliver \
+                 webhooks for up to 3 days, and a redelivery is recognised by its stored row"
+                    .into(),
+            );
+        }
         if self.maintenance.prune_batch == 0 || self.maintenance.prune_batch > 100_000 {
             return invalid("maintenance.prune_batch must be between 1 and 100000".into());
         }

@@ -316,6 +316,78 @@ async fn pruning_removes_exactly_what_the_retention_says() {
 }
 
 #[tokio::test]
+async fn stored_webhooks_are_pruned_after_their_retention_and_what_came_from_them_stays() {
+    let db = support::test_db().await;
+    // 3 webhooks received 31 days ago (one of them behind an email event and a
+    // suppression), 2 received yesterday
+    sqlx::query(
+        "insert into penguin.inbound_events (provider, event_id, raw, received_at)
+         select 'mailgun', 'evt_' || g, 'raw',
+                case when g <= 3 then now() - interval '31 days' else now() - interval '1 day' end
+           from generate_series(1, 5) g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into penguin.email_events (provider, event_type, status, recipient, occurred_at, inbound_event_id)
+         select 'mailgun', 'failed', 'bounced', 'ada@example.com', now(), id
+           from penguin.inbound_events where event_id = 'evt_1'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into penguin.suppressions (address, reason, provider, inbound_event_id)
+         select 'ada@example.com', 'hard_bounce', 'mailgun', id
+           from penguin.inbound_events where event_id = 'evt_1'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let pruned = queue::prune_inbound_events(&db.pool, Duration::from_secs(30 * 86_400), 2)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 3);
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.inbound_events").await,
+        2
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.suppressions where address = 'ada@example.com' and inbound_event_id is null"
+        )
+        .await,
+        1,
+        "the suppression stays"
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.email_events where inbound_event_id is null"
+        )
+        .await,
+        1,
+        "the email event stays"
+    );
+    // a retention shorter than providers' redelivery window is refused at start
+    let short = penguin_jobs::config::Config::from_toml(
+        "[retention]\ninbound_events = \"1d\"\n",
+        std::path::Path::new("x"),
+    )
+    .unwrap();
+    assert!(
+        short
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("retention.inbound_events")
+    );
+}
+
+#[tokio::test]
 async fn a_restart_after_downtime_honours_skip_and_catch_up() {
     let db = support::test_db().await;
     let dir = std::env::temp_dir().join(format!(

@@ -1,6 +1,7 @@
-//! `maintenance.prune`: deletes completed and cancelled jobs past `[retention] completed`
-//! and dead letters past `[retention] dead_letters`, in bounded batches. Enqueued by the
-//! built-in `maintenance.prune` schedule.
+//! `maintenance.prune`: deletes completed and cancelled jobs past `[retention] completed`,
+//! dead letters past `[retention] dead_letters` and stored webhooks past
+//! `[retention] inbound_events`, in bounded batches. Enqueued by the built-in
+//! `maintenance.prune` schedule.
 //!
 //! Must never delete a live job or a dead letter younger than its retention.
 
@@ -19,6 +20,7 @@ pub struct Prune {
     pool: Option<PgPool>,
     completed: Duration,
     dead_letters: Option<Duration>,
+    inbound_events: Option<Duration>,
     batch: i64,
 }
 
@@ -29,6 +31,7 @@ impl Prune {
             pool,
             completed: config.retention.completed,
             dead_letters: (!dead.is_zero()).then_some(dead),
+            inbound_events: Some(config.retention.inbound_events).filter(|d| !d.is_zero()),
             batch: i64::from(config.maintenance.prune_batch),
         }
     }
@@ -70,24 +73,33 @@ impl Handler for Prune {
                     status: None,
                 });
             };
+            let failed = |e: queue::Error| JobError::Retryable {
+                class: ErrorClass::Api,
+                message: e.to_string(),
+                status: None,
+                not_before: None,
+            };
             let pruned = queue::prune(&pool, this.completed, this.dead_letters, this.batch)
                 .await
-                .map_err(|e| JobError::Retryable {
-                    class: ErrorClass::Api,
-                    message: e.to_string(),
-                    status: None,
-                    not_before: None,
-                })?;
-            if pruned.jobs + pruned.dead_letters > 0 {
+                .map_err(failed)?;
+            let inbound = match this.inbound_events {
+                Some(age) => queue::prune_inbound_events(&pool, age, this.batch)
+                    .await
+                    .map_err(failed)?,
+                None => 0,
+            };
+            if pruned.jobs + pruned.dead_letters + inbound > 0 {
                 tracing::info!(
                     jobs = pruned.jobs,
                     dead_letters = pruned.dead_letters,
+                    inbound_events = inbound,
                     "pruned"
                 );
             }
             Ok(Some(serde_json::json!({
                 "jobs": pruned.jobs,
                 "dead_letters": pruned.dead_letters,
+                "inbound_events": inbound,
             })))
         })
     }

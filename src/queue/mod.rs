@@ -28,7 +28,7 @@ pub use claim::{
 pub use enqueue::{Enqueued, NewJob, enqueue, enqueue_many, enqueue_many_reporting};
 pub use inbound::{NewInboundEvent, store_inbound};
 pub use outcome::{DeadReason, ErrorEntry, FlushCounts, Outcome, write_outcomes};
-pub use prune::{Pruned, prune};
+pub use prune::{Pruned, prune, prune_inbound_events};
 pub use rescue::{RescueCounts, rescue_expired};
 
 /// The channel idle workers LISTEN on; the payload is a comma-separated list of queues.

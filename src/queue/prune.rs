@@ -1,5 +1,5 @@
-//! Pruning: deletes finished jobs and dead letters past their retention, in bounded
-//! batches (one short statement each) so a prune never holds locks for long.
+//! Pruning: deletes finished jobs, dead letters and stored webhooks past their retention,
+//! in bounded batches (one short statement each) so a prune never holds locks for long.
 //!
 //! Must never touch a live job: only `completed` and `cancelled` rows are pruned.
 
@@ -68,4 +68,33 @@ pub async fn prune(
         }
     }
     Ok(pruned)
+}
+
+/// Deletes stored webhooks (`penguin.inbound_events`) received more than `older_than` ago,
+/// at most `batch` per statement, until none is left; returns how many. Email events and
+/// suppressions that came from them keep their data (their reference becomes null).
+pub async fn prune_inbound_events(
+    pool: &PgPool,
+    older_than: Duration,
+    batch: i64,
+) -> Result<u64, Error> {
+    let mut pruned = 0;
+    loop {
+        let n = sqlx::query(
+            "delete from penguin.inbound_events where id in (
+                 select id from penguin.inbound_events
+                  where received_at < now() - make_interval(secs => $1)
+                  limit $2
+                  for update skip locked)",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(batch)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        pruned += n;
+        if n < batch as u64 {
+            return Ok(pruned);
+        }
+    }
 }
