@@ -25,49 +25,37 @@ pub async fn prune(
     dead_letters_older_than: Option<Duration>,
     batch: i64,
 ) -> Result<Pruned, Error> {
-    let mut pruned = Pruned::default();
-    loop {
-        let n = sqlx::query(
-            "delete from penguin.jobs where id in (
-                 select id from penguin.jobs
-                  where state in ('completed', 'cancelled')
-                    and finished_at < now() - make_interval(secs => $1)
-                  order by id
-                  limit $2
-                  for update skip locked)",
-        )
-        .bind(jobs_older_than.as_secs_f64())
-        .bind(batch)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        pruned.jobs += n;
-        if n < batch as u64 {
-            break;
-        }
-    }
-    if let Some(age) = dead_letters_older_than {
-        loop {
-            let n = sqlx::query(
+    let jobs = delete_in_batches(
+        pool,
+        "delete from penguin.jobs where id in (
+             select id from penguin.jobs
+              where state in ('completed', 'cancelled')
+                and finished_at < now() - make_interval(secs => $1)
+              order by id
+              limit $2
+              for update skip locked)",
+        jobs_older_than,
+        batch,
+    )
+    .await?;
+    let dead_letters = match dead_letters_older_than {
+        Some(age) => {
+            delete_in_batches(
+                pool,
                 "delete from penguin.dead_letters where id in (
                      select id from penguin.dead_letters
                       where dead_at < now() - make_interval(secs => $1)
                       order by dead_at
                       limit $2
                       for update skip locked)",
+                age,
+                batch,
             )
-            .bind(age.as_secs_f64())
-            .bind(batch)
-            .execute(pool)
             .await?
-            .rows_affected();
-            pruned.dead_letters += n;
-            if n < batch as u64 {
-                break;
-            }
         }
-    }
-    Ok(pruned)
+        None => 0,
+    };
+    Ok(Pruned { jobs, dead_letters })
 }
 
 /// Deletes stored webhooks (`penguin.inbound_events`) received more than `older_than` ago,
@@ -78,23 +66,38 @@ pub async fn prune_inbound_events(
     older_than: Duration,
     batch: i64,
 ) -> Result<u64, Error> {
-    let mut pruned = 0;
+    delete_in_batches(
+        pool,
+        "delete from penguin.inbound_events where id in (
+             select id from penguin.inbound_events
+              where received_at < now() - make_interval(secs => $1)
+              limit $2
+              for update skip locked)",
+        older_than,
+        batch,
+    )
+    .await
+}
+
+/// Runs `sql` (`$1` an age in seconds, `$2` the batch size) until a statement deletes
+/// fewer than `batch` rows; returns how many were deleted in all.
+async fn delete_in_batches(
+    pool: &PgPool,
+    sql: &str,
+    age: Duration,
+    batch: i64,
+) -> Result<u64, Error> {
+    let mut deleted = 0;
     loop {
-        let n = sqlx::query(
-            "delete from penguin.inbound_events where id in (
-                 select id from penguin.inbound_events
-                  where received_at < now() - make_interval(secs => $1)
-                  limit $2
-                  for update skip locked)",
-        )
-        .bind(older_than.as_secs_f64())
-        .bind(batch)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        pruned += n;
+        let n = sqlx::query(sql)
+            .bind(age.as_secs_f64())
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        deleted += n;
         if n < batch as u64 {
-            return Ok(pruned);
+            return Ok(deleted);
         }
     }
 }
