@@ -1,4 +1,5 @@
-//! Webhook ingest benchmark: `cargo bench --bench shim` (`-- --runs N --seconds S`).
+//! Webhook ingest benchmark: `cargo bench --bench shim` (`-- --runs N --seconds S
+//! --connections 64`).
 //!
 //! Starts its own durable PostgreSQL cluster under /tmp and the real `penguin-jobs run
 //! --no-workers` binary (the shim alone), then drives `POST /webhooks/stripe` with wrk
@@ -144,7 +145,14 @@ async fn main() {
         .expect("start PostgreSQL");
 
     let mut results = serde_json::Map::new();
+    let only: Option<usize> = std::env::args()
+        .skip_while(|a| a != "--connections")
+        .nth(1)
+        .and_then(|v| v.parse().ok());
     for conns in [64usize, 256] {
+        if only.is_some_and(|o| o != conns) {
+            continue;
+        }
         let (mut rps_runs, mut p50_runs, mut p99_runs, mut lost_runs) =
             (vec![], vec![], vec![], vec![]);
         // run 0 warms the cluster and the page cache up and is not reported
