@@ -1101,3 +1101,39 @@ async fn sends_recorded_together_never_hide_a_webhook_status_and_never_collide()
     assert_eq!(checks[0].already_sent.as_deref(), Some("m2"));
     assert_eq!(checks[1].already_sent, None);
 }
+
+#[tokio::test]
+async fn a_job_snoozed_by_the_rate_limit_runs_when_a_token_is_free_not_at_the_next_poll() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    // polling every 30 s: only the claimer's own wake-up can run the snoozed job sooner
+    let toml = toml(
+        &fake,
+        &dir,
+        "[providers.sendgrid.rate_limit]\nper_second = 2\nburst = 1\n",
+    )
+    .replace("poll_interval = \"50ms\"", "poll_interval = \"30s\"");
+    let rt = start_runtime(&db.pool, &toml).await;
+    let started = Instant::now();
+    let first = enqueue(&db.pool, "sendgrid.send", email()).await;
+    let second = enqueue(&db.pool, "sendgrid.send", email()).await;
+    let third = enqueue(&db.pool, "sendgrid.send", email()).await;
+    for id in [first, second, third] {
+        wait_state(&db.pool, id, "completed").await;
+    }
+    let took = started.elapsed();
+    rt.stop().await;
+    assert!(
+        took < Duration::from_secs(10),
+        "three sends at 2/s took {took:?}: snoozed jobs waited for the 30 s poll"
+    );
+    let times: Vec<Instant> = fake.requests().iter().map(|r| r.at).collect();
+    assert_eq!(times.len(), 3);
+    assert!(
+        times[2] - times[0] >= Duration::from_millis(900),
+        "the limit held"
+    );
+    for id in [first, second, third] {
+        assert_eq!(queue::get_job(&db.pool, id).await.unwrap().attempt, 1);
+    }
+}

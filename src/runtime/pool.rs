@@ -77,6 +77,10 @@ pub struct Shared {
     room: Semaphore,
     /// Rung by the LISTEN task when jobs arrive in this queue.
     pub wake: Arc<Notify>,
+    /// The earliest `run_at` this pool wrote back (a snooze or a quick retry) that comes
+    /// before the next poll: an idle claimer wakes for it instead of waiting a whole poll
+    /// interval (NOTIFY only announces inserts).
+    due: Mutex<Option<tokio::time::Instant>>,
     stop_claiming: CancellationToken,
     stop_background: CancellationToken,
     claimer: Mutex<Option<JoinHandle<()>>>,
@@ -170,6 +174,7 @@ pub fn start(
         held: Mutex::new(HashSet::new()),
         room: Semaphore::new(settings.max_held()),
         wake: Arc::new(Notify::new()),
+        due: Mutex::new(None),
         stop_claiming: CancellationToken::new(),
         stop_background: CancellationToken::new(),
         claimer: Mutex::new(None),
@@ -295,11 +300,22 @@ async fn claimer(shared: Arc<Shared>, jobs: mpsc::Sender<JobTask>) {
                 }
                 continue;
             }
+            let now = tokio::time::Instant::now();
+            let poll = now + s.poll_interval;
+            let due = {
+                let mut due = shared.due.lock().expect("due lock");
+                if due.is_some_and(|d| d <= now) {
+                    *due = None;
+                }
+                *due
+            };
             tokio::select! {
                 () = shared.wake.notified() => {}
-                () = tokio::time::sleep(s.poll_interval) => {
-                    // refresh the mark, so maintenance can tell live idle workers from dead ones
-                    let _ = queue::mark_idle(&shared.pool, &shared.worker, &s.queue).await;
+                () = tokio::time::sleep_until(due.map_or(poll, |d| d.min(poll))) => {
+                    if due.is_none_or(|d| d >= poll) {
+                        // refresh the mark, so maintenance can tell live idle workers from dead ones
+                        let _ = queue::mark_idle(&shared.pool, &shared.worker, &s.queue).await;
+                    }
                 }
                 () = shared.stop_claiming.cancelled() => break,
             }
@@ -349,6 +365,7 @@ async fn flusher(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiver<Flus
             batch.sort_unstable_by_key(|(id, _)| *id);
             write_with_retries(&shared, &batch).await;
             shared.unhold(batch.iter().map(|(id, _)| *id));
+            note_soon_due(&shared, &batch);
             batch.clear();
         }
         // every outcome sent before a barrier was received before it, so is written now
@@ -356,6 +373,35 @@ async fn flusher(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiver<Flus
             let _ = b.send(());
         }
     }
+}
+
+/// Remembers the earliest snooze or retry of `batch` due before the next poll, and wakes
+/// the claimer so it sleeps until then rather than a whole poll interval.
+fn note_soon_due(shared: &Shared, batch: &[(i64, Outcome)]) {
+    let now = Utc::now();
+    let earliest = batch
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Outcome::Retry { run_at, .. } | Outcome::Snooze { run_at } => Some(*run_at),
+            _ => None,
+        })
+        .min();
+    let Some(run_at) = earliest else { return };
+    let wait = (run_at - now).to_std().unwrap_or_default();
+    if wait >= shared.settings.poll_interval {
+        return;
+    }
+    // a few milliseconds late rather than early: claim only finds jobs whose run_at passed
+    let at = tokio::time::Instant::now() + wait + Duration::from_millis(5);
+    {
+        // a due time already passed is spent: it must not hide this later one
+        let mut due = shared.due.lock().expect("due lock");
+        *due = Some(match *due {
+            Some(d) if d > tokio::time::Instant::now() => d.min(at),
+            _ => at,
+        });
+    }
+    shared.wake.notify_one();
 }
 
 async fn write_with_retries(shared: &Shared, batch: &[(i64, Outcome)]) {
