@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Daemon, fresh_database, median};
+use common::{Daemon, arg, fresh_database, median};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -252,15 +252,8 @@ async fn run_once(
 
 #[tokio::main]
 async fn main() {
-    let arg = |name: &str, default: u64| -> u64 {
-        std::env::args()
-            .skip_while(|a| a != name)
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let runs = arg("--runs", 3) as usize;
-    let jobs = arg("--jobs", 40_000) as usize;
+    let runs: usize = arg("--runs").unwrap_or(3);
+    let jobs: usize = arg("--jobs").unwrap_or(40_000);
     let dir = PathBuf::from(format!(
         "/tmp/penguin-jobs-providers-bench-{}",
         std::process::id()
@@ -286,7 +279,7 @@ async fn main() {
             (jobs / 4).max(1000),
         ),
     ];
-    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let only: Option<String> = arg("--only");
     let mut results = serde_json::Map::new();
     for (name, delay, limit, n) in settings {
         if only.as_deref().is_some_and(|o| o != name) {

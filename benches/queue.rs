@@ -307,11 +307,7 @@ async fn fresh_database(cluster: &EmbeddedPostgres, name: &str) -> (PgPool, Stri
 
 #[tokio::main]
 async fn main() {
-    let runs: usize = std::env::args()
-        .skip_while(|a| a != "--runs")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let runs: usize = common::arg("--runs").unwrap_or(3);
     let dir = PathBuf::from(format!("/tmp/penguin-jobs-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("jobs.toml"), DAEMON_CONFIG).unwrap();

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, fresh_database, median};
+use common::{Daemon, arg, fresh_database, median};
 use hmac::{Hmac, Mac};
 use penguin_jobs::embedded_pg::EmbeddedPostgres;
 use serde_json::json;
@@ -120,15 +120,8 @@ fn parse_wrk(out: &str) -> (f64, f64, f64, u64, u64) {
 
 #[tokio::main]
 async fn main() {
-    let arg = |name: &str, default: u64| -> u64 {
-        std::env::args()
-            .skip_while(|a| a != name)
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let runs = arg("--runs", 3) as usize;
-    let seconds = arg("--seconds", 10);
+    let runs: usize = arg("--runs").unwrap_or(3);
+    let seconds: u64 = arg("--seconds").unwrap_or(10);
     if Command::new("wrk").arg("--version").output().is_err() {
         eprintln!("wrk is not installed: apt-get install wrk");
         std::process::exit(2);
@@ -145,10 +138,7 @@ async fn main() {
         .expect("start PostgreSQL");
 
     let mut results = serde_json::Map::new();
-    let only: Option<usize> = std::env::args()
-        .skip_while(|a| a != "--connections")
-        .nth(1)
-        .and_then(|v| v.parse().ok());
+    let only: Option<usize> = arg("--connections");
     for conns in [64usize, 256] {
         if only.is_some_and(|o| o != conns) {
             continue;

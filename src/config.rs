@@ -296,6 +296,24 @@ pub struct PosthogConfig {
 }
 
 impl ProvidersConfig {
+    /// `(provider, rate limit, breaker)` of every configured provider table.
+    pub fn limits(&self) -> Vec<(&'static str, Option<RateLimitConfig>, CircuitBreakerConfig)> {
+        let mut limits = Vec::new();
+        if let Some(c) = &self.mailgun {
+            limits.push(("mailgun", c.rate_limit, c.circuit_breaker));
+        }
+        if let Some(c) = &self.sendgrid {
+            limits.push(("sendgrid", c.rate_limit, c.circuit_breaker));
+        }
+        if let Some(c) = &self.stripe {
+            limits.push(("stripe", c.rate_limit, c.circuit_breaker));
+        }
+        if let Some(c) = &self.posthog {
+            limits.push(("posthog", c.rate_limit, c.circuit_breaker));
+        }
+        limits
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let secret = |key: &str, v: &Option<String>| -> Result<(), ConfigError> {
@@ -319,19 +337,16 @@ impl ProvidersConfig {
                 None => Ok(()),
             }
         };
-        let limits = |key: &str,
-                      r: &Option<RateLimitConfig>,
-                      c: &CircuitBreakerConfig|
-         -> Result<(), ConfigError> {
-            if let Some(r) = r {
-                r.validate(key)?;
+        for (provider, rate_limit, breaker) in self.limits() {
+            let key = format!("providers.{provider}");
+            if let Some(r) = rate_limit {
+                r.validate(&key)?;
             }
-            c.validate(key)
-        };
+            breaker.validate(&key)?;
+        }
         if let Some(m) = &self.mailgun {
             secret("providers.mailgun.api_key", &m.api_key)?;
             url("providers.mailgun.base_url", &m.base_url)?;
-            limits("providers.mailgun", &m.rate_limit, &m.circuit_breaker)?;
             if m.api_key.is_some() && m.domain.as_deref().is_none_or(str::is_empty) {
                 return invalid(
                     "providers.mailgun.domain is needed to send (mg.example.com)".into(),
@@ -346,12 +361,10 @@ impl ProvidersConfig {
         if let Some(s) = &self.sendgrid {
             secret("providers.sendgrid.api_key", &s.api_key)?;
             url("providers.sendgrid.base_url", &s.base_url)?;
-            limits("providers.sendgrid", &s.rate_limit, &s.circuit_breaker)?;
         }
         if let Some(s) = &self.stripe {
             secret("providers.stripe.secret_key", &s.secret_key)?;
             url("providers.stripe.base_url", &s.base_url)?;
-            limits("providers.stripe", &s.rate_limit, &s.circuit_breaker)?;
             if let Some(f) = s.application_fee_percent
                 && !(0.0..=100.0).contains(&f)
             {
@@ -363,7 +376,6 @@ impl ProvidersConfig {
         if let Some(p) = &self.posthog {
             secret("providers.posthog.api_key", &p.api_key)?;
             url("providers.posthog.host", &p.host)?;
-            limits("providers.posthog", &p.rate_limit, &p.circuit_breaker)?;
         }
         Ok(())
     }

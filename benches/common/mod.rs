@@ -1,4 +1,4 @@
-//! Shared by the benchmarks (`mod common;`): medians, a fresh database per run on the
+//! Shared by the benchmarks (`mod common;`): command-line options, medians, a fresh database per run on the
 //! benchmark's own cluster, and a daemon process that is stopped (SIGTERM) when dropped.
 
 #![allow(dead_code)]
@@ -8,6 +8,14 @@ use std::process::{Child, Command};
 use penguin_jobs::embedded_pg::EmbeddedPostgres;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+
+/// The value after `--name` on the command line, if any.
+pub fn arg<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::args()
+        .skip_while(|a| a != name)
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+}
 
 /// The median of `values` (the upper one of an even count).
 pub fn median(values: &[f64]) -> f64 {

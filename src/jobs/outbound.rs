@@ -54,45 +54,20 @@ pub struct ProviderLimits {
 impl ProviderLimits {
     /// The limits of every configured provider.
     pub fn from_config(config: &Config) -> HashMap<&'static str, ProviderLimits> {
-        let p = &config.providers;
-        let mut map = HashMap::new();
-        if let Some(c) = &p.mailgun {
-            map.insert(
-                "mailgun",
-                ProviderLimits {
-                    rate_limit: c.rate_limit,
-                    breaker: c.circuit_breaker,
-                },
-            );
-        }
-        if let Some(c) = &p.sendgrid {
-            map.insert(
-                "sendgrid",
-                ProviderLimits {
-                    rate_limit: c.rate_limit,
-                    breaker: c.circuit_breaker,
-                },
-            );
-        }
-        if let Some(c) = &p.stripe {
-            map.insert(
-                "stripe",
-                ProviderLimits {
-                    rate_limit: c.rate_limit,
-                    breaker: c.circuit_breaker,
-                },
-            );
-        }
-        if let Some(c) = &p.posthog {
-            map.insert(
-                "posthog",
-                ProviderLimits {
-                    rate_limit: c.rate_limit,
-                    breaker: c.circuit_breaker,
-                },
-            );
-        }
-        map
+        config
+            .providers
+            .limits()
+            .into_iter()
+            .map(|(provider, rate_limit, breaker)| {
+                (
+                    provider,
+                    ProviderLimits {
+                        rate_limit,
+                        breaker,
+                    },
+                )
+            })
+            .collect()
     }
 }
 

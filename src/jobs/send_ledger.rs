@@ -30,7 +30,7 @@ pub struct SendLedger {
 }
 
 impl SendLedger {
-    /// [`crate::queue::email::check_send`], batched with concurrent checks.
+    /// [`crate::queue::email::check_sends`] for one job, batched with concurrent checks.
     pub async fn check(
         &self,
         pool: &PgPool,

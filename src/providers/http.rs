@@ -130,6 +130,22 @@ impl Answer {
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
     }
+
+    /// This non-success answer, classified: the provider's own words (`provider_message`
+    /// reads them from a JSON body; otherwise the body's text) with `key` masked.
+    pub fn error(
+        &self,
+        key: &secrecy::SecretString,
+        provider_message: impl FnOnce(&serde_json::Value) -> Option<String>,
+    ) -> CallError {
+        let message = self
+            .json()
+            .as_ref()
+            .and_then(provider_message)
+            .or_else(|| String::from_utf8(self.body.clone()).ok())
+            .map(|m| super::redact(&m, key));
+        error_from_answer(self.status, &self.headers, message, Utc::now())
+    }
 }
 
 /// Sends `request` and reads its answer (a transport failure is classified).

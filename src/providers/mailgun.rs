@@ -6,12 +6,11 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::SecretSource;
 use super::email::Email;
-use super::http::{CallError, error_from_answer, exchange};
+use super::http::{CallError, exchange};
 use crate::config::{MailgunConfig, MailgunRegion};
 
 /// The API root of each region.
@@ -126,17 +125,9 @@ impl Mailgun {
             .timeout(timeout);
         let answer = exchange(request, 64 * 1024).await?;
         if answer.status != 200 {
-            let message = answer
-                .json()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
-                .or_else(|| String::from_utf8(answer.body.clone()).ok())
-                .map(|m| super::redact(&m, key));
-            return Err(error_from_answer(
-                answer.status,
-                &answer.headers,
-                message,
-                Utc::now(),
-            ));
+            return Err(answer.error(key, |v| {
+                v.get("message").and_then(|m| m.as_str()).map(String::from)
+            }));
         }
         let id = answer
             .json()

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::SecretSource;
-use super::http::{CallError, error_from_answer, exchange};
+use super::http::{CallError, exchange};
 use crate::config::PosthogConfig;
 
 pub const DEFAULT_HOST: &str = "https://us.i.posthog.com";
@@ -110,22 +110,12 @@ impl Posthog {
         if (200..300).contains(&answer.status) {
             return Ok(());
         }
-        let message = answer
-            .json()
-            .and_then(|v| {
-                v.get("detail")
-                    .or_else(|| v.get("error"))
-                    .and_then(|m| m.as_str())
-                    .map(String::from)
-            })
-            .or_else(|| String::from_utf8(answer.body.clone()).ok())
-            .map(|m| super::redact(&m, key));
-        Err(error_from_answer(
-            answer.status,
-            &answer.headers,
-            message,
-            Utc::now(),
-        ))
+        Err(answer.error(key, |v| {
+            v.get("detail")
+                .or_else(|| v.get("error"))
+                .and_then(|m| m.as_str())
+                .map(String::from)
+        }))
     }
 }
 

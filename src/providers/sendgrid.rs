@@ -6,13 +6,12 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::SecretSource;
 use super::email::{Email, bare_address};
-use super::http::{CallError, error_from_answer, exchange};
+use super::http::{CallError, exchange};
 use super::mailgun::unexpected_answer;
 use crate::config::SendgridConfig;
 
@@ -148,30 +147,21 @@ impl Sendgrid {
                     unexpected_answer("SendGrid accepted the message without an X-Message-Id")
                 });
         }
-        let message = answer
-            .json()
-            .and_then(|v| {
-                let errors = v.get("errors")?.as_array()?;
-                let texts: Vec<String> = errors
-                    .iter()
-                    .filter_map(|e| {
-                        let m = e.get("message")?.as_str()?;
-                        Some(match e.get("field").and_then(|f| f.as_str()) {
-                            Some(f) => format!("{f}: {m}"),
-                            None => m.to_string(),
-                        })
+        Err(answer.error(key, |v| {
+            let texts: Vec<String> = v
+                .get("errors")?
+                .as_array()?
+                .iter()
+                .filter_map(|e| {
+                    let m = e.get("message")?.as_str()?;
+                    Some(match e.get("field").and_then(|f| f.as_str()) {
+                        Some(f) => format!("{f}: {m}"),
+                        None => m.to_string(),
                     })
-                    .collect();
-                (!texts.is_empty()).then(|| texts.join("; "))
-            })
-            .or_else(|| String::from_utf8(answer.body.clone()).ok())
-            .map(|m| super::redact(&m, key));
-        Err(error_from_answer(
-            answer.status,
-            &answer.headers,
-            message,
-            Utc::now(),
-        ))
+                })
+                .collect();
+            (!texts.is_empty()).then(|| texts.join("; "))
+        }))
     }
 }
 

@@ -258,18 +258,9 @@ pub struct SendCheck {
     pub suppressed: Vec<String>,
 }
 
-/// One statement: was job `job_id`'s message already accepted (a retry after the provider
-/// answered), and which of `recipients` (lowercased addresses) are suppressed.
-pub async fn check_send(
-    pool: &PgPool,
-    job_id: i64,
-    recipients: &[String],
-) -> Result<SendCheck, Error> {
-    let mut checks = check_sends(pool, &[(job_id, recipients.to_vec())]).await?;
-    Ok(checks.pop().unwrap_or_default())
-}
-
-/// [`check_send`] for many jobs in one statement; answers in input order.
+/// One statement for many send jobs `(job id, lowercased recipients)`: was each job's
+/// message already accepted (a retry after the provider answered), and which of its
+/// recipients are suppressed; answers in input order.
 pub async fn check_sends(
     pool: &PgPool,
     jobs: &[(i64, Vec<String>)],
