@@ -16,4 +16,5 @@ pub mod runtime;
 pub mod scheduler;
 pub mod secrets;
 pub mod telemetry;
+pub mod text;
 pub mod webhooks;

@@ -601,3 +601,212 @@ async fn a_stored_stripe_event_is_processed_end_to_end() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_job_with_text_the_database_cannot_store_is_refused_with_422_naming_the_field() {
+    let db = support::test_db().await;
+    let shim = start(&db.pool, db.pool.clone()).await;
+    // `\u0000` inside JSON is a NUL, which neither jsonb nor text can hold
+    for (body, names) in [
+        (
+            r#"{"kind": "noop", "payload": {"note": "a\u0000b"}}"#,
+            "payload: $.note ",
+        ),
+        (
+            r#"{"kind": "noop", "payload": {"a": [1, {"k\u0000": true}]}}"#,
+            "payload: $.a[1].k\u{fffd} ",
+        ),
+        (
+            r#"{"kind": "noop", "payload": {}, "unique_key": "once\u0000"}"#,
+            "unique_key ",
+        ),
+        (
+            r#"{"kind": "noop", "payload": {}, "queue": "default\u0000"}"#,
+            "queue ",
+        ),
+        (r#"{"kind": "noop\u0000", "payload": {}}"#, "kind "),
+    ] {
+        let (status, answer) = shim.post_job(Some(TOKEN), body).await;
+        assert_eq!(status, 422, "{body}: {answer}");
+        let message = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(names) && message.contains("NUL"),
+            "{body}: {answer}"
+        );
+    }
+    // values out of the columns' ranges, or too long for their index
+    let long_key = format!(
+        r#"{{"kind": "noop", "payload": {{}}, "unique_key": "{}"}}"#,
+        "k".repeat(3000)
+    );
+    for body in [
+        r#"{"kind": "noop", "payload": {}, "priority": 40000}"#,
+        r#"{"kind": "noop", "payload": {}, "max_attempts": 3000000000}"#,
+        r#"{"kind": "noop", "payload": {}, "run_at": "-5000-01-01T00:00:00Z"}"#,
+        r#"{"kind": "noop", "payload": {}, "run_at": "+200000-01-01T00:00:00Z"}"#,
+        r#"{"kind": "noop", "payload": {}, "run_at": "0000-01-01T00:00:00Z"}"#,
+        long_key.as_str(),
+    ] {
+        let (status, answer) = shim.post_job(Some(TOKEN), body).await;
+        assert_eq!(status, 422, "{}: {answer}", &body[..body.len().min(120)]);
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+    assert_eq!(
+        count(&db.pool, "select count(*) from penguin.jobs").await,
+        0
+    );
+    // the largest values the columns hold are taken
+    let (status, answer) = shim
+        .post_job(
+            Some(TOKEN),
+            r#"{"kind": "noop", "payload": {"note": "\ufffd"}, "priority": 32767, "max_attempts": 2147483647, "run_at": "9999-12-31T23:59:59Z"}"#,
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+}
+
+/// SendGrid's signature headers for `body`.
+fn sendgrid_headers(shim: &Shim, body: &[u8]) -> [(&'static str, String); 2] {
+    let ts = shim.now().to_string();
+    let mut signed = ts.clone().into_bytes();
+    signed.extend_from_slice(body);
+    let signature: p256::ecdsa::Signature = shim.sendgrid_key.sign(&signed);
+    use base64::Engine;
+    let sig = base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes());
+    [
+        ("x-twilio-email-event-webhook-signature", sig),
+        ("x-twilio-email-event-webhook-timestamp", ts),
+    ]
+}
+
+/// Runs one attempt of every job of `kind`, as a worker would; each must complete.
+async fn process_all(pool: &sqlx::PgPool, kind: &str) {
+    let registry = penguin_jobs::jobs::Registry::builtin(
+        &config(""),
+        &penguin_jobs::jobs::Deps::new()
+            .unwrap()
+            .with_pool(pool.clone()),
+    )
+    .unwrap();
+    let jobs: Vec<(i64, Value)> =
+        sqlx::query_as("select id, payload from penguin.jobs where kind = $1 order by id")
+            .bind(kind)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert!(!jobs.is_empty(), "no {kind} job");
+    for (id, payload) in jobs {
+        let now = chrono::Utc::now();
+        let job = penguin_jobs::queue::ClaimedJob {
+            id,
+            kind: kind.into(),
+            payload,
+            attempt: 1,
+            max_attempts: 10,
+            priority: 0,
+            run_at: now,
+            tenant_id: None,
+            created_at: now,
+        };
+        let outcome = penguin_jobs::runtime::run_attempt(&registry, job, false).await;
+        assert!(
+            matches!(outcome, penguin_jobs::queue::Outcome::Completed { .. }),
+            "{kind} job {id}: {outcome:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_signed_webhook_with_nul_in_its_text_is_stored_and_processed() {
+    let db = support::test_db().await;
+    let shim = start(&db.pool, db.pool.clone()).await;
+
+    // a bounce reason is written by a remote mail server: it can hold anything
+    let body = br#"[{"email": "ada@example.com", "timestamp": 1700000000, "event": "bounce", "type": "bounce", "reason": "550 user\u0000unknown", "sg_event_id": "sg-nul\u0000", "sg_message_id": "m1.filter", "campaignId": "cmp_42", "recipientId": "r\u0000"},
+        {"email": "bob@example.com", "timestamp": 1700000001, "event": "delivered", "sg_event_id": "sg-ok", "sg_message_id": "m2.filter", "campaignId": "cmp_42"}]"#;
+    let (status, answer) = shim
+        .post_webhook("sendgrid", &sendgrid_headers(&shim, body), body)
+        .await;
+    assert_eq!(
+        (status, answer),
+        (200, json!({"stored": 2, "duplicates": 0}))
+    );
+
+    let ts = shim.now();
+    let token = "f00df00df00df00df00df00df00df00df00df00df00df00d00";
+    let mailgun = format!(
+        r#"{{"signature": {{"timestamp": "{ts}", "token": "{token}", "signature": "{}"}},
+            "event-data": {{"id": "mg-nul", "event": "failed", "severity": "permanent", "reason": "bounce",
+                            "recipient": "carol@example.com", "timestamp": {ts},
+                            "delivery-status": {{"message": "mailbox \u0000 gone", "code": 550}},
+                            "user-variables": {{"campaign-id": "cmp_42"}}}}}}"#,
+        hmac_hex(MAILGUN_KEY.as_bytes(), format!("{ts}{token}").as_bytes())
+    );
+    assert_eq!(
+        shim.post_webhook("mailgun", &[], mailgun.as_bytes())
+            .await
+            .0,
+        200
+    );
+
+    let stripe = br#"{"id": "evt_nul", "object": "event", "type": "payment_intent.payment_failed", "created": 1700000000,
+        "data": {"object": {"id": "pi_nul", "object": "payment_intent", "amount": 4200, "currency": "usd",
+                            "last_payment_error": {"message": "declined\u0000", "code": "card_declined"}}}}"#;
+    let sig = stripe_signature(shim.now(), stripe);
+    assert_eq!(
+        shim.post_webhook("stripe", &[("stripe-signature", sig)], stripe)
+            .await
+            .0,
+        200
+    );
+
+    // stored as received (raw) and as a storable copy (NUL replaced)
+    let raw: Vec<u8> = sqlx::query_scalar(
+        "select raw from penguin.inbound_events where event_id = 'sg-nul\u{fffd}'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(raw.windows(6).any(|w| w == br"\u0000"));
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.inbound_events
+              where payload->>'reason' = E'550 user\\uFFFDunknown'
+                 or payload#>>'{delivery-status,message}' = E'mailbox \\uFFFD gone'
+                 or payload#>>'{data,object,last_payment_error,message}' = E'declined\\uFFFD'"
+        )
+        .await,
+        3
+    );
+
+    for kind in ["sendgrid.event", "mailgun.event", "stripe.event"] {
+        process_all(&db.pool, kind).await;
+    }
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.email_events
+              where recipient in ('ada@example.com', 'bob@example.com', 'carol@example.com')"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.suppressions where address in ('ada@example.com', 'carol@example.com')"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.payments where id = 'pi_nul' and status = 'failed'
+                and last_error = E'declined\\uFFFD'"
+        )
+        .await,
+        1
+    );
+}

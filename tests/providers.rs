@@ -1137,3 +1137,80 @@ async fn a_job_snoozed_by_the_rate_limit_runs_when_a_token_is_free_not_at_the_ne
         assert_eq!(queue::get_job(&db.pool, id).await.unwrap().attempt, 1);
     }
 }
+
+/// Every error entry of `errors` (a job's or a dead letter's): storable, and short.
+fn assert_clean_errors(errors: &Value, expected: usize) -> Vec<String> {
+    let entries = errors.as_array().expect("errors is an array");
+    assert_eq!(entries.len(), expected, "{errors}");
+    entries
+        .iter()
+        .map(|e| {
+            let message = e["message"].as_str().expect("a message").to_string();
+            assert!(!message.contains('\0'), "{message:?}");
+            assert!(message.len() <= 600, "{} bytes", message.len());
+            assert_eq!(e["class"], "api", "{e}");
+            assert_eq!(e["status"], 500, "{e}");
+            message
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_provider_answering_nul_bytes_or_megabytes_is_retried_with_clean_short_errors() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    // Mailgun: a JSON `\u0000`, a raw NUL and invalid UTF-8, then 1 MB; then it recovers
+    fake.push("/v3/mg", Reply::status(500, json!({"message": "bad\u{0}"})));
+    fake.push(
+        "/v3/mg",
+        Reply::raw(500, "text/plain", &b"bad\x00gateway\xff\xfe"[..]),
+    );
+    fake.push(
+        "/v3/mg",
+        Reply::raw(500, "text/plain", vec![b'x'; 1024 * 1024]),
+    );
+    // SendGrid: NUL in its error list until the job runs out of attempts
+    for _ in 0..2 {
+        fake.push(
+            "/v3/mail/send",
+            Reply::status(
+                500,
+                json!({"errors": [{"field": "to\u{0}", "message": "down\u{0}"}]}),
+            ),
+        );
+    }
+    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let sent = enqueue(&db.pool, "mailgun.send", email()).await;
+    let dead = queue::enqueue(
+        &db.pool,
+        &NewJob {
+            max_attempts: Some(2),
+            ..NewJob::new("sendgrid.send", email())
+        },
+    )
+    .await
+    .unwrap();
+    wait_state(&db.pool, sent, "completed").await;
+    let dead = wait_dead(&db.pool, dead).await;
+    rt.stop().await;
+
+    let job = queue::get_job(&db.pool, sent).await.unwrap();
+    assert_eq!(job.attempt, 4);
+    let messages = assert_clean_errors(&job.errors, 3);
+    assert_eq!(messages[0], "HTTP 500: bad\u{fffd}");
+    assert_eq!(messages[1], "HTTP 500: bad\u{fffd}gateway\u{fffd}\u{fffd}");
+    assert!(messages[2].starts_with("HTTP 500: xxx") && messages[2].ends_with('…'));
+    assert_eq!(job.result.unwrap()["outcome"], "sent");
+
+    assert_eq!(dead.reason, "attempts_exhausted");
+    let messages = assert_clean_errors(&dead.errors, 2);
+    assert_eq!(messages[1], "HTTP 500: to\u{fffd}: down\u{fffd}");
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.jobs where state not in ('completed')"
+        )
+        .await,
+        0
+    );
+}

@@ -952,3 +952,82 @@ async fn without_a_database_pool_the_kinds_fail_as_configuration_errors() {
         other => panic!("expected a configuration dead letter, got {other:?}"),
     }
 }
+
+/// Parses `body` with the edge's parser for `provider` and stores its events as the edge
+/// does (the parsed copy when the raw bytes are not a storable event); returns their ids.
+async fn store_as_the_edge(pool: &PgPool, provider: &'static str, body: &[u8]) -> Vec<i64> {
+    use penguin_jobs::webhooks;
+    let events = match provider {
+        "sendgrid" => webhooks::sendgrid::events(body),
+        "mailgun" => webhooks::mailgun::events(body),
+        _ => webhooks::stripe::events(body),
+    }
+    .expect("the edge parses the body");
+    let rows: Vec<penguin_jobs::queue::NewInboundEvent> = events
+        .into_iter()
+        .map(|e| penguin_jobs::queue::NewInboundEvent {
+            provider,
+            job_kind: None,
+            event_id: e.event_id,
+            event_type: e.event_type,
+            headers: json!({}),
+            payload: (provider != "stripe" || e.payload_cleaned).then_some(e.payload),
+            raw: body.to_vec(),
+        })
+        .collect();
+    let mut conn = pool.acquire().await.unwrap();
+    penguin_jobs::queue::store_inbound(&mut conn, &rows)
+        .await
+        .expect("events with NUL in their text are stored")
+        .into_iter()
+        .map(|id| id.expect("a new event"))
+        .collect()
+}
+
+#[tokio::test]
+async fn events_with_nul_in_their_text_are_stored_and_processed_with_it_replaced() {
+    let env = env().await;
+    let pool = &env.db.pool;
+    // a bounce reason comes from a remote mail server: `\u0000` is valid JSON, but neither
+    // jsonb nor text can hold it
+    let sendgrid = br#"[{"email":"bob@example.com","timestamp":1732406401,"event":"bounce","type":"bounce","reason":"550 5.1.1 user\u0000unknown","sg_event_id":"sg_evt_nul","sg_message_id":"sg_msg_nul\u0000.filter0001","campaign_id":"cmp_42","recipient_id":"rcp_\u0000"}]"#;
+    let mailgun = br#"{"signature":{"timestamp":"1732406400","token":"t","signature":"s"},"event-data":{"id":"mg_nul","event":"failed","severity":"permanent","reason":"bounce","timestamp":1732406402.5,"recipient":"cy@example.com","delivery-status":{"message":"no such \u0000 mailbox","code":550},"user-variables":{"campaign-id":"cmp_42","recipient-id":"rcp_9"}}}"#;
+    let stripe = br#"{"id":"evt_nul","object":"event","type":"payment_intent.payment_failed","created":1732406400,"data":{"object":{"id":"pi_nul","object":"payment_intent","amount":500,"currency":"usd","last_payment_error":{"message":"Your card\u0000 was declined.","code":"card_declined"}}}}"#;
+
+    for (provider, body) in [
+        ("sendgrid", &sendgrid[..]),
+        ("mailgun", &mailgun[..]),
+        ("stripe", &stripe[..]),
+    ] {
+        for id in store_as_the_edge(pool, provider, body).await {
+            process(&env, &format!("{provider}.event"), id).await;
+        }
+    }
+    assert_status(pool, "bob@example.com", "bounced").await;
+    assert_status(pool, "cy@example.com", "bounced").await;
+    assert_eq!(
+        suppression_of(pool, "bob@example.com").await.as_deref(),
+        Some("hard_bounce")
+    );
+    let bob: (Option<String>, Option<String>) = sqlx::query_as(
+        "select provider_message_id, recipient_id from penguin.email_events where recipient = 'bob@example.com'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        bob,
+        (
+            Some("sg_msg_nul\u{fffd}".into()),
+            Some("rcp_\u{fffd}".into())
+        )
+    );
+    assert_eq!(
+        rows(
+            pool,
+            "select status, last_error, last_error_code from penguin.payments"
+        )
+        .await,
+        json!([{"status": "failed", "last_error": "Your card\u{fffd} was declined.", "last_error_code": "card_declined"}])
+    );
+}

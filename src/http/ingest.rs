@@ -60,6 +60,20 @@ impl From<queue::Error> for IngestError {
             {
                 IngestError::Unavailable(e.to_string())
             }
+            // a value the database cannot store (data exception, or a program limit such as
+            // an index entry too large): the request's fault, whatever the shim's checks
+            // missed; its SQLSTATE only (the message may quote the value)
+            queue::Error::Database(sqlx::Error::Database(ref db))
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("22") || c.starts_with("54")) =>
+            {
+                let code = db.code().unwrap_or_default();
+                tracing::info!(sqlstate = %code, "the database refused a request's value");
+                IngestError::Rejected(format!(
+                    "the database cannot store a value of this request (SQLSTATE {code})"
+                ))
+            }
             other => IngestError::Internal(other.to_string()),
         }
     }

@@ -5,12 +5,20 @@
 //! sets the earliest next attempt); any other 4xx means the request itself is wrong and
 //! retrying cannot help. Must never log request or response bodies (they carry personal
 //! data and secrets).
+//!
+//! Every message built here from a remote answer (body, header, transport error) goes
+//! through [`crate::text`]: NUL and invalid UTF-8 replaced, length capped, so an error
+//! message can always be stored, whatever the provider sent.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use super::ErrorClass;
+use crate::text;
+
+/// Longest part of a provider's own words kept in an error message, in bytes.
+pub const MAX_PROVIDER_MESSAGE: usize = 500;
 
 /// A failed call, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +75,8 @@ pub fn not_before_from_headers(
 
 /// Classifies a provider's non-success answer: the status decides class and retry, the
 /// throttling headers the earliest retry, and `message` (the provider's own words, when it
-/// gave some) is kept so an operator reads why in the dead letter.
+/// gave some) is kept so an operator reads why in the dead letter: cleaned and cut to
+/// [`MAX_PROVIDER_MESSAGE`] bytes, since the provider may have sent anything.
 pub fn error_from_answer(
     status: u16,
     headers: &reqwest::header::HeaderMap,
@@ -80,7 +89,10 @@ pub fn error_from_answer(
         retryable,
         message: match message {
             Some(m) if !m.trim().is_empty() => {
-                format!("HTTP {status}: {}", truncate(m.trim(), 500))
+                format!(
+                    "HTTP {status}: {}",
+                    text::clean(m.trim(), MAX_PROVIDER_MESSAGE)
+                )
             }
             _ => format!("HTTP {status}"),
         },
@@ -105,18 +117,6 @@ pub fn configuration_error(message: impl Into<String>) -> CallError {
     }
 }
 
-/// At most `max` bytes of `text`, cut on a character boundary.
-pub fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 /// A provider's answer, its body read (at most the limit given to [`exchange`]).
 #[derive(Debug)]
 pub struct Answer {
@@ -132,7 +132,9 @@ impl Answer {
     }
 
     /// This non-success answer, classified: the provider's own words (`provider_message`
-    /// reads them from a JSON body; otherwise the body's text) with `key` masked.
+    /// reads them from a JSON body; otherwise the body's text, invalid UTF-8 replaced) with
+    /// `key` masked, then cleaned and capped by [`error_from_answer`]. The key is masked
+    /// before the cut, so a cut never leaves part of it.
     pub fn error(
         &self,
         key: &secrecy::SecretString,
@@ -142,8 +144,8 @@ impl Answer {
             .json()
             .as_ref()
             .and_then(provider_message)
-            .or_else(|| String::from_utf8(self.body.clone()).ok())
-            .map(|m| super::redact(&m, key));
+            .unwrap_or_else(|| String::from_utf8_lossy(&self.body).into_owned());
+        let message = Some(super::redact(&message, key));
         error_from_answer(self.status, &self.headers, message, Utc::now())
     }
 }
@@ -201,22 +203,22 @@ pub fn error_from_transport(error: &reqwest::Error) -> CallError {
 }
 
 /// The error and its sources in one line, without the URL's query string (it may carry
-/// a token).
+/// a token), cleaned and capped (a source may quote what the server sent).
 fn describe_transport(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
+    let mut line = error.to_string();
     if let Some(url) = error.url() {
         let mut shown = url.clone();
         shown.set_query(None);
         let _ = shown.set_password(None);
-        text = text.replace(url.as_str(), shown.as_str());
+        line = line.replace(url.as_str(), shown.as_str());
     }
     let mut source = std::error::Error::source(error);
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        line.push_str(": ");
+        line.push_str(&s.to_string());
         source = s.source();
     }
-    text
+    text::clean(&line, text::MAX_MESSAGE)
 }
 
 /// `Retry-After` is either delay-seconds or an HTTP-date. Values in the past or
@@ -295,6 +297,38 @@ mod tests {
         assert_eq!(e.message, "HTTP 400: 'to' parameter is missing");
         assert_eq!(e.not_before, None);
         assert!(!e.retryable);
+    }
+
+    #[test]
+    fn a_provider_message_is_cleaned_and_capped() {
+        let h = reqwest::header::HeaderMap::new();
+        let e = error_from_answer(500, &h, Some("bad\u{0}news".into()), Utc::now());
+        assert_eq!(e.message, "HTTP 500: bad\u{fffd}news");
+        let e = error_from_answer(500, &h, Some("x".repeat(1 << 20)), Utc::now());
+        assert!(
+            e.message.len() <= MAX_PROVIDER_MESSAGE + 20,
+            "{}",
+            e.message.len()
+        );
+        assert!(e.message.ends_with('…'));
+    }
+
+    #[test]
+    fn an_answer_body_that_is_not_utf8_is_kept_as_replaced_text() {
+        let key = secrecy::SecretString::from("key-123456");
+        let answer = |body: &[u8]| Answer {
+            status: 503,
+            headers: reqwest::header::HeaderMap::new(),
+            body: body.to_vec(),
+        };
+        let e = answer(b"down\x00\xff for key-123456").error(&key, |_| None);
+        assert_eq!(e.message, "HTTP 503: down\u{fffd}\u{fffd} for ***");
+        assert!(e.retryable);
+        let e = answer(br#"{"message":"bad\u0000"}"#).error(&key, |v| {
+            v.get("message").and_then(|m| m.as_str()).map(String::from)
+        });
+        assert_eq!(e.message, "HTTP 503: bad\u{fffd}");
+        assert_eq!(answer(b"").error(&key, |_| None).message, "HTTP 503");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::ErrorClass;
-use super::http::{CallError, classify_status, error_from_transport};
+use super::http::{CallError, classify_status, error_from_transport, read_body};
 use crate::config::{ApiKeyProviderConfig, ApiKeysConfig, ConfigError};
 use crate::secrets::scrub;
 
@@ -106,8 +106,17 @@ impl KeyHooks {
     }
 }
 
+/// Longest key API answer read, in bytes (a key and its id).
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Longest provider key id kept (stored as text; SendGrid's are 22 bytes).
+const MAX_KEY_ID: usize = 255;
+
 fn failure(what: &str, e: &reqwest::Error, secrets: &[&SecretString]) -> CallError {
-    let mut c = error_from_transport(e);
+    scrub_error(what, error_from_transport(e), secrets)
+}
+
+fn scrub_error(what: &str, mut c: CallError, secrets: &[&SecretString]) -> CallError {
     c.message = scrub(&format!("{what}: {}", c.message), secrets);
     c
 }
@@ -184,19 +193,24 @@ pub async fn create_key(
         status: None,
         not_before: None,
     };
-    let answer: serde_json::Value = response
-        .json()
+    let body = read_body(response, MAX_ANSWER)
         .await
-        .map_err(|_| bad("the answer is not JSON"))?;
+        .map_err(|e| scrub_error("key API", e, &[active]))?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| bad("the answer is not JSON"))?;
     let key = path(&answer, &hooks.key_field)
         .and_then(|v| v.as_str())
         .filter(|k| !k.is_empty())
         .ok_or_else(|| bad(&format!("the answer has no {:?}", hooks.key_field)))?;
-    let id = path(&answer, &hooks.id_field).and_then(|v| match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    });
+    // the id is stored as text: cleaned, and an absurd one dropped rather than cut (a cut
+    // id would revoke nothing)
+    let id = path(&answer, &hooks.id_field)
+        .and_then(|v| match v {
+            serde_json::Value::String(s) => Some(crate::text::clean(s, usize::MAX)),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .filter(|id| id.len() <= MAX_KEY_ID);
     Ok(Some((SecretString::from(key.to_string()), id)))
 }
 

@@ -133,15 +133,16 @@ impl Mailgun {
             .json()
             .and_then(|v| v.get("id").and_then(|m| m.as_str()).map(String::from))
             .ok_or_else(|| unexpected_answer("Mailgun answered 200 without a message id"))?;
+        let id = id.trim().trim_start_matches('<').trim_end_matches('>');
         Ok(Accepted {
-            message_id: id
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_string(),
+            message_id: crate::text::clean(id, MAX_MESSAGE_ID),
         })
     }
 }
+
+/// Longest message id kept from a provider's answer, in bytes (RFC 5322 lines stop at
+/// 998; real ids are under 100).
+pub(crate) const MAX_MESSAGE_ID: usize = 998;
 
 /// A 2xx we cannot read: the call may have succeeded, so it is an `api` error (retried).
 pub(crate) fn unexpected_answer(message: &str) -> CallError {

@@ -8,6 +8,9 @@
 //! 5xx, 429, `temporarily_unavailable`, `server_error` and network errors are worth a retry;
 //! anything else is a permanent error. Must never touch the queue, and never put a token,
 //! code, verifier or client secret into an error message (every message is scrubbed).
+//! Text taken from an answer (error codes and descriptions, account ids, emails, scopes)
+//! is cleaned and capped with [`crate::text`] before it leaves this module, and answers
+//! are read up to [`MAX_ANSWER`] bytes, never whole.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,9 +20,24 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::ErrorClass;
-use super::http::{CallError, error_from_transport, parse_retry_after};
+use super::http::{CallError, error_from_transport, parse_retry_after, read_body};
 use crate::config::{ClientAuth, Config, ConfigError, OAuthProviderConfig, resolve_secret_ref};
 use crate::secrets::scrub;
+use crate::text;
+
+/// Longest token endpoint or userinfo answer read, in bytes.
+pub const MAX_ANSWER: usize = 64 * 1024;
+
+/// Longest account id kept from userinfo (it is part of a unique key), in bytes; a longer
+/// one is refused rather than cut, since a cut id could name another account.
+const MAX_ACCOUNT_ID: usize = 255;
+
+/// Longest email address kept from userinfo (RFC 5321: 254), in bytes.
+const MAX_EMAIL: usize = 320;
+
+/// Longest scope kept from a token answer, and most scopes kept.
+const MAX_SCOPE: usize = 256;
+const MAX_SCOPES: usize = 100;
 
 /// One provider, with its endpoints resolved.
 #[derive(Debug, Clone)]
@@ -364,8 +382,7 @@ async fn token_call(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = response.bytes().await.map_err(|e| {
-        let mut c = error_from_transport(&e);
+    let body = read_body(response, MAX_ANSWER).await.map_err(|mut c| {
         c.message = scrub(&format!("token endpoint: {}", c.message), &secrets);
         TokenError::Call(c)
     })?;
@@ -400,7 +417,8 @@ fn tokens(a: TokenAnswer, now: DateTime<Utc>) -> Tokens {
         scopes: a.scope.map(|s| {
             s.split([' ', ','])
                 .filter(|s| !s.is_empty())
-                .map(String::from)
+                .take(MAX_SCOPES)
+                .map(|s| text::clean(s, MAX_SCOPE))
                 .collect()
         }),
     }
@@ -419,11 +437,9 @@ pub fn classify_token_error(
     let description = parsed
         .as_ref()
         .and_then(|e| e.error_description.as_deref())
-        .map(|d| {
-            let d: String = d.chars().take(200).collect();
-            format!(": {d}")
-        })
+        .map(|d| format!(": {d}"))
         .unwrap_or_default();
+    // scrubbed whole, then cut: a cut first could leave part of a secret behind
     let message = scrub(
         &match code {
             Some(code) => format!("token endpoint answered HTTP {status} {code}{description}"),
@@ -431,6 +447,7 @@ pub fn classify_token_error(
         },
         secrets,
     );
+    let message = text::clean(&message, 300);
     let call = |class: ErrorClass, retryable: bool| {
         TokenError::Call(CallError {
             class,
@@ -527,7 +544,15 @@ pub async fn userinfo(
             Some(status),
         ));
     }
-    let info: serde_json::Value = response.json().await.map_err(|_| {
+    let body = read_body(response, MAX_ANSWER).await.map_err(|c| {
+        fail(
+            c.class,
+            c.retryable,
+            format!("userinfo: {}", c.message),
+            None,
+        )
+    })?;
+    let info: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
         fail(
             ErrorClass::Api,
             true,
@@ -539,7 +564,9 @@ pub async fn userinfo(
         fail(
             ErrorClass::Data,
             false,
-            "userinfo names no account (no sub, id, user_id or oid)".into(),
+            format!(
+                "userinfo names no account (no sub, id, user_id or oid of at most {MAX_ACCOUNT_ID} bytes)"
+            ),
             Some(status),
         )
     })
@@ -547,16 +574,18 @@ pub async fn userinfo(
 
 fn account_of(info: &serde_json::Value) -> Option<Account> {
     let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::String(s) if !s.is_empty() => Some(text::clean(s, usize::MAX)),
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     };
     let id = ["sub", "id", "user_id", "oid"]
         .iter()
-        .find_map(|k| info.get(k).and_then(text))?;
+        .find_map(|k| info.get(k).and_then(text))
+        .filter(|id| id.len() <= MAX_ACCOUNT_ID)?;
     let email = ["email", "user", "mail"]
         .iter()
-        .find_map(|k| info.get(k).and_then(text));
+        .find_map(|k| info.get(k).and_then(text))
+        .filter(|e| e.len() <= MAX_EMAIL);
     Some(Account { id, email })
 }
 
@@ -625,6 +654,31 @@ mod tests {
             e.message()
         );
         assert!(e.message().contains("invalid_grant"));
+    }
+
+    #[test]
+    fn error_messages_from_the_answer_are_cleaned_and_capped() {
+        let body = format!(
+            r#"{{"error":"server_error\u0000","error_description":"down\u0000{}"}}"#,
+            "x".repeat(100_000)
+        );
+        let e = classify_token_error(500, body.as_bytes(), None, now(), &[]);
+        assert!(!e.message().contains('\0'), "{}", e.message());
+        assert!(e.message().len() <= 310, "{}", e.message().len());
+        assert!(e.message().contains("server_error\u{fffd}"));
+    }
+
+    #[test]
+    fn an_account_id_or_email_that_cannot_be_stored_is_cleaned_or_refused() {
+        let a = account_of(&serde_json::json!({"sub": "u\u{0}1", "email": "a\u{0}@b.c"})).unwrap();
+        assert_eq!(a.id, "u\u{fffd}1");
+        assert_eq!(a.email.as_deref(), Some("a\u{fffd}@b.c"));
+        assert_eq!(
+            account_of(&serde_json::json!({"sub": "x".repeat(300)})),
+            None
+        );
+        let a = account_of(&serde_json::json!({"sub": "u", "email": "x".repeat(400)})).unwrap();
+        assert_eq!(a.email, None);
     }
 
     #[test]

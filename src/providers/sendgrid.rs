@@ -141,7 +141,7 @@ impl Sendgrid {
                 .get("x-message-id")
                 .and_then(|v| v.to_str().ok())
                 .map(|id| Accepted {
-                    message_id: id.to_string(),
+                    message_id: crate::text::clean(id, super::mailgun::MAX_MESSAGE_ID),
                 })
                 .ok_or_else(|| {
                     unexpected_answer("SendGrid accepted the message without an X-Message-Id")

@@ -18,8 +18,16 @@ use super::SecretSource;
 use super::http::{Answer, CallError, error_from_answer, exchange};
 use super::mailgun::unexpected_answer;
 use crate::config::StripeConfig;
+use crate::text;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.stripe.com";
+
+/// Longest account id accepted from an answer (Stripe's are about 21 bytes; ours is a
+/// primary key).
+const MAX_ID: usize = 255;
+
+/// Longest onboarding URL kept from an answer, in bytes.
+const MAX_URL: usize = 8192;
 
 /// Stripe as configured under `[providers.stripe]`.
 #[derive(Debug)]
@@ -110,7 +118,7 @@ impl Stripe {
         let id = answer
             .get("id")
             .and_then(|v| v.as_str())
-            .filter(|id| id.starts_with("acct_"))
+            .filter(|id| id.starts_with("acct_") && id.len() <= MAX_ID && text::is_storable(id))
             .ok_or_else(|| unexpected_answer("Stripe created an account but sent no acct_ id"))?;
         Ok(Account { id: id.to_string() })
     }
@@ -141,7 +149,7 @@ impl Stripe {
             .and_then(|t| DateTime::from_timestamp(t, 0));
         match (url, expires) {
             (Some(url), Some(expires_at)) => Ok(AccountLink {
-                url: url.to_string(),
+                url: text::clean(url, MAX_URL),
                 expires_at,
             }),
             _ => Err(unexpected_answer(

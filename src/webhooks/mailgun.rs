@@ -105,11 +105,12 @@ pub fn events(body: &[u8]) -> Result<Vec<InboundEvent>, Rejection> {
             "Mailgun event-data has no string id".into(),
         ));
     };
-    Ok(vec![InboundEvent {
-        event_id: event_id.to_owned(),
-        event_type: text(payload.get("event")),
+    let event_type = text(payload.get("event"));
+    Ok(vec![InboundEvent::new(
+        event_id.to_owned(),
+        event_type,
         payload,
-    }])
+    )])
 }
 
 /// Our campaign and recipient ids from an `event-data` object's `user-variables`

@@ -12,6 +12,11 @@
 //!
 //! Every comparison involving a secret or a signature is constant-time, and no input (empty,
 //! non-UTF-8, huge, truncated) may panic: every failure is a [`Rejection`].
+//!
+//! An event's parsed copy is made storable here, once: a signed event is always stored, so
+//! a NUL (`\u0000`, which jsonb and text refuse) in any of its strings is replaced, and an
+//! absurdly long id or type is shortened ([`InboundEvent::new`]). The raw bytes are kept as
+//! received.
 
 pub mod mailgun;
 pub mod sendgrid;
@@ -20,11 +25,17 @@ pub mod stripe;
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::text;
 
 /// How far a signed timestamp may be from "now", in seconds, either way.
 pub const REPLAY_WINDOW_SECS: i64 = 300;
+
+/// Longest event id or type stored as sent, in bytes (providers' ids are tens of bytes;
+/// the id is a unique key, and a btree entry must stay well under 2.7 kB).
+pub const MAX_ID: usize = 200;
 
 /// Why an inbound request was refused.
 ///
@@ -56,8 +67,54 @@ pub struct InboundEvent {
     pub event_id: String,
     /// The provider's event type (`payment_intent.succeeded`, `delivered`, `bounce`, ...).
     pub event_type: Option<String>,
-    /// The event as the provider sent it.
+    /// The event as the provider sent it, NUL replaced in its strings and keys.
     pub payload: serde_json::Value,
+    /// Whether `payload` had to be cleaned: the raw bytes then hold text that cannot be
+    /// stored as jsonb, and only `payload` is a storable copy of the event.
+    pub payload_cleaned: bool,
+}
+
+impl InboundEvent {
+    /// An event, made storable: NUL replaced in the payload and the type, the type cut to
+    /// [`MAX_ID`] bytes, and the id through [`storable_id`].
+    pub fn new(event_id: String, event_type: Option<String>, payload: serde_json::Value) -> Self {
+        let payload_cleaned = text::first_unstorable(&payload).is_some();
+        Self {
+            event_id: if event_id.len() <= MAX_ID && text::is_storable(&event_id) {
+                event_id
+            } else {
+                storable_id(&event_id)
+            },
+            event_type: event_type.map(|t| {
+                if t.len() <= MAX_ID && text::is_storable(&t) {
+                    t
+                } else {
+                    text::clean(&t, MAX_ID)
+                }
+            }),
+            payload: if payload_cleaned {
+                text::clean_json(payload)
+            } else {
+                payload
+            },
+            payload_cleaned,
+        }
+    }
+}
+
+/// A provider's event id as stored: as sent when it is at most [`MAX_ID`] bytes without
+/// NUL; NUL replaced otherwise; and a longer one as its first 64 bytes plus the SHA-256 of
+/// the whole, so two long ids that differ only at the end stay two events.
+pub fn storable_id(id: &str) -> String {
+    if id.len() <= MAX_ID {
+        return if text::is_storable(id) {
+            id.to_owned()
+        } else {
+            text::clean(id, MAX_ID)
+        };
+    }
+    let digest = hex::encode(Sha256::digest(id.as_bytes()));
+    format!("{}~sha256:{digest}", text::clean(id, 64))
 }
 
 /// The campaign and recipient an email event belongs to, as we attached them when sending
@@ -149,6 +206,37 @@ mod tests {
     fn window_does_not_overflow_on_extreme_timestamps() {
         assert_eq!(check_window(i64::MIN, i64::MAX), Err(Rejection::Stale));
         assert_eq!(check_window(i64::MAX, i64::MIN), Err(Rejection::Stale));
+    }
+
+    #[test]
+    fn an_event_with_nul_is_cleaned_and_says_so() {
+        let e = InboundEvent::new(
+            "evt\u{0}1".into(),
+            Some("bounce\u{0}".into()),
+            serde_json::json!({"reason": "550 \u{0}", "n": 1}),
+        );
+        assert_eq!(e.event_id, "evt\u{fffd}1");
+        assert_eq!(e.event_type.as_deref(), Some("bounce\u{fffd}"));
+        assert_eq!(e.payload["reason"], "550 \u{fffd}");
+        assert!(e.payload_cleaned);
+        let e = InboundEvent::new(
+            "evt_1".into(),
+            Some("delivered".into()),
+            serde_json::json!({"a": "b"}),
+        );
+        assert_eq!(e.event_id, "evt_1");
+        assert!(!e.payload_cleaned);
+    }
+
+    #[test]
+    fn a_long_event_id_is_shortened_but_stays_distinct() {
+        let a = storable_id(&format!("{}a", "x".repeat(5000)));
+        let b = storable_id(&format!("{}b", "x".repeat(5000)));
+        assert_ne!(a, b);
+        assert!(a.len() <= MAX_ID, "{}", a.len());
+        assert_eq!(storable_id(&"y".repeat(MAX_ID)), "y".repeat(MAX_ID));
+        let t = InboundEvent::new("e".into(), Some("t".repeat(1000)), serde_json::json!({}));
+        assert!(t.event_type.unwrap().len() <= MAX_ID + 3);
     }
 
     #[test]

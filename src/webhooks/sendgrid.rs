@@ -94,11 +94,8 @@ pub fn events(body: &[u8]) -> Result<Vec<InboundEvent>, Rejection> {
                     "SendGrid event {index} has no string sg_event_id"
                 )));
             };
-            Ok(InboundEvent {
-                event_id: event_id.to_owned(),
-                event_type: text(payload.get("event")),
-                payload,
-            })
+            let event_type = text(payload.get("event"));
+            Ok(InboundEvent::new(event_id.to_owned(), event_type, payload))
         })
         .collect()
 }

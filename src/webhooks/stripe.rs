@@ -96,11 +96,12 @@ pub fn events(body: &[u8]) -> Result<Vec<InboundEvent>, Rejection> {
             "Stripe event has no string `id`".into(),
         ));
     };
-    Ok(vec![InboundEvent {
-        event_id: event_id.to_owned(),
-        event_type: text(payload.get("type")),
+    let event_type = text(payload.get("type"));
+    Ok(vec![InboundEvent::new(
+        event_id.to_owned(),
+        event_type,
         payload,
-    }])
+    )])
 }
 
 #[cfg(test)]

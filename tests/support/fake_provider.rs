@@ -1,7 +1,8 @@
 //! A local stand-in for Mailgun, SendGrid, Stripe and PostHog: records every request
 //! exactly as it arrived (method, path, headers, body, arrival time), answers like the
-//! provider does, and injects faults scripted per path: any status with headers and body,
-//! a delay (to trip timeouts), or a connection dropped without an answer.
+//! provider does, and injects faults scripted per path: any status with headers and body
+//! (any bytes: NUL, invalid UTF-8, megabytes), a delay (to trip timeouts), or a connection
+//! dropped without an answer.
 
 #![allow(dead_code)]
 
@@ -94,7 +95,7 @@ pub enum Reply {
     Status {
         status: u16,
         headers: Vec<(String, String)>,
-        body: String,
+        body: Bytes,
     },
     /// Wait this long, then answer normally.
     Delay(Duration),
@@ -107,7 +108,16 @@ impl Reply {
         Reply::Status {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
-            body: body.to_string(),
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    /// This status with `body` exactly as given (it need not be JSON, nor UTF-8).
+    pub fn raw(status: u16, content_type: &str, body: impl Into<Bytes>) -> Self {
+        Reply::Status {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            body: body.into(),
         }
     }
 
@@ -135,6 +145,9 @@ struct State {
     requests: Vec<Recorded>,
     /// Path prefix → replies to use first, in order.
     script: HashMap<String, VecDeque<Reply>>,
+    /// Path prefix → replies given in turn for as long as the fake runs, once the script
+    /// of the path is used up.
+    rules: HashMap<String, (Vec<Reply>, usize)>,
     /// Stripe: Idempotency-Key → the answer first given for it.
     idempotent: HashMap<String, (u16, String)>,
     counter: u64,
@@ -185,6 +198,17 @@ impl FakeProvider {
             .entry(path_prefix.to_string())
             .or_default()
             .push_back(reply);
+    }
+
+    /// Every request whose path starts with `path_prefix` gets the next of `replies`, in
+    /// turn, for as long as the fake runs (after any replies [`push`](Self::push)ed).
+    pub fn always(&self, path_prefix: &str, replies: Vec<Reply>) {
+        assert!(!replies.is_empty(), "always: give at least one reply");
+        self.state
+            .lock()
+            .unwrap()
+            .rules
+            .insert(path_prefix.to_string(), (replies, 0));
     }
 
     /// Every request so far, in arrival order.
@@ -251,7 +275,19 @@ async fn handle(
             .filter(|k| path.starts_with(k.as_str()))
             .max_by_key(|k| k.len())
             .cloned();
-        key.and_then(|k| s.script.get_mut(&k).and_then(VecDeque::pop_front))
+        let scripted = key.and_then(|k| s.script.get_mut(&k).and_then(VecDeque::pop_front));
+        scripted.or_else(|| {
+            let key = s
+                .rules
+                .keys()
+                .filter(|k| path.starts_with(k.as_str()))
+                .max_by_key(|k| k.len())
+                .cloned()?;
+            let (replies, next) = s.rules.get_mut(&key)?;
+            let reply = replies[*next % replies.len()].clone();
+            *next += 1;
+            Some(reply)
+        })
     };
     match scripted {
         Some(Reply::Reset) => Err(Dropped),
@@ -264,7 +300,7 @@ async fn handle(
             for (n, v) in headers {
                 r = r.header(n, v);
             }
-            Ok(r.body(Full::new(Bytes::from(body))).unwrap())
+            Ok(r.body(Full::new(body)).unwrap())
         }
         Some(Reply::Delay(d)) => {
             tokio::time::sleep(d).await;

@@ -1,0 +1,18 @@
+//! The chaos suite (`cargo test --test chaos`): each experiment injects one fault on
+//! purpose (a kill -9, a database restart, a provider answering garbage, a rolling deploy,
+//! a slow client, an extreme config value) and fails when anything is lost, stalls or
+//! panics. Each prints the figures it measured; RELIABILITY.md lists them.
+//!
+//! `CHAOS_LONG=1` runs the longer versions meant for benchmarks; the default versions are
+//! bounded so the whole suite stays within a few minutes on 2 cores.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod provider_faults;
+
+/// Whether the long versions of the experiments were asked for (`CHAOS_LONG=1`).
+#[allow(dead_code)]
+fn long_mode() -> bool {
+    std::env::var("CHAOS_LONG").is_ok_and(|v| v == "1")
+}
