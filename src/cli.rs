@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, redact_url};
+use crate::config::{self, CLI_DELAY_RANGE, Config, redact_url};
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::jobs::{Deps, Registry};
 use crate::queue::{self, JobFilter, NewJob};
@@ -121,11 +121,12 @@ pub struct EnqueueArgs {
     /// Queue (default: the kind's queue).
     #[arg(long)]
     pub queue: Option<String>,
-    /// Earliest start, RFC 3339 (e.g. 2026-12-01T09:00:00Z).
-    #[arg(long, conflicts_with = "delay")]
+    /// Earliest start, RFC 3339 (e.g. 2026-12-01T09:00:00Z), between 1970 and 100 years
+    /// from now.
+    #[arg(long, conflicts_with = "delay", value_parser = parse_run_at)]
     pub run_at: Option<DateTime<Utc>>,
-    /// Earliest start as a delay from now (e.g. 30s, 5m).
-    #[arg(long = "in", value_name = "DURATION", value_parser = parse_duration)]
+    /// Earliest start as a delay from now (e.g. 30s, 5m), at most 100y.
+    #[arg(long = "in", value_name = "DURATION", value_parser = parse_delay)]
     pub delay: Option<Duration>,
     /// Lower runs first (default: the kind's priority).
     #[arg(long, allow_hyphen_values = true)]
@@ -199,7 +200,8 @@ pub enum DlqCommand {
     },
     /// Delete dead letters older than a duration.
     Purge {
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        /// Age (e.g. 30d), at most 100y.
+        #[arg(long, value_name = "DURATION", value_parser = parse_delay)]
         older_than: Duration,
     },
 }
@@ -217,8 +219,33 @@ pub enum SchedulesCommand {
     Resume { name: String },
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 30s, 5m, 2h, 30d)"))
+/// A delay or age from now: a humantime duration within [`CLI_DELAY_RANGE`], so that
+/// `now ± delay` fits chrono and PostgreSQL.
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (write e.g. 30s, 5m, 2h, 30d)"))?;
+    config::check_duration_range("the duration", d, CLI_DELAY_RANGE)?;
+    Ok(d)
+}
+
+/// An RFC 3339 instant between 1970 and [`CLI_DELAY_RANGE`]'s maximum from now (PostgreSQL's
+/// `timestamptz` and chrono hold far more; beyond that a job would never run anyway).
+fn parse_run_at(s: &str) -> Result<DateTime<Utc>, String> {
+    let at: DateTime<Utc> = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{e} (write RFC 3339, e.g. 2026-12-01T09:00:00Z)"))?;
+    let latest = chrono::Duration::from_std(CLI_DELAY_RANGE.max)
+        .ok()
+        .and_then(|d| Utc::now().checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    if at < DateTime::UNIX_EPOCH || at > latest {
+        return Err(format!(
+            "must be between 1970-01-01T00:00:00Z and {} (100 years from now)",
+            latest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    Ok(at)
 }
 
 /// Runs the parsed command.
@@ -496,9 +523,12 @@ async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
         serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
     let run_at = match (args.run_at, args.delay) {
         (Some(at), _) => Some(at),
-        (None, Some(delay)) => {
-            Some(Utc::now() + chrono::Duration::from_std(delay).context("--in is too large")?)
-        }
+        (None, Some(delay)) => Some(
+            chrono::Duration::from_std(delay)
+                .ok()
+                .and_then(|d| Utc::now().checked_add_signed(d))
+                .context("--in is too large")?,
+        ),
         (None, None) => None,
     };
     let job = NewJob {

@@ -200,12 +200,16 @@ impl CircuitBreakerConfig {
                 "{key}.circuit_breaker.failure_threshold must be between 1 and 10000"
             )));
         }
-        if self.recovery_timeout.is_zero() || self.monitoring_period.is_zero() {
-            return Err(ConfigError::Invalid(format!(
-                "{key}.circuit_breaker: recovery_timeout and monitoring_period must be > 0"
-            )));
-        }
-        Ok(())
+        check_duration(
+            &format!("{key}.circuit_breaker.recovery_timeout"),
+            self.recovery_timeout,
+            BREAKER_RANGE,
+        )?;
+        check_duration(
+            &format!("{key}.circuit_breaker.monitoring_period"),
+            self.monitoring_period,
+            BREAKER_RANGE,
+        )
     }
 }
 
@@ -424,6 +428,10 @@ pub struct DaemonConfig {
     pub shutdown_grace: Duration,
     /// Most outcomes written back in one statement.
     pub flush_batch: usize,
+    /// How long a job whose kind no running daemon handles waits before it is
+    /// dead-lettered with reason `unknown_kind`.
+    #[serde(with = "humantime_serde")]
+    pub unknown_kind_grace: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -435,6 +443,7 @@ impl Default for DaemonConfig {
             rescue_interval: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),
             flush_batch: 1000,
+            unknown_kind_grace: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -651,10 +660,32 @@ impl Config {
 
     /// Parses TOML text without touching the environment (used by tests and `load`).
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: origin.to_path_buf(),
             message: e.to_string(),
-        })
+        };
+        // a raw NUL is never valid TOML; named here so that the error does not echo it
+        if let Some((n, line)) = text.lines().enumerate().find(|(_, l)| l.contains('\0')) {
+            let key = line.split('=').next().unwrap_or("").replace('\0', "");
+            return Err(ConfigError::Parse {
+                path: origin.to_path_buf(),
+                message: format!(
+                    "line {}: {}: a raw NUL byte, which no setting accepts",
+                    n + 1,
+                    key.trim()
+                ),
+            });
+        }
+        let config = toml::from_str(text).map_err(parse_error)?;
+        // no setting takes a NUL (names, URLs, paths, cron, payloads: PostgreSQL stores
+        // none of them); refused here once, naming the key, instead of failing at run time
+        let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        if let Some(key) = find_nul(&toml::Value::Table(table), "") {
+            return Err(ConfigError::Invalid(format!(
+                "{key}: contains a NUL character (\\u0000), which no setting accepts"
+            )));
+        }
+        Ok(config)
     }
 
     fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -668,19 +699,27 @@ impl Config {
     /// Checks every value that would otherwise fail later, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.database.max_connections < 2 {
-            return invalid("database.max_connections must be at least 2".into());
+        if !(2..=10_000).contains(&self.database.max_connections) {
+            return invalid("database.max_connections must be between 2 and 10000".into());
         }
         let d = &self.daemon;
-        if d.poll_interval.is_zero() {
-            return invalid("daemon.poll_interval must be > 0".into());
-        }
-        if d.lease < Duration::from_secs(3) {
-            return invalid("daemon.lease must be at least 3s".into());
-        }
-        if d.rescue_interval.is_zero() {
-            return invalid("daemon.rescue_interval must be > 0".into());
-        }
+        check_duration("daemon.poll_interval", d.poll_interval, POLL_INTERVAL_RANGE)?;
+        check_duration("daemon.lease", d.lease, LEASE_RANGE)?;
+        check_duration(
+            "daemon.rescue_interval",
+            d.rescue_interval,
+            RESCUE_INTERVAL_RANGE,
+        )?;
+        check_duration(
+            "daemon.shutdown_grace",
+            d.shutdown_grace,
+            SHUTDOWN_GRACE_RANGE,
+        )?;
+        check_duration(
+            "daemon.unknown_kind_grace",
+            d.unknown_kind_grace,
+            UNKNOWN_KIND_GRACE_RANGE,
+        )?;
         if d.flush_batch == 0 || d.flush_batch > 10_000 {
             return invalid("daemon.flush_batch must be between 1 and 10000".into());
         }
@@ -707,8 +746,15 @@ impl Config {
             ));
         }
         self.providers.validate()?;
-        let inbound = self.retention.inbound_events;
-        if !inbound.is_zero() && inbound < Duration::from_secs(3 * 24 * 3600) {
+        let r = &self.retention;
+        check_duration("retention.completed", r.completed, RETENTION_RANGE)?;
+        check_duration("retention.dead_letters", r.dead_letters, RETENTION_RANGE)?;
+        check_duration(
+            "retention.inbound_events",
+            r.inbound_events,
+            RETENTION_RANGE,
+        )?;
+        if !r.inbound_events.is_zero() && r.inbound_events < 3 * DAY {
             return invalid(
                 "retention.inbound_events must be \"0s\" (keep) or at least 3d: providers redeliver \
                  webhooks for up to 3 days, and a redelivery is recognised by its stored row"
@@ -736,13 +782,20 @@ impl Config {
             if k.max_attempts == Some(0) {
                 return invalid(format!("kinds.\"{kind}\".max_attempts must be at least 1"));
             }
-            if k.timeout.is_some_and(|t| t.is_zero()) {
-                return invalid(format!("kinds.\"{kind}\".timeout must be > 0"));
+            if let Some(t) = k.timeout {
+                check_duration(&format!("kinds.\"{kind}\".timeout"), t, TIMEOUT_RANGE)?;
             }
             if let Some(b) = &k.backoff {
-                if b.base.is_zero() {
-                    return invalid(format!("kinds.\"{kind}\".backoff.base must be > 0"));
-                }
+                check_duration(
+                    &format!("kinds.\"{kind}\".backoff.base"),
+                    b.base,
+                    BACKOFF_RANGE,
+                )?;
+                check_duration(
+                    &format!("kinds.\"{kind}\".backoff.max"),
+                    b.max,
+                    BACKOFF_RANGE,
+                )?;
                 if b.max < b.base {
                     return invalid(format!(
                         "kinds.\"{kind}\".backoff.max must be at least backoff.base"
@@ -761,6 +814,136 @@ impl Config {
     /// The database URL with secrets resolved, if one is configured.
     pub fn database_url(&self) -> Result<Option<SecretString>, ConfigError> {
         self.database.url.as_deref().map(resolve_secret).transpose()
+    }
+}
+
+/// A year as humantime reads `"1y"` (365.25 days).
+pub const YEAR: Duration = Duration::from_secs(31_557_600);
+/// A day.
+pub const DAY: Duration = Duration::from_secs(86_400);
+const HOUR: Duration = Duration::from_secs(3600);
+const MS: Duration = Duration::from_millis(1);
+
+/// The inclusive range a duration key accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRange {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+const fn range(min: Duration, max: Duration) -> DurationRange {
+    DurationRange { min, max }
+}
+
+// The range of every duration key. Upper bounds keep every value far inside what
+// `Instant`, chrono, PostgreSQL's `interval`/`timestamptz` and sqlx can hold, so that no
+// arithmetic on a configured value can overflow at run time.
+/// `daemon.poll_interval`.
+pub const POLL_INTERVAL_RANGE: DurationRange = range(MS, HOUR);
+/// `daemon.lease`: at least 3s (a heartbeat every lease/3 must fit a few round trips).
+pub const LEASE_RANGE: DurationRange = range(Duration::from_secs(3), HOUR);
+/// `daemon.rescue_interval`.
+pub const RESCUE_INTERVAL_RANGE: DurationRange = range(Duration::from_millis(10), HOUR);
+/// `daemon.shutdown_grace` (`"0s"`: release running jobs at once).
+pub const SHUTDOWN_GRACE_RANGE: DurationRange = range(Duration::ZERO, DAY);
+/// `daemon.unknown_kind_grace` (`"0s"`: dead-letter at once).
+pub const UNKNOWN_KIND_GRACE_RANGE: DurationRange = range(Duration::ZERO, DAY.saturating_mul(365));
+/// `kinds.X.timeout`.
+pub const TIMEOUT_RANGE: DurationRange = range(MS, DAY);
+/// `kinds.X.backoff.base` and `.max`.
+pub const BACKOFF_RANGE: DurationRange = range(MS, DAY.saturating_mul(365));
+/// `retention.*` (`"0s"` has each key's own meaning).
+pub const RETENTION_RANGE: DurationRange = range(Duration::ZERO, YEAR.saturating_mul(100));
+/// `providers.X.circuit_breaker.recovery_timeout` and `.monitoring_period`.
+pub const BREAKER_RANGE: DurationRange = range(MS, DAY.saturating_mul(7));
+/// `oauth.refresh_ahead`.
+pub const REFRESH_AHEAD_RANGE: DurationRange =
+    range(Duration::from_secs(1), DAY.saturating_mul(30));
+/// `api_keys.overlap`.
+pub const OVERLAP_RANGE: DurationRange = range(Duration::from_secs(1), DAY.saturating_mul(365));
+/// Delays and ages given on the command line (`enqueue --in`, `dlq purge --older-than`).
+pub const CLI_DELAY_RANGE: DurationRange = range(Duration::ZERO, YEAR.saturating_mul(100));
+
+/// `Ok` if `value` lies in `range`, else the message
+/// `KEY must be between MIN and MAX, got VALUE`.
+pub fn check_duration_range(
+    key: &str,
+    value: Duration,
+    range: DurationRange,
+) -> Result<(), String> {
+    if (range.min..=range.max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} must be between {} and {}, got {}",
+            format_duration(range.min),
+            format_duration(range.max),
+            format_duration(value)
+        ))
+    }
+}
+
+fn check_duration(key: &str, value: Duration, range: DurationRange) -> Result<(), ConfigError> {
+    check_duration_range(key, value, range).map_err(ConfigError::Invalid)
+}
+
+/// A duration in the largest humantime unit that holds it exactly (`"365d"`, `"1000000y"`,
+/// `"90s"`), so that an error quotes a value as it was written.
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
+    const UNITS: [(&str, u128); 8] = [
+        ("y", 31_557_600 * 1_000_000_000),
+        ("d", 86_400 * 1_000_000_000),
+        ("h", 3_600 * 1_000_000_000),
+        ("m", 60 * 1_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+        ("ns", 1),
+    ];
+    let (unit, size) = UNITS
+        .into_iter()
+        .find(|(_, size)| nanos % size == 0)
+        .unwrap_or(("ns", 1));
+    format!("{}{unit}", nanos / size)
+}
+
+/// The dotted key of the first string (or table key) holding a NUL, if any.
+fn find_nul(value: &toml::Value, key: &str) -> Option<String> {
+    let join = |name: &str| {
+        let bare = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+        let name = if bare {
+            name.to_string()
+        } else {
+            format!("{name:?}")
+        };
+        if key.is_empty() {
+            name
+        } else {
+            format!("{key}.{name}")
+        }
+    };
+    match value {
+        toml::Value::String(s) if s.contains('\0') => Some(key.to_string()),
+        toml::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_nul(v, &format!("{key}[{i}]"))),
+        toml::Value::Table(table) => table.iter().find_map(|(name, v)| {
+            let inner = join(name);
+            if name.contains('\0') {
+                Some(inner)
+            } else {
+                find_nul(v, &inner)
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -960,9 +1143,11 @@ pub struct ApiKeyProviderConfig {
 impl Config {
     fn validate_credentials(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.oauth.refresh_ahead.is_zero() {
-            return invalid("oauth.refresh_ahead must be > 0".into());
-        }
+        check_duration(
+            "oauth.refresh_ahead",
+            self.oauth.refresh_ahead,
+            REFRESH_AHEAD_RANGE,
+        )?;
         for (name, p) in &self.oauth.providers {
             check_name("oauth.providers", name)?;
             if let Some(s) = &p.client_secret
@@ -973,9 +1158,7 @@ impl Config {
                 ));
             }
         }
-        if self.api_keys.overlap.is_zero() {
-            return invalid("api_keys.overlap must be > 0".into());
-        }
+        check_duration("api_keys.overlap", self.api_keys.overlap, OVERLAP_RANGE)?;
         for (name, p) in &self.api_keys.providers {
             check_name("api_keys.providers", name)?;
             if let Some(a) = &p.auth
@@ -1100,6 +1283,162 @@ mod tests {
                 .to_string()
                 .contains("per_second")
         );
+    }
+
+    fn invalid(toml: &str) -> String {
+        match Config::from_toml(toml, Path::new("x")) {
+            Ok(c) => c.validate().expect_err(toml).to_string(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn every_duration_is_bounded_with_the_key_and_range_named() {
+        let cases = [
+            (
+                "[daemon]\nlease = \"1000000y\"",
+                "daemon.lease must be between 3s and 1h, got 1000000y",
+            ),
+            (
+                "[daemon]\nlease = \"2s\"",
+                "daemon.lease must be between 3s and 1h, got 2s",
+            ),
+            (
+                "[daemon]\npoll_interval = \"0s\"",
+                "daemon.poll_interval must be between 1ms and 1h, got 0s",
+            ),
+            (
+                "[daemon]\npoll_interval = \"1000000y\"",
+                "daemon.poll_interval must be between 1ms and 1h, got 1000000y",
+            ),
+            (
+                "[daemon]\nrescue_interval = \"2h\"",
+                "daemon.rescue_interval must be between 10ms and 1h, got 2h",
+            ),
+            (
+                "[daemon]\nshutdown_grace = \"1000000y\"",
+                "daemon.shutdown_grace must be between 0s and 1d, got 1000000y",
+            ),
+            (
+                "[daemon]\nunknown_kind_grace = \"366d\"",
+                "daemon.unknown_kind_grace must be between 0s and 365d, got 366d",
+            ),
+            (
+                "[kinds.\"http.request\"]\ntimeout = \"0s\"",
+                "kinds.\"http.request\".timeout must be between 1ms and 1d, got 0s",
+            ),
+            (
+                "[kinds.\"http.request\"]\nbackoff = { strategy = \"fixed\", base = \"1s\", max = \"1000000y\" }",
+                "kinds.\"http.request\".backoff.max must be between 1ms and 365d, got 1000000y",
+            ),
+            (
+                "[kinds.noop]\nbackoff = { strategy = \"fixed\", base = \"1000000y\", max = \"1000000y\" }",
+                "kinds.\"noop\".backoff.base must be between 1ms and 365d, got 1000000y",
+            ),
+            (
+                "[retention]\ncompleted = \"1000000y\"",
+                "retention.completed must be between 0s and 100y, got 1000000y",
+            ),
+            (
+                "[retention]\ndead_letters = \"101y\"",
+                "retention.dead_letters must be between 0s and 100y, got 101y",
+            ),
+            (
+                "[retention]\ninbound_events = \"1000000y\"",
+                "retention.inbound_events must be between 0s and 100y, got 1000000y",
+            ),
+            (
+                "[providers.stripe.circuit_breaker]\nrecovery_timeout = \"1000000y\"",
+                "providers.stripe.circuit_breaker.recovery_timeout must be between 1ms and 7d, got 1000000y",
+            ),
+            (
+                "[providers.posthog.circuit_breaker]\nmonitoring_period = \"0s\"",
+                "providers.posthog.circuit_breaker.monitoring_period must be between 1ms and 7d, got 0s",
+            ),
+            (
+                "[oauth]\nrefresh_ahead = \"1000000y\"",
+                "oauth.refresh_ahead must be between 1s and 30d, got 1000000y",
+            ),
+            (
+                "[api_keys]\noverlap = \"0s\"",
+                "api_keys.overlap must be between 1s and 365d, got 0s",
+            ),
+            (
+                "[database]\nmax_connections = 4294967295",
+                "database.max_connections must be between 2 and 10000",
+            ),
+        ];
+        for (toml, message) in cases {
+            assert_eq!(invalid(toml), message, "{toml}");
+        }
+        // the bounds themselves are accepted
+        let c = Config::from_toml(
+            "[daemon]\nlease = \"1h\"\npoll_interval = \"1ms\"\nshutdown_grace = \"0s\"\n\
+             unknown_kind_grace = \"365d\"\n[retention]\ncompleted = \"100y\"\n\
+             dead_letters = \"0s\"\ninbound_events = \"100y\"\n\
+             [kinds.noop]\nbackoff = { strategy = \"fixed\", base = \"365d\", max = \"365d\" }\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.daemon.unknown_kind_grace, 365 * DAY);
+    }
+
+    #[test]
+    fn unknown_kind_grace_defaults_to_a_day() {
+        let c = Config::from_toml("", Path::new("x")).unwrap();
+        assert_eq!(c.daemon.unknown_kind_grace, Duration::from_secs(86_400));
+        let c =
+            Config::from_toml("[daemon]\nunknown_kind_grace = \"2h\"\n", Path::new("x")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.daemon.unknown_kind_grace, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn durations_are_quoted_in_the_unit_they_were_written_in() {
+        for (text, shown) in [
+            ("1000000y", "1000000y"),
+            ("365d", "365d"),
+            ("90s", "90s"),
+            ("1h", "1h"),
+            ("1500ms", "1500ms"),
+            ("0s", "0s"),
+            ("7ns", "7ns"),
+        ] {
+            let d = humantime::parse_duration(text).unwrap();
+            assert_eq!(format_duration(d), shown);
+        }
+        assert_eq!(
+            format_duration(Duration::MAX),
+            "18446744073709551615999999999ns"
+        );
+    }
+
+    #[test]
+    fn a_nul_in_any_string_is_refused_naming_the_key() {
+        for (toml, key) in [
+            ("[http]\nlisten = \"127.0.0.1:80\\u0000\"", "http.listen:"),
+            (
+                "[schedules.probe]\ncron = \"* * * * *\"\nkind = \"noop\"\npayload = { note = \"a\\u0000b\" }",
+                "schedules.probe.payload.note:",
+            ),
+            (
+                "[http]\napi_tokens = [\"env:A\", \"env:\\u0000\"]",
+                "http.api_tokens[1]:",
+            ),
+            (
+                "[queues.\"a\\u0000b\"]\nconcurrency = 1",
+                "queues.\"a\\0b\":",
+            ),
+            (
+                "[http]\nlisten = \"127.0.0.1:80\0\"",
+                "invalid config file x: line 2: listen: a raw NUL byte",
+            ),
+        ] {
+            let err = invalid(toml);
+            assert!(err.starts_with(key), "{toml}: {err}");
+            assert!(err.contains("NUL") && !err.contains('\0'), "{err}");
+        }
     }
 
     #[test]

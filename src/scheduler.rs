@@ -30,7 +30,8 @@ pub const PRUNE: &str = "maintenance.prune";
 pub const MISFIRE_GRACE: Duration = Duration::from_secs(5);
 
 /// Most fires enumerated for one schedule in one pass (a per-second schedule after a long
-/// downtime); older ones are counted as missed without being listed.
+/// downtime); past it, only the latest fires are looked up (backwards from now) and the
+/// rest are counted as missed without being listed.
 const MAX_FIRES_PER_PASS: usize = 100_000;
 
 /// Scheduler errors; config errors name the schedule and key.
@@ -110,19 +111,62 @@ impl Schedule {
             .and_then(|d| d.with_nanosecond(0))
     }
 
-    /// Fires in `(after, until]`: the latest `keep` of them, and how many there were.
+    /// The last fire strictly before `t`.
+    fn previous_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let whole = t.with_nanosecond(0).unwrap_or(t);
+        self.cron
+            .find_previous_occurrence(&whole.with_timezone(&self.timezone), false)
+            .ok()
+            .map(|d| d.with_timezone(&Utc))
+            .and_then(|d| d.with_nanosecond(0))
+    }
+
+    /// Fires in `(after, until]`: the latest `keep` of them, and how many there were (at
+    /// least `MAX_FIRES_PER_PASS` when there were more).
     pub fn fires_between(
         &self,
         after: DateTime<Utc>,
         until: DateTime<Utc>,
         keep: usize,
     ) -> (Vec<DateTime<Utc>>, usize) {
+        let (latest, count, complete) = self.enumerate(after, until, keep, MAX_FIRES_PER_PASS);
+        if complete {
+            return (latest, count);
+        }
+        // Too many to walk: the latest `keep` lie after the (keep + 1)-th fire back from
+        // `until`; enumerate forward from there, so DST is handled as everywhere else.
+        let mut start = until;
+        for _ in 0..=keep {
+            match self.previous_before(start) {
+                Some(p) if p > after => start = p,
+                _ => {
+                    start = after;
+                    break;
+                }
+            }
+        }
+        let (latest, _, _) = self.enumerate(start, until, keep, keep + 2);
+        (latest, count)
+    }
+
+    /// Walks fires in `(after, until]` forward, at most `limit` of them: the latest `keep`
+    /// seen, how many were seen, and whether the walk reached `until`.
+    fn enumerate(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        keep: usize,
+        limit: usize,
+    ) -> (Vec<DateTime<Utc>>, usize, bool) {
         let mut latest = VecDeque::with_capacity(keep + 1);
         let mut count = 0;
         let mut t = after;
-        while count < MAX_FIRES_PER_PASS {
+        loop {
             match self.next_after(t) {
                 Some(fire) if fire <= until => {
+                    if count == limit {
+                        return (latest.into(), count, false);
+                    }
                     count += 1;
                     latest.push_back(fire);
                     if latest.len() > keep {
@@ -130,10 +174,9 @@ impl Schedule {
                     }
                     t = fire;
                 }
-                _ => break,
+                _ => return (latest.into(), count, true),
             }
         }
-        (latest.into(), count)
     }
 
     /// The unique key of one fire's job.
@@ -531,6 +574,40 @@ mod tests {
         let later = at("2026-01-01T01:00:00Z");
         assert!(plan(&fires, later, MissedFires::Skip, 1).is_empty());
         assert_eq!(plan(&fires, later, MissedFires::CatchUp, 1), vec![fires[5]]);
+    }
+
+    #[test]
+    fn catch_up_after_a_downtime_longer_than_one_pass_takes_the_latest_fires() {
+        // a per-second schedule down for two days: 172,800 missed fires, more than one pass
+        // enumerates; the fires kept (and so enqueued by catch_up) are the latest, not the
+        // oldest of the first 100,000
+        let s = schedule("* * * * * *", "UTC");
+        let after = at("2026-01-01T00:00:00Z");
+        let until = at("2026-01-03T00:00:00.400Z");
+        let (fires, count) = s.fires_between(after, until, 4);
+        assert_eq!(
+            fires,
+            vec![
+                at("2026-01-02T23:59:57Z"),
+                at("2026-01-02T23:59:58Z"),
+                at("2026-01-02T23:59:59Z"),
+                at("2026-01-03T00:00:00Z"),
+            ]
+        );
+        assert!(count >= MAX_FIRES_PER_PASS, "{count}");
+        assert_eq!(
+            plan(&fires, until, MissedFires::CatchUp, 3),
+            fires,
+            "the current fire and the latest 3 missed ones"
+        );
+        // across a DST change the latest fires are the ones a forward walk would give
+        let s = schedule("*/2 * * * * *", "Europe/Berlin");
+        let until = at("2026-03-29T01:00:01Z"); // 03:00:01 CEST, right after the gap
+        let (fires, _) = s.fires_between(at("2026-03-25T00:00:00Z"), until, 2);
+        assert_eq!(
+            fires,
+            vec![at("2026-03-29T00:59:58Z"), at("2026-03-29T01:00:00Z")]
+        );
     }
 
     #[test]

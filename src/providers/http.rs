@@ -54,8 +54,19 @@ pub fn classify_status(status: u16) -> (ErrorClass, bool) {
     }
 }
 
+/// The longest wait a provider's throttling headers can impose; later instants are
+/// clamped to it (a provider asking for more is treated as asking for a day).
+const MAX_WAIT_SECS: u32 = 86_400;
+
+/// `now` plus `secs` seconds, `secs` clamped to `[-1, MAX_WAIT_SECS]` first: never overflows.
+fn in_secs(now: DateTime<Utc>, secs: f64) -> DateTime<Utc> {
+    let secs = secs.clamp(-1.0, f64::from(MAX_WAIT_SECS));
+    now + chrono::Duration::milliseconds((secs * 1000.0) as i64)
+}
+
 /// The earliest next call a throttling answer allows: `Retry-After` (seconds or an HTTP
 /// date), else `X-RateLimit-Reset` (Unix seconds, or seconds from now when small).
+/// Garbage, negative and past values are ignored; anything later than a day is a day.
 pub fn not_before_from_headers(
     headers: &reqwest::header::HeaderMap,
     now: DateTime<Utc>,
@@ -64,13 +75,21 @@ pub fn not_before_from_headers(
     if let Some(at) = text("retry-after").and_then(|v| parse_retry_after(v, now)) {
         return Some(at);
     }
-    let reset: i64 = text("x-ratelimit-reset")?.trim().parse().ok()?;
-    let at = if reset > 1_000_000_000 {
-        DateTime::from_timestamp(reset, 0)?
+    parse_rate_limit_reset(text("x-ratelimit-reset")?, now)
+}
+
+/// `X-RateLimit-Reset`: Unix seconds when above 10^9, else seconds from now (decimals
+/// allowed). Unparseable, non-finite, negative or past values give `None`; later than a
+/// day is capped at a day.
+pub fn parse_rate_limit_reset(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let reset: f64 = value.trim().parse().ok().filter(|r: &f64| r.is_finite())?;
+    let ahead = if reset > 1e9 {
+        reset - now.timestamp_millis() as f64 / 1000.0
     } else {
-        now + chrono::Duration::seconds(reset)
+        reset
     };
-    (at > now).then_some(at.min(now + chrono::Duration::days(1)))
+    let at = in_secs(now, ahead);
+    (at > now).then_some(at)
 }
 
 /// Classifies a provider's non-success answer: the status decides class and retry, the
@@ -221,17 +240,19 @@ fn describe_transport(error: &reqwest::Error) -> String {
     text::clean(&line, text::MAX_MESSAGE)
 }
 
-/// `Retry-After` is either delay-seconds or an HTTP-date. Values in the past or
-/// unparseable give `None`; absurd delays are capped at one day.
+/// `Retry-After` is either delay-seconds or an HTTP-date. Values in the past, negative or
+/// unparseable give `None`; delays beyond one day (however many digits) are capped at one day.
 pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let value = value.trim();
-    let at = if let Ok(secs) = value.parse::<u64>() {
-        now + chrono::Duration::seconds(secs.min(86_400) as i64)
+    let at = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // more digits than a u64 holds is still "a long time"
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+        in_secs(now, secs.min(u64::from(MAX_WAIT_SECS)) as f64)
     } else {
         let date = DateTime::parse_from_rfc2822(value)
             .ok()?
             .with_timezone(&Utc);
-        date.min(now + chrono::Duration::days(1))
+        date.min(in_secs(now, f64::from(MAX_WAIT_SECS)))
     };
     (at > now).then_some(at)
 }
@@ -329,6 +350,92 @@ mod tests {
         });
         assert_eq!(e.message, "HTTP 503: bad\u{fffd}");
         assert_eq!(answer(b"").error(&key, |_| None).message, "HTTP 503");
+    }
+
+    #[test]
+    fn absurd_retry_after_values_are_capped_or_ignored_never_a_panic() {
+        let now = DateTime::parse_from_rfc3339("2026-11-26T10:00:00.250Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let day = Some(now + chrono::Duration::days(1));
+        for capped in [
+            "99999999999999999",
+            "18446744073709551615",
+            "999999999999999999999999999999999999",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+            "26 Nov 2033 10:05:00 -2359",
+        ] {
+            let got = parse_retry_after(capped, now);
+            assert!(got.is_some() && got <= day, "{capped}: {got:?}");
+        }
+        assert_eq!(parse_retry_after("99999999999999999", now), day);
+        assert_eq!(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now), day);
+        for ignored in [
+            "-1",
+            "-9223372036854775808",
+            "+5",
+            "1.5",
+            "",
+            "   ",
+            "NaN",
+            "Thu, 01 Jan 1970 00:00:00 GMT",
+            "Mon, 26 Nov 2026 99:99:99 GMT",
+            "\u{7f}",
+        ] {
+            assert_eq!(parse_retry_after(ignored, now), None, "{ignored:?}");
+        }
+    }
+
+    #[test]
+    fn absurd_rate_limit_resets_are_capped_or_ignored_never_a_panic() {
+        let now = DateTime::parse_from_rfc3339("2026-11-26T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let day = Some(now + chrono::Duration::days(1));
+        let reset = |v: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert("x-ratelimit-reset", v.parse().unwrap());
+            not_before_from_headers(&h, now)
+        };
+        for ignored in [
+            "-9223372036854775808",
+            "-1",
+            "0",
+            "inf",
+            "-inf",
+            "NaN",
+            "1e400",
+            "soon",
+            "",
+        ] {
+            assert_eq!(reset(ignored), None, "{ignored:?}");
+        }
+        for capped in [
+            "9223372036854775807",
+            "18446744073709551616",
+            "1e300",
+            "999999999",
+            "86401",
+        ] {
+            assert_eq!(reset(capped), day, "{capped}");
+        }
+        assert_eq!(reset("30"), Some(now + chrono::Duration::seconds(30)));
+        assert_eq!(
+            reset("1.5"),
+            Some(now + chrono::Duration::milliseconds(1500))
+        );
+        assert_eq!(
+            reset(&(now.timestamp() + 60).to_string()),
+            Some(now + chrono::Duration::seconds(60))
+        );
+        // a garbage Retry-After falls back to the reset header
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "-9223372036854775808".parse().unwrap());
+        h.insert("x-ratelimit-reset", "5".parse().unwrap());
+        assert_eq!(
+            not_before_from_headers(&h, now),
+            Some(now + chrono::Duration::seconds(5))
+        );
     }
 
     #[test]

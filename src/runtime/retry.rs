@@ -13,35 +13,42 @@ use crate::config::{BackoffConfig, BackoffStrategy};
 use crate::jobs::{Attempt, JobError, KindPolicy};
 use crate::queue::{ClaimedJob, DeadReason, ErrorEntry, Outcome};
 
+/// The furthest ahead a retry or snooze is ever scheduled (the largest backoff the config
+/// accepts). Delays are capped here even if a value bypassed validation, so that no
+/// arithmetic on them can overflow `Duration`, chrono or PostgreSQL's `timestamptz`.
+pub const MAX_DELAY: Duration = crate::config::BACKOFF_RANGE.max;
+
+/// Exponential delays reach any cap within this many doublings (`MAX_DELAY` over 1ns is
+/// below 2^55), so later attempts need not be iterated.
+const MAX_STEPS: usize = 128;
+
 /// Delay before the attempt after failed attempt number `attempt` (1-based), jitter
-/// included, never above `cfg.max`.
+/// included, never above `cfg.max` nor [`MAX_DELAY`].
 pub fn backoff_delay(cfg: &BackoffConfig, attempt: u32) -> Duration {
     let n = attempt.max(1) as usize;
+    let max = cfg.max.min(MAX_DELAY);
+    let base = cfg.base.min(max);
     let delay = match cfg.strategy {
         BackoffStrategy::Exponential => {
             let mut b = ExponentialBuilder::new()
-                .with_min_delay(cfg.base)
-                .with_max_delay(cfg.max)
+                .with_min_delay(base)
+                .with_max_delay(max)
                 .with_factor(2.0)
                 .without_max_times();
             if cfg.jitter {
                 b = b.with_jitter();
             }
-            b.build().nth(n - 1)
+            b.build().nth(n.min(MAX_STEPS) - 1)
         }
         BackoffStrategy::Fixed => {
-            let mut b = ConstantBuilder::new()
-                .with_delay(cfg.base)
-                .without_max_times();
+            let mut b = ConstantBuilder::new().with_delay(base).without_max_times();
             if cfg.jitter {
                 b = b.with_jitter();
             }
-            b.build().nth(n - 1)
+            b.build().next()
         }
         BackoffStrategy::Linear => {
-            let step = cfg
-                .base
-                .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+            let step = base.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
             Some(if cfg.jitter {
                 step.saturating_add(step.mul_f64(rand::random::<f64>()))
             } else {
@@ -49,7 +56,15 @@ pub fn backoff_delay(cfg: &BackoffConfig, attempt: u32) -> Duration {
             })
         }
     };
-    delay.unwrap_or(cfg.max).min(cfg.max)
+    delay.unwrap_or(max).min(max)
+}
+
+/// `now + delay`, the delay capped at [`MAX_DELAY`]: never overflows.
+pub fn delayed(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(delay.min(MAX_DELAY))
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Turns one attempt's result into the outcome to store.
@@ -94,15 +109,15 @@ pub fn outcome_of(
                 };
             }
             let delay = backoff_delay(&policy.backoff, job.attempt.max(1) as u32);
-            let mut run_at =
-                now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+            let mut run_at = delayed(now, delay);
             if let Some(nb) = not_before {
-                run_at = run_at.max(nb);
+                // a provider's "not before" is honoured up to the same cap
+                run_at = run_at.max(nb.min(delayed(now, MAX_DELAY)));
             }
             Outcome::Retry { run_at, error }
         }
         Err(JobError::Snooze { delay }) => Outcome::Snooze {
-            run_at: now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+            run_at: delayed(now, delay),
         },
         Err(JobError::Cancel { message }) => Outcome::Cancel {
             error: Some(entry("cancelled", message, None)),
@@ -170,6 +185,90 @@ mod tests {
                 assert!(d >= last);
                 last = d;
             }
+        }
+    }
+
+    #[test]
+    fn absurd_backoff_values_saturate_at_the_cap_instead_of_panicking() {
+        // the values of issue 13 (1000000y panicked in DateTime + TimeDelta), and worse
+        let now = Utc::now();
+        let cap = delayed(now, MAX_DELAY);
+        for value in [Duration::from_secs(31_557_600 * 1_000_000), Duration::MAX] {
+            for strategy in [
+                BackoffStrategy::Exponential,
+                BackoffStrategy::Linear,
+                BackoffStrategy::Fixed,
+            ] {
+                for jitter in [false, true] {
+                    let c = BackoffConfig {
+                        strategy,
+                        base: value,
+                        max: value,
+                        jitter,
+                    };
+                    for attempt in [1, 2, 25, 1000, u32::MAX] {
+                        let d = backoff_delay(&c, attempt);
+                        assert_eq!(d, MAX_DELAY, "{strategy:?} jitter={jitter} {attempt}");
+                    }
+                    let policy = KindPolicy {
+                        backoff: c,
+                        ..KindPolicy::default()
+                    };
+                    match outcome_of(&job(24, 25), &policy, retryable(None), now, false) {
+                        Outcome::Retry { run_at, .. } => assert_eq!(run_at, cap),
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+        }
+        assert_eq!(cap - now, chrono::Duration::days(365));
+    }
+
+    #[test]
+    fn snoozes_and_provider_not_before_are_capped_too() {
+        let now = Utc::now();
+        let cap = now + chrono::Duration::days(365);
+        let snooze = Err(JobError::Snooze {
+            delay: Duration::MAX,
+        });
+        match outcome_of(&job(1, 5), &KindPolicy::default(), snooze, now, false) {
+            Outcome::Snooze { run_at } => assert_eq!(run_at, cap),
+            other => panic!("{other:?}"),
+        }
+        let far = Some(DateTime::<Utc>::MAX_UTC);
+        match outcome_of(
+            &job(1, 5),
+            &KindPolicy::default(),
+            retryable(far),
+            now,
+            false,
+        ) {
+            Outcome::Retry { run_at, .. } => assert_eq!(run_at, cap),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_delay_past_the_end_of_time_saturates() {
+        let end = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(delayed(end, Duration::from_secs(3600)), end);
+        assert_eq!(
+            delayed(end - chrono::Duration::seconds(10), Duration::MAX),
+            end
+        );
+    }
+
+    #[test]
+    fn a_small_max_still_caps_a_larger_base() {
+        // validation refuses max < base; the math still never exceeds max
+        let c = BackoffConfig {
+            strategy: BackoffStrategy::Exponential,
+            base: Duration::from_secs(60),
+            max: Duration::from_secs(5),
+            jitter: true,
+        };
+        for attempt in 1..=10 {
+            assert_eq!(backoff_delay(&c, attempt), Duration::from_secs(5));
         }
     }
 

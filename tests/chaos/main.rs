@@ -9,6 +9,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod config_values;
 mod provider_faults;
 
 /// Whether the long versions of the experiments were asked for (`CHAOS_LONG=1`).
