@@ -1,10 +1,16 @@
-//! Queue-core benchmark: `cargo bench --bench queue` (add `-- --runs 5` for more runs).
+//! Queue-core benchmark: `cargo bench --bench queue` (add `-- --runs 5` for more runs,
+//! `--concurrency N` (default 64) and `--batch N` (default: the daemon's own default) for
+//! the pool, `--quick` to skip the big-table and churn parts).
 //!
-//! Starts its own durable PostgreSQL cluster (fsync and synchronous_commit on) under /tmp,
-//! drives the real `penguin-jobs run` binary as a separate process and prints JSON with
-//! the median and every run of:
+//! Starts its own durable PostgreSQL cluster (fsync and synchronous_commit on, read back
+//! with SHOW and printed) under /tmp, drives the real `penguin-jobs run` binary as a
+//! separate process and prints JSON with the median and every run of:
 //! - batch enqueue rate (`enqueue_many`, 1,000 jobs per statement),
-//! - end-to-end no-op drain of 200k jobs on an empty table,
+//! - end-to-end no-op drain of 200k jobs on an empty table, measured from the first
+//!   claim, and measured from the daemon's start (jobs enqueued before it starts),
+//! - against a local sink answering in 200 ms: claim-to-start and claim-to-outcome of
+//!   2,000 `http.request` jobs, and enqueue-to-start of priority -100 jobs enqueued while
+//!   that backlog drains,
 //! - the same drain on a table already holding 1M completed rows and 200k rows scheduled
 //!   an hour ahead (and the ratio to the empty-table rate),
 //! - enqueue-to-start latency p50/p99 at a steady 500 jobs/s (single-row enqueues),
@@ -32,21 +38,16 @@ const DRAIN_JOBS: usize = 200_000;
 const ENQUEUE_CHUNK: usize = 1_000;
 const CHURN_ROUNDS: usize = 5;
 
-const DAEMON_CONFIG: &str = r#"
-[database]
-max_connections = 8
-[daemon]
-poll_interval = "200ms"
-flush_batch = 2000
-[queues.default]
-concurrency = 500
-batch = 500
-# the built-in credential schedules would add their own jobs to the counts
-[oauth]
-refresh = false
-[api_keys]
-rotation = false
-"#;
+/// The daemon's config: defaults but for the pool (`--concurrency`, `--batch`) and the
+/// built-in schedules (they would add their own jobs to the counts).
+fn daemon_config(concurrency: usize, batch: Option<usize>) -> String {
+    let batch = batch.map(|b| format!("batch = {b}\n")).unwrap_or_default();
+    format!(
+        "[database]\nmax_connections = 8\n[daemon]\npoll_interval = \"200ms\"\n\
+         [queues.default]\nconcurrency = {concurrency}\n{batch}\
+         [oauth]\nrefresh = false\n[api_keys]\nrotation = false\n[maintenance]\nprune = false\n"
+    )
+}
 
 fn median(values: &mut [f64]) -> f64 {
     common::median(values)
@@ -221,6 +222,105 @@ async fn latency(pool: &PgPool, daemon: &Daemon) -> (f64, f64) {
     (p50, p99)
 }
 
+/// Enqueues DRAIN_JOBS due now with no daemon running, then starts one and returns the
+/// jobs/s from the daemon's spawn to the last outcome written (start-up, migration check
+/// and the first claims included).
+async fn drain_from_start(pool: &PgPool, dir: &Path, url: &str) -> f64 {
+    enqueue_batch(pool, DRAIN_JOBS, None).await;
+    sqlx::query("checkpoint").execute(pool).await.unwrap();
+    let spawned: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let daemon = Daemon::start(dir, url);
+    wait_drained(pool, &daemon).await;
+    let secs: f64 = sqlx::query_scalar(
+        "select extract(epoch from max(finished_at) - $1)::float8 from penguin.jobs where state = 'completed'",
+    )
+    .bind(spawned)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    daemon.stop();
+    DRAIN_JOBS as f64 / secs
+}
+
+/// A local HTTP server answering every request after 200 ms.
+async fn slow_sink() -> String {
+    let app = axum::Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        "ok"
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// Figures of jobs calling a 200 ms sink (ms): claim-to-start p50/p99, claim-to-outcome
+/// p50, and enqueue-to-start p50 of priority -100 jobs enqueued while the backlog drains.
+struct SinkFigures {
+    claim_to_start_p50: f64,
+    claim_to_start_p99: f64,
+    claim_to_outcome_p50: f64,
+    urgent_enqueue_to_start_p50: f64,
+}
+
+async fn sink_latency(pool: &PgPool, daemon: &Daemon, sink: &str) -> SinkFigures {
+    let jobs: Vec<NewJob> = (0..2000)
+        .map(|i| {
+            NewJob::new(
+                "http.request",
+                json!({"method": "POST", "url": format!("{sink}/{i}")}),
+            )
+        })
+        .collect();
+    let mut conn = pool.acquire().await.unwrap();
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    // once the backlog flows, urgent jobs arrive one by one
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..20 {
+        queue::enqueue(
+            &mut *conn,
+            &NewJob {
+                priority: Some(-100),
+                ..NewJob::new(
+                    "http.request",
+                    json!({"method": "POST", "url": format!("{sink}/urgent/{i}")}),
+                )
+            },
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(conn);
+    wait_drained(pool, daemon).await;
+    let (start_p50, start_p99, outcome_p50): (f64, f64, f64) = sqlx::query_as(
+        "select percentile_cont(0.5) within group (order by s), percentile_cont(0.99) within group (order by s),
+                percentile_cont(0.5) within group (order by o)
+           from (select extract(epoch from started_at - attempted_at) * 1000 as s,
+                        extract(epoch from finished_at - attempted_at) * 1000 as o
+                   from penguin.jobs where kind = 'http.request' and priority = 0) t",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let urgent: f64 = sqlx::query_scalar(
+        "select percentile_cont(0.5) within group (order by extract(epoch from started_at - created_at) * 1000)
+           from penguin.jobs where kind = 'http.request' and priority = -100",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    SinkFigures {
+        claim_to_start_p50: start_p50,
+        claim_to_start_p99: start_p99,
+        claim_to_outcome_p50: outcome_p50,
+        urgent_enqueue_to_start_p50: urgent,
+    }
+}
+
 /// The autovacuum settings the migration puts on `penguin.jobs`.
 const QUEUE_AUTOVACUUM: &str = "autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold, \
      autovacuum_vacuum_insert_scale_factor, autovacuum_vacuum_insert_threshold, \
@@ -293,12 +393,20 @@ async fn fresh_database(cluster: &EmbeddedPostgres, name: &str) -> (PgPool, Stri
     queue::migrate(&pool).await.unwrap();
     queue::sync_kinds(
         &pool,
-        &[KindDefaults {
-            kind: "noop".into(),
-            queue: "default".into(),
-            max_attempts: 25,
-            priority: 0,
-        }],
+        &[
+            KindDefaults {
+                kind: "noop".into(),
+                queue: "default".into(),
+                max_attempts: 25,
+                priority: 0,
+            },
+            KindDefaults {
+                kind: "http.request".into(),
+                queue: "default".into(),
+                max_attempts: 25,
+                priority: 0,
+            },
+        ],
     )
     .await
     .unwrap();
@@ -308,15 +416,23 @@ async fn fresh_database(cluster: &EmbeddedPostgres, name: &str) -> (PgPool, Stri
 #[tokio::main]
 async fn main() {
     let runs: usize = common::arg("--runs").unwrap_or(3);
+    let concurrency: usize = common::arg("--concurrency").unwrap_or(64);
+    let batch: Option<usize> = common::arg("--batch");
+    let quick = std::env::args().any(|a| a == "--quick");
+    let config = daemon_config(concurrency, batch);
     let dir = PathBuf::from(format!("/tmp/penguin-jobs-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("jobs.toml"), DAEMON_CONFIG).unwrap();
+    std::fs::write(dir.join("jobs.toml"), &config).unwrap();
     let cluster = EmbeddedPostgres::start(&dir.join("postgres"))
         .await
         .expect("start PostgreSQL");
+    let settings = common::server_settings(&cluster).await;
+    let sink = slow_sink().await;
 
     let (mut empty_rates, mut loaded_rates, mut enqueue_rates) = (vec![], vec![], vec![]);
+    let mut from_start_rates = vec![];
     let (mut p50s, mut p99s, mut idle_rss, mut peak_rss) = (vec![], vec![], vec![], vec![]);
+    let (mut c2s_p50, mut c2s_p99, mut c2o_p50, mut urgent_p50) = (vec![], vec![], vec![], vec![]);
     let (mut churn_queue, mut churn_defaults) = (vec![], vec![]);
     for run in 0..runs {
         // empty table
@@ -332,66 +448,96 @@ async fn main() {
         let (p50, p99) = latency(&pool, &daemon).await;
         p50s.push(p50);
         p99s.push(p99);
+        let sink_figures = sink_latency(&pool, &daemon, &sink).await;
+        c2s_p50.push(sink_figures.claim_to_start_p50);
+        c2s_p99.push(sink_figures.claim_to_start_p99);
+        c2o_p50.push(sink_figures.claim_to_outcome_p50);
+        urgent_p50.push(sink_figures.urgent_enqueue_to_start_p50);
         daemon.stop();
         pool.close().await;
 
-        // 1M completed + 200k scheduled an hour ahead
-        let (pool, url) = fresh_database(&cluster, "bench_loaded").await;
-        load_completed(&pool, 1_000_000).await;
-        sqlx::query(
-            "insert into penguin.jobs (queue, kind, payload, state, max_attempts, run_at)
-             select 'default', 'noop', jsonb_build_object('n', g), 'scheduled', 25, now() + interval '1 hour'
-               from generate_series(1, 200000) g",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
-        sqlx::query("vacuum analyze penguin.jobs")
+        // from the daemon's start
+        let (pool, url) = fresh_database(&cluster, "bench_from_start").await;
+        from_start_rates.push(drain_from_start(&pool, &dir, &url).await);
+        pool.close().await;
+
+        if !quick {
+            // 1M completed + 200k scheduled an hour ahead
+            let (pool, url) = fresh_database(&cluster, "bench_loaded").await;
+            load_completed(&pool, 1_000_000).await;
+            sqlx::query(
+                "insert into penguin.jobs (queue, kind, payload, state, max_attempts, run_at)
+                 select 'default', 'noop', jsonb_build_object('n', g), 'scheduled', 25, now() + interval '1 hour'
+                   from generate_series(1, 200000) g",
+            )
             .execute(&pool)
             .await
             .unwrap();
-        let daemon = Daemon::start(&dir, &url);
-        wait_idle(&pool).await;
-        let (rate, _) = drain(&pool, &daemon).await;
-        loaded_rates.push(rate);
-        daemon.stop();
-        pool.close().await;
+            sqlx::query("vacuum analyze penguin.jobs")
+                .execute(&pool)
+                .await
+                .unwrap();
+            let daemon = Daemon::start(&dir, &url);
+            wait_idle(&pool).await;
+            let (rate, _) = drain(&pool, &daemon).await;
+            loaded_rates.push(rate);
+            daemon.stop();
+            pool.close().await;
 
-        churn_queue.push(churn(&cluster, &dir, false).await);
-        churn_defaults.push(churn(&cluster, &dir, true).await);
+            churn_queue.push(churn(&cluster, &dir, false).await);
+            churn_defaults.push(churn(&cluster, &dir, true).await);
+        }
         eprintln!(
-            "run {}: drain {:.0}/s, loaded drain {:.0}/s, enqueue {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, idle {:.1} MB, peak {:.1} MB",
+            "run {}: drain {:.0}/s, from start {:.0}/s, enqueue {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, \
+             200 ms sink: claim-to-start p50 {:.2} ms p99 {:.2} ms, claim-to-outcome p50 {:.0} ms, urgent start p50 {:.1} ms, \
+             idle {:.1} MB, peak {:.1} MB",
             run + 1,
             empty_rates[run],
-            loaded_rates[run],
+            from_start_rates[run],
             enqueue_rates[run],
             p50s[run],
             p99s[run],
+            c2s_p50[run],
+            c2s_p99[run],
+            c2o_p50[run],
+            urgent_p50[run],
             idle_rss[run],
             peak_rss[run]
         );
     }
-    let report = json!({
+    let m = |v: &Vec<f64>| median(&mut v.clone());
+    let mut report = json!({
         "runs": runs,
         "drain_jobs": DRAIN_JOBS,
-        "postgres": "embedded, fsync=on, synchronous_commit=on, same machine",
-        "daemon_config": DAEMON_CONFIG,
-        "noop_drain_jobs_per_s": { "median": median(&mut empty_rates.clone()), "runs": empty_rates },
-        "noop_drain_over_1m_completed_200k_future_jobs_per_s": { "median": median(&mut loaded_rates.clone()), "runs": loaded_rates },
-        "loaded_vs_empty_ratio": median(&mut loaded_rates.clone()) / median(&mut empty_rates.clone()),
-        "batch_enqueue_jobs_per_s": { "median": median(&mut enqueue_rates.clone()), "runs": enqueue_rates },
+        "postgres": "embedded, same machine",
+        "postgres_settings": settings,
+        "daemon_config": config,
+        "noop_drain_jobs_per_s": { "median": m(&empty_rates), "runs": empty_rates },
+        "noop_drain_from_daemon_start_jobs_per_s": { "median": m(&from_start_rates), "runs": from_start_rates },
+        "batch_enqueue_jobs_per_s": { "median": m(&enqueue_rates), "runs": enqueue_rates },
         "enqueue_to_start_ms_at_500_per_s": {
-            "p50_median": median(&mut p50s.clone()), "p99_median": median(&mut p99s.clone()),
+            "p50_median": m(&p50s), "p99_median": m(&p99s),
             "p50_runs": p50s, "p99_runs": p99s
         },
-        "daemon_idle_rss_mb": { "median": median(&mut idle_rss.clone()), "runs": idle_rss },
-        "daemon_peak_rss_mb": { "median": median(&mut peak_rss.clone()), "runs": peak_rss },
-        "churn_5x200k_over_1m_completed": {
+        "sink_200ms_2000_jobs": {
+            "claim_to_start_ms_p50_median": m(&c2s_p50), "claim_to_start_ms_p99_median": m(&c2s_p99),
+            "claim_to_outcome_ms_p50_median": m(&c2o_p50),
+            "priority_minus_100_enqueue_to_start_ms_p50_median": m(&urgent_p50),
+            "claim_to_start_p50_runs": c2s_p50, "claim_to_outcome_p50_runs": c2o_p50, "urgent_runs": urgent_p50,
+        },
+        "daemon_idle_rss_mb": { "median": m(&idle_rss), "runs": idle_rss },
+        "daemon_peak_rss_mb": { "median": m(&peak_rss), "runs": peak_rss },
+    });
+    if !quick {
+        report["noop_drain_over_1m_completed_200k_future_jobs_per_s"] =
+            json!({ "median": m(&loaded_rates), "runs": loaded_rates });
+        report["loaded_vs_empty_ratio"] = json!(m(&loaded_rates) / m(&empty_rates));
+        report["churn_5x200k_over_1m_completed"] = json!({
             "note": "autovacuum_naptime = 2s on the bench cluster",
             "queue_autovacuum_settings": churn_queue,
             "postgres_default_autovacuum": churn_defaults,
-        },
-    });
+        });
+    }
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     let _ = cluster.stop().await;
     let _ = std::fs::remove_dir_all(&dir);

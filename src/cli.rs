@@ -341,6 +341,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         s.dead_letters
                     );
                 }
+                let window = queue::daemons::liveness_window(config.daemon.rescue_interval);
+                for w in queue::waiting_kinds(&pool, window).await? {
+                    println!(
+                        "{} jobs of kind {} wait for a daemon that handles it (due for {}; dead-lettered as unknown_kind after {})",
+                        w.jobs,
+                        w.kind,
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            w.oldest_due_secs as u64
+                        )),
+                        humantime::format_duration(config.daemon.unknown_kind_grace)
+                    );
+                }
             }
             Ok(())
         }

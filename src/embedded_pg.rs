@@ -323,6 +323,29 @@ impl EmbeddedPostgres {
         result
     }
 
+    /// Restarts the server (`pg_ctl restart -m MODE`, `fast` or `immediate`) with the same
+    /// settings, waiting until it accepts connections again; for fault-injection tests.
+    /// Every connection is cut; an `immediate` restart goes through crash recovery.
+    pub async fn restart(&mut self, mode: &str) -> Result<()> {
+        self.kill_watchdog();
+        let mut cmd = pg_command(&self.bindir.join("pg_ctl"), self.run_as);
+        cmd.arg("restart")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-m", mode, "-w", "-t"])
+            .arg(STOP_TIMEOUT_SECS.to_string())
+            .arg("-l")
+            .arg(self.data_dir.join(LOG_FILE));
+        let result = run(cmd, "pg_ctl restart").await.map(drop);
+        if let Some(pid) = read_pid_file(&self.data_dir.join("postmaster.pid")) {
+            self.postmaster_pid = pid;
+        }
+        if let Ok(child) = spawn_watchdog(self) {
+            self.watchdog = Some(child);
+        }
+        result
+    }
+
     async fn pg_ctl_stop(&self, mode: &str) -> Result<()> {
         let mut cmd = pg_command(&self.bindir.join("pg_ctl"), self.run_as);
         cmd.arg("stop")

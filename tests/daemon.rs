@@ -133,6 +133,11 @@ async fn sigkill_mid_batch_then_restart_completes_every_job() {
     )
     .await;
     assert!(held_at_kill > 0, "the kill caught jobs mid-batch");
+    let unstarted_at_kill = count(
+        &db.pool,
+        "select count(*) from penguin.jobs where state = 'running' and started_at is null",
+    )
+    .await;
     assert!(
         count(
             &db.pool,
@@ -159,13 +164,22 @@ async fn sigkill_mid_batch_then_restart_completes_every_job() {
     );
     let rescued = count(
         &db.pool,
-        "select count(*) from penguin.jobs where errors @> '[{\"class\": \"lease_expired\"}]'",
+        "select count(*) from penguin.jobs where errors @> '[{\"class\": \"lease_expired\"}]'
+                                               or errors @> '[{\"class\": \"lease_expired_unstarted\"}]'",
     )
     .await;
     assert_eq!(
         rescued, held_at_kill,
         "every job held at the kill was rescued once"
     );
+    // jobs claimed but never started are not charged for it
+    let refunded = count(
+        &db.pool,
+        "select count(*) from penguin.jobs
+          where errors @> '[{\"class\": \"lease_expired_unstarted\"}]' and attempt = 1",
+    )
+    .await;
+    assert_eq!(refunded, unstarted_at_kill);
 }
 
 #[tokio::test]

@@ -579,6 +579,7 @@ async fn a_stored_stripe_event_is_processed_end_to_end() {
     let claimed = penguin_jobs::queue::claim(
         &db.pool,
         "default",
+        &support::daemon::known_kinds(&db.pool).await,
         10,
         "w",
         std::time::Duration::from_secs(30),

@@ -11,9 +11,16 @@ use support::daemon::{config, count, register_kinds};
 
 /// Moves `id` to the dead letters the way a worker would.
 async fn bury(pool: &sqlx::PgPool, id: i64) {
-    let claimed = queue::claim(pool, "default", 100, "w", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let claimed = queue::claim(
+        pool,
+        "default",
+        &support::daemon::known_kinds(pool).await,
+        100,
+        "w",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     assert!(claimed.iter().any(|j| j.id == id));
     let outcomes: Vec<(i64, Outcome)> = claimed
         .iter()
@@ -125,9 +132,16 @@ async fn retry_runs_a_waiting_job_now_and_a_finished_one_with_fresh_attempts() {
     assert_eq!(job.state, "available");
     assert!(job.run_at <= chrono::Utc::now());
 
-    let claimed = queue::claim(&db.pool, "default", 1, "w", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let claimed = queue::claim(
+        &db.pool,
+        "default",
+        &support::daemon::known_kinds(&db.pool).await,
+        1,
+        "w",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     let err = queue::retry_job(&db.pool, claimed[0].id).await.unwrap_err();
     assert!(
         err.to_string().contains("running job cannot be retried"),
@@ -174,4 +188,43 @@ async fn stats_count_every_state_per_queue() {
     assert_eq!((default.available, default.cancelled), (2, 1));
     let email = stats.iter().find(|s| s.queue == "email").unwrap();
     assert_eq!(email.scheduled, 1);
+}
+
+#[tokio::test]
+async fn replaying_every_dead_letter_works_in_bounded_batches_and_replays_each_once() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let total = queue::REPLAY_BATCH * 2 + 7;
+    sqlx::query(
+        "insert into penguin.dead_letters
+             (job_id, queue, kind, payload, priority, attempt, max_attempts, errors, created_at, reason)
+         select g, 'default', 'noop', jsonb_build_object('n', g), 0, 1, 25, '[]', now(), 'permanent_error'
+           from generate_series(1, $1) g",
+    )
+    .bind(total)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let replayed = queue::replay_dead_letters(&db.pool, None, None)
+        .await
+        .unwrap();
+    assert_eq!(replayed.len() as i64, total);
+    assert_eq!(
+        count(&db.pool, "select count(distinct payload) from penguin.jobs").await,
+        total
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.dead_letters where replayed_at is null"
+        )
+        .await,
+        0
+    );
+    assert!(
+        queue::replay_dead_letters(&db.pool, None, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -23,9 +23,16 @@ async fn the_outcome_write_probes_the_primary_key_even_with_stale_statistics() {
         .execute(&mut *conn)
         .await
         .unwrap();
-    let claimed = queue::claim(&db.pool, "default", 2000, "w1", Duration::from_secs(30))
-        .await
-        .unwrap();
+    let claimed = queue::claim(
+        &db.pool,
+        "default",
+        &support::daemon::known_kinds(&db.pool).await,
+        2000,
+        "w1",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     assert_eq!(claimed.len(), 2000);
 
     sqlx::query("set plan_cache_mode = force_generic_plan")
@@ -33,7 +40,7 @@ async fn the_outcome_write_probes_the_primary_key_even_with_stale_statistics() {
         .await
         .unwrap();
     sqlx::query(&format!(
-        "prepare write_outcomes(text, bigint[], text[], timestamptz[], jsonb[], jsonb[], text[]) as {WRITE_OUTCOMES_SQL}"
+        "prepare write_outcomes(text, bigint[], text[], timestamptz[], jsonb[], jsonb[], text[], timestamptz[]) as {WRITE_OUTCOMES_SQL}"
     ))
     .execute(&mut *conn)
     .await
@@ -41,7 +48,7 @@ async fn the_outcome_write_probes_the_primary_key_even_with_stale_statistics() {
     let ids: Vec<String> = claimed.iter().map(|j| j.id.to_string()).collect();
     let actions = vec!["complete"; ids.len()].join(",");
     let plan: Vec<String> = sqlx::query_scalar(&format!(
-        "explain execute write_outcomes('w1', '{{{}}}', '{{{actions}}}', null, null, null, null)",
+        "explain execute write_outcomes('w1', '{{{}}}', '{{{actions}}}', null, null, null, null, null)",
         ids.join(",")
     ))
     .fetch_all(&mut *conn)
@@ -50,8 +57,8 @@ async fn the_outcome_write_probes_the_primary_key_even_with_stale_statistics() {
     let plan = plan.join("\n");
     assert!(plan.contains("jobs_pkey"), "{plan}");
     assert!(
-        !plan.contains("jobs_lease_idx"),
-        "the lease index must not drive the join:\n{plan}"
+        !plan.contains("jobs_running_idx"),
+        "the running-jobs index must not drive the join:\n{plan}"
     );
 }
 

@@ -243,27 +243,62 @@ async fn a_network_error_is_retried() {
 }
 
 #[tokio::test]
-async fn a_job_of_an_unknown_kind_is_dead_lettered_as_unknown_kind() {
+async fn a_job_of_a_kind_no_daemon_handles_waits_and_is_dead_lettered_only_after_the_grace() {
     let db = support::test_db().await;
-    let rt = start_runtime(&db.pool, FAST).await;
-    // penguin.enqueue refuses unknown kinds; a newer daemon's kind can still reach the table
-    let id: i64 = sqlx::query_scalar(
-        "insert into penguin.jobs (queue, kind, payload, max_attempts) values ('default', 'from.the.future', '{}', 5) returning id",
+    // a newer daemon registered the kind and enqueued a job of it, then went away
+    sqlx::query(
+        "insert into penguin.kinds (kind, queue, max_attempts, priority) values ('from.the.future', 'default', 5, 0)",
     )
-    .fetch_one(&db.pool)
+    .execute(&db.pool)
     .await
     .unwrap();
+    let id: i64 = sqlx::query_scalar("select penguin.enqueue('from.the.future', '{}')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let rt = start_runtime(&db.pool, &format!("{FAST}unknown_kind_grace = \"3s\"\n")).await;
+    // it is not claimed: it waits, untouched, while the grace runs
+    let noop = queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
+        .await
+        .unwrap();
     wait_for(
+        &db.pool,
+        &format!("select state = 'completed' from penguin.jobs where id = {noop}"),
+        Duration::from_secs(10),
+        "a known kind to run meanwhile",
+    )
+    .await;
+    let waiting = queue::waiting_kinds(&db.pool, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(
+        (waiting[0].kind.as_str(), waiting[0].jobs),
+        ("from.the.future", 1)
+    );
+    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!((job.state.as_str(), job.attempt), ("available", 0));
+    let waited = wait_for(
         &db.pool,
         &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
         Duration::from_secs(30),
-        "the dead letter",
+        "the dead letter after the grace",
     )
     .await;
     rt.stop().await;
     let dead = &queue::list_dead_letters(&db.pool, None, 1).await.unwrap()[0];
     assert_eq!(dead.reason, "unknown_kind");
+    assert_eq!(dead.attempt, 0, "no attempt was spent on it");
     assert_eq!(dead.errors[0]["class"], "unknown_kind");
+    assert!(
+        dead.errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no running daemon handles kind from.the.future"),
+        "{}",
+        dead.errors
+    );
+    assert!(waited > Duration::ZERO);
 }
 
 #[tokio::test]
@@ -295,40 +330,44 @@ async fn a_job_running_longer_than_the_lease_is_not_rescued_while_its_worker_liv
 }
 
 #[tokio::test]
-async fn a_job_whose_lease_expired_is_rescued_and_worked_again() {
+async fn a_job_whose_lease_expired_is_rescued_and_charged_only_if_it_had_started() {
     let db = support::test_db().await;
     register_kinds(&db.pool, &config("")).await;
-    let id = queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
+    let started = queue::enqueue(&db.pool, &NewJob::new("noop", json!({"n": 1})))
         .await
         .unwrap();
-    // a worker claimed it and died
+    let unstarted = queue::enqueue(&db.pool, &NewJob::new("noop", json!({"n": 2})))
+        .await
+        .unwrap();
+    // a worker claimed both, started one, and died
     let claimed = queue::claim(
         &db.pool,
         "default",
+        &support::daemon::known_kinds(&db.pool).await,
         10,
         "dead-worker",
         Duration::from_secs(3),
     )
     .await
     .unwrap();
-    assert_eq!(claimed.len(), 1);
-    sqlx::query(
-        "update penguin.jobs set lease_expires_at = now() - interval '1 second' where id = $1",
-    )
-    .bind(id)
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    assert_eq!(claimed.len(), 2);
+    queue::mark_started(&db.pool, "dead-worker", &[started], &[chrono::Utc::now()])
+        .await
+        .unwrap();
+    sqlx::query("update penguin.jobs set lease_expires_at = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let rt = start_runtime(&db.pool, FAST).await;
     wait_for(
         &db.pool,
-        &format!("select state = 'completed' from penguin.jobs where id = {id}"),
+        "select count(*) = 2 from penguin.jobs where state = 'completed'",
         Duration::from_secs(30),
-        "the rescued job to complete",
+        "the rescued jobs to complete",
     )
     .await;
     rt.stop().await;
-    let job = queue::get_job(&db.pool, id).await.unwrap();
+    let job = queue::get_job(&db.pool, started).await.unwrap();
     assert_eq!(job.attempt, 2);
     assert_eq!(job.errors[0]["class"], "lease_expired");
     assert!(
@@ -336,6 +375,74 @@ async fn a_job_whose_lease_expired_is_rescued_and_worked_again() {
             .as_str()
             .unwrap()
             .contains("dead-worker")
+    );
+    let job = queue::get_job(&db.pool, unstarted).await.unwrap();
+    assert_eq!(
+        job.attempt, 1,
+        "the attempt it never started is not charged"
+    );
+    assert_eq!(job.errors[0]["class"], "lease_expired_unstarted");
+}
+
+#[tokio::test]
+async fn a_job_that_kills_its_daemon_before_its_start_is_recorded_still_reaches_the_dead_letters() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let id = queue::enqueue(
+        &db.pool,
+        &NewJob {
+            max_attempts: Some(2),
+            ..NewJob::new("noop", json!({}))
+        },
+    )
+    .await
+    .unwrap();
+    let kinds = support::daemon::known_kinds(&db.pool).await;
+    // each round: claimed, the daemon dies before any start mark, the lease expires
+    for round in 1..=10 {
+        let claimed = queue::claim(
+            &db.pool,
+            "default",
+            &kinds,
+            1,
+            "doomed",
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        if claimed.is_empty() {
+            assert!(round > 1);
+            break;
+        }
+        sqlx::query("update penguin.jobs set lease_expires_at = now() - interval '1 second'")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        sqlx::query("update penguin.jobs set run_at = now() where state = 'retryable'")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        queue::rescue_expired(&db.pool, 10).await.unwrap();
+    }
+    let dead = &queue::list_dead_letters(&db.pool, None, 1).await.unwrap()[0];
+    assert_eq!(dead.job_id, id);
+    assert_eq!(dead.reason, "attempts_exhausted");
+    let classes: Vec<&str> = dead
+        .errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["class"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            "lease_expired_unstarted",
+            "lease_expired_unstarted",
+            "lease_expired_unstarted",
+            "lease_expired",
+            "lease_expired"
+        ]
     );
 }
 
@@ -346,9 +453,16 @@ async fn an_outcome_from_a_worker_that_lost_its_lease_is_dropped() {
     let id = queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
         .await
         .unwrap();
-    queue::claim(&db.pool, "default", 1, "w-old", Duration::from_secs(3))
-        .await
-        .unwrap();
+    queue::claim(
+        &db.pool,
+        "default",
+        &support::daemon::known_kinds(&db.pool).await,
+        1,
+        "w-old",
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
     queue::cancel_job(&db.pool, id).await.unwrap();
     let counts = queue::write_outcomes(
         &db.pool,
@@ -371,14 +485,15 @@ async fn an_outcome_from_a_worker_that_lost_its_lease_is_dropped() {
 }
 
 #[tokio::test]
-async fn shutdown_lets_running_jobs_finish_and_releases_the_rest_without_spending_an_attempt() {
+async fn a_slow_queue_claims_only_what_its_workers_start_and_shutdown_spends_no_attempt_on_the_rest()
+ {
     let db = support::test_db().await;
     let provider = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)))
         .mount(&provider)
         .await;
-    // one job at a time, claims of 4: three are claimed but not started when we stop
+    // one job at a time, claims of up to 4: a 1.5 s job leaves nothing to claim ahead
     let rt = start_runtime(
         &db.pool,
         &format!("{FAST}[queues.default]\nconcurrency = 1\nbatch = 4\n"),
@@ -389,14 +504,6 @@ async fn shutdown_lets_running_jobs_finish_and_releases_the_rest_without_spendin
         .map(|_| http_job(format!("{}/slow", provider.uri()), 5))
         .collect();
     queue::enqueue_many(&mut conn, &jobs).await.unwrap();
-    wait_for(
-        &db.pool,
-        "select count(*) = 4 from penguin.jobs where state = 'running'",
-        Duration::from_secs(10),
-        "the batch to be claimed",
-    )
-    .await;
-    // claimed is not started: stop only once the first job reached the provider
     let start = std::time::Instant::now();
     while provider
         .received_requests()
@@ -410,6 +517,15 @@ async fn shutdown_lets_running_jobs_finish_and_releases_the_rest_without_spendin
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.jobs where state = 'running'"
+        )
+        .await,
+        1,
+        "only the job a worker runs is claimed"
+    );
     rt.stop().await;
     assert_eq!(
         count(
@@ -522,4 +638,87 @@ async fn replay_enqueues_a_dead_letter_again_with_fresh_attempts() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("already replayed"), "{err}");
+}
+
+/// A kind whose every attempt returns text PostgreSQL refuses to store, as a handler that
+/// copied a provider's answer without cleaning it would.
+struct UnstorableResult;
+
+impl penguin_jobs::jobs::Handler for UnstorableResult {
+    fn kind(&self) -> &'static str {
+        "test.unstorable"
+    }
+    fn validate(&self, _: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+    fn run(
+        &self,
+        _: penguin_jobs::jobs::JobContext,
+        _: serde_json::Value,
+    ) -> futures::future::BoxFuture<'static, penguin_jobs::jobs::Attempt> {
+        Box::pin(std::future::ready(Ok(Some(
+            json!({"body": "bad \u{0} byte"}),
+        ))))
+    }
+}
+
+#[tokio::test]
+async fn an_outcome_the_database_refuses_is_dead_lettered_and_holds_back_nothing_else() {
+    let db = support::test_db().await;
+    let registry = penguin_jobs::jobs::Registry::new(
+        vec![
+            std::sync::Arc::new(penguin_jobs::jobs::noop::Noop),
+            std::sync::Arc::new(UnstorableResult),
+        ],
+        &Default::default(),
+    )
+    .unwrap();
+    queue::sync_kinds(&db.pool, &registry.kind_defaults())
+        .await
+        .unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let mut jobs: Vec<NewJob> = (0..500)
+        .map(|n| NewJob::new("noop", json!({ "n": n })))
+        .collect();
+    jobs.insert(100, NewJob::new("test.unstorable", json!({})));
+    jobs.insert(300, NewJob::new("test.unstorable", json!({})));
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    let rt = support::daemon::start_runtime_with(
+        &db.pool,
+        config(&format!(
+            "{FAST}[queues.default]\nconcurrency = 20\nbatch = 50\n"
+        )),
+        std::sync::Arc::new(registry),
+    );
+    wait_for(
+        &db.pool,
+        "select (select count(*) = 500 from penguin.jobs where state = 'completed')
+            and (select count(*) = 2 from penguin.dead_letters)",
+        Duration::from_secs(30),
+        "every noop completed and both unstorable outcomes dead-lettered",
+    )
+    .await;
+    rt.stop().await;
+    let dead = queue::list_dead_letters(&db.pool, None, 10).await.unwrap();
+    for d in &dead {
+        assert_eq!(d.kind, "test.unstorable");
+        assert_eq!(d.reason, "outcome_unwritable");
+        let last = d.errors.as_array().unwrap().last().unwrap();
+        assert_eq!(last["class"], "internal");
+        assert!(
+            last["message"]
+                .as_str()
+                .unwrap()
+                .contains("could not be stored"),
+            "{last}"
+        );
+    }
+    assert_eq!(
+        count(
+            &db.pool,
+            "select count(*) from penguin.jobs where state <> 'completed'"
+        )
+        .await,
+        0
+    );
 }

@@ -62,3 +62,31 @@ pub async fn fresh_database(
         .unwrap();
     (pool, url)
 }
+
+/// The server settings a figure depends on, read back from the running cluster (not
+/// assumed from how it was started).
+pub async fn server_settings(cluster: &EmbeddedPostgres) -> serde_json::Value {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&cluster.url("postgres"))
+        .await
+        .unwrap();
+    let mut out = serde_json::Map::new();
+    for name in [
+        "server_version",
+        "fsync",
+        "synchronous_commit",
+        "full_page_writes",
+        "shared_buffers",
+        "max_wal_size",
+        "autovacuum_naptime",
+    ] {
+        let value: String = sqlx::query_scalar(&format!("show {name}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        out.insert(name.into(), value.into());
+    }
+    pool.close().await;
+    out.into()
+}

@@ -305,11 +305,9 @@ async fn create_job(State(state): State<AppState>, headers: HeaderMap, body: Byt
             );
         }
     };
+    // names the field at fault, NUL and lengths the database would refuse included
     if let Err(e) = job.validate() {
         return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
-    }
-    if let Err(message) = storable(&job) {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, message);
     }
     if let Err(e) = state.registry.check(&job) {
         return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
@@ -351,48 +349,6 @@ async fn create_job(State(state): State<AppState>, headers: HeaderMap, body: Byt
                 .into_response()
         }
     }
-}
-
-/// Longest queue name accepted, in bytes (it is part of the claim index).
-pub const MAX_QUEUE: usize = 200;
-
-/// Longest unique key accepted, in bytes (a btree entry must stay under 2.7 kB).
-pub const MAX_UNIQUE_KEY: usize = 1000;
-
-/// Checks what PostgreSQL would refuse with an error a client could not act on: NUL in any
-/// text (jsonb and text refuse `\u0000`), names longer than their index allows, and a
-/// `run_at` outside years 1-9999. The message names the field (and the payload's path).
-fn storable(job: &NewJob) -> Result<(), String> {
-    const NUL: &str = "contains a NUL character (\\u0000), which cannot be stored";
-    let texts = [
-        ("kind", Some(job.kind.as_str())),
-        ("queue", job.queue.as_deref()),
-        ("unique_key", job.unique_key.as_deref()),
-    ];
-    for (field, value) in texts {
-        if value.is_some_and(|v| !crate::text::is_storable(v)) {
-            return Err(format!("{field} {NUL}"));
-        }
-    }
-    if let Some(path) = crate::text::first_unstorable(&job.payload) {
-        return Err(format!("payload: {path} {NUL}"));
-    }
-    if job.queue.as_ref().is_some_and(|q| q.len() > MAX_QUEUE) {
-        return Err(format!("queue: at most {MAX_QUEUE} bytes"));
-    }
-    if job
-        .unique_key
-        .as_ref()
-        .is_some_and(|k| k.len() > MAX_UNIQUE_KEY)
-    {
-        return Err(format!("unique_key: at most {MAX_UNIQUE_KEY} bytes"));
-    }
-    if let Some(at) = job.run_at
-        && !(1..=9999).contains(&chrono::Datelike::year(&at))
-    {
-        return Err("run_at: give a time between years 1 and 9999".into());
-    }
-    Ok(())
 }
 
 fn status_json(s: &crate::queue::JobStatus) -> serde_json::Value {
@@ -604,35 +560,6 @@ impl SeenTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jobs_the_database_would_refuse_are_refused_naming_the_field() {
-        let job = |f: &dyn Fn(&mut NewJob)| {
-            let mut j = NewJob::new("noop", json!({"a": ["ok"]}));
-            f(&mut j);
-            storable(&j)
-        };
-        assert_eq!(job(&|_| ()), Ok(()));
-        let refused = |f: &dyn Fn(&mut NewJob)| job(f).unwrap_err();
-        assert!(refused(&|j| j.kind = "no\0op".into()).starts_with("kind "));
-        assert!(refused(&|j| j.queue = Some("q\0".into())).starts_with("queue "));
-        assert!(refused(&|j| j.unique_key = Some("\0".into())).starts_with("unique_key "));
-        assert!(
-            refused(&|j| j.payload = json!({"a": [1, {"b\u{0}": 2}]}))
-                .starts_with("payload: $.a[1].b\u{fffd} ")
-        );
-        assert!(refused(&|j| j.queue = Some("q".repeat(MAX_QUEUE + 1))).contains("at most"));
-        assert!(
-            refused(&|j| j.unique_key = Some("k".repeat(MAX_UNIQUE_KEY + 1))).contains("at most")
-        );
-        let year = |y| {
-            chrono::NaiveDate::from_ymd_opt(y, 1, 1)
-                .map(|d| d.and_hms_opt(0, 0, 0).unwrap().and_utc())
-        };
-        assert!(refused(&|j| j.run_at = year(-10_000)).starts_with("run_at"));
-        assert!(refused(&|j| j.run_at = year(200_000)).starts_with("run_at"));
-        assert_eq!(job(&|j| j.run_at = year(9999)), Ok(()));
-    }
 
     #[test]
     fn seen_tokens_are_forgotten_once_out_of_the_window() {

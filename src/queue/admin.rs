@@ -226,31 +226,30 @@ pub struct Replayed {
     pub job: i64,
 }
 
+/// Dead letters replayed per transaction: `dlq replay --all` over a million rows must not
+/// hold a million row locks in one transaction.
+pub const REPLAY_BATCH: i64 = 500;
+
 /// Replays dead letters not replayed yet: each becomes a new job with the same kind,
 /// queue, payload, priority and tenant, and fresh attempts; the dead letter records
-/// `replayed_at` and `replayed_as`. `ids = None` replays all (optionally of one kind).
-/// A dead letter whose unique key a live job holds is replayed as that job.
+/// `replayed_at` and `replayed_as`. `ids = None` replays all (optionally of one kind), in
+/// transactions of [`REPLAY_BATCH`]; `ids` naming one already replayed is refused before
+/// anything is replayed. A dead letter whose unique key a live job holds is replayed as
+/// that job.
 pub async fn replay_dead_letters(
     pool: &PgPool,
     ids: Option<&[i64]>,
     kind: Option<&str>,
 ) -> Result<Vec<Replayed>, Error> {
-    let mut tx = pool.begin().await?;
-    let letters: Vec<DeadLetter> = sqlx::query_as(
-        "select * from penguin.dead_letters
-          where replayed_at is null
-            and ($1::bigint[] is null or id = any($1))
-            and ($2::text is null or kind = $2)
-          order by id
-          for update",
-    )
-    .bind(ids)
-    .bind(kind)
-    .fetch_all(&mut *tx)
-    .await?;
     if let Some(ids) = ids {
+        let open: Vec<i64> = sqlx::query_scalar(
+            "select id from penguin.dead_letters where id = any($1) and replayed_at is null",
+        )
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
         for id in ids {
-            if !letters.iter().any(|l| l.id == *id) {
+            if !open.contains(id) {
                 let letter = get_dead_letter(pool, *id).await?;
                 return Err(Error::Conflict(format!(
                     "dead letter {id} was already replayed as job {}",
@@ -259,10 +258,50 @@ pub async fn replay_dead_letters(
             }
         }
     }
+    let mut replayed = Vec::new();
+    let mut after: i64 = 0;
+    loop {
+        let batch = replay_batch(pool, ids, kind, after).await?;
+        let done = (batch.len() as i64) < REPLAY_BATCH;
+        if let Some(last) = batch.last() {
+            after = last.dead_letter;
+        }
+        replayed.extend(batch);
+        if done {
+            return Ok(replayed);
+        }
+    }
+}
+
+/// One transaction of [`replay_dead_letters`]: up to [`REPLAY_BATCH`] dead letters with an
+/// id above `after`.
+async fn replay_batch(
+    pool: &PgPool,
+    ids: Option<&[i64]>,
+    kind: Option<&str>,
+    after: i64,
+) -> Result<Vec<Replayed>, Error> {
+    let mut tx = pool.begin().await?;
+    let letters: Vec<DeadLetter> = sqlx::query_as(
+        "select * from penguin.dead_letters
+          where replayed_at is null and id > $3
+            and ($1::bigint[] is null or id = any($1))
+            and ($2::text is null or kind = $2)
+          order by id
+          limit $4
+          for update",
+    )
+    .bind(ids)
+    .bind(kind)
+    .bind(after)
+    .bind(REPLAY_BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
     let mut replayed = Vec::with_capacity(letters.len());
     for letter in &letters {
-        // insert directly (not through penguin.enqueue): the kind may have left penguin.kinds,
-        // and a replay should still be possible; the worker then dead-letters it as unknown.
+        // insert directly (not through penguin.enqueue): the kind may have left
+        // penguin.kinds, and a replay should still be possible; a job of a kind no daemon
+        // handles waits for one (see queue::daemons).
         let inserted: Option<i64> = sqlx::query_scalar(
             "insert into penguin.jobs (queue, kind, payload, state, priority, max_attempts, unique_key, tenant_id)
              values ($1, $2, $3, 'available', $4, $5, $6, $7)

@@ -27,12 +27,15 @@ pub struct ClaimedJob {
     pub created_at: DateTime<Utc>,
 }
 
-/// Claims up to `limit` due jobs of `queue` for `worker`, leased for `lease`, in
-/// priority, run_at, id order.
+/// Claims up to `limit` due jobs of `queue` whose kind is one of `kinds` (the kinds the
+/// claiming daemon has a handler for: a job of a kind only a newer daemon knows waits for
+/// it) for `worker`, leased for `lease`, in priority, run_at, id order. The attempt is
+/// charged here; `started_at` stays NULL until the handler starts (see [`mark_started`]).
 #[tracing::instrument(skip_all, fields(queue = %queue, batch = limit))]
 pub async fn claim(
     pool: &PgPool,
     queue: &str,
+    kinds: &[String],
     limit: i64,
     worker: &str,
     lease: Duration,
@@ -43,13 +46,15 @@ pub async fn claim(
              where queue = $1
                and state in ('available', 'scheduled', 'retryable')
                and run_at <= now()
+               and kind = any($5)
              order by priority, run_at, id
              limit $2
              for update skip locked
          )
          update penguin.jobs j
             set state = 'running', attempt = j.attempt + 1, leased_by = $3,
-                lease_expires_at = now() + make_interval(secs => $4), attempted_at = now()
+                lease_expires_at = now() + make_interval(secs => $4), attempted_at = now(),
+                started_at = null
            from picked
           where j.id = picked.id
          returning j.id, j.kind, j.payload, j.attempt, j.max_attempts, j.priority, j.run_at,
@@ -59,6 +64,7 @@ pub async fn claim(
     .bind(limit)
     .bind(worker)
     .bind(lease.as_secs_f64())
+    .bind(kinds)
     .fetch_all(pool)
     .await?;
     // UPDATE ... RETURNING does not keep the subquery's order.
@@ -98,6 +104,35 @@ pub async fn extend_leases(
     Ok(done.rows_affected())
 }
 
+/// Records when the handlers of `ids` (held by `worker`) started, so that a rescue after
+/// the worker died charges their attempt. Jobs that finish quickly never need it: their
+/// outcome carries the start time. Rows being written back right now are skipped (SKIP
+/// LOCKED), as by [`extend_leases`]: their outcome carries the start time too.
+pub async fn mark_started(
+    pool: &PgPool,
+    worker: &str,
+    ids: &[i64],
+    started: &[DateTime<Utc>],
+) -> Result<u64, Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query(
+        "with s as (select * from unnest($1::bigint[], $2::timestamptz[]) as t(id, at)),
+              due as (select j.id, s.at from penguin.jobs j join s on s.id = j.id
+                       where j.leased_by = $3
+                       order by j.id
+                       for update of j skip locked)
+         update penguin.jobs j set started_at = due.at from due where j.id = due.id",
+    )
+    .bind(ids)
+    .bind(started)
+    .bind(worker)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Gives back jobs `worker` claimed but will not finish (shutdown): they become
 /// `available` (or `scheduled`) again and the attempt they were charged is refunded.
 /// Wakes idle workers of `queue` elsewhere. Returns how many were released.
@@ -109,7 +144,7 @@ pub async fn release(pool: &PgPool, queue: &str, worker: &str, ids: &[i64]) -> R
         "update penguin.jobs
             set state = case when run_at > now() then 'scheduled' else 'available' end,
                 attempt = greatest(attempt - 1, 0),
-                leased_by = null, lease_expires_at = null
+                leased_by = null, lease_expires_at = null, started_at = null
           where id = any($1) and leased_by = $2",
     )
     .bind(ids)

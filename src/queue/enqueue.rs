@@ -35,6 +35,12 @@ pub struct NewJob {
     pub tenant_id: Option<uuid::Uuid>,
 }
 
+/// Longest queue name accepted, in bytes (it is part of the claim index).
+pub const MAX_QUEUE: usize = 200;
+
+/// Longest unique key accepted, in bytes (a btree entry must stay under 2.7 kB).
+pub const MAX_UNIQUE_KEY: usize = 1000;
+
 impl NewJob {
     /// A job of `kind` with `payload` and every other field defaulted.
     pub fn new(kind: impl Into<String>, payload: serde_json::Value) -> Self {
@@ -45,28 +51,59 @@ impl NewJob {
         }
     }
 
-    /// Checks what the table would refuse less clearly.
+    /// Checks what the table would refuse less clearly, naming the field at fault: empty
+    /// names, NUL in any text (jsonb and text refuse `\u0000`; the payload's path is
+    /// named), names longer than their index allows, and a `run_at` outside years 1-9999.
     pub fn validate(&self) -> Result<(), Error> {
+        self.check().map_err(Error::Invalid)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        const NUL: &str = "contains a NUL character (\\u0000), which cannot be stored";
         if self.kind.trim().is_empty() {
-            return Err(Error::Invalid("kind must not be empty".into()));
+            return Err("kind must not be empty".into());
         }
         if self.payload.is_null() {
-            return Err(Error::Invalid(
-                "payload must not be null (use {} for none)".into(),
-            ));
+            return Err("payload must not be null (use {} for none)".into());
         }
         if let Some(m) = self.max_attempts
             && m < 1
         {
-            return Err(Error::Invalid(format!(
-                "max_attempts must be at least 1, got {m}"
-            )));
+            return Err(format!("max_attempts must be at least 1, got {m}"));
         }
         if self.queue.as_deref().is_some_and(|q| q.trim().is_empty()) {
-            return Err(Error::Invalid("queue must not be empty".into()));
+            return Err("queue must not be empty".into());
         }
         if self.unique_key.as_deref().is_some_and(str::is_empty) {
-            return Err(Error::Invalid("unique_key must not be empty".into()));
+            return Err("unique_key must not be empty".into());
+        }
+        let texts = [
+            ("kind", Some(self.kind.as_str())),
+            ("queue", self.queue.as_deref()),
+            ("unique_key", self.unique_key.as_deref()),
+        ];
+        for (field, value) in texts {
+            if value.is_some_and(|v| !crate::text::is_storable(v)) {
+                return Err(format!("{field} {NUL}"));
+            }
+        }
+        if let Some(path) = crate::text::first_unstorable(&self.payload) {
+            return Err(format!("payload: {path} {NUL}"));
+        }
+        if self.queue.as_ref().is_some_and(|q| q.len() > MAX_QUEUE) {
+            return Err(format!("queue: at most {MAX_QUEUE} bytes"));
+        }
+        if self
+            .unique_key
+            .as_ref()
+            .is_some_and(|k| k.len() > MAX_UNIQUE_KEY)
+        {
+            return Err(format!("unique_key: at most {MAX_UNIQUE_KEY} bytes"));
+        }
+        if let Some(at) = self.run_at
+            && !(1..=9999).contains(&chrono::Datelike::year(&at))
+        {
+            return Err("run_at: give a time between years 1 and 9999".into());
         }
         Ok(())
     }
@@ -258,4 +295,39 @@ async fn enqueue_many_without_keys(
     .await?;
     ids.sort_unstable();
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn jobs_the_database_would_refuse_are_refused_naming_the_field() {
+        let job = |f: &dyn Fn(&mut NewJob)| {
+            let mut j = NewJob::new("noop", json!({"a": ["ok"]}));
+            f(&mut j);
+            j.check()
+        };
+        assert_eq!(job(&|_| ()), Ok(()));
+        let refused = |f: &dyn Fn(&mut NewJob)| job(f).unwrap_err();
+        assert!(refused(&|j| j.kind = "no\0op".into()).starts_with("kind "));
+        assert!(refused(&|j| j.queue = Some("q\0".into())).starts_with("queue "));
+        assert!(refused(&|j| j.unique_key = Some("\0".into())).starts_with("unique_key "));
+        assert!(
+            refused(&|j| j.payload = json!({"a": [1, {"b\u{0}": 2}]}))
+                .starts_with("payload: $.a[1].b\u{fffd} ")
+        );
+        assert!(refused(&|j| j.queue = Some("q".repeat(MAX_QUEUE + 1))).contains("at most"));
+        assert!(
+            refused(&|j| j.unique_key = Some("k".repeat(MAX_UNIQUE_KEY + 1))).contains("at most")
+        );
+        let year = |y| {
+            chrono::NaiveDate::from_ymd_opt(y, 1, 1)
+                .map(|d| d.and_hms_opt(0, 0, 0).unwrap().and_utc())
+        };
+        assert!(refused(&|j| j.run_at = year(-10_000)).starts_with("run_at"));
+        assert!(refused(&|j| j.run_at = year(200_000)).starts_with("run_at"));
+        assert_eq!(job(&|j| j.run_at = year(9999)), Ok(()));
+    }
 }

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod claim;
 pub mod credentials;
+pub mod daemons;
 pub mod email;
 pub mod enqueue;
 pub mod inbound;
@@ -23,11 +24,16 @@ use sqlx::PgPool;
 
 pub use admin::*;
 pub use claim::{
-    ClaimedJob, claim, extend_leases, forget_stale_idle_marks, mark_busy, mark_idle, release,
+    ClaimedJob, claim, extend_leases, forget_stale_idle_marks, mark_busy, mark_idle, mark_started,
+    release,
 };
+pub use daemons::{WaitingKind, register_daemon, unregister_daemon, waiting_kinds};
 pub use enqueue::{Enqueued, NewJob, enqueue, enqueue_many, enqueue_many_reporting};
 pub use inbound::{NewInboundEvent, store_inbound};
-pub use outcome::{DeadReason, ErrorEntry, FlushCounts, Outcome, write_outcomes};
+pub use outcome::{
+    DeadReason, ErrorEntry, FlushCounts, Outcome, bury_unwritable, write_outcomes,
+    write_outcomes_started,
+};
 pub use prune::{Pruned, prune, prune_inbound_events};
 pub use rescue::{RescueCounts, rescue_expired};
 
@@ -61,6 +67,36 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this failure is about reaching the database (connection lost or refused,
+    /// server restarting, pool exhausted, deadlock, serialization failure, out of
+    /// resources) rather than about the statement or its data: only such a failure is
+    /// worth retrying unchanged. A data error (say, text PostgreSQL refuses) fails again.
+    pub fn is_transient(&self) -> bool {
+        let Error::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // 08: connection exception; 57P: operator intervention (shutdown, crash
+                // recovery); 53: insufficient resources; 40001/40P01: serialization
+                // failure, deadlock; 55P03: lock not available
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code.starts_with("53")
+                    || code == "40001"
+                    || code == "40P01"
+                    || code == "55P03"
+            }),
+            _ => false,
+        }
+    }
+
     /// The message of an exception raised by our own SQL (for example an unknown kind
     /// in `penguin.enqueue`), if this is one.
     pub fn user_message(&self) -> Option<String> {

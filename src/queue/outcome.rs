@@ -39,6 +39,9 @@ pub enum DeadReason {
     PermanentError,
     /// The last allowed attempt failed.
     AttemptsExhausted,
+    /// The attempt's outcome could not be stored (the database refused it); the error
+    /// entry, of class `internal`, holds the database's message.
+    OutcomeUnwritable,
 }
 
 impl DeadReason {
@@ -47,6 +50,7 @@ impl DeadReason {
             DeadReason::UnknownKind => "unknown_kind",
             DeadReason::PermanentError => "permanent_error",
             DeadReason::AttemptsExhausted => "attempts_exhausted",
+            DeadReason::OutcomeUnwritable => "outcome_unwritable",
         }
     }
 }
@@ -83,15 +87,17 @@ pub struct FlushCounts {
 }
 
 /// The write-back statement: `$1` worker, then parallel arrays of id, action, run_at,
-/// error, result and dead-letter reason. Public so tests can check its plan.
+/// error, result, dead-letter reason and handler start time. Public so tests can check
+/// its plan.
 pub const WRITE_OUTCOMES_SQL: &str = "with input as materialized (
      select * from unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::jsonb[],
-                          $6::jsonb[], $7::text[])
-         as t(id, action, run_at, error, result, reason)
+                          $6::jsonb[], $7::text[], $8::timestamptz[])
+         as t(id, action, run_at, error, result, reason, started_at)
  ),
  completed as (
      update penguin.jobs j
         set state = 'completed', finished_at = now(), result = i.result,
+            started_at = coalesce(i.started_at, j.started_at),
             leased_by = null, lease_expires_at = null
        from input i
       where i.action = 'complete' and j.id = i.id and j.leased_by = $1
@@ -105,6 +111,7 @@ pub const WRITE_OUTCOMES_SQL: &str = "with input as materialized (
  retried as (
      update penguin.jobs j
         set state = 'retryable', run_at = i.run_at, errors = j.errors || jsonb_build_array(i.error),
+            started_at = coalesce(i.started_at, j.started_at),
             leased_by = null, lease_expires_at = null
        from input i
       where i.action = 'retry' and j.id = i.id and j.leased_by = $1
@@ -113,7 +120,7 @@ pub const WRITE_OUTCOMES_SQL: &str = "with input as materialized (
  snoozed as (
      update penguin.jobs j
         set state = 'scheduled', run_at = i.run_at, attempt = greatest(j.attempt - 1, 0),
-            leased_by = null, lease_expires_at = null
+            started_at = null, leased_by = null, lease_expires_at = null
        from input i
       where i.action = 'snooze' and j.id = i.id and j.leased_by = $1
      returning j.id
@@ -122,6 +129,7 @@ pub const WRITE_OUTCOMES_SQL: &str = "with input as materialized (
      update penguin.jobs j
         set state = 'cancelled', finished_at = now(),
             errors = case when i.error is null then j.errors else j.errors || jsonb_build_array(i.error) end,
+            started_at = coalesce(i.started_at, j.started_at),
             leased_by = null, lease_expires_at = null
        from input i
       where i.action = 'cancel' and j.id = i.id and j.leased_by = $1
@@ -147,11 +155,22 @@ pub const WRITE_OUTCOMES_SQL: &str = "with input as materialized (
       + (select count(*) from cancelled) + (select count(*) from buried)";
 
 /// Applies `outcomes` (job id, outcome) of `worker` in one statement.
-#[tracing::instrument(skip_all, fields(outcomes = outcomes.len()))]
 pub async fn write_outcomes(
     pool: &PgPool,
     worker: &str,
     outcomes: &[(i64, Outcome)],
+) -> Result<FlushCounts, Error> {
+    write_outcomes_started(pool, worker, outcomes, &[]).await
+}
+
+/// [`write_outcomes`], recording when each attempt's handler started: `started[i]` belongs
+/// to `outcomes[i]` (an empty slice: none known).
+#[tracing::instrument(skip_all, fields(outcomes = outcomes.len()))]
+pub async fn write_outcomes_started(
+    pool: &PgPool,
+    worker: &str,
+    outcomes: &[(i64, Outcome)],
+    started: &[Option<DateTime<Utc>>],
 ) -> Result<FlushCounts, Error> {
     if outcomes.is_empty() {
         return Ok(FlushCounts::default());
@@ -204,6 +223,7 @@ pub async fn write_outcomes(
         .bind(&errors)
         .bind(&results)
         .bind(&reasons)
+        .bind(if started.len() == n { started } else { &[][..] })
         .fetch_one(pool)
         .await?;
     let applied = applied as u64;
@@ -211,4 +231,49 @@ pub async fn write_outcomes(
         applied,
         dropped: n as u64 - applied.min(n as u64),
     })
+}
+
+/// The end of a statement that moves rows to the dead letters: a CTE `buried` inserting
+/// every row of a CTE `dead`, which returns deleted `penguin.jobs` rows (`j.*`) plus
+/// `last_error` (an error entry to append) and `dead_reason`.
+pub(crate) const BURY_DEAD: &str = "buried as (
+     insert into penguin.dead_letters
+         (job_id, queue, kind, payload, priority, attempt, max_attempts, unique_key,
+          tenant_id, errors, created_at, reason)
+     select id, queue, kind, payload, priority, attempt, max_attempts, unique_key, tenant_id,
+            errors || jsonb_build_array(last_error), created_at, dead_reason
+       from dead
+     returning job_id
+ )";
+
+/// Last resort for one job whose outcome the database refused even alone: moves it to the
+/// dead letters with an error of class `internal` carrying `message` (the database's
+/// error), so it never holds back the rest of its batch nor comes back to stall the next
+/// daemon. Only our own values are written besides the message, which is cleaned here.
+/// Returns whether the job was buried (false: `worker` no longer holds it).
+pub async fn bury_unwritable(
+    pool: &PgPool,
+    worker: &str,
+    id: i64,
+    message: &str,
+) -> Result<bool, Error> {
+    let message = crate::text::clean(message, crate::text::MAX_MESSAGE);
+    let buried: i64 = sqlx::query_scalar(&format!(
+        "with dead as (
+             delete from penguin.jobs j where j.id = $1 and j.leased_by = $2
+             returning j.*,
+                       jsonb_build_object('at', now(), 'attempt', j.attempt, 'class', 'internal',
+                                          'message', $3::text) as last_error,
+                       $4::text as dead_reason
+         ),
+         {BURY_DEAD}
+         select count(*) from buried"
+    ))
+    .bind(id)
+    .bind(worker)
+    .bind(&message)
+    .bind(DeadReason::OutcomeUnwritable.as_str())
+    .fetch_one(pool)
+    .await?;
+    Ok(buried > 0)
 }

@@ -3,9 +3,10 @@
 //! flusher.
 //!
 //! The backend never does I/O inside a poll: claims happen in the pool's claimer task,
-//! which fills a bounded channel that `poll_next` reads; outcomes go to the flusher task
-//! over another channel. `poll_next` never returns `None` (that would end the worker):
-//! it returns `Pending` until the claimer pushes work.
+//! which fills a priority-ordered buffer that `poll_next` pops (most urgent first);
+//! outcomes go to the flusher task over a channel, with the time each handler started.
+//! `poll_next` never returns `None` (that would end the worker): it returns `Pending`
+//! until the claimer pushes work.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,11 +36,9 @@ pub struct BackendError;
 
 /// A pool's view of the claimed-job buffer.
 pub struct PgBackend {
-    pub(super) jobs: mpsc::Receiver<JobTask>,
     pub(super) outcomes: mpsc::UnboundedSender<FlushMsg>,
     pub(super) shared: Arc<Shared>,
     pub(super) closing: Option<BoxFuture<'static, ()>>,
-    pub(super) warned_closed: bool,
 }
 
 impl Backend for PgBackend {
@@ -59,18 +58,8 @@ impl Backend for PgBackend {
         cx: &mut Context<'_>,
         _: &WorkerContext,
     ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
-        match self.jobs.poll_recv(cx) {
-            Poll::Ready(Some(task)) => Poll::Ready(Some(Ok(task))),
-            Poll::Ready(None) => {
-                // The claimer stopped (shutdown under way): wait for the worker to stop.
-                if !self.warned_closed {
-                    self.warned_closed = true;
-                    tracing::debug!(queue = %self.shared.queue, "claimer stopped");
-                }
-                Poll::Pending
-            }
-            Poll::Pending => Poll::Pending,
-        }
+        // after the buffer is closed (shutdown) it stays empty: Pending until the worker stops
+        self.shared.poll_next_job(cx).map(|task| Some(Ok(task)))
     }
 
     fn poll_close(
@@ -80,8 +69,7 @@ impl Backend for PgBackend {
     ) -> Poll<Result<(), Self::Error>> {
         if self.closing.is_none() {
             // Claimed but never started: they stay in `held` and are released by `finish`.
-            self.jobs.close();
-            while self.jobs.try_recv().is_ok() {}
+            self.shared.close_buffer();
             let shared = self.shared.clone();
             let outcomes = self.outcomes.clone();
             self.closing = Some(Box::pin(async move { shared.finish(&outcomes).await }));
@@ -107,6 +95,7 @@ impl BackendConfig for PgBackend {
     fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
         OutcomeLayer {
             outcomes: self.outcomes.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -116,6 +105,7 @@ impl BackendConfig for PgBackend {
 #[derive(Clone)]
 pub struct OutcomeLayer {
     outcomes: mpsc::UnboundedSender<FlushMsg>,
+    shared: Arc<Shared>,
 }
 
 impl<S> Layer<S> for OutcomeLayer {
@@ -125,6 +115,7 @@ impl<S> Layer<S> for OutcomeLayer {
         OutcomeService {
             inner,
             outcomes: self.outcomes.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -134,6 +125,7 @@ impl<S> Layer<S> for OutcomeLayer {
 pub struct OutcomeService<S> {
     inner: S,
     outcomes: mpsc::UnboundedSender<FlushMsg>,
+    shared: Arc<Shared>,
 }
 
 impl<S> Service<JobTask> for OutcomeService<S>
@@ -153,8 +145,10 @@ where
     fn call(&mut self, task: JobTask) -> Self::Future {
         let id = task.args.id;
         let attempt = task.args.attempt;
+        self.shared.started(id);
         let fut = self.inner.call(task);
         let outcomes = self.outcomes.clone();
+        let shared = self.shared.clone();
         Box::pin(async move {
             let outcome = match fut.await {
                 Ok(outcome) => outcome,
@@ -176,7 +170,8 @@ where
             };
             // Only fails when the flusher is gone (shutdown after the grace period): the
             // job is then released or rescued.
-            let _ = outcomes.send(FlushMsg::Outcome(id, outcome));
+            let started = shared.ended(id);
+            let _ = outcomes.send(FlushMsg::Outcome(id, outcome, started));
             Ok(())
         })
     }

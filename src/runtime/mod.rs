@@ -8,10 +8,11 @@
 pub mod backend;
 pub mod pool;
 pub mod retry;
+pub mod supervisor;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
@@ -23,13 +24,21 @@ use crate::jobs::Registry;
 use crate::queue;
 
 pub use pool::{PoolSettings, run_attempt};
+use supervisor::{DbHealth, Supervisor};
 
-/// Runtime errors at start.
+/// Runtime errors.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A pool's task died; every pool was drained and held jobs released.
+    #[error("{0}; every pool was drained and its held jobs released")]
+    PoolFailed(String),
 }
+
+/// After a database failure, how long this daemon waits before it rescues expired
+/// leases: its own outcome writes and heartbeats get the first chance.
+const RESCUE_SETTLE: Duration = Duration::from_secs(5);
 
 /// The queues this daemon works: every queue a kind is routed to, plus every
 /// `[queues.NAME]` table.
@@ -56,6 +65,8 @@ pub fn daemon_id() -> String {
 /// Runs every pool until `shutdown` is cancelled, then drains them: each pool stops
 /// claiming, lets in-flight jobs finish within `shutdown_grace`, writes outcomes and
 /// releases the rest without spending an attempt. Returns when all is written back.
+/// If a pool's task dies meanwhile, every pool is drained the same way and the error says
+/// which task died and why (the daemon must then exit non-zero to be restarted).
 pub async fn run(
     config: &Config,
     pool: PgPool,
@@ -73,8 +84,24 @@ pub async fn run(
         .max_connections(4)
         .connect_with(flush_options)
         .await?;
+    // Heartbeats and start marks get their own two connections: handlers, the shim and
+    // OAuth share the main pool, and a starved heartbeat lets a live job be rescued.
+    let lease_pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with((*pool.connect_options()).clone())
+        .await?;
+    let conns = pool::Connections {
+        main: pool.clone(),
+        flush: flush_pool.clone(),
+        lease: lease_pool.clone(),
+    };
 
     let d = &config.daemon;
+    let kinds: Arc<[String]> = registry.kinds().iter().map(|k| k.to_string()).collect();
+    let supervisor = Arc::new(Supervisor::default());
+    let health = Arc::new(DbHealth::default());
+    // pools stop on a signal, or when one of them failed
+    let stop_pools = shutdown.child_token();
     let mut pools = Vec::new();
     let mut wakers: HashMap<String, Arc<Notify>> = HashMap::new();
     for queue_name in queues(config, &registry) {
@@ -88,18 +115,21 @@ pub async fn run(
             flush_batch: d.flush_batch,
             shutdown_grace: d.shutdown_grace,
             delete_completed: config.retention.completed.is_zero(),
+            kinds: kinds.clone(),
         };
         let handle = pool::start(
             settings,
-            pool.clone(),
-            flush_pool.clone(),
+            conns.clone(),
             registry.clone(),
             format!("{id}/{queue_name}"),
-            shutdown.clone(),
+            stop_pools.clone(),
+            supervisor.clone(),
+            health.clone(),
         );
         wakers.insert(queue_name, handle.shared.wake.clone());
         pools.push(handle);
     }
+    let queue_names: Vec<String> = wakers.keys().cloned().collect();
     tracing::info!(
         worker = %id,
         queues = ?wakers.keys().collect::<BTreeSet<_>>(),
@@ -109,14 +139,28 @@ pub async fn run(
     let background = CancellationToken::new();
     let listener = tokio::spawn(listen(pool.clone(), wakers, background.clone()));
     let maintenance = tokio::spawn(maintain(
-        pool.clone(),
-        d.rescue_interval,
-        d.poll_interval,
+        Maintenance {
+            pool: pool.clone(),
+            daemon: id.clone(),
+            kinds: kinds.to_vec(),
+            queues: queue_names,
+            every: d.rescue_interval,
+            poll_interval: d.poll_interval,
+            unknown_kind_grace: d.unknown_kind_grace,
+            health,
+        },
         background.clone(),
     ));
 
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: no new claims; waiting for running jobs");
+    tokio::select! {
+        () = shutdown.cancelled() => {
+            tracing::info!("shutting down: no new claims; waiting for running jobs");
+        }
+        () = supervisor.failed().cancelled() => {
+            tracing::error!("a pool failed: draining every pool before exiting");
+        }
+    }
+    stop_pools.cancel();
     for handle in pools {
         let _ = handle.task.await;
     }
@@ -124,6 +168,10 @@ pub async fn run(
     let _ = listener.await;
     let _ = maintenance.await;
     flush_pool.close().await;
+    lease_pool.close().await;
+    if let Some(reason) = supervisor.reason() {
+        return Err(RuntimeError::PoolFailed(reason));
+    }
     tracing::info!("all pools drained");
     Ok(())
 }
@@ -147,8 +195,12 @@ async fn listen(pool: PgPool, wakers: HashMap<String, Arc<Notify>>, stop: Cancel
             }
         };
         if let Err(e) = listener.listen(queue::NOTIFY_CHANNEL).await {
-            tracing::warn!(error = %e, "LISTEN failed");
-            continue;
+            failures += 1;
+            tracing::warn!(error = %e, "LISTEN failed; relying on polling meanwhile");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(failures.min(5)))) => continue,
+                () = stop.cancelled() => return,
+            }
         }
         failures = 0;
         wake_all();
@@ -175,28 +227,118 @@ async fn listen(pool: PgPool, wakers: HashMap<String, Arc<Notify>>, stop: Cancel
     }
 }
 
-/// Rescues expired leases every `every`, and forgets idle marks of workers that stopped
-/// refreshing them (crashed daemons), so inserts stop paying NOTIFY on their account.
-async fn maintain(pool: PgPool, every: Duration, poll_interval: Duration, stop: CancellationToken) {
+/// What the maintenance task needs.
+struct Maintenance {
+    pool: PgPool,
+    daemon: String,
+    kinds: Vec<String>,
+    queues: Vec<String>,
+    every: Duration,
+    poll_interval: Duration,
+    unknown_kind_grace: Duration,
+    health: Arc<DbHealth>,
+}
+
+/// Every `every`: says this daemon is alive and which kinds it handles; rescues expired
+/// leases (once this daemon's own writes settled after a database failure); forgets idle
+/// marks of workers that stopped refreshing them (crashed daemons), so inserts stop paying
+/// NOTIFY on their account; reports jobs whose kind no live daemon handles, and
+/// dead-letters those that waited longer than `unknown_kind_grace`.
+async fn maintain(m: Maintenance, stop: CancellationToken) {
     const RESCUE_BATCH: i64 = 1000;
-    let stale = (poll_interval * 3).max(Duration::from_secs(60));
+    const BURY_BATCH: i64 = 1000;
+    let stale = (m.poll_interval * 3).max(Duration::from_secs(60));
+    let window = queue::daemons::liveness_window(m.every);
+    let mut reported: HashMap<String, (i64, Instant)> = HashMap::new();
+    let mut first = true;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = stop.cancelled() => return,
-        }
-        loop {
-            match queue::rescue_expired(&pool, RESCUE_BATCH).await {
-                Ok(c) if c.requeued + c.dead == RESCUE_BATCH as u64 => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "rescue failed");
-                    break;
-                }
+        if !first {
+            tokio::select! {
+                () = tokio::time::sleep(m.every) => {}
+                () = stop.cancelled() => break,
             }
         }
-        if let Err(e) = queue::forget_stale_idle_marks(&pool, stale).await {
+        first = false;
+        if let Err(e) = queue::register_daemon(&m.pool, &m.daemon, &m.kinds, &m.queues).await {
+            if e.is_transient() {
+                m.health.failed();
+            }
+            tracing::warn!(error = %e, "could not record this daemon as alive");
+            continue;
+        }
+        if m.health.settled(RESCUE_SETTLE) {
+            loop {
+                match queue::rescue_expired(&m.pool, RESCUE_BATCH).await {
+                    Ok(c) if c.requeued + c.dead == RESCUE_BATCH as u64 => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rescue failed");
+                        break;
+                    }
+                }
+            }
+        } else {
+            tracing::info!(
+                "database failures in the last seconds: rescue waits until this daemon's own writes are through"
+            );
+        }
+        if let Err(e) = queue::forget_stale_idle_marks(&m.pool, stale).await {
             tracing::debug!(error = %e, "could not clean idle marks");
         }
+        match queue::waiting_kinds(&m.pool, window).await {
+            Ok(waiting) => {
+                reported.retain(|k, _| waiting.iter().any(|w| &w.kind == k));
+                for w in &waiting {
+                    let again = reported.get(&w.kind).is_none_or(|(n, at)| {
+                        *n != w.jobs || at.elapsed() >= Duration::from_secs(300)
+                    });
+                    if again {
+                        tracing::warn!(
+                            kind = %w.kind, jobs = w.jobs, oldest_due_secs = w.oldest_due_secs,
+                            grace = %humantime::format_duration(m.unknown_kind_grace),
+                            "{} jobs of kind {} wait for a daemon that handles it; they are dead-lettered as unknown_kind after the grace",
+                            w.jobs, w.kind
+                        );
+                        reported.insert(w.kind.clone(), (w.jobs, Instant::now()));
+                    }
+                }
+                let overdue: Vec<String> = waiting
+                    .iter()
+                    .filter(|w| w.oldest_due_secs as u64 >= m.unknown_kind_grace.as_secs())
+                    .map(|w| w.kind.clone())
+                    .collect();
+                loop {
+                    match queue::daemons::bury_unhandled(
+                        &m.pool,
+                        &overdue,
+                        m.unknown_kind_grace,
+                        window,
+                        BURY_BATCH,
+                    )
+                    .await
+                    {
+                        Ok(n) => {
+                            if n > 0 {
+                                tracing::error!(
+                                    jobs = n, kinds = ?overdue,
+                                    "jobs whose kind no daemon handled for longer than unknown_kind_grace moved to the dead letters"
+                                );
+                            }
+                            if n < BURY_BATCH as u64 {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not dead-letter jobs of unhandled kinds");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not look for jobs of unhandled kinds"),
+        }
+    }
+    if let Err(e) = queue::unregister_daemon(&m.pool, &m.daemon, window).await {
+        tracing::debug!(error = %e, "could not remove this daemon's row");
     }
 }

@@ -1,16 +1,25 @@
 //! One worker pool per queue: an apalis worker over [`PgBackend`], fed by a claimer task
-//! that keeps up to two claim batches prefetched, drained by a flusher task that writes
-//! outcomes back in batches, and a heartbeat task that extends the leases of every job
-//! the pool holds. Claim, run and ack never happen in lockstep.
+//! that keeps a short, priority-ordered buffer of claimed jobs ahead of the workers,
+//! drained by a flusher task that writes outcomes back in batches, a heartbeat task that
+//! extends the leases of every job the pool holds, and a marker task that records when
+//! long-running jobs started. Claim, run and ack never happen in lockstep.
+//!
+//! Claiming ahead is bounded by what the workers will start within [`PREFETCH_HORIZON`]
+//! at the rate they are starting jobs: a fast queue claims big batches (up to `batch`), a
+//! slow one claims a job or two as slots free up, so a claimed job never waits long in
+//! the buffer and an urgent job enqueued meanwhile is not queued behind hundreds.
 //!
 //! Must never call a provider itself, and never lose track of a claimed job: every
-//! claimed id stays in `held` until its outcome is written or it is released.
+//! claimed id stays in `held` until its outcome is written or it is released. One outcome
+//! the database refuses must never hold back the others.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use apalis::prelude::WorkerBuilderExt;
 use apalis_core::error::BoxDynError;
@@ -18,7 +27,7 @@ use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
 use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::ext::event_listener::EventListenerExt;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
@@ -29,14 +38,24 @@ use tower::Service;
 
 use super::backend::{JobTask, PgBackend};
 use super::retry::outcome_of;
+use super::supervisor::{DbHealth, Supervisor, panic_message, spawn_supervised};
 use crate::jobs::{ErrorClass, JobContext, JobError, Registry};
 use crate::queue::{self, ClaimedJob, DeadReason, ErrorEntry, Outcome};
+
+/// How far ahead of its workers a pool claims: the jobs they will start within this time
+/// at their current rate (at most `batch`, at least what free workers take at once).
+pub const PREFETCH_HORIZON: Duration = Duration::from_millis(10);
+
+/// A job that has run this long gets its start recorded (jobs that end sooner carry
+/// their start time in their outcome).
+const START_MARK_AFTER: Duration = Duration::from_millis(10);
 
 /// Settings of one pool.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub queue: String,
     pub concurrency: usize,
+    /// Most jobs claimed per statement.
     pub batch: usize,
     pub lease: Duration,
     pub poll_interval: Duration,
@@ -44,21 +63,78 @@ pub struct PoolSettings {
     pub shutdown_grace: Duration,
     /// `[retention] completed = "0s"`: delete jobs at completion.
     pub delete_completed: bool,
+    /// Kinds this daemon has a handler for: the only ones it claims.
+    pub kinds: Arc<[String]>,
 }
 
 impl PoolSettings {
-    /// Most jobs claimed and not yet written back: two batches buffered, one batch
-    /// running and one awaiting write-back.
+    /// Most jobs claimed and not yet written back: the running ones, a batch buffered
+    /// and two batches awaiting write-back.
     pub fn max_held(&self) -> usize {
-        self.batch * 4
+        self.concurrency + self.batch * 3
     }
+}
+
+/// The database connections a pool uses, each set for one purpose so that none starves
+/// another: claims and releases, outcome writes, and leases (heartbeats and start marks).
+#[derive(Debug, Clone)]
+pub struct Connections {
+    pub main: PgPool,
+    pub flush: PgPool,
+    pub lease: PgPool,
 }
 
 /// Messages to the flusher.
 pub enum FlushMsg {
-    Outcome(i64, Outcome),
+    /// A job's outcome and when its handler started.
+    Outcome(i64, Outcome, Option<DateTime<Utc>>),
     /// Everything sent before this is written when the sender is answered.
     Barrier(oneshot::Sender<()>),
+}
+
+/// One outcome on its way to the database.
+struct Pending {
+    id: i64,
+    outcome: Outcome,
+    started: Option<DateTime<Utc>>,
+}
+
+/// A claimed job waiting for a worker, ordered as claims are: priority, run_at, id.
+struct Prefetched {
+    key: (i16, DateTime<Utc>, i64),
+    job: ClaimedJob,
+}
+
+impl PartialEq for Prefetched {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+impl Eq for Prefetched {}
+impl PartialOrd for Prefetched {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Prefetched {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
+/// Claimed jobs not yet started; the backend pops the most urgent first.
+#[derive(Default)]
+struct Buffer {
+    heap: BinaryHeap<Reverse<Prefetched>>,
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+/// When a running job's handler started, and whether that start is recorded.
+struct Start {
+    at: DateTime<Utc>,
+    since: Instant,
+    marked: bool,
 }
 
 /// State shared by a pool's tasks.
@@ -67,14 +143,22 @@ pub struct Shared {
     /// Our `leased_by` identity.
     pub worker: String,
     pub settings: PoolSettings,
-    pool: PgPool,
-    flush_pool: PgPool,
+    conns: Connections,
+    health: Arc<DbHealth>,
     /// Claimed and not yet written back or released.
     held: Mutex<HashSet<i64>>,
-    /// Bounds `held`: the claimer takes a permit per job it may claim, the flusher gives
-    /// it back once the outcome is written. Without it, claims outrun write-back, leases
-    /// pile up unflushed, heartbeats grow to whole-table updates and leases expire.
+    /// Bounds `held`: the claimer takes a permit per job it claims, the flusher gives it
+    /// back once the outcome is written. Without it, claims outrun write-back, leases pile
+    /// up unflushed, heartbeats grow to whole-table updates and leases expire.
     room: Semaphore,
+    buffer: Mutex<Buffer>,
+    /// Jobs handed to the worker whose outcome is not produced yet.
+    running: AtomicUsize,
+    /// Jobs handed to the worker since the pool started (the claimer's rate estimate).
+    started_total: AtomicU64,
+    /// Rung when a job starts or an outcome is written: the claimer may claim more.
+    claim_signal: Notify,
+    starts: Mutex<HashMap<i64, Start>>,
     /// Rung by the LISTEN task when jobs arrive in this queue.
     pub wake: Arc<Notify>,
     /// The earliest `run_at` this pool wrote back (a snooze or a quick retry) that comes
@@ -101,6 +185,7 @@ impl Shared {
             }
         }
         self.room.add_permits(removed);
+        self.claim_signal.notify_one();
     }
 
     fn held_ids(&self) -> Vec<i64> {
@@ -110,6 +195,76 @@ impl Shared {
             .iter()
             .copied()
             .collect()
+    }
+
+    fn buffered(&self) -> usize {
+        self.buffer.lock().expect("buffer lock").heap.len()
+    }
+
+    /// Puts claimed jobs in the buffer and wakes the worker.
+    fn push_claimed(&self, jobs: Vec<ClaimedJob>) {
+        let waker = {
+            let mut buffer = self.buffer.lock().expect("buffer lock");
+            for job in jobs {
+                let key = (job.priority, job.run_at, job.id);
+                buffer.heap.push(Reverse(Prefetched { key, job }));
+            }
+            buffer.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The most urgent buffered job, as a task for the worker; `Pending` (with the waker
+    /// kept) when there is none.
+    pub(super) fn poll_next_job(&self, cx: &mut Context<'_>) -> Poll<JobTask> {
+        let job = {
+            let mut buffer = self.buffer.lock().expect("buffer lock");
+            match buffer.heap.pop() {
+                Some(Reverse(p)) => p.job,
+                None => {
+                    buffer.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        };
+        self.running.fetch_add(1, Ordering::Relaxed);
+        self.started_total.fetch_add(1, Ordering::Relaxed);
+        self.claim_signal.notify_one();
+        let id = job.id as u64;
+        Poll::Ready(TaskBuilder::new(job).task_id(TaskId::from_int(id)).build())
+    }
+
+    /// Empties the buffer for good (shutdown): its jobs stay held, and `finish` releases
+    /// them without spending an attempt.
+    pub(super) fn close_buffer(&self) {
+        let mut buffer = self.buffer.lock().expect("buffer lock");
+        buffer.closed = true;
+        buffer.heap.clear();
+    }
+
+    /// A job's handler starts now.
+    pub(super) fn started(&self, id: i64) {
+        self.starts.lock().expect("starts lock").insert(
+            id,
+            Start {
+                at: Utc::now(),
+                since: Instant::now(),
+                marked: false,
+            },
+        );
+    }
+
+    /// A job's outcome is produced: returns when its handler started.
+    pub(super) fn ended(&self, id: i64) -> Option<DateTime<Utc>> {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        self.claim_signal.notify_one();
+        self.starts
+            .lock()
+            .expect("starts lock")
+            .remove(&id)
+            .map(|s| s.at)
     }
 
     /// Stops claiming, writes every pending outcome, releases whatever is still held
@@ -125,12 +280,13 @@ impl Shared {
         if let Some(claimer) = claimer {
             let _ = claimer.await;
         }
+        self.close_buffer();
         let (tx, rx) = oneshot::channel();
         if outcomes.send(FlushMsg::Barrier(tx)).is_ok() {
             let _ = rx.await;
         }
         let rest = self.held_ids();
-        match queue::release(&self.pool, &self.queue, &self.worker, &rest).await {
+        match queue::release(&self.conns.main, &self.queue, &self.worker, &rest).await {
             Ok(n) => {
                 self.unhold(rest);
                 if n > 0 {
@@ -142,7 +298,7 @@ impl Shared {
                 "could not release held jobs; they will be rescued when their lease expires"
             ),
         }
-        if let Err(e) = queue::mark_busy(&self.pool, &self.worker).await {
+        if let Err(e) = queue::mark_busy(&self.conns.main, &self.worker).await {
             tracing::debug!(error = %e, "could not clear the idle mark");
         }
         self.stop_background.cancel();
@@ -156,23 +312,30 @@ pub struct PoolHandle {
     pub task: JoinHandle<()>,
 }
 
-/// Starts the pool for `settings.queue`; it stops when `shutdown` is cancelled.
+/// Starts the pool for `settings.queue`; it stops when `shutdown` is cancelled. A task of
+/// the pool that dies fails `supervisor`.
 pub fn start(
     settings: PoolSettings,
-    pool: PgPool,
-    flush_pool: PgPool,
+    conns: Connections,
     registry: Arc<Registry>,
     worker_id: String,
     shutdown: CancellationToken,
+    supervisor: Arc<Supervisor>,
+    health: Arc<DbHealth>,
 ) -> PoolHandle {
     let shared = Arc::new(Shared {
         queue: settings.queue.clone(),
         worker: worker_id,
         settings: settings.clone(),
-        pool,
-        flush_pool,
+        conns,
+        health,
         held: Mutex::new(HashSet::new()),
         room: Semaphore::new(settings.max_held()),
+        buffer: Mutex::new(Buffer::default()),
+        running: AtomicUsize::new(0),
+        started_total: AtomicU64::new(0),
+        claim_signal: Notify::new(),
+        starts: Mutex::new(HashMap::new()),
         wake: Arc::new(Notify::new()),
         due: Mutex::new(None),
         stop_claiming: CancellationToken::new(),
@@ -180,19 +343,43 @@ pub fn start(
         claimer: Mutex::new(None),
         finished: tokio::sync::Mutex::new(false),
     });
-    let (job_tx, job_rx) = mpsc::channel(settings.batch * 2);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    *shared.claimer.lock().expect("claimer lock") =
-        Some(tokio::spawn(claimer(shared.clone(), job_tx)));
-    tokio::spawn(flusher(shared.clone(), out_rx));
-    tokio::spawn(heartbeat(shared.clone()));
+    let q = &settings.queue;
+    let claimer_task = spawn_supervised(
+        supervisor.clone(),
+        q.clone(),
+        "claimer",
+        shared.stop_claiming.clone(),
+        claimer(shared.clone()),
+    );
+    *shared.claimer.lock().expect("claimer lock") = Some(claimer_task);
+    let background = shared.stop_background.clone();
+    spawn_supervised(
+        supervisor.clone(),
+        q.clone(),
+        "flusher",
+        background.clone(),
+        flusher(shared.clone(), out_rx),
+    );
+    spawn_supervised(
+        supervisor.clone(),
+        q.clone(),
+        "heartbeat",
+        background.clone(),
+        heartbeat(shared.clone()),
+    );
+    spawn_supervised(
+        supervisor.clone(),
+        q.clone(),
+        "start marker",
+        background,
+        start_marker(shared.clone()),
+    );
 
     let backend = PgBackend {
-        jobs: job_rx,
         outcomes: out_tx.clone(),
         shared: shared.clone(),
         closing: None,
-        warned_closed: false,
     };
     let dispatcher = Dispatcher {
         registry,
@@ -208,30 +395,32 @@ pub fn start(
     let task_shared = shared.clone();
     let task = tokio::spawn(async move {
         let stop = shutdown.clone();
-        let run = worker
-            .run_with_ctx(move |ctx| {
-                let stop = stop.clone();
-                async move {
-                    stop.cancelled().await;
-                    let _ = ctx.stop();
-                    Ok(())
-                }
-            })
-            .boxed();
+        let run = AssertUnwindSafe(worker.run_with_ctx(move |ctx| {
+            let stop = stop.clone();
+            async move {
+                stop.cancelled().await;
+                let _ = ctx.stop();
+                Ok(())
+            }
+        }))
+        .catch_unwind()
+        .boxed();
         let grace = async {
             shutdown.cancelled().await;
             task_shared.stop_claiming.cancel();
             tokio::time::sleep(task_shared.settings.shutdown_grace).await;
         };
+        let q = &task_shared.queue;
         tokio::select! {
-            result = run => {
-                if let Err(e) = result {
-                    tracing::error!(queue = %task_shared.queue, error = %e, "worker stopped with an error");
-                }
-            }
+            result = run => match result {
+                Ok(Ok(())) if shutdown.is_cancelled() => {}
+                Ok(Ok(())) => supervisor.fail(format!("pool {q}: its worker stopped while the pool was running")),
+                Ok(Err(e)) => supervisor.fail(format!("pool {q}: its worker stopped with an error: {e}")),
+                Err(panic) => supervisor.fail(format!("pool {q}: its worker panicked: {}", panic_message(panic.as_ref()))),
+            },
             () = grace => {
                 tracing::warn!(
-                    queue = %task_shared.queue,
+                    queue = %q,
                     grace = %humantime::format_duration(task_shared.settings.shutdown_grace),
                     "shutdown grace elapsed with jobs still running; releasing them"
                 );
@@ -242,32 +431,93 @@ pub fn start(
     PoolHandle { shared, task }
 }
 
-/// Keeps the job channel filled: claims a batch whenever a batch worth of room is free,
-/// marks the pool idle (so inserts NOTIFY) when the queue is empty, and waits for a
-/// notification or the poll interval.
-async fn claimer(shared: Arc<Shared>, jobs: mpsc::Sender<JobTask>) {
+/// The claimer's estimate of how fast the workers start jobs.
+struct StartRate {
+    per_sec: f64,
+    last_total: u64,
+    last_at: Instant,
+}
+
+impl StartRate {
+    fn new() -> Self {
+        Self {
+            per_sec: 0.0,
+            last_total: 0,
+            last_at: Instant::now(),
+        }
+    }
+
+    /// Folds in the starts since the last sample (samples closer than 5 ms are skipped).
+    fn sample(&mut self, total: u64) -> f64 {
+        let elapsed = self.last_at.elapsed();
+        if elapsed >= Duration::from_millis(5) {
+            let now_rate = (total - self.last_total) as f64 / elapsed.as_secs_f64();
+            let weight = (elapsed.as_secs_f64() / 0.05).min(1.0);
+            self.per_sec += (now_rate - self.per_sec) * weight;
+            self.last_total = total;
+            self.last_at = Instant::now();
+        }
+        self.per_sec
+    }
+}
+
+/// How many jobs to claim now, given the free workers, the buffer and the start rate:
+/// enough for every free worker plus [`PREFETCH_HORIZON`] worth of starts, at most `batch`
+/// and the room left; `None` while that is less than half the horizon's worth (claiming
+/// in dribbles at a high rate would cost a statement per job or two).
+fn claim_size(
+    settings: &PoolSettings,
+    running: usize,
+    buffered: usize,
+    room: usize,
+    rate: f64,
+) -> Option<usize> {
+    let ahead = ((rate * PREFETCH_HORIZON.as_secs_f64()) as usize).min(settings.batch);
+    let free = settings.concurrency.saturating_sub(running);
+    let want = (free + ahead)
+        .saturating_sub(buffered)
+        .min(settings.batch)
+        .min(room);
+    (want > 0 && want >= (ahead / 2).max(1)).then_some(want)
+}
+
+/// Keeps the buffer filled (see [`claim_size`]), marks the pool idle (so inserts NOTIFY)
+/// when the queue is empty, and waits for a notification or the poll interval.
+async fn claimer(shared: Arc<Shared>) {
     let s = &shared.settings;
     let mut idle = false;
     let mut failures: u32 = 0;
+    let mut rate = StartRate::new();
     loop {
-        let room = tokio::select! {
-            room = shared.room.acquire_many(s.batch as u32) => match room {
-                Ok(r) => r,
-                Err(_) => break,
-            },
-            () = shared.stop_claiming.cancelled() => break,
+        if shared.stop_claiming.is_cancelled() {
+            break;
+        }
+        let per_sec = rate.sample(shared.started_total.load(Ordering::Relaxed));
+        let size = claim_size(
+            s,
+            shared.running.load(Ordering::Relaxed),
+            shared.buffered(),
+            shared.room.available_permits(),
+            per_sec,
+        );
+        let Some(size) = size else {
+            tokio::select! {
+                () = shared.claim_signal.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                () = shared.stop_claiming.cancelled() => break,
+            }
+            continue;
         };
-        let permits = tokio::select! {
-            permits = jobs.reserve_many(s.batch) => match permits {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = shared.stop_claiming.cancelled() => break,
+        // only this task takes room, and `claim_size` stayed within what is free
+        let Ok(room) = shared.room.try_acquire_many(size as u32) else {
+            tokio::task::yield_now().await;
+            continue;
         };
         let claimed = queue::claim(
-            &shared.pool,
+            &shared.conns.main,
             &s.queue,
-            s.batch as i64,
+            &s.kinds,
+            size as i64,
             &shared.worker,
             s.lease,
         )
@@ -279,10 +529,14 @@ async fn claimer(shared: Arc<Shared>, jobs: mpsc::Sender<JobTask>) {
             }
             Err(e) => {
                 failures += 1;
-                let pause =
-                    Duration::from_millis(100 * 2u64.pow(failures.min(6))).min(s.poll_interval * 5);
+                if e.is_transient() {
+                    shared.health.failed();
+                }
+                let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)))
+                    .min(s.poll_interval * 5)
+                    .max(Duration::from_millis(100));
                 tracing::warn!(queue = %s.queue, error = %e, retry_in = ?pause, "claim failed");
-                drop((permits, room));
+                drop(room);
                 tokio::select! {
                     () = tokio::time::sleep(pause) => continue,
                     () = shared.stop_claiming.cancelled() => break,
@@ -290,11 +544,11 @@ async fn claimer(shared: Arc<Shared>, jobs: mpsc::Sender<JobTask>) {
             }
         };
         if claimed.is_empty() {
-            drop((permits, room));
+            drop(room);
             if !idle {
                 // Mark first, then claim once more: a job inserted between the empty claim
                 // and the mark is caught by that claim instead of waiting a poll interval.
-                match queue::mark_idle(&shared.pool, &shared.worker, &s.queue).await {
+                match queue::mark_idle(&shared.conns.main, &shared.worker, &s.queue).await {
                     Ok(()) => idle = true,
                     Err(e) => tracing::debug!(error = %e, "could not mark the pool idle"),
                 }
@@ -313,8 +567,10 @@ async fn claimer(shared: Arc<Shared>, jobs: mpsc::Sender<JobTask>) {
                 () = shared.wake.notified() => {}
                 () = tokio::time::sleep_until(due.map_or(poll, |d| d.min(poll))) => {
                     if due.is_none_or(|d| d >= poll) {
-                        // refresh the mark, so maintenance can tell live idle workers from dead ones
-                        let _ = queue::mark_idle(&shared.pool, &shared.worker, &s.queue).await;
+                        // refresh the mark, so maintenance can tell live idle workers from
+                        // dead ones, and so it is back after a database restart (the table
+                        // is unlogged)
+                        let _ = queue::mark_idle(&shared.conns.main, &shared.worker, &s.queue).await;
                     }
                 }
                 () = shared.stop_claiming.cancelled() => break,
@@ -323,25 +579,22 @@ async fn claimer(shared: Arc<Shared>, jobs: mpsc::Sender<JobTask>) {
         }
         if idle {
             idle = false;
-            if let Err(e) = queue::mark_busy(&shared.pool, &shared.worker).await {
+            if let Err(e) = queue::mark_busy(&shared.conns.main, &shared.worker).await {
                 tracing::debug!(error = %e, "could not clear the idle mark");
             }
         }
         // each claimed job keeps its unit of room until its outcome is written
         room.forget();
-        shared.room.add_permits(s.batch - claimed.len());
+        shared.room.add_permits(size - claimed.len());
         shared.hold(claimed.iter().map(|j| j.id));
-        for (permit, job) in permits.zip(claimed) {
-            let id = job.id as u64;
-            permit.send(TaskBuilder::new(job).task_id(TaskId::from_int(id)).build());
-        }
+        shared.push_claimed(claimed);
     }
 }
 
 /// Writes outcomes back, as many as have accumulated (up to `flush_batch`) per statement.
 async fn flusher(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiver<FlushMsg>) {
     let max = shared.settings.flush_batch;
-    let mut batch: Vec<(i64, Outcome)> = Vec::with_capacity(max);
+    let mut batch: Vec<Pending> = Vec::with_capacity(max);
     let mut barriers: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let first = tokio::select! {
@@ -352,7 +605,11 @@ async fn flusher(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiver<Flus
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                FlushMsg::Outcome(id, o) => batch.push((id, o)),
+                FlushMsg::Outcome(id, outcome, started) => batch.push(Pending {
+                    id,
+                    outcome,
+                    started,
+                }),
                 FlushMsg::Barrier(tx) => barriers.push(tx),
             }
             if batch.len() >= max {
@@ -362,9 +619,9 @@ async fn flusher(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiver<Flus
         }
         if !batch.is_empty() {
             // one lock order for every writer of these rows
-            batch.sort_unstable_by_key(|(id, _)| *id);
-            write_with_retries(&shared, &batch).await;
-            shared.unhold(batch.iter().map(|(id, _)| *id));
+            batch.sort_unstable_by_key(|p| p.id);
+            write_batch(&shared, &batch).await;
+            shared.unhold(batch.iter().map(|p| p.id));
             note_soon_due(&shared, &batch);
             batch.clear();
         }
@@ -377,11 +634,11 @@ async fn flusher(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiver<Flus
 
 /// Remembers the earliest snooze or retry of `batch` due before the next poll, and wakes
 /// the claimer so it sleeps until then rather than a whole poll interval.
-fn note_soon_due(shared: &Shared, batch: &[(i64, Outcome)]) {
+fn note_soon_due(shared: &Shared, batch: &[Pending]) {
     let now = Utc::now();
     let earliest = batch
         .iter()
-        .filter_map(|(_, o)| match o {
+        .filter_map(|p| match &p.outcome {
             Outcome::Retry { run_at, .. } | Outcome::Snooze { run_at } => Some(*run_at),
             _ => None,
         })
@@ -404,10 +661,39 @@ fn note_soon_due(shared: &Shared, batch: &[(i64, Outcome)]) {
     shared.wake.notify_one();
 }
 
-async fn write_with_retries(shared: &Shared, batch: &[(i64, Outcome)]) {
+/// Writes `batch` in one statement. A failure to reach the database is retried as is
+/// (forever while running; a bounded number of times at shutdown, after which the jobs
+/// are rescued). Any other failure means some row cannot be stored: the batch is written
+/// row by row, and a row the database still refuses goes to the dead letters with the
+/// database's message ([`queue::bury_unwritable`]).
+async fn write_batch(shared: &Shared, batch: &[Pending]) {
+    match write_with_retries(shared, batch).await {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(
+                queue = %shared.queue, outcomes = batch.len(), error = %e,
+                "the database refused a batch of outcomes; writing them one by one"
+            );
+            for one in batch {
+                if let Err(e) = write_with_retries(shared, std::slice::from_ref(one)).await {
+                    bury(shared, one.id, &e).await;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `batch`, retrying while the database cannot be reached; returns the first error
+/// that is not about reaching it. Gives up (Ok) after 10 failures at shutdown.
+async fn write_with_retries(shared: &Shared, batch: &[Pending]) -> Result<(), queue::Error> {
+    let outcomes: Vec<(i64, Outcome)> = batch.iter().map(|p| (p.id, p.outcome.clone())).collect();
+    let started: Vec<Option<DateTime<Utc>>> = batch.iter().map(|p| p.started).collect();
     let mut failures: u32 = 0;
-    loop {
-        match queue::write_outcomes(&shared.flush_pool, &shared.worker, batch).await {
+    let result = loop {
+        let written =
+            queue::write_outcomes_started(&shared.conns.flush, &shared.worker, &outcomes, &started)
+                .await;
+        match written {
             Ok(counts) => {
                 if counts.dropped > 0 {
                     tracing::warn!(
@@ -415,43 +701,135 @@ async fn write_with_retries(shared: &Shared, batch: &[(i64, Outcome)]) {
                         "outcomes dropped: those jobs' leases were lost (rescued or cancelled meanwhile)"
                     );
                 }
-                return;
+                break Ok(());
             }
-            Err(e) => {
+            Err(e) if e.is_transient() => {
                 failures += 1;
-                let stopping = shared.stop_claiming.is_cancelled();
-                if stopping && failures >= 10 {
+                if failures == 1 {
+                    shared.health.add_unwritten(batch.len());
+                }
+                shared.health.failed();
+                if shared.stop_claiming.is_cancelled() && failures >= 10 {
                     tracing::error!(
                         queue = %shared.queue, outcomes = batch.len(), error = %e,
                         "giving up writing outcomes at shutdown; the jobs will be rescued and run again"
                     );
-                    return;
+                    break Ok(());
                 }
-                let pause = Duration::from_millis(50 * 2u64.pow(failures.min(7)));
+                let pause = Duration::from_millis(50 * 2u64.pow(failures.min(4)));
                 tracing::warn!(queue = %shared.queue, error = %e, retry_in = ?pause, "writing outcomes failed");
                 tokio::time::sleep(pause).await;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    if failures > 0 {
+        shared.health.sub_unwritten(batch.len());
+    }
+    result
+}
+
+/// Moves a job whose outcome the database refused to the dead letters.
+async fn bury(shared: &Shared, id: i64, refused: &queue::Error) {
+    let message = format!("the outcome of this attempt could not be stored: {refused}");
+    let mut failures: u32 = 0;
+    loop {
+        match queue::bury_unwritable(&shared.conns.flush, &shared.worker, id, &message).await {
+            Ok(buried) => {
+                tracing::error!(
+                    queue = %shared.queue, job.id = id, buried, error = %refused,
+                    "outcome refused by the database; job moved to the dead letters (class internal)"
+                );
+                return;
+            }
+            Err(e) if e.is_transient() && failures < 10 => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures))).await;
+            }
+            Err(e) => {
+                tracing::error!(
+                    queue = %shared.queue, job.id = id, error = %e,
+                    "could not dead-letter a job whose outcome the database refused; it will be rescued when its lease expires"
+                );
+                return;
             }
         }
     }
 }
 
 /// Extends the leases of every held job every `lease / 3`, so a long job is never
-/// rescued while its worker lives.
+/// rescued while its worker lives; after a failure, tries again within a second, so a
+/// database that comes back finds the leases renewed before other daemons rescue them.
 async fn heartbeat(shared: Arc<Shared>) {
     let every = shared.settings.lease / 3;
+    let mut wait = every;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(wait) => {}
             () = shared.stop_background.cancelled() => return,
         }
         let ids = shared.held_ids();
         if ids.is_empty() {
+            wait = every;
             continue;
         }
-        match queue::extend_leases(&shared.pool, &shared.worker, &ids, shared.settings.lease).await
+        match queue::extend_leases(
+            &shared.conns.lease,
+            &shared.worker,
+            &ids,
+            shared.settings.lease,
+        )
+        .await
         {
-            Ok(n) => tracing::trace!(queue = %shared.queue, extended = n, "leases extended"),
-            Err(e) => tracing::warn!(queue = %shared.queue, error = %e, "could not extend leases"),
+            Ok(n) => {
+                wait = every;
+                tracing::trace!(queue = %shared.queue, extended = n, "leases extended");
+            }
+            Err(e) => {
+                if e.is_transient() {
+                    shared.health.failed();
+                }
+                wait = every.min(Duration::from_secs(1));
+                tracing::warn!(queue = %shared.queue, error = %e, "could not extend leases");
+            }
+        }
+    }
+}
+
+/// Records the start of every job that has been running for [`START_MARK_AFTER`], so a
+/// rescue after this daemon dies charges its attempt; jobs still in the buffer stay
+/// unmarked and are not charged.
+async fn start_marker(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(START_MARK_AFTER) => {}
+            () = shared.stop_background.cancelled() => return,
+        }
+        let (ids, ats): (Vec<i64>, Vec<DateTime<Utc>>) = {
+            let mut starts = shared.starts.lock().expect("starts lock");
+            starts
+                .iter_mut()
+                .filter(|(_, s)| !s.marked && s.since.elapsed() >= START_MARK_AFTER)
+                .map(|(id, s)| {
+                    s.marked = true;
+                    (*id, s.at)
+                })
+                .unzip()
+        };
+        if ids.is_empty() {
+            continue;
+        }
+        if let Err(e) = queue::mark_started(&shared.conns.lease, &shared.worker, &ids, &ats).await {
+            if e.is_transient() {
+                shared.health.failed();
+            }
+            tracing::debug!(queue = %shared.queue, error = %e, "could not record job starts; retrying");
+            let mut starts = shared.starts.lock().expect("starts lock");
+            for id in ids {
+                if let Some(s) = starts.get_mut(&id) {
+                    s.marked = false;
+                }
+            }
         }
     }
 }
@@ -512,11 +890,7 @@ pub async fn run_attempt(registry: &Registry, job: ClaimedJob, delete_completed:
     let attempt = match tokio::time::timeout(policy.timeout, run).await {
         Ok(Ok(result)) => result,
         Ok(Err(panic)) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "handler panicked".into());
+            let message = panic_message(panic.as_ref());
             Err(JobError::Retryable {
                 class: ErrorClass::Panic,
                 message: format!("handler panicked: {message}"),
@@ -555,5 +929,27 @@ pub async fn run_attempt(registry: &Registry, job: ClaimedJob, delete_completed:
             JobError::Snooze { .. } | JobError::Cancel { .. } => {}
         }
     }
-    outcome_of(&job, policy, attempt, Utc::now(), delete_completed)
+    // The policy math must not take the worker down whatever a handler returned: a panic
+    // here would end the pool's worker, not one attempt.
+    let now = Utc::now();
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        outcome_of(&job, policy, attempt, now, delete_completed)
+    }))
+    .unwrap_or_else(|panic| {
+        let message = panic_message(panic.as_ref());
+        tracing::error!(job.id = job.id, job.kind = %job.kind, error = %message, "computing the outcome panicked; retrying in a minute");
+        Outcome::Retry {
+            run_at: now + chrono::Duration::seconds(60),
+            error: ErrorEntry {
+                at: now,
+                attempt: job.attempt,
+                class: "internal".into(),
+                message: crate::text::clean(
+                    &format!("computing the outcome panicked: {message}"),
+                    crate::text::MAX_MESSAGE,
+                ),
+                status: None,
+            },
+        }
+    })
 }

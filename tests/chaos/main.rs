@@ -10,7 +10,11 @@
 mod support;
 
 mod config_values;
+mod kill_nine;
+mod pg_restart;
 mod provider_faults;
+mod rolling_deploy;
+mod sink;
 
 /// Whether the long versions of the experiments were asked for (`CHAOS_LONG=1`).
 #[allow(dead_code)]

@@ -120,3 +120,11 @@ pub fn stop_daemon(child: &mut std::process::Child) {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Every kind listed in `penguin.kinds`: what a daemon with the built-in registry claims.
+pub async fn known_kinds(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("select coalesce(array_agg(kind order by kind), '{}') from penguin.kinds")
+        .fetch_one(pool)
+        .await
+        .expect("read penguin.kinds")
+}
