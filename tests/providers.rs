@@ -1214,3 +1214,54 @@ async fn a_provider_answering_nul_bytes_or_megabytes_is_retried_with_clean_short
         0
     );
 }
+
+#[tokio::test]
+async fn a_posthog_batch_refused_for_one_bad_event_is_resent_event_by_event() {
+    let db = support::test_db().await;
+    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    register_kinds(&db.pool, &config(&toml(&fake, &dir, ""))).await;
+    let jobs: Vec<NewJob> = (0..40)
+        .map(|i| {
+            NewJob::new(
+                "posthog.capture",
+                json!({"event": "campaign_sent", "distinct_id": format!("user_{i}"),
+                       "properties": {"refuse_me": i == 7}, "organization_id": "org_1",
+                       "timestamp": "2026-11-26T10:00:00Z"}),
+            )
+        })
+        .collect();
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    drop(conn);
+    let rt = start_runtime(
+        &db.pool,
+        &toml(&fake, &dir, "[queues.default]\nconcurrency = 100\n"),
+    )
+    .await;
+    wait_for(
+        &db.pool,
+        "select (select count(*) = 39 from penguin.jobs where state = 'completed' and kind = 'posthog.capture')
+            and (select count(*) = 1 from penguin.dead_letters)",
+        Duration::from_secs(30),
+        "39 captures and one dead letter",
+    )
+    .await;
+    rt.stop().await;
+    let dead = &queue::list_dead_letters(&db.pool, None, 1).await.unwrap()[0];
+    assert_eq!(dead.payload["distinct_id"], "user_7");
+    assert_eq!(dead.reason, "permanent_error");
+    assert_eq!(dead.errors[0]["status"], 400);
+    // some batch held the bad event with others, and those others were sent again alone
+    let calls = fake.requests_to("/batch/");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.json()["batch"].as_array().unwrap().len() > 1
+                && c.json()["batch"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["properties"]["refuse_me"] == true)),
+        "the bad event was never batched with others: the test proves nothing"
+    );
+}

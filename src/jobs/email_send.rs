@@ -137,7 +137,8 @@ impl Handler for EmailSend {
                 })));
             }
             let http = this.http.clone();
-            let timeout = ctx.timeout;
+            // the send must end in time for its acceptance to be recorded below
+            let timeout = ctx.call_timeout();
             let message_id = match &*this.provider {
                 EmailProvider::Mailgun(m) => {
                     this.outbound

@@ -136,7 +136,7 @@ impl Handler for HttpRequest {
             let mut builder = client
                 .request(req.method, req.url)
                 .headers(req.headers)
-                .timeout(req.timeout.unwrap_or(ctx.timeout).min(ctx.timeout));
+                .timeout(req.timeout.unwrap_or(ctx.timeout).min(ctx.call_timeout()));
             if let Some((body, json)) = req.body {
                 if json && !builder_has_content_type(&payload) {
                     builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json");

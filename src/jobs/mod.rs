@@ -95,6 +95,54 @@ pub struct JobContext {
     pub tenant_id: Option<uuid::Uuid>,
     /// The kind's timeout for one attempt (the runtime enforces it too).
     pub timeout: Duration,
+    /// When the attempt started (the runtime cancels it at `started + timeout`).
+    pub started: std::time::Instant,
+}
+
+impl JobContext {
+    /// How long a provider call made now may take so that the attempt still has time to
+    /// record what the provider answered before the runtime cancels it: the rest of the
+    /// attempt, less a margin of a fifth of the timeout (between 100 ms and 5 s). A call
+    /// that outlives the attempt could be accepted and never recorded, then sent again.
+    pub fn call_timeout(&self) -> Duration {
+        let margin = (self.timeout / 5).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        self.timeout
+            .saturating_sub(self.started.elapsed())
+            .saturating_sub(margin)
+            .max(Duration::from_millis(10))
+    }
+}
+
+#[cfg(test)]
+mod call_timeout_tests {
+    use super::*;
+
+    fn ctx(timeout: Duration, ago: Duration) -> JobContext {
+        JobContext {
+            id: 1,
+            kind: "k".into(),
+            attempt: 1,
+            max_attempts: 1,
+            tenant_id: None,
+            timeout,
+            started: std::time::Instant::now() - ago,
+        }
+    }
+
+    #[test]
+    fn a_call_ends_with_a_margin_inside_the_attempt() {
+        let t = ctx(Duration::from_secs(30), Duration::ZERO).call_timeout();
+        assert!(
+            t <= Duration::from_secs(25) && t > Duration::from_secs(24),
+            "{t:?}"
+        );
+        let t = ctx(Duration::from_secs(30), Duration::from_secs(10)).call_timeout();
+        assert!(t <= Duration::from_secs(15), "{t:?}");
+        let t = ctx(Duration::from_secs(1), Duration::ZERO).call_timeout();
+        assert!(t <= Duration::from_millis(800), "{t:?}");
+        let spent = ctx(Duration::from_secs(1), Duration::from_secs(5)).call_timeout();
+        assert_eq!(spent, Duration::from_millis(10));
+    }
 }
 
 /// The result of one attempt: an optional JSON result stored on the job.

@@ -6,7 +6,9 @@
 //! a few milliseconds after the first) and sends each batch from its own task, so batches
 //! overlap. Every job of a batch gets that call's outcome: a failed batch retries each of
 //! its jobs, and PostHog drops the events it already has by their `uuid` (derived from the
-//! job id). Must never log event properties or the key.
+//! job id). A batch PostHog refuses as a bad request (a 4xx other than 401/403/429) is
+//! sent again event by event, so one bad event does not dead-letter the other 99. Must
+//! never log event properties or the key.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::outbound::Outbound;
-use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use super::{Attempt, ErrorClass, Handler, JobContext, JobError, KindPolicy};
 use crate::providers::posthog::{CaptureEvent, MAX_BATCH, Posthog};
 
 /// How long the collector waits for more events after the first of a batch.
@@ -92,14 +94,38 @@ async fn collect(
         let (posthog, http, outbound) = (posthog.clone(), http.clone(), outbound.clone());
         tokio::spawn(async move {
             let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let result = outbound
-                .call(
-                    "posthog",
-                    "posthog.capture",
-                    posthog.configured_key(),
-                    async |key| posthog.capture_batch(&http, key, items, timeout).await,
+            let send = |items: Vec<serde_json::Value>| {
+                let (posthog, http, outbound) = (posthog.clone(), http.clone(), outbound.clone());
+                async move {
+                    outbound
+                        .call(
+                            "posthog",
+                            "posthog.capture",
+                            posthog.configured_key(),
+                            async |key| posthog.capture_batch(&http, key, items, timeout).await,
+                        )
+                        .await
+                }
+            };
+            let several = items.len() > 1;
+            let result = send(items.clone()).await;
+            if several
+                && matches!(
+                    result,
+                    Err(JobError::Fatal {
+                        class: ErrorClass::Data,
+                        ..
+                    })
                 )
-                .await;
+            {
+                // PostHog refused the request itself (a 4xx other than auth): one bad event
+                // fails its whole batch. Send each alone, so only the bad one fails.
+                let alone = futures::future::join_all(items.into_iter().map(|i| send(vec![i])));
+                for (reply, result) in replies.into_iter().zip(alone.await) {
+                    let _ = reply.send(result);
+                }
+                return;
+            }
             for reply in replies {
                 let _ = reply.send(result.clone());
             }

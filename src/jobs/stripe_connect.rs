@@ -141,7 +141,7 @@ impl Handler for CreateAccount {
                     this.stripe.configured_key(),
                     async |secret| {
                         this.stripe
-                            .create_account(&this.http, secret, &form, &key, ctx.timeout)
+                            .create_account(&this.http, secret, &form, &key, ctx.call_timeout())
                             .await
                     },
                 )
@@ -217,7 +217,13 @@ impl Handler for CreateAccountLink {
                     this.stripe.configured_key(),
                     async |secret| {
                         this.stripe
-                            .create_account_link(&this.http, secret, &form, &key, ctx.timeout)
+                            .create_account_link(
+                                &this.http,
+                                secret,
+                                &form,
+                                &key,
+                                ctx.call_timeout(),
+                            )
                             .await
                     },
                 )

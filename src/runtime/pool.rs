@@ -885,6 +885,7 @@ pub async fn run_attempt(registry: &Registry, job: ClaimedJob, delete_completed:
         max_attempts: job.max_attempts,
         tenant_id: job.tenant_id,
         timeout: policy.timeout,
+        started: Instant::now(),
     };
     let run = AssertUnwindSafe(handler.run(ctx, job.payload.clone())).catch_unwind();
     let attempt = match tokio::time::timeout(policy.timeout, run).await {

@@ -371,6 +371,17 @@ fn normal_answer(state: &Arc<Mutex<State>>, r: &Recorded) -> Response<Full<Bytes
         return json_response(200, body);
     }
     if path == "/batch/" {
+        // PostHog refuses a whole batch for one event it cannot take; here, one whose
+        // properties say `"refuse_me": true`
+        let refused = r.json()["batch"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|e| e["properties"]["refuse_me"] == true));
+        if refused {
+            return json_response(
+                400,
+                json!({"type": "validation_error", "code": "invalid_payload", "detail": "invalid event"}),
+            );
+        }
         return json_response(200, json!({"status": 1}));
     }
     json_response(404, json!({"error": "not found"}))
