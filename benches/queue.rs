@@ -1,6 +1,6 @@
 //! Queue-core benchmark: `cargo bench --bench queue` (add `-- --runs 5` for more runs,
-//! `--concurrency N` (default 64) and `--batch N` (default: the daemon's own default) for
-//! the pool, `--quick` to skip the big-table and churn parts).
+//! `--concurrency N` (default 64), `--batch N` and `--flush-batch N` (default: the
+//! daemon's own defaults) for the pool, `--quick` to skip the big-table and churn parts).
 //!
 //! Starts its own durable PostgreSQL cluster (fsync and synchronous_commit on, read back
 //! with SHOW and printed) under /tmp, drives the real `penguin-jobs run` binary as a
@@ -40,10 +40,13 @@ const CHURN_ROUNDS: usize = 5;
 
 /// The daemon's config: defaults but for the pool (`--concurrency`, `--batch`) and the
 /// built-in schedules (they would add their own jobs to the counts).
-fn daemon_config(concurrency: usize, batch: Option<usize>) -> String {
+fn daemon_config(concurrency: usize, batch: Option<usize>, flush_batch: Option<usize>) -> String {
     let batch = batch.map(|b| format!("batch = {b}\n")).unwrap_or_default();
+    let flush = flush_batch
+        .map(|b| format!("flush_batch = {b}\n"))
+        .unwrap_or_default();
     format!(
-        "[database]\nmax_connections = 8\n[daemon]\npoll_interval = \"200ms\"\n\
+        "[database]\nmax_connections = 8\n[daemon]\npoll_interval = \"200ms\"\n{flush}\
          [queues.default]\nconcurrency = {concurrency}\n{batch}\
          [oauth]\nrefresh = false\n[api_keys]\nrotation = false\n[maintenance]\nprune = false\n"
     )
@@ -74,7 +77,10 @@ impl Daemon {
             .arg(workdir.join("jobs.toml"))
             .args(["run", "--no-http"])
             .env("DATABASE_URL", url)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_DAEMON_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -161,6 +167,16 @@ async fn drain(pool: &PgPool, daemon: &Daemon) -> (f64, f64) {
     .await
     .unwrap();
     assert_eq!(done as usize, DRAIN_JOBS, "every job completed");
+    // one claim statement stamps its rows with one attempted_at
+    let (claims, mean_claim): (i64, f64) = sqlx::query_as(
+        "select count(*), avg(n)::float8 from (select count(*) n from penguin.jobs
+          where state = 'completed' and run_at = $1 group by attempted_at) t",
+    )
+    .bind(due)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    eprintln!("  drain: {claims} claims of {mean_claim:.0} jobs on average");
     (DRAIN_JOBS as f64 / secs, enqueue_rate)
 }
 
@@ -418,8 +434,9 @@ async fn main() {
     let runs: usize = common::arg("--runs").unwrap_or(3);
     let concurrency: usize = common::arg("--concurrency").unwrap_or(64);
     let batch: Option<usize> = common::arg("--batch");
+    let flush_batch: Option<usize> = common::arg("--flush-batch");
     let quick = std::env::args().any(|a| a == "--quick");
-    let config = daemon_config(concurrency, batch);
+    let config = daemon_config(concurrency, batch, flush_batch);
     let dir = PathBuf::from(format!("/tmp/penguin-jobs-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("jobs.toml"), &config).unwrap();

@@ -441,7 +441,11 @@ async fn connect(
     Ok((pool, cluster))
 }
 
+/// After the workers drained, how long the shim may take to close its connections.
+const SHIM_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<()> {
+    crate::process::raise_open_files_limit_logged();
     // every config error before anything starts
     let schedules = scheduler::from_config(&config)?;
     let keyring = crate::secrets::Keyring::from_config(&config)?;
@@ -491,8 +495,17 @@ async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<()> {
             crate::runtime::run(&config, pool.clone(), registry, shutdown).await?;
         }
         let _ = cron.await;
-        if let Some(shim) = shim {
-            let _ = shim.await;
+        if let Some(mut shim) = shim {
+            // Graceful shutdown waits for open connections to close; a slow or idle client
+            // must not hold the daemon's exit (systemd would SIGKILL it). In-flight
+            // requests had the whole drain above to finish.
+            if tokio::time::timeout(SHIM_DRAIN, &mut shim).await.is_err() {
+                tracing::warn!(
+                    after = %humantime::format_duration(SHIM_DRAIN),
+                    "HTTP clients still connected after shutdown; closing their connections"
+                );
+                shim.abort();
+            }
         }
         anyhow::Ok(())
     }

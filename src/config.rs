@@ -426,7 +426,9 @@ pub struct DaemonConfig {
     /// On SIGTERM/SIGINT, how long in-flight jobs may run before they are released.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// Most outcomes written back in one statement.
+    /// Most outcomes written back in one statement (default 2000: measured faster than
+    /// 1000 for a no-op drain; larger ack statements risk the plan flips noted in
+    /// queue::outcome).
     pub flush_batch: usize,
     /// How long a job whose kind no running daemon handles waits before it is
     /// dead-lettered with reason `unknown_kind`.
@@ -442,7 +444,7 @@ impl Default for DaemonConfig {
             lease: Duration::from_secs(30),
             rescue_interval: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),
-            flush_batch: 1000,
+            flush_batch: 2000,
             unknown_kind_grace: Duration::from_secs(24 * 3600),
         }
     }

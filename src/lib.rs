@@ -10,6 +10,7 @@ pub mod config;
 pub mod embedded_pg;
 pub mod http;
 pub mod jobs;
+pub mod process;
 pub mod providers;
 pub mod queue;
 pub mod runtime;

@@ -4,10 +4,11 @@
 //! extends the leases of every job the pool holds, and a marker task that records when
 //! long-running jobs started. Claim, run and ack never happen in lockstep.
 //!
-//! Claiming ahead is bounded by what the workers will start within [`PREFETCH_HORIZON`]
-//! at the rate they are starting jobs: a fast queue claims big batches (up to `batch`), a
-//! slow one claims a job or two as slots free up, so a claimed job never waits long in
-//! the buffer and an urgent job enqueued meanwhile is not queued behind hundreds.
+//! Claiming ahead is bounded by what the workers will start within a short horizon at the
+//! rate they are starting jobs ([`prefetch_horizon`]: 10 ms for jobs of 5 ms or more, up
+//! to 50 ms for jobs under a millisecond): a fast queue claims whole batches, a slow one a
+//! job or two as workers free up, so a claimed job never waits long in the buffer and an
+//! urgent job enqueued meanwhile is not queued behind hundreds.
 //!
 //! Must never call a provider itself, and never lose track of a claimed job: every
 //! claimed id stays in `held` until its outcome is written or it is released. One outcome
@@ -42,9 +43,18 @@ use super::supervisor::{DbHealth, Supervisor, panic_message, spawn_supervised};
 use crate::jobs::{ErrorClass, JobContext, JobError, Registry};
 use crate::queue::{self, ClaimedJob, DeadReason, ErrorEntry, Outcome};
 
-/// How far ahead of its workers a pool claims: the jobs they will start within this time
-/// at their current rate (at most `batch`, at least what free workers take at once).
-pub const PREFETCH_HORIZON: Duration = Duration::from_millis(10);
+/// How far ahead of its workers a pool claims, for jobs taking `job` on average: the
+/// jobs the workers will start within this time. 10 ms for jobs of 5 ms or more (a claimed
+/// job waits at most that long for a worker), up to 50 ms for jobs under a millisecond
+/// (where the wait is nothing next to the backlog it drains, and claims of a whole batch
+/// cost the database least per job).
+pub fn prefetch_horizon(job: Duration) -> Duration {
+    const SLOW: f64 = 0.005;
+    const FAST: f64 = 0.001;
+    let d = job.as_secs_f64();
+    let fastness = ((SLOW - d) / (SLOW - FAST)).clamp(0.0, 1.0);
+    Duration::from_secs_f64(0.010 + 0.040 * fastness)
+}
 
 /// A job that has run this long gets its start recorded (jobs that end sooner carry
 /// their start time in their outcome).
@@ -68,10 +78,10 @@ pub struct PoolSettings {
 }
 
 impl PoolSettings {
-    /// Most jobs claimed and not yet written back: the running ones, a batch buffered
-    /// and two batches awaiting write-back.
+    /// Most jobs claimed and not yet written back: the running ones, up to two batches
+    /// buffered and two awaiting write-back.
     pub fn max_held(&self) -> usize {
-        self.concurrency + self.batch * 3
+        self.concurrency + self.batch * 4
     }
 }
 
@@ -156,8 +166,19 @@ pub struct Shared {
     running: AtomicUsize,
     /// Jobs handed to the worker since the pool started (the claimer's rate estimate).
     started_total: AtomicU64,
-    /// Rung when a job starts or an outcome is written: the claimer may claim more.
+    /// Jobs whose handler ended since the pool started, and the time they took together
+    /// (the claimer's estimate of a job's duration).
+    ended_total: AtomicU64,
+    busy_micros: AtomicU64,
+    /// Rung when the claimer may want to claim more: the buffer fell to `low_water`, a job
+    /// ended with the buffer empty (a worker is free), or outcomes were written (room
+    /// freed). Not rung on every start and end: at tens of thousands of jobs a second, a
+    /// wake-up of the claimer per job costs the cores PostgreSQL needs.
     claim_signal: Notify,
+    /// Buffer level at or below which a start rings `claim_signal` (set by the claimer).
+    low_water: AtomicUsize,
+    /// Jobs in the buffer (kept with it, readable without its lock).
+    buffered_len: AtomicUsize,
     starts: Mutex<HashMap<i64, Start>>,
     /// Rung by the LISTEN task when jobs arrive in this queue.
     pub wake: Arc<Notify>,
@@ -198,7 +219,7 @@ impl Shared {
     }
 
     fn buffered(&self) -> usize {
-        self.buffer.lock().expect("buffer lock").heap.len()
+        self.buffered_len.load(Ordering::Relaxed)
     }
 
     /// Puts claimed jobs in the buffer and wakes the worker.
@@ -209,6 +230,8 @@ impl Shared {
                 let key = (job.priority, job.run_at, job.id);
                 buffer.heap.push(Reverse(Prefetched { key, job }));
             }
+            self.buffered_len
+                .store(buffer.heap.len(), Ordering::Relaxed);
             buffer.waker.take()
         };
         if let Some(w) = waker {
@@ -219,10 +242,14 @@ impl Shared {
     /// The most urgent buffered job, as a task for the worker; `Pending` (with the waker
     /// kept) when there is none.
     pub(super) fn poll_next_job(&self, cx: &mut Context<'_>) -> Poll<JobTask> {
-        let job = {
+        let (job, left) = {
             let mut buffer = self.buffer.lock().expect("buffer lock");
             match buffer.heap.pop() {
-                Some(Reverse(p)) => p.job,
+                Some(Reverse(p)) => {
+                    let left = buffer.heap.len();
+                    self.buffered_len.store(left, Ordering::Relaxed);
+                    (p.job, left)
+                }
                 None => {
                     buffer.waker = Some(cx.waker().clone());
                     return Poll::Pending;
@@ -231,7 +258,9 @@ impl Shared {
         };
         self.running.fetch_add(1, Ordering::Relaxed);
         self.started_total.fetch_add(1, Ordering::Relaxed);
-        self.claim_signal.notify_one();
+        if left <= self.low_water.load(Ordering::Relaxed) {
+            self.claim_signal.notify_one();
+        }
         let id = job.id as u64;
         Poll::Ready(TaskBuilder::new(job).task_id(TaskId::from_int(id)).build())
     }
@@ -242,6 +271,7 @@ impl Shared {
         let mut buffer = self.buffer.lock().expect("buffer lock");
         buffer.closed = true;
         buffer.heap.clear();
+        self.buffered_len.store(0, Ordering::Relaxed);
     }
 
     /// A job's handler starts now.
@@ -259,12 +289,15 @@ impl Shared {
     /// A job's outcome is produced: returns when its handler started.
     pub(super) fn ended(&self, id: i64) -> Option<DateTime<Utc>> {
         self.running.fetch_sub(1, Ordering::Relaxed);
-        self.claim_signal.notify_one();
-        self.starts
-            .lock()
-            .expect("starts lock")
-            .remove(&id)
-            .map(|s| s.at)
+        if self.buffered() == 0 {
+            // a worker is free and nothing is buffered for it
+            self.claim_signal.notify_one();
+        }
+        let start = self.starts.lock().expect("starts lock").remove(&id)?;
+        let took = start.since.elapsed().as_micros() as u64;
+        self.busy_micros.fetch_add(took, Ordering::Relaxed);
+        self.ended_total.fetch_add(1, Ordering::Relaxed);
+        Some(start.at)
     }
 
     /// Stops claiming, writes every pending outcome, releases whatever is still held
@@ -334,7 +367,11 @@ pub fn start(
         buffer: Mutex::new(Buffer::default()),
         running: AtomicUsize::new(0),
         started_total: AtomicU64::new(0),
+        ended_total: AtomicU64::new(0),
+        busy_micros: AtomicU64::new(0),
         claim_signal: Notify::new(),
+        low_water: AtomicUsize::new(0),
+        buffered_len: AtomicUsize::new(0),
         starts: Mutex::new(HashMap::new()),
         wake: Arc::new(Notify::new()),
         due: Mutex::new(None),
@@ -431,54 +468,76 @@ pub fn start(
     PoolHandle { shared, task }
 }
 
-/// The claimer's estimate of how fast the workers start jobs.
-struct StartRate {
+/// The claimer's estimate of how fast the workers start jobs and how long a job takes.
+struct WorkRate {
     per_sec: f64,
-    last_total: u64,
+    job_secs: f64,
+    last: (u64, u64, u64),
     last_at: Instant,
 }
 
-impl StartRate {
+impl WorkRate {
     fn new() -> Self {
         Self {
             per_sec: 0.0,
-            last_total: 0,
+            // until measured, as if jobs were slow: claim only what the workers take
+            job_secs: 1.0,
+            last: (0, 0, 0),
             last_at: Instant::now(),
         }
     }
 
-    /// Folds in the starts since the last sample (samples closer than 5 ms are skipped).
-    fn sample(&mut self, total: u64) -> f64 {
+    /// Folds in the starts and ends since the last sample (samples closer than 10 ms are
+    /// skipped; a sample weighs its share of 100 ms, so a burst of starts does not read as
+    /// a rate). `now` is (started, ended, busy µs) so far.
+    fn sample(&mut self, now: (u64, u64, u64)) {
         let elapsed = self.last_at.elapsed();
-        if elapsed >= Duration::from_millis(5) {
-            let now_rate = (total - self.last_total) as f64 / elapsed.as_secs_f64();
-            let weight = (elapsed.as_secs_f64() / 0.05).min(1.0);
-            self.per_sec += (now_rate - self.per_sec) * weight;
-            self.last_total = total;
-            self.last_at = Instant::now();
+        if elapsed < Duration::from_millis(10) {
+            return;
         }
-        self.per_sec
+        let weight = (elapsed.as_secs_f64() / 0.1).min(1.0);
+        let started = (now.0 - self.last.0) as f64 / elapsed.as_secs_f64();
+        self.per_sec += (started - self.per_sec) * weight;
+        let ended = now.1 - self.last.1;
+        if ended > 0 {
+            let job = (now.2 - self.last.2) as f64 / 1e6 / ended as f64;
+            self.job_secs += (job - self.job_secs) * weight;
+        }
+        self.last = now;
+        self.last_at = Instant::now();
+    }
+
+    /// Jobs the workers will start within the horizon for jobs of this length.
+    fn ahead(&self) -> usize {
+        (self.per_sec * prefetch_horizon(Duration::from_secs_f64(self.job_secs)).as_secs_f64())
+            as usize
     }
 }
 
-/// How many jobs to claim now, given the free workers, the buffer and the start rate:
-/// enough for every free worker plus [`PREFETCH_HORIZON`] worth of starts, at most `batch`
-/// and the room left; `None` while that is less than half the horizon's worth (claiming
-/// in dribbles at a high rate would cost a statement per job or two).
+/// How many jobs to claim now, given the free workers, the buffer and `ahead` (what the
+/// workers will start within the horizon): enough for every free worker plus `ahead`,
+/// with `ahead` at most two batches and a claim at most one batch and the room left;
+/// `None` while that is less than half of `ahead` (claiming in dribbles at a high rate
+/// would cost a statement per job or two). Also returns that half: the buffer level at
+/// which a start should wake the claimer.
 fn claim_size(
     settings: &PoolSettings,
     running: usize,
     buffered: usize,
     room: usize,
-    rate: f64,
-) -> Option<usize> {
-    let ahead = ((rate * PREFETCH_HORIZON.as_secs_f64()) as usize).min(settings.batch);
+    ahead: usize,
+) -> (Option<usize>, usize) {
+    let ahead = ahead.min(settings.batch * 2);
     let free = settings.concurrency.saturating_sub(running);
     let want = (free + ahead)
         .saturating_sub(buffered)
         .min(settings.batch)
         .min(room);
-    (want > 0 && want >= (ahead / 2).max(1)).then_some(want)
+    let low_water = ahead / 2;
+    (
+        (want > 0 && want >= low_water.clamp(1, settings.batch)).then_some(want),
+        low_water,
+    )
 }
 
 /// Keeps the buffer filled (see [`claim_size`]), marks the pool idle (so inserts NOTIFY)
@@ -487,19 +546,24 @@ async fn claimer(shared: Arc<Shared>) {
     let s = &shared.settings;
     let mut idle = false;
     let mut failures: u32 = 0;
-    let mut rate = StartRate::new();
+    let mut rate = WorkRate::new();
     loop {
         if shared.stop_claiming.is_cancelled() {
             break;
         }
-        let per_sec = rate.sample(shared.started_total.load(Ordering::Relaxed));
-        let size = claim_size(
+        rate.sample((
+            shared.started_total.load(Ordering::Relaxed),
+            shared.ended_total.load(Ordering::Relaxed),
+            shared.busy_micros.load(Ordering::Relaxed),
+        ));
+        let (size, low_water) = claim_size(
             s,
             shared.running.load(Ordering::Relaxed),
             shared.buffered(),
             shared.room.available_permits(),
-            per_sec,
+            rate.ahead(),
         );
+        shared.low_water.store(low_water, Ordering::Relaxed);
         let Some(size) = size else {
             tokio::select! {
                 () = shared.claim_signal.notified() => {}
@@ -953,4 +1017,84 @@ pub async fn run_attempt(registry: &Registry, job: ClaimedJob, delete_completed:
             },
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(concurrency: usize, batch: usize) -> PoolSettings {
+        PoolSettings {
+            queue: "q".into(),
+            concurrency,
+            batch,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            flush_batch: 2000,
+            shutdown_grace: Duration::from_secs(30),
+            delete_completed: false,
+            kinds: Arc::from(vec!["noop".to_string()]),
+        }
+    }
+
+    #[test]
+    fn the_horizon_is_short_for_slow_jobs_and_longer_for_fast_ones() {
+        assert_eq!(
+            prefetch_horizon(Duration::from_millis(200)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            prefetch_horizon(Duration::from_millis(5)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            prefetch_horizon(Duration::from_micros(50)),
+            Duration::from_millis(50)
+        );
+        let mid = prefetch_horizon(Duration::from_millis(3));
+        assert!(mid > Duration::from_millis(10) && mid < Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_slow_queue_claims_for_free_workers_only_and_a_fast_one_whole_batches() {
+        let s = settings(64, 500);
+        // 200 ms jobs at 320/s: 3 ahead; every worker busy, 3 buffered: nothing to claim
+        assert_eq!(claim_size(&s, 64, 3, 10_000, 3).0, None);
+        // one worker free, nothing buffered: claim it and what 10 ms will start
+        assert_eq!(claim_size(&s, 63, 0, 10_000, 3).0, Some(4));
+        // no-op jobs at 30k/s: 1,500 ahead, capped at two batches; claims are whole batches
+        assert_eq!(claim_size(&s, 64, 400, 10_000, 1500), (Some(500), 500));
+        assert_eq!(claim_size(&s, 64, 900, 10_000, 1500).0, None);
+        // never more than the room left
+        assert_eq!(claim_size(&s, 0, 0, 10, 0).0, Some(10));
+        // a cold start claims for the workers it has
+        assert_eq!(claim_size(&s, 0, 0, 10_000, 0).0, Some(64));
+    }
+
+    #[test]
+    fn buffered_jobs_start_most_urgent_first() {
+        let now = Utc::now();
+        let job = |id, priority| ClaimedJob {
+            id,
+            kind: "noop".into(),
+            payload: serde_json::json!({}),
+            attempt: 1,
+            max_attempts: 1,
+            priority,
+            run_at: now,
+            tenant_id: None,
+            created_at: now,
+        };
+        let mut heap = BinaryHeap::new();
+        for (id, priority) in [(1, 0), (2, 0), (3, -100), (4, 5)] {
+            let j: ClaimedJob = job(id, priority);
+            heap.push(Reverse(Prefetched {
+                key: (j.priority, j.run_at, j.id),
+                job: j,
+            }));
+        }
+        let order: Vec<i64> =
+            std::iter::from_fn(|| heap.pop().map(|Reverse(p)| p.job.id)).collect();
+        assert_eq!(order, [3, 1, 2, 4]);
+    }
 }

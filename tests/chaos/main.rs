@@ -15,6 +15,7 @@ mod pg_restart;
 mod provider_faults;
 mod rolling_deploy;
 mod sink;
+mod slow_clients;
 
 /// Whether the long versions of the experiments were asked for (`CHAOS_LONG=1`).
 #[allow(dead_code)]
