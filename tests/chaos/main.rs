@@ -22,3 +22,24 @@ mod slow_clients;
 fn long_mode() -> bool {
     std::env::var("CHAOS_LONG").is_ok_and(|v| v == "1")
 }
+
+/// A free local TCP port (bound, then let go) for a daemon's shim.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Waits until the shim at `base` answers `/healthz` (30 s at most); returns a client
+/// whose requests time out after `timeout`.
+async fn wait_for_shim(base: &str, timeout: std::time::Duration) -> reqwest::Client {
+    let client = reqwest::Client::builder().timeout(timeout).build().unwrap();
+    let up = std::time::Instant::now();
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(
+            up.elapsed() < std::time::Duration::from_secs(30),
+            "the shim never came up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    client
+}

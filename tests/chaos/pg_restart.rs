@@ -115,10 +115,7 @@ async fn postgres_restarted_fast_and_immediate_under_load_loses_nothing() {
         .await
         .unwrap();
     queue::migrate(&pool).await.unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = crate::free_port();
     let toml = daemon_config(port);
     register_kinds(&pool, &config(&toml)).await;
     let sink = crate::sink::start().await;
@@ -146,19 +143,8 @@ async fn postgres_restarted_fast_and_immediate_under_load_loses_nothing() {
         .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let up = Instant::now();
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(
-            up.elapsed() < Duration::from_secs(30),
-            "the shim never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let client = crate::wait_for_shim(&base, Duration::from_secs(10)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let answers = Arc::new(Answers::default());

@@ -21,10 +21,7 @@ async fn a_thousand_slow_clients_of_the_shim_leave_the_workers_and_the_database_
     // the test process holds the sockets too
     penguin_jobs::process::raise_open_files_limit().unwrap();
     let db = support::test_db().await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = crate::free_port();
     let toml = format!(
         "[daemon]\npoll_interval = \"200ms\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
          api_tokens = [\"env:CHAOS_API_TOKEN\"]\n[queues.default]\nconcurrency = 32\n\
@@ -51,19 +48,8 @@ async fn a_thousand_slow_clients_of_the_shim_leave_the_workers_and_the_database_
         .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let up = Instant::now();
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(
-            up.elapsed() < Duration::from_secs(30),
-            "the shim never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let client = crate::wait_for_shim(&base, Duration::from_secs(5)).await;
 
     // the slow clients: a request line, then one byte of header per second
     let mut sockets = Vec::with_capacity(CONNECTIONS);
