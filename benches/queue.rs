@@ -550,7 +550,7 @@ async fn main() {
             json!({ "median": m(&loaded_rates), "runs": loaded_rates });
         report["loaded_vs_empty_ratio"] = json!(m(&loaded_rates) / m(&empty_rates));
         report["churn_5x200k_over_1m_completed"] = json!({
-            "note": "autovacuum_naptime = 2s on the bench cluster",
+            "note": format!("autovacuum_naptime = {} on the bench cluster (read back)", settings["autovacuum_naptime"]),
             "queue_autovacuum_settings": churn_queue,
             "postgres_default_autovacuum": churn_defaults,
         });
