@@ -321,20 +321,23 @@ async fn stripe_account_create_sends_the_connect_form_with_a_stable_idempotency_
     assert_eq!(stored, Some(tenant));
 }
 
+/// A `posthog.capture` job for user `i` with `properties`.
+fn capture_job(i: usize, properties: Value) -> NewJob {
+    NewJob::new(
+        "posthog.capture",
+        json!({"event": "campaign_sent", "distinct_id": format!("user_{i}"),
+               "properties": properties, "organization_id": "org_1",
+               "timestamp": "2026-11-26T10:00:00Z"}),
+    )
+}
+
 #[tokio::test]
 async fn posthog_capture_jobs_ready_together_share_batch_calls() {
     let db = support::test_db().await;
     let (fake, dir) = (FakeProvider::start().await, Dir::new());
     register_kinds(&db.pool, &config(&toml(&fake, &dir, ""))).await;
     let jobs: Vec<NewJob> = (0..150)
-        .map(|i| {
-            NewJob::new(
-                "posthog.capture",
-                json!({"event": "campaign_sent", "distinct_id": format!("user_{i}"),
-                       "properties": {"campaign": "cmp_42"}, "organization_id": "org_1",
-                       "timestamp": "2026-11-26T10:00:00Z"}),
-            )
-        })
+        .map(|i| capture_job(i, json!({"campaign": "cmp_42"})))
         .collect();
     let mut conn = db.pool.acquire().await.unwrap();
     queue::enqueue_many(&mut conn, &jobs).await.unwrap();
@@ -1221,14 +1224,7 @@ async fn a_posthog_batch_refused_for_one_bad_event_is_resent_event_by_event() {
     let (fake, dir) = (FakeProvider::start().await, Dir::new());
     register_kinds(&db.pool, &config(&toml(&fake, &dir, ""))).await;
     let jobs: Vec<NewJob> = (0..40)
-        .map(|i| {
-            NewJob::new(
-                "posthog.capture",
-                json!({"event": "campaign_sent", "distinct_id": format!("user_{i}"),
-                       "properties": {"refuse_me": i == 7}, "organization_id": "org_1",
-                       "timestamp": "2026-11-26T10:00:00Z"}),
-            )
-        })
+        .map(|i| capture_job(i, json!({"refuse_me": i == 7})))
         .collect();
     let mut conn = db.pool.acquire().await.unwrap();
     queue::enqueue_many(&mut conn, &jobs).await.unwrap();

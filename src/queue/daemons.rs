@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use super::Error;
-use super::outcome::BURY_DEAD;
+use super::outcome::bury_dead_sql;
 
 /// A daemon row not refreshed for this long belongs to a daemon that died.
 pub fn liveness_window(refresh_every: Duration) -> Duration {
@@ -133,8 +133,9 @@ pub async fn bury_unhandled(
                                       || ', [daemon] unknown_kind_grace)') as last_error,
                        'unknown_kind'::text as dead_reason
          ),
-         {BURY_DEAD}
-         select count(*) from buried"
+         {}
+         select count(*) from buried",
+        bury_dead_sql!()
     ))
     .bind(kinds)
     .bind(grace.as_secs_f64())

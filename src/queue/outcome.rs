@@ -16,6 +16,26 @@ use sqlx::PgPool;
 
 use super::Error;
 
+/// The CTE that ends every statement moving jobs to the dead letters: `buried` inserts
+/// each row of a CTE `dead`, which returns deleted `penguin.jobs` rows (`j.*`) plus
+/// `last_error` (an error entry to append, or NULL) and `dead_reason`. A macro so that
+/// constant statements can `concat!` it.
+macro_rules! bury_dead_sql {
+    () => {
+        "buried as (
+     insert into penguin.dead_letters
+         (job_id, queue, kind, payload, priority, attempt, max_attempts, unique_key,
+          tenant_id, errors, created_at, reason)
+     select id, queue, kind, payload, priority, attempt, max_attempts, unique_key, tenant_id,
+            case when last_error is null then errors else errors || jsonb_build_array(last_error) end,
+            created_at, dead_reason
+       from dead
+     returning job_id
+ )"
+    };
+}
+pub(crate) use bury_dead_sql;
+
 /// One failed attempt, as appended to `penguin.jobs.errors`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorEntry {
@@ -89,7 +109,8 @@ pub struct FlushCounts {
 /// The write-back statement: `$1` worker, then parallel arrays of id, action, run_at,
 /// error, result, dead-letter reason and handler start time. Public so tests can check
 /// its plan.
-pub const WRITE_OUTCOMES_SQL: &str = "with input as materialized (
+pub const WRITE_OUTCOMES_SQL: &str = concat!(
+    "with input as materialized (
      select * from unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::jsonb[],
                           $6::jsonb[], $7::text[], $8::timestamptz[])
          as t(id, action, run_at, error, result, reason, started_at)
@@ -140,19 +161,13 @@ pub const WRITE_OUTCOMES_SQL: &str = "with input as materialized (
       where i.action = 'dead' and j.id = i.id and j.leased_by = $1
      returning j.*, i.reason as dead_reason, i.error as last_error
  ),
- buried as (
-     insert into penguin.dead_letters
-         (job_id, queue, kind, payload, priority, attempt, max_attempts, unique_key,
-          tenant_id, errors, created_at, reason)
-     select id, queue, kind, payload, priority, attempt, max_attempts, unique_key, tenant_id,
-            case when last_error is null then errors else errors || jsonb_build_array(last_error) end,
-            created_at, dead_reason
-       from dead
-     returning job_id
- )
+ ",
+    bury_dead_sql!(),
+    "
  select (select count(*) from completed) + (select count(*) from deleted)
       + (select count(*) from retried) + (select count(*) from snoozed)
-      + (select count(*) from cancelled) + (select count(*) from buried)";
+      + (select count(*) from cancelled) + (select count(*) from buried)"
+);
 
 /// Applies `outcomes` (job id, outcome) of `worker` in one statement.
 pub async fn write_outcomes(
@@ -233,19 +248,6 @@ pub async fn write_outcomes_started(
     })
 }
 
-/// The end of a statement that moves rows to the dead letters: a CTE `buried` inserting
-/// every row of a CTE `dead`, which returns deleted `penguin.jobs` rows (`j.*`) plus
-/// `last_error` (an error entry to append) and `dead_reason`.
-pub(crate) const BURY_DEAD: &str = "buried as (
-     insert into penguin.dead_letters
-         (job_id, queue, kind, payload, priority, attempt, max_attempts, unique_key,
-          tenant_id, errors, created_at, reason)
-     select id, queue, kind, payload, priority, attempt, max_attempts, unique_key, tenant_id,
-            errors || jsonb_build_array(last_error), created_at, dead_reason
-       from dead
-     returning job_id
- )";
-
 /// Last resort for one job whose outcome the database refused even alone: moves it to the
 /// dead letters with an error of class `internal` carrying `message` (the database's
 /// error), so it never holds back the rest of its batch nor comes back to stall the next
@@ -266,8 +268,9 @@ pub async fn bury_unwritable(
                                           'message', $3::text) as last_error,
                        $4::text as dead_reason
          ),
-         {BURY_DEAD}
-         select count(*) from buried"
+         {}
+         select count(*) from buried",
+        bury_dead_sql!()
     ))
     .bind(id)
     .bind(worker)

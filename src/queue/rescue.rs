@@ -13,6 +13,7 @@
 use sqlx::PgPool;
 
 use super::Error;
+use super::outcome::bury_dead_sql;
 
 /// Refunds granted to one job for rescues before its start was recorded; past this, a
 /// rescue charges the attempt whatever the start mark says.
@@ -30,7 +31,7 @@ pub struct RescueCounts {
 /// Rescues up to `limit` expired leases in one statement.
 #[tracing::instrument(skip_all)]
 pub async fn rescue_expired(pool: &PgPool, limit: i64) -> Result<RescueCounts, Error> {
-    let (requeued, dead, refunded): (i64, i64, i64) = sqlx::query_as(
+    let (requeued, dead, refunded): (i64, i64, i64) = sqlx::query_as(&format!(
         "with expired as (
              select id from penguin.jobs
               where state = 'running' and lease_expires_at < now()
@@ -66,20 +67,13 @@ pub async fn rescue_expired(pool: &PgPool, limit: i64) -> Result<RescueCounts, E
          dead as (
              delete from penguin.jobs j using entry
               where j.id = entry.id and entry.last
-             returning j.*, entry.error as last_error
+             returning j.*, entry.error as last_error, 'attempts_exhausted'::text as dead_reason
          ),
-         buried as (
-             insert into penguin.dead_letters
-                 (job_id, queue, kind, payload, priority, attempt, max_attempts, unique_key,
-                  tenant_id, errors, created_at, reason)
-             select id, queue, kind, payload, priority, attempt, max_attempts, unique_key, tenant_id,
-                    errors || jsonb_build_array(last_error), created_at, 'attempts_exhausted'
-               from dead
-             returning job_id
-         )
+         {}
          select (select count(*) from requeued), (select count(*) from buried),
                 (select count(*) from requeued where unstarted)",
-    )
+        bury_dead_sql!()
+    ))
     .bind(limit)
     .bind(MAX_UNSTARTED_RESCUES)
     .fetch_one(pool)

@@ -596,7 +596,7 @@ async fn poll(pool: &sqlx::PgPool, child: &mut Child, sql: &str, what: &str) -> 
 
 /// A CLI call with time arguments that must be refused cleanly (exit 1 or 2, text in stderr).
 struct CliCase {
-    args: &'static [&'static str],
+    args: Vec<&'static str>,
     stderr: &'static str,
 }
 
@@ -646,88 +646,49 @@ async fn extreme_config_values_are_a_clear_startup_error_or_a_working_daemon() {
         }
     }
 
-    // the CLI's durations and times
+    // the CLI's durations and times: `enqueue noop --payload {}` plus these options, and
+    // what stderr must name
+    const ENQUEUE: [&str; 4] = ["enqueue", "noop", "--payload", "{}"];
+    let enqueue = |rest: &[&'static str]| -> Vec<&'static str> { [&ENQUEUE[..], rest].concat() };
     let cli_cases = [
         CliCase {
-            args: &["enqueue", "noop", "--payload", "{}", "--in", "1000000y"],
+            args: enqueue(&["--in", "1000000y"]),
             stderr: "must be between 0s and 100y, got 1000000y",
         },
         CliCase {
-            args: &[
-                "enqueue",
-                "noop",
-                "--payload",
-                "{}",
-                "--in",
-                "99999999999999999999y",
-            ],
+            args: enqueue(&["--in", "99999999999999999999y"]),
             stderr: "--in",
         },
         CliCase {
-            args: &["enqueue", "noop", "--payload", "{}", "--in=-5s"],
+            args: enqueue(&["--in=-5s"]),
             stderr: "--in",
         },
         CliCase {
-            args: &[
-                "enqueue",
-                "noop",
-                "--payload",
-                "{}",
-                "--run-at",
-                "300000-01-01T00:00:00Z",
-            ],
+            args: enqueue(&["--run-at", "300000-01-01T00:00:00Z"]),
             stderr: "--run-at",
         },
         CliCase {
-            args: &[
-                "enqueue",
-                "noop",
-                "--payload",
-                "{}",
-                "--run-at",
-                "+300000-01-01T00:00:00Z",
-            ],
+            args: enqueue(&["--run-at", "+300000-01-01T00:00:00Z"]),
             stderr: "--run-at",
         },
         CliCase {
-            args: &[
-                "enqueue",
-                "noop",
-                "--payload",
-                "{}",
-                "--run-at",
-                "9999-12-31T23:59:59Z",
-            ],
+            args: enqueue(&["--run-at", "9999-12-31T23:59:59Z"]),
             stderr: "must be between 1970-01-01T00:00:00Z and",
         },
         CliCase {
-            args: &[
-                "enqueue",
-                "noop",
-                "--payload",
-                "{}",
-                "--run-at",
-                "0001-01-01T00:00:00Z",
-            ],
+            args: enqueue(&["--run-at", "0001-01-01T00:00:00Z"]),
             stderr: "must be between 1970-01-01T00:00:00Z and",
         },
         CliCase {
-            args: &["dlq", "purge", "--older-than", "1000000y"],
+            args: vec!["dlq", "purge", "--older-than", "1000000y"],
             stderr: "must be between 0s and 100y",
         },
         CliCase {
-            args: &["enqueue", "noop", "--payload", "{}", "--priority", "99999"],
+            args: enqueue(&["--priority", "99999"]),
             stderr: "--priority",
         },
         CliCase {
-            args: &[
-                "enqueue",
-                "noop",
-                "--payload",
-                "{}",
-                "--max-attempts",
-                "99999999999",
-            ],
+            args: enqueue(&["--max-attempts", "99999999999"]),
             stderr: "--max-attempts",
         },
     ];
@@ -739,7 +700,7 @@ async fn extreme_config_values_are_a_clear_startup_error_or_a_working_daemon() {
         String::from_utf8_lossy(&migrate.stderr)
     );
     for c in &cli_cases {
-        let out = cli_dir.command(&shared.url, c.args).output().unwrap();
+        let out = cli_dir.command(&shared.url, &c.args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         let code = out.status.code();
         if !matches!(code, Some(1 | 2)) || !stderr.contains(c.stderr) || stderr.contains("panicked")
@@ -753,17 +714,10 @@ async fn extreme_config_values_are_a_clear_startup_error_or_a_working_daemon() {
     }
     // the largest delays accepted do enqueue
     for args in [
-        &["enqueue", "noop", "--payload", "{}", "--in", "100y"][..],
-        &[
-            "enqueue",
-            "noop",
-            "--payload",
-            "{}",
-            "--run-at",
-            "2100-01-01T00:00:00Z",
-        ][..],
+        enqueue(&["--in", "100y"]),
+        enqueue(&["--run-at", "2100-01-01T00:00:00Z"]),
     ] {
-        let out = cli_dir.command(&shared.url, args).output().unwrap();
+        let out = cli_dir.command(&shared.url, &args).output().unwrap();
         if !out.status.success() {
             failures.push(format!(
                 "[cli {}] refused: {}",

@@ -43,3 +43,22 @@ async fn wait_for_shim(base: &str, timeout: std::time::Duration) -> reqwest::Cli
     }
     client
 }
+
+/// The bearer token the experiments' shims accept (`api_tokens = ["env:CHAOS_API_TOKEN"]`).
+const API_TOKEN: &str = "chaos-token-0123456789";
+
+/// Spawns `cmd` (a `penguin-jobs ... run`, possibly wrapped) as a daemon on `url` with the
+/// shim's token in its environment, logging to `dir/daemon.log`.
+fn spawn_with_shim(
+    mut cmd: std::process::Command,
+    url: &str,
+    dir: &std::path::Path,
+) -> std::process::Child {
+    cmd.env("DATABASE_URL", url)
+        .env("CHAOS_API_TOKEN", API_TOKEN)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap()
+}

@@ -18,8 +18,6 @@ use tokio::sync::Mutex;
 
 use crate::support::daemon::{config, count, register_kinds, wait_for};
 
-const TOKEN: &str = "chaos-token-0123456789";
-
 fn daemon_config(port: u16) -> String {
     format!(
         "[daemon]\nlease = \"5s\"\nrescue_interval = \"500ms\"\nshutdown_grace = \"10s\"\n\
@@ -49,7 +47,7 @@ async fn produce(
         n += 1;
         let sent = client
             .post(&url)
-            .bearer_auth(TOKEN)
+            .bearer_auth(crate::API_TOKEN)
             .json(&json!({"kind": "noop", "payload": {"producer": producer, "n": n}}))
             .send()
             .await;
@@ -135,17 +133,9 @@ async fn postgres_restarted_fast_and_immediate_under_load_loses_nothing() {
     drop(conn);
 
     std::fs::write(dir.join("jobs.toml"), &toml).unwrap();
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_penguin-jobs"))
-        .arg("--config")
-        .arg(dir.join("jobs.toml"))
-        .arg("run")
-        .env("DATABASE_URL", &url)
-        .env("CHAOS_API_TOKEN", TOKEN)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_penguin-jobs"));
+    run.arg("--config").arg(dir.join("jobs.toml")).arg("run");
+    let mut daemon = crate::spawn_with_shim(run, &url, &dir);
     let base = format!("http://127.0.0.1:{port}");
     let client = crate::wait_for_shim(&base, Duration::from_secs(10)).await;
 

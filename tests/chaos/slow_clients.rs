@@ -36,18 +36,12 @@ async fn a_thousand_slow_clients_of_the_shim_leave_the_workers_and_the_database_
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("jobs.toml"), &toml).unwrap();
     // the daemon starts under a soft limit of 1,024 open files, as under a default login
-    let mut daemon = std::process::Command::new("sh")
-        .arg("-c")
+    let mut run = std::process::Command::new("sh");
+    run.arg("-c")
         .arg("ulimit -Sn 1024 && exec \"$0\" --config \"$1\" run")
         .arg(env!("CARGO_BIN_EXE_penguin-jobs"))
-        .arg(dir.join("jobs.toml"))
-        .env("DATABASE_URL", &db.url)
-        .env("CHAOS_API_TOKEN", "chaos-token-0123456789")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+        .arg(dir.join("jobs.toml"));
+    let mut daemon = crate::spawn_with_shim(run, &db.url, &dir);
     let base = format!("http://127.0.0.1:{port}");
     let client = crate::wait_for_shim(&base, Duration::from_secs(5)).await;
 
@@ -100,7 +94,7 @@ async fn a_thousand_slow_clients_of_the_shim_leave_the_workers_and_the_database_
     let probe = Instant::now();
     let shim = client
         .post(format!("{base}/v1/jobs"))
-        .bearer_auth("chaos-token-0123456789")
+        .bearer_auth(crate::API_TOKEN)
         .json(&json!({"kind": "noop", "payload": {}}))
         .send()
         .await
