@@ -4,6 +4,8 @@
 //! work again within 5 s of each restart, answer 503 (never another 5xx) while the
 //! database is away, keep every job it answered 2xx for, and be back to waking an idle
 //! pool within 50 ms (LISTEN re-established, idle marks rewritten) 2 s after the restart.
+//! Signed Stripe webhooks arrive all the while: each one answered 200 is stored once and its
+//! `stripe.event` job completed; the others get 503 and are redelivered, as Stripe does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,10 +20,14 @@ use tokio::sync::Mutex;
 
 use crate::support::daemon::{config, count, register_kinds, wait_for};
 
+/// The Stripe webhook secret of the experiment's daemon (`env:CHAOS_STRIPE_SECRET`).
+const STRIPE_SECRET: &str = "whsec_chaos_0123456789abcdef";
+
 fn daemon_config(port: u16) -> String {
     format!(
         "[daemon]\nlease = \"5s\"\nrescue_interval = \"500ms\"\nshutdown_grace = \"10s\"\n\
          [http]\nlisten = \"127.0.0.1:{port}\"\napi_tokens = [\"env:CHAOS_API_TOKEN\"]\n\
+         [providers.stripe]\nwebhook_secret = \"env:CHAOS_STRIPE_SECRET\"\n\
          [queues.default]\nconcurrency = 32\n\
          [maintenance]\nprune = false\n[oauth]\nrefresh = false\n[api_keys]\nrotation = false\n"
     )
@@ -31,6 +37,8 @@ fn daemon_config(port: u16) -> String {
 #[derive(Default)]
 struct Answers {
     accepted: Mutex<Vec<i64>>,
+    /// Stripe event ids answered 200
+    events_stored: Mutex<Vec<String>>,
     unavailable: AtomicU64,
     other_errors: Mutex<Vec<String>>,
 }
@@ -70,6 +78,74 @@ async fn produce(
                 r.text().await.unwrap_or_default()
             )),
             Err(e) => answers.other_errors.lock().await.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A Stripe-signed `payment_intent.succeeded` event, as Stripe would POST it at `t`.
+fn signed_stripe_event(id: &str, t: i64) -> (Vec<u8>, String) {
+    use hmac::{Hmac, Mac};
+    let body = serde_json::to_vec(&json!({
+        "id": id, "object": "event", "type": "payment_intent.succeeded", "created": t,
+        "data": {"object": {"id": format!("pi_{id}"), "object": "payment_intent",
+                            "amount": 4200, "currency": "usd", "status": "succeeded"}}
+    }))
+    .unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(STRIPE_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&body);
+    let signature = format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()));
+    (body, signature)
+}
+
+/// Posts signed Stripe events one after another; an event answered 503 is redelivered (as
+/// Stripe does) until it is stored or the experiment stops.
+async fn deliver_webhooks(
+    client: reqwest::Client,
+    url: String,
+    stop: Arc<AtomicBool>,
+    answers: Arc<Answers>,
+) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let id = format!("evt_chaos_{n}");
+        while !stop.load(Ordering::Relaxed) {
+            let (body, signature) = signed_stripe_event(&id, chrono::Utc::now().timestamp());
+            let sent = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("stripe-signature", signature)
+                .body(body)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    answers.events_stored.lock().await.push(id.clone());
+                    break;
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    answers.unavailable.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(r) => {
+                    answers.other_errors.lock().await.push(format!(
+                        "webhook {}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    answers
+                        .other_errors
+                        .lock()
+                        .await
+                        .push(format!("webhook: {e}"));
+                    break;
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -134,7 +210,10 @@ async fn postgres_restarted_fast_and_immediate_under_load_loses_nothing() {
 
     std::fs::write(dir.join("jobs.toml"), &toml).unwrap();
     let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_penguin-jobs"));
-    run.arg("--config").arg(dir.join("jobs.toml")).arg("run");
+    run.arg("--config")
+        .arg(dir.join("jobs.toml"))
+        .arg("run")
+        .env("CHAOS_STRIPE_SECRET", STRIPE_SECRET);
     let mut daemon = crate::spawn_with_shim(run, &url, &dir);
     let base = format!("http://127.0.0.1:{port}");
     let client = crate::wait_for_shim(&base, Duration::from_secs(10)).await;
@@ -151,6 +230,14 @@ async fn postgres_restarted_fast_and_immediate_under_load_loses_nothing() {
                 p,
             ))
         })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .chain(std::iter::once(tokio::spawn(deliver_webhooks(
+            client.clone(),
+            format!("{base}/webhooks/stripe"),
+            stop.clone(),
+            answers.clone(),
+        ))))
         .collect();
 
     let mut resumed = Vec::new();
@@ -210,6 +297,31 @@ async fn postgres_restarted_fast_and_immediate_under_load_loses_nothing() {
     )
     .await;
     assert_eq!(missing, 0, "jobs answered 2xx and then lost");
+    let events = answers.events_stored.lock().await.clone();
+    assert!(!events.is_empty(), "no webhook was stored at all");
+    let events_missing = count(
+        &pool,
+        &format!(
+            "select count(*) from unnest('{{{}}}'::text[]) a(event_id)
+              where not exists (
+                    select 1 from penguin.inbound_events e
+                      join penguin.jobs j on j.kind = 'stripe.event'
+                                         and (j.payload->>'inbound_event_id')::bigint = e.id
+                     where e.provider = 'stripe' and e.event_id = a.event_id
+                       and j.state = 'completed')",
+            events.join(",")
+        ),
+    )
+    .await;
+    assert_eq!(
+        events_missing, 0,
+        "webhooks answered 200 and then lost (or their job never completed)"
+    );
+    assert_eq!(
+        count(&pool, "select count(*) from penguin.payments").await,
+        events.len() as i64,
+        "one payment row per stored event"
+    );
     assert_eq!(sink.calls.called(), 2000, "every slow job called");
     assert_eq!(
         count(&pool, "select count(*) from penguin.dead_letters").await,
@@ -260,9 +372,10 @@ async fn postgres_restarted_fast_and_immediate_under_load_loses_nothing() {
     let status = daemon.wait().unwrap();
     assert!(status.success(), "{status:?}");
     println!(
-        "chaos b (PostgreSQL restarts): resumed after {resumed:?} ms; {} enqueues answered 2xx, all kept; \
-         {} answered 503 while the database was away; idle wake-up {median_wakeup:.1} ms (median of 5) afterwards",
+        "chaos b (PostgreSQL restarts): resumed after {resumed:?} ms; {} enqueues and {} webhooks answered 2xx, \
+         all kept; {} answered 503 while the database was away; idle wake-up {median_wakeup:.1} ms (median of 5) afterwards",
         accepted.len(),
+        events.len(),
         answers.unavailable.load(Ordering::Relaxed)
     );
     pool.close().await;
