@@ -19,6 +19,11 @@
 //!   migration's per-table autovacuum settings and with PostgreSQL's defaults: the rate of
 //!   each round, dead tuples left and the sizes of the table and its indexes.
 //!
+//! `BENCH_DIAGNOSE=1` also samples what the cluster's backends wait on during each drain
+//! (with the table's statistics) and logs the plan of every statement slower than 30 ms
+//! (auto_explain); the cluster's log is kept in the temp directory. It costs the drain a
+//! little, so its figures are not for quoting.
+//!
 //! Drain rates are computed from the database's own timestamps: jobs / (last finished_at
 //! − first attempted_at), so process start-up and polling do not count.
 
@@ -150,7 +155,13 @@ async fn drain(pool: &PgPool, daemon: &Daemon) -> (f64, f64) {
         chrono::Utc::now() < due,
         "enqueue and checkpoint took longer than the head start"
     );
+    let maintenance_before = table_maintenance(pool).await;
+    let sampler = diagnose().then(|| tokio::spawn(sample_waits(pool.clone())));
     wait_drained(pool, daemon).await;
+    if let Some(s) = sampler {
+        s.abort();
+    }
+    let maintenance_after = table_maintenance(pool).await;
     let secs: f64 = sqlx::query_scalar(
         "select extract(epoch from max(finished_at) - min(attempted_at))::float8
            from penguin.jobs where state = 'completed' and run_at = $1",
@@ -176,8 +187,78 @@ async fn drain(pool: &PgPool, daemon: &Daemon) -> (f64, f64) {
     .fetch_one(pool)
     .await
     .unwrap();
-    eprintln!("  drain: {claims} claims of {mean_claim:.0} jobs on average");
+    eprintln!(
+        "  drain: {claims} claims of {mean_claim:.0} jobs on average in {secs:.2} s; \
+         autovacuums, autoanalyzes of penguin.jobs meanwhile: {:?}",
+        (
+            maintenance_after.0 - maintenance_before.0,
+            maintenance_after.1 - maintenance_before.1
+        )
+    );
     (DRAIN_JOBS as f64 / secs, enqueue_rate)
+}
+
+/// `BENCH_DIAGNOSE=1`: sample what the cluster's backends wait on during each drain.
+fn diagnose() -> bool {
+    std::env::var("BENCH_DIAGNOSE").is_ok_and(|v| v == "1")
+}
+
+/// Every 100 ms, counts the active backends by (wait event, query start); prints the
+/// tally every 2 s. Only with `BENCH_DIAGNOSE=1`: it costs the drain a little.
+async fn sample_waits(pool: PgPool) {
+    let mut tally: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut last = Instant::now();
+    loop {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "select coalesce(wait_event_type || ':' || wait_event, 'cpu') || ' ' || backend_type || ' ' ||
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 60)
+               from pg_stat_activity where state = 'active' and pid <> pg_backend_pid()",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        for (r,) in rows {
+            *tally.entry(r).or_default() += 1;
+        }
+        if last.elapsed() > Duration::from_secs(2) {
+            let mut top: Vec<_> = tally.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1));
+            eprintln!("  waits: {:?}", &top[..top.len().min(6)]);
+            let stats: Vec<(String,)> = sqlx::query_as(
+                "select format('%s reltuples %s relpages %s', relname, reltuples, relpages) from pg_class
+                  where relname in ('jobs', 'jobs_claim_idx')
+                 union all
+                 select format('last autoanalyze %s', last_autoanalyze) from pg_stat_user_tables where relname = 'jobs'
+                 union all
+                 select format('%s: mcv %s %s hist %s', attname, most_common_vals, most_common_freqs, histogram_bounds)
+                   from pg_stats where tablename = 'jobs' and attname in ('state', 'run_at', 'queue', 'kind')",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+            eprintln!(
+                "  stats: {:?}",
+                stats
+                    .iter()
+                    .map(|s| s.0.chars().take(300).collect::<String>())
+                    .collect::<Vec<_>>()
+            );
+            tally.clear();
+            last = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (autovacuum_count, autoanalyze_count) of `penguin.jobs`.
+async fn table_maintenance(pool: &PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "select autovacuum_count, autoanalyze_count from pg_stat_user_tables
+          where relid = 'penguin.jobs'::regclass",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// Waits until no job is due or running. Two index probes every 250 ms: a `count(*)`
@@ -444,6 +525,9 @@ async fn main() {
         .await
         .expect("start PostgreSQL");
     let settings = common::server_settings(&cluster).await;
+    if diagnose() {
+        explain_slow_statements(&cluster).await;
+    }
     let sink = slow_sink().await;
 
     let (mut empty_rates, mut loaded_rates, mut enqueue_rates) = (vec![], vec![], vec![]);
@@ -557,5 +641,33 @@ async fn main() {
     }
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     let _ = cluster.stop().await;
+    if diagnose() {
+        let kept = std::env::temp_dir().join("penguin-jobs-bench-postgres.log");
+        let _ = std::fs::copy(dir.join("postgres").join("postgres.log"), &kept);
+        eprintln!(
+            "the cluster's log (slow plans included): {}",
+            kept.display()
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `BENCH_DIAGNOSE=1`: every statement slower than 30 ms logs its plan (auto_explain) in
+/// the cluster's log, which is kept after the run.
+async fn explain_slow_statements(cluster: &EmbeddedPostgres) {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&cluster.url("postgres"))
+        .await
+        .unwrap();
+    for statement in [
+        "load 'auto_explain'",
+        "alter system set session_preload_libraries = 'auto_explain'",
+        "alter system set auto_explain.log_min_duration = '30ms'",
+        "alter system set auto_explain.log_analyze = on",
+        "select pg_reload_conf()",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
 }

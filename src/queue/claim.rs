@@ -27,6 +27,11 @@ pub struct ClaimedJob {
     pub created_at: DateTime<Utc>,
 }
 
+/// The claim statement: $1 queue, $2 limit, $3 worker, $4 lease in seconds, $5 kinds.
+/// `penguin.claim` (migration 0015) plans with sorting disabled, so a claim always walks
+/// the claim index in order and stops after the batch, whatever the table's statistics say.
+pub const CLAIM_SQL: &str = "select * from penguin.claim($1, $2, $3, $4, $5)";
+
 /// Claims up to `limit` due jobs of `queue` whose kind is one of `kinds` (the kinds the
 /// claiming daemon has a handler for: a job of a kind only a newer daemon knows waits for
 /// it) for `worker`, leased for `lease`, in priority, run_at, id order. The attempt is
@@ -40,33 +45,14 @@ pub async fn claim(
     worker: &str,
     lease: Duration,
 ) -> Result<Vec<ClaimedJob>, Error> {
-    let mut jobs: Vec<ClaimedJob> = sqlx::query_as(
-        "with picked as (
-             select id from penguin.jobs
-             where queue = $1
-               and state in ('available', 'scheduled', 'retryable')
-               and run_at <= now()
-               and kind = any($5)
-             order by priority, run_at, id
-             limit $2
-             for update skip locked
-         )
-         update penguin.jobs j
-            set state = 'running', attempt = j.attempt + 1, leased_by = $3,
-                lease_expires_at = now() + make_interval(secs => $4), attempted_at = now(),
-                started_at = null
-           from picked
-          where j.id = picked.id
-         returning j.id, j.kind, j.payload, j.attempt, j.max_attempts, j.priority, j.run_at,
-                   j.tenant_id, j.created_at",
-    )
-    .bind(queue)
-    .bind(limit)
-    .bind(worker)
-    .bind(lease.as_secs_f64())
-    .bind(kinds)
-    .fetch_all(pool)
-    .await?;
+    let mut jobs: Vec<ClaimedJob> = sqlx::query_as(CLAIM_SQL)
+        .bind(queue)
+        .bind(limit)
+        .bind(worker)
+        .bind(lease.as_secs_f64())
+        .bind(kinds)
+        .fetch_all(pool)
+        .await?;
     // UPDATE ... RETURNING does not keep the subquery's order.
     jobs.sort_unstable_by_key(|j| (j.priority, j.run_at, j.id));
     Ok(jobs)

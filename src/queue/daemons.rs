@@ -111,20 +111,21 @@ pub async fn bury_unhandled(
     if kinds.is_empty() {
         return Ok(0);
     }
+    // `id = any(array(..))`, not a join: see migration 0015 (a generic plan guesses the
+    // limit at a tenth of the table and would hash a sequential scan of it)
     let buried: i64 = sqlx::query_scalar(&format!(
-        "with doomed as (
-             select j.id from penguin.jobs j
-              where j.kind = any($1)
-                and j.state in ('available', 'scheduled', 'retryable')
-                and j.run_at < now() - make_interval(secs => $2)
-                and not exists (select 1 from penguin.daemons d
-                                 where d.seen_at >= now() - make_interval(secs => $3)
-                                   and j.kind = any(d.kinds))
-              limit $4
-              for update skip locked
-         ),
-         dead as (
-             delete from penguin.jobs j using doomed where j.id = doomed.id
+        "with dead as (
+             delete from penguin.jobs j
+              where j.id = any(array(
+                        select d.id from penguin.jobs d
+                         where d.kind = any($1)
+                           and d.state in ('available', 'scheduled', 'retryable')
+                           and d.run_at < now() - make_interval(secs => $2)
+                           and not exists (select 1 from penguin.daemons p
+                                            where p.seen_at >= now() - make_interval(secs => $3)
+                                              and d.kind = any(p.kinds))
+                         limit $4
+                         for update skip locked))
              returning j.*,
                        jsonb_build_object(
                            'at', now(), 'attempt', j.attempt, 'class', 'unknown_kind',

@@ -1,0 +1,5 @@
+//! Rebuilds the crate when a migration changes: `sqlx::migrate!` embeds `migrations/` at
+//! compile time, and cargo does not know about files a macro reads.
+fn main() {
+    println!("cargo:rerun-if-changed=migrations");
+}
