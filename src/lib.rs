@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod embedded_pg;
+pub mod error_class;
 pub mod http;
 pub mod jobs;
 pub mod process;

@@ -18,9 +18,10 @@ use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::oauth::{StoreError, db_error, fatal};
-use super::{Attempt, ErrorClass, Handler, JobContext, JobError, KindPolicy};
+use super::oauth::{StoreError, fatal};
+use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
 use crate::config::{ApiKeysConfig, BackoffConfig, BackoffStrategy, Config};
+use crate::error_class::ErrorClass;
 use crate::providers::keys::{self, KeyHooks};
 use crate::queue::credentials::{
     self as creds, Actor, AuditEvent, NewAlert, NewApiKey, api_key_aad,
@@ -368,10 +369,14 @@ impl KeyDeps {
     }
 }
 
-fn key_error(e: KeyError) -> JobError {
-    match e {
-        KeyError::Queue(q) => db_error(q),
-        other => fatal(ErrorClass::Configuration, &other.to_string()),
+/// A database failure is retried; an invalid key or a sealing failure is our
+/// configuration's.
+impl From<KeyError> for JobError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Queue(q) => q.into(),
+            other => fatal(ErrorClass::Configuration, &other.to_string()),
+        }
     }
 }
 
@@ -456,7 +461,7 @@ impl Handler for Rotate {
                 active_key(&pool, &keyring, provider, env)
                     .await
                     .map_err(|e| match e {
-                        StoreError::Queue(q) => db_error(q),
+                        StoreError::Queue(q) => JobError::from(q),
                         StoreError::Secrets(s) => fatal(ErrorClass::Configuration, &s.to_string()),
                     })?
             else {
@@ -483,16 +488,13 @@ impl Handler for Rotate {
                         },
                     )
                     .await
-                    .map_err(db_error)
+                    .map_err(JobError::from)
                 }
             };
 
             // 1. the candidate: a pending key (staged, or created by an earlier attempt),
             //    else a new one from the provider's key API
-            let candidate = match creds::pending_api_key(&pool, provider, env)
-                .await
-                .map_err(db_error)?
-            {
+            let candidate = match creds::pending_api_key(&pool, provider, env).await? {
                 Some(k) => {
                     let key = keyring
                         .decrypt(&k.key_enc, &api_key_aad(k.id))
@@ -501,7 +503,7 @@ impl Handler for Rotate {
                 }
                 None => match keys::create_key(&deps.http, &hooks, &active.key).await {
                     Ok(Some((key, provider_key_id))) => {
-                        let mut tx = pool.begin().await.map_err(db_error)?;
+                        let mut tx = pool.begin().await?;
                         let (id, version) = insert_sealed(
                             &mut tx,
                             &keyring,
@@ -511,8 +513,7 @@ impl Handler for Rotate {
                             provider_key_id.as_deref(),
                             &KeyMeta::default(),
                         )
-                        .await
-                        .map_err(key_error)?;
+                        .await?;
                         creds::audit(
                             &mut *tx,
                             &key_event(
@@ -524,9 +525,8 @@ impl Handler for Rotate {
                                 serde_json::json!({ "environment": env, "version": version, "source": "key_api" }),
                             ),
                         )
-                        .await
-                        .map_err(db_error)?;
-                        tx.commit().await.map_err(db_error)?;
+                        .await?;
+                        tx.commit().await?;
                         (id, version, key)
                     }
                     Ok(None) => {
@@ -557,10 +557,8 @@ impl Handler for Rotate {
                     "the new {provider} key (version {new_version}) failed its test call ({}); the current key stays active",
                     e.message
                 );
-                let mut tx = pool.begin().await.map_err(db_error)?;
-                creds::fail_key(&mut tx, new_id, &e.message, true)
-                    .await
-                    .map_err(db_error)?;
+                let mut tx = pool.begin().await?;
+                creds::fail_key(&mut tx, new_id, &e.message, true).await?;
                 creds::audit(
                     &mut *tx,
                     &key_event(
@@ -572,19 +570,16 @@ impl Handler for Rotate {
                         serde_json::json!({ "environment": env, "version": new_version, "error": e.message }),
                     ),
                 )
-                .await
-                .map_err(db_error)?;
-                tx.commit().await.map_err(db_error)?;
+                .await?;
+                tx.commit().await?;
                 alert("apikey_test_failed", new_id, message.clone()).await?;
                 tracing::warn!(provider, environment = env, key = %new_id, "new API key failed its test; rotation abandoned");
                 return Err(fatal(e.class, &message));
             }
 
             // 3. activate; the old key retires for the overlap, then is revoked
-            let mut tx = pool.begin().await.map_err(db_error)?;
-            creds::lock_keys(&mut tx, provider, env)
-                .await
-                .map_err(db_error)?;
+            let mut tx = pool.begin().await?;
+            creds::lock_keys(&mut tx, provider, env).await?;
             let old = activate_in(
                 &mut tx,
                 new_id,
@@ -594,9 +589,8 @@ impl Handler for Rotate {
                 deps.config.overlap,
                 actor,
             )
-            .await
-            .map_err(db_error)?;
-            tx.commit().await.map_err(db_error)?;
+            .await?;
+            tx.commit().await?;
             tracing::info!(provider, environment = env, key = %new_id, version = new_version, "API key rotated");
             Ok(Some(serde_json::json!({
                 "activated": new_id,
@@ -633,10 +627,7 @@ impl Handler for Revoke {
                 .map_err(|e| JobError::bad_payload(e.to_string()))?;
             let actor = actor(&p.actor).map_err(JobError::bad_payload)?;
             let pool = deps.pool()?;
-            let Some(key) = creds::get_api_key(&pool, p.key_id)
-                .await
-                .map_err(db_error)?
-            else {
+            let Some(key) = creds::get_api_key(&pool, p.key_id).await? else {
                 return Err(JobError::bad_payload(format!("no api key {}", p.key_id)));
             };
             if key.status != "retiring" {
@@ -670,12 +661,8 @@ impl Handler for Revoke {
                     .await?;
                 }
             }
-            let mut tx = pool.begin().await.map_err(db_error)?;
-            if creds::revoke_retiring_key(&mut tx, key.id)
-                .await
-                .map_err(db_error)?
-                .is_none()
-            {
+            let mut tx = pool.begin().await?;
+            if creds::revoke_retiring_key(&mut tx, key.id).await?.is_none() {
                 return Ok(Some(
                     serde_json::json!({ "key_id": key.id, "skipped": "not retiring" }),
                 ));
@@ -695,9 +682,8 @@ impl Handler for Revoke {
                     }),
                 ),
             )
-            .await
-            .map_err(db_error)?;
-            tx.commit().await.map_err(db_error)?;
+            .await?;
+            tx.commit().await?;
             Ok(Some(
                 serde_json::json!({ "key_id": key.id, "revoked_at_provider": at_provider }),
             ))
@@ -756,7 +742,7 @@ impl Handler for Sweep {
         let deps = self.0.clone();
         Box::pin(async move {
             let pool = deps.pool()?;
-            let n = sweep(&pool).await.map_err(db_error)?;
+            let n = sweep(&pool).await?;
             Ok(Some(serde_json::json!({ "enqueued": n })))
         })
     }

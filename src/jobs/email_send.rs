@@ -113,7 +113,7 @@ impl Handler for EmailSend {
                 .check(pool, ctx.id, recipients)
                 .await
                 .map_err(|e| JobError::Retryable {
-                    class: crate::providers::ErrorClass::Api,
+                    class: crate::error_class::ErrorClass::Database,
                     message: format!("database: {e}"),
                     status: None,
                     not_before: None,

@@ -16,7 +16,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 
 use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
-use crate::providers::ErrorClass;
+use crate::error_class::ErrorClass;
 use crate::providers::http::{error_from_answer, error_from_transport};
 
 /// The `http.request` kind.

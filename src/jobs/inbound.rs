@@ -12,7 +12,8 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::{Attempt, ErrorClass, Handler, JobContext, JobError, KindPolicy};
+use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use crate::error_class::ErrorClass;
 use crate::queue;
 use crate::queue::email::{EmailEvent, InboundEvent};
 
@@ -112,16 +113,6 @@ pub(crate) fn require_pool(pool: Option<PgPool>, provider: &str) -> Result<PgPoo
     })
 }
 
-/// A database error: retry later.
-pub(crate) fn db_error(e: queue::Error) -> JobError {
-    JobError::Retryable {
-        class: ErrorClass::Api,
-        message: e.to_string(),
-        status: None,
-        not_before: None,
-    }
-}
-
 /// Loads the job's inbound event, which must exist and belong to `provider`.
 pub(crate) async fn load_inbound(
     pool: &PgPool,
@@ -130,8 +121,7 @@ pub(crate) async fn load_inbound(
 ) -> Result<InboundEvent, JobError> {
     let id = inbound_event_id(payload).map_err(JobError::bad_payload)?;
     let inbound = queue::email::load_inbound_event(pool, id)
-        .await
-        .map_err(db_error)?
+        .await?
         .ok_or_else(|| JobError::bad_payload(format!("inbound event {id} does not exist")))?;
     if inbound.provider != provider {
         return Err(JobError::bad_payload(format!(
@@ -144,9 +134,7 @@ pub(crate) async fn load_inbound(
 
 /// Records a parsed email event; the result names what changed.
 pub(crate) async fn record_email(pool: &PgPool, ctx: &JobContext, event: &EmailEvent) -> Attempt {
-    let effects = queue::email::record_email_event(pool, event)
-        .await
-        .map_err(db_error)?;
+    let effects = queue::email::record_email_event(pool, event).await?;
     let mut names = Vec::new();
     if effects.event_recorded {
         names.push("email_event");
@@ -177,9 +165,7 @@ pub(crate) async fn ignore_unknown(
 ) -> Attempt {
     let event_type: String = event_type.chars().take(100).collect();
     let reason = format!("unknown_type:{event_type}");
-    queue::email::count_webhooks(pool, &[(provider, reason.as_str(), 1)])
-        .await
-        .map_err(db_error)?;
+    queue::email::count_webhooks(pool, &[(provider, reason.as_str(), 1)]).await?;
     tracing::info!(
         job.id = ctx.id, provider, event_type = %event_type,
         "unknown webhook event type: counted, ignored"

@@ -10,8 +10,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 
-use super::{Attempt, ErrorClass, Handler, JobContext, JobError, KindPolicy};
+use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
 use crate::config::{BackoffConfig, BackoffStrategy, Config};
+use crate::error_class::ErrorClass;
 use crate::queue;
 
 /// The `maintenance.prune` kind.
@@ -73,19 +74,9 @@ impl Handler for Prune {
                     status: None,
                 });
             };
-            let failed = |e: queue::Error| JobError::Retryable {
-                class: ErrorClass::Api,
-                message: e.to_string(),
-                status: None,
-                not_before: None,
-            };
-            let pruned = queue::prune(&pool, this.completed, this.dead_letters, this.batch)
-                .await
-                .map_err(failed)?;
+            let pruned = queue::prune(&pool, this.completed, this.dead_letters, this.batch).await?;
             let inbound = match this.inbound_events {
-                Some(age) => queue::prune_inbound_events(&pool, age, this.batch)
-                    .await
-                    .map_err(failed)?,
+                Some(age) => queue::prune_inbound_events(&pool, age, this.batch).await?,
                 None => 0,
             };
             if pruned.jobs + pruned.dead_letters + inbound > 0 {

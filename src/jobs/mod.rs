@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::config::{BackoffConfig, Config};
-pub use crate::providers::ErrorClass;
+use crate::error_class::ErrorClass;
 use crate::providers::http::CallError;
 use crate::queue::{KindDefaults, NewJob};
 
@@ -61,6 +61,37 @@ impl JobError {
         JobError::Fatal {
             class: ErrorClass::Data,
             message: message.into(),
+            status: None,
+        }
+    }
+}
+
+/// A failure of our own database (connection, statement, a row not found or in conflict):
+/// retried, with class `database`.
+impl From<crate::queue::Error> for JobError {
+    fn from(e: crate::queue::Error) -> Self {
+        JobError::Retryable {
+            class: ErrorClass::Database,
+            message: e.to_string(),
+            status: None,
+            not_before: None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        crate::queue::Error::from(e).into()
+    }
+}
+
+/// A secret that cannot be sealed or unsealed (no master key, a key that does not open
+/// it): our configuration is wrong, and retrying will not fix it.
+impl From<crate::secrets::SecretsError> for JobError {
+    fn from(e: crate::secrets::SecretsError) -> Self {
+        JobError::Fatal {
+            class: ErrorClass::Configuration,
+            message: e.to_string(),
             status: None,
         }
     }
@@ -110,6 +141,37 @@ impl JobContext {
             .saturating_sub(self.started.elapsed())
             .saturating_sub(margin)
             .max(Duration::from_millis(10))
+    }
+}
+
+#[cfg(test)]
+mod conversion_tests {
+    use super::*;
+
+    #[test]
+    fn a_database_failure_is_retried_with_class_database() {
+        for e in [
+            JobError::from(sqlx::Error::PoolTimedOut),
+            JobError::from(crate::queue::Error::Invalid("row refused".into())),
+        ] {
+            let JobError::Retryable { class, message, .. } = e else {
+                panic!("not retryable: {e:?}");
+            };
+            assert_eq!(class, ErrorClass::Database);
+            assert!(!message.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_secret_that_cannot_be_opened_is_a_configuration_error() {
+        let e = JobError::from(crate::secrets::SecretsError::NoMasterKey);
+        assert!(matches!(
+            e,
+            JobError::Fatal {
+                class: ErrorClass::Configuration,
+                ..
+            }
+        ));
     }
 }
 

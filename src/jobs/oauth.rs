@@ -19,8 +19,9 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Attempt, ErrorClass, Handler, JobContext, JobError, KindPolicy};
+use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
 use crate::config::{BackoffConfig, BackoffStrategy, Config};
+use crate::error_class::ErrorClass;
 use crate::providers::oauth::{self, Providers, TokenError};
 use crate::queue::credentials::{
     self as creds, Actor, AuditEvent, ConnectionWrite, NewAlert, sealed_aad,
@@ -85,20 +86,6 @@ pub(super) fn fatal(class: ErrorClass, message: &str) -> JobError {
 
 fn config_error(message: &str) -> JobError {
     fatal(ErrorClass::Configuration, message)
-}
-
-/// A database failure: retry.
-pub(super) fn db_error(e: impl std::fmt::Display) -> JobError {
-    JobError::Retryable {
-        class: ErrorClass::Api,
-        message: format!("database: {e}"),
-        status: None,
-        not_before: None,
-    }
-}
-
-fn secrets_error(e: SecretsError) -> JobError {
-    config_error(&e.to_string())
 }
 
 fn policy(max_attempts: i32, timeout: Duration) -> KindPolicy {
@@ -352,8 +339,7 @@ impl Handler for Exchange {
             let state_id = uuid_field(&payload, "state_id").map_err(JobError::bad_payload)?;
             let pool = deps.pool()?;
             let state = creds::get_state(&pool, state_id)
-                .await
-                .map_err(db_error)?
+                .await?
                 .ok_or_else(|| JobError::bad_payload(format!("no oauth state {state_id}")))?;
             let Some(code_enc) = state.code_enc.clone() else {
                 return match state.connection_id {
@@ -369,10 +355,8 @@ impl Handler for Exchange {
                 let pool = pool.clone();
                 let state = state.clone();
                 async move {
-                    let mut tx = pool.begin().await.map_err(db_error)?;
-                    creds::finish_state(&mut *tx, state.id, None)
-                        .await
-                        .map_err(db_error)?;
+                    let mut tx = pool.begin().await?;
+                    creds::finish_state(&mut *tx, state.id, None).await?;
                     creds::audit(
                         &mut *tx,
                         &AuditEvent {
@@ -386,9 +370,8 @@ impl Handler for Exchange {
                             detail: serde_json::json!({ "error": message }),
                         },
                     )
-                    .await
-                    .map_err(db_error)?;
-                    tx.commit().await.map_err(db_error)?;
+                    .await?;
+                    tx.commit().await?;
                     Err::<Option<serde_json::Value>, _>(JobError::Fatal {
                         class,
                         message,
@@ -484,12 +467,10 @@ impl Handler for Exchange {
             )
             .await
             .map_err(|e| match e {
-                StoreError::Secrets(s) => secrets_error(s),
-                StoreError::Queue(q) => db_error(q),
+                StoreError::Secrets(s) => JobError::from(s),
+                StoreError::Queue(q) => JobError::from(q),
             })?;
-            creds::finish_state(&pool, state.id, Some(id))
-                .await
-                .map_err(db_error)?;
+            creds::finish_state(&pool, state.id, Some(id)).await?;
             tracing::info!(provider = %state.provider, connection = %id, "oauth connection stored");
             Ok(Some(serde_json::json!({ "connection_id": id })))
         })
@@ -522,9 +503,8 @@ impl Handler for Refresh {
             let actor = actor_of(&payload, Actor::Schedule);
             let pool = deps.pool()?;
             let keyring = deps.keyring()?;
-            let Some(claim) = creds::claim_refresh(&pool, id, deps.refresh_ahead, STALE_REFRESH)
-                .await
-                .map_err(db_error)?
+            let Some(claim) =
+                creds::claim_refresh(&pool, id, deps.refresh_ahead, STALE_REFRESH).await?
             else {
                 return Ok(Some(
                     serde_json::json!({ "connection_id": id, "skipped": "not due" }),
@@ -557,7 +537,7 @@ impl Handler for Refresh {
                 &sealed_aad("oauth_connections", "refresh_token_enc", id),
             ) {
                 Ok(t) => t,
-                Err(e) => return ended.retry(secrets_error(e)).await,
+                Err(e) => return ended.retry(JobError::from(e)).await,
             };
             let tokens = match oauth::refresh(&deps.http, &provider, &refresh_token).await {
                 Ok(t) => t,
@@ -575,14 +555,13 @@ impl Handler for Refresh {
                     &sealed_aad("oauth_connections", column, id),
                 )
             };
-            let access = seal(&tokens.access_token, "access_token_enc").map_err(secrets_error)?;
+            let access = seal(&tokens.access_token, "access_token_enc")?;
             let rotated = tokens
                 .refresh_token
                 .as_ref()
                 .map(|r| seal(r, "refresh_token_enc"))
-                .transpose()
-                .map_err(secrets_error)?;
-            let mut tx = pool.begin().await.map_err(db_error)?;
+                .transpose()?;
+            let mut tx = pool.begin().await?;
             let stored = creds::store_refresh(
                 &mut tx,
                 id,
@@ -592,8 +571,7 @@ impl Handler for Refresh {
                 tokens.expires_at,
                 tokens.scopes.as_deref(),
             )
-            .await
-            .map_err(db_error)?;
+            .await?;
             if !stored {
                 // another refresh took over after ours was considered dead
                 return Ok(Some(
@@ -616,9 +594,8 @@ impl Handler for Refresh {
                     }),
                 },
             )
-            .await
-            .map_err(db_error)?;
-            tx.commit().await.map_err(db_error)?;
+            .await?;
+            tx.commit().await?;
             tracing::info!(provider = %claim.provider, connection = %id, rotated = rotated.is_some(), "oauth tokens refreshed");
             Ok(Some(serde_json::json!({
                 "connection_id": id,
@@ -647,19 +624,17 @@ impl Ended<'_> {
             JobError::Cancel { message } => message.clone(),
             JobError::Snooze { .. } => String::new(),
         };
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        creds::end_refresh(&mut tx, self.id, self.claim.claim, "active", &message)
-            .await
-            .map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
+        creds::end_refresh(&mut tx, self.id, self.claim.claim, "active", &message).await?;
         self.audit(&mut tx, "refresh_failed", &message, true)
             .await?;
-        tx.commit().await.map_err(db_error)?;
+        tx.commit().await?;
         Err(error)
     }
 
     /// `reauth_required`, an alert, and a dead letter: only the tenant can fix this.
     async fn permanent(&self, message: String, class: ErrorClass) -> Attempt {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.pool.begin().await?;
         creds::end_refresh(
             &mut tx,
             self.id,
@@ -667,8 +642,7 @@ impl Ended<'_> {
             "reauth_required",
             &message,
         )
-        .await
-        .map_err(db_error)?;
+        .await?;
         self.audit(&mut tx, "refresh_failed", &message, false)
             .await?;
         self.audit(&mut tx, "reauth_required", &message, false)
@@ -687,9 +661,8 @@ impl Ended<'_> {
                 ),
             },
         )
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        .await?;
+        tx.commit().await?;
         tracing::warn!(
             provider = %self.claim.provider, connection = %self.id, error = %message,
             "oauth grant unusable: connection needs re-authorization"
@@ -722,7 +695,7 @@ impl Ended<'_> {
             },
         )
         .await
-        .map_err(db_error)
+        .map_err(JobError::from)
     }
 }
 
@@ -774,7 +747,7 @@ impl Handler for Sweep {
         let deps = self.0.clone();
         Box::pin(async move {
             let pool = deps.pool()?;
-            let n = sweep(&pool, deps.refresh_ahead).await.map_err(db_error)?;
+            let n = sweep(&pool, deps.refresh_ahead).await?;
             Ok(Some(serde_json::json!({ "enqueued": n })))
         })
     }

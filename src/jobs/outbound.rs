@@ -30,8 +30,9 @@ use sqlx::PgPool;
 
 use super::JobError;
 use crate::config::{CircuitBreakerConfig, Config, RateLimitConfig};
+use crate::error_class::ErrorClass;
+use crate::providers::SecretSource;
 use crate::providers::http::CallError;
-use crate::providers::{ErrorClass, SecretSource};
 use crate::queue::integrations::{self, MetricRow};
 use crate::secrets::Keyring;
 

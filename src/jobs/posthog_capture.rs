@@ -18,7 +18,8 @@ use futures::future::BoxFuture;
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::outbound::Outbound;
-use super::{Attempt, ErrorClass, Handler, JobContext, JobError, KindPolicy};
+use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use crate::error_class::ErrorClass;
 use crate::providers::posthog::{CaptureEvent, MAX_BATCH, Posthog};
 
 /// How long the collector waits for more events after the first of a batch.
@@ -68,7 +69,7 @@ impl Capture {
 
 fn stopped() -> JobError {
     JobError::Retryable {
-        class: crate::providers::ErrorClass::Api,
+        class: crate::error_class::ErrorClass::Api,
         message: "the PostHog batch sender stopped".into(),
         status: None,
         not_before: None,

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::outbound::Outbound;
 use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
-use crate::providers::ErrorClass;
+use crate::error_class::ErrorClass;
 use crate::providers::http::configuration_error;
 use crate::providers::stripe::Stripe;
 use crate::queue::payments::record_created_account;
@@ -150,7 +150,7 @@ impl Handler for CreateAccount {
                 .await
                 .map_err(|e| JobError::Retryable {
                     // the retry repeats the idempotency key: Stripe answers with the same account
-                    class: ErrorClass::Api,
+                    class: ErrorClass::Database,
                     message: format!("account {} created but not stored: {e}", account.id),
                     status: None,
                     not_before: None,

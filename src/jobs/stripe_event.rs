@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::inbound::{
-    db_error, ignore_unknown, inbound_event_id, load_inbound, require_pool, str_at, webhook_policy,
+    ignore_unknown, inbound_event_id, load_inbound, require_pool, str_at, webhook_policy,
 };
 use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
 use crate::queue::payments::{
@@ -64,23 +64,11 @@ impl Handler for StripeEvent {
             let pool = require_pool(pool, PROVIDER)?;
             let inbound = load_inbound(&pool, &payload, PROVIDER).await?;
             let (effect, changed) = match parse(&inbound).map_err(JobError::bad_payload)? {
-                Parsed::Payment(p) => (
-                    "payment",
-                    payments::upsert_payment(&pool, &p)
-                        .await
-                        .map_err(db_error)?,
-                ),
-                Parsed::Invoice(i) => (
-                    "invoice",
-                    payments::upsert_invoice(&pool, &i)
-                        .await
-                        .map_err(db_error)?,
-                ),
+                Parsed::Payment(p) => ("payment", payments::upsert_payment(&pool, &p).await?),
+                Parsed::Invoice(i) => ("invoice", payments::upsert_invoice(&pool, &i).await?),
                 Parsed::Account(a) => (
                     "connect_account",
-                    payments::apply_account_update(&pool, &a)
-                        .await
-                        .map_err(db_error)?,
+                    payments::apply_account_update(&pool, &a).await?,
                 ),
                 Parsed::Unknown(event_type) => {
                     return ignore_unknown(&pool, &ctx, PROVIDER, &event_type).await;

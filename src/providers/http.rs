@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::ErrorClass;
+use crate::error_class::ErrorClass;
 use crate::text;
 
 /// Longest part of a provider's own words kept in an error message, in bytes.

@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::ErrorClass;
 use super::http::{CallError, classify_status, error_from_transport, read_body};
 use crate::config::{ApiKeyProviderConfig, ApiKeysConfig, ConfigError};
+use crate::error_class::ErrorClass;
 use crate::secrets::scrub;
 
 /// How a key is sent.

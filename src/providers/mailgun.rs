@@ -147,7 +147,7 @@ pub(crate) const MAX_MESSAGE_ID: usize = 998;
 /// A 2xx we cannot read: the call may have succeeded, so it is an `api` error (retried).
 pub(crate) fn unexpected_answer(message: &str) -> CallError {
     CallError {
-        class: super::ErrorClass::Api,
+        class: crate::error_class::ErrorClass::Api,
         retryable: true,
         message: message.into(),
         status: None,

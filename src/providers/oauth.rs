@@ -19,9 +19,9 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::ErrorClass;
 use super::http::{CallError, error_from_transport, parse_retry_after, read_body};
 use crate::config::{ClientAuth, Config, ConfigError, OAuthProviderConfig, resolve_secret_ref};
+use crate::error_class::ErrorClass;
 use crate::secrets::scrub;
 use crate::text;
 

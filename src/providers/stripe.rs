@@ -13,11 +13,11 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use super::ErrorClass;
 use super::SecretSource;
 use super::http::{Answer, CallError, error_from_answer, exchange};
 use super::mailgun::unexpected_answer;
 use crate::config::StripeConfig;
+use crate::error_class::ErrorClass;
 use crate::text;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.stripe.com";

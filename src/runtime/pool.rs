@@ -40,7 +40,8 @@ use tower::Service;
 use super::backend::{JobTask, PgBackend};
 use super::retry::outcome_of;
 use super::supervisor::{DbHealth, Supervisor, panic_message, spawn_supervised};
-use crate::jobs::{ErrorClass, JobContext, JobError, Registry};
+use crate::error_class::ErrorClass;
+use crate::jobs::{JobContext, JobError, Registry};
 use crate::queue::{self, ClaimedJob, DeadReason, ErrorEntry, Outcome};
 
 /// How far ahead of its workers a pool claims, for jobs taking `job` on average: the

@@ -128,7 +128,7 @@ pub fn outcome_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::ErrorClass;
+    use crate::error_class::ErrorClass;
 
     fn cfg(strategy: BackoffStrategy, jitter: bool) -> BackoffConfig {
         BackoffConfig {
