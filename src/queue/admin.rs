@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::{DeadLetter, Error, Job, STATES};
+use super::state::{finished_states, live_states};
+use super::{DeadLetter, Error, Job, JobState};
 
 /// Filters of `jobs list`.
 #[derive(Debug, Clone, Default)]
@@ -24,13 +25,10 @@ pub struct JobFilter {
 
 /// Newest jobs first, filtered.
 pub async fn list_jobs(pool: &PgPool, filter: &JobFilter) -> Result<Vec<Job>, Error> {
-    if let Some(state) = &filter.state
-        && !STATES.contains(&state.as_str())
-    {
-        return Err(Error::Invalid(format!(
-            "unknown state {state:?}: expected one of {}",
-            STATES.join(", ")
-        )));
+    if let Some(state) = &filter.state {
+        state
+            .parse::<JobState>()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
     }
     let jobs = sqlx::query_as(
         "select * from penguin.jobs
@@ -136,15 +134,17 @@ pub async fn wait_for_job(
 
 /// Cancels a live job. A running job's worker loses its lease, so its outcome is dropped.
 pub async fn cancel_job(pool: &PgPool, id: i64) -> Result<Job, Error> {
-    let job: Option<Job> = sqlx::query_as(
+    let job: Option<Job> = sqlx::query_as(concat!(
         "update penguin.jobs
             set state = 'cancelled', finished_at = now(), leased_by = null, lease_expires_at = null,
                 errors = errors || jsonb_build_array(jsonb_build_object(
                     'at', now(), 'attempt', attempt, 'class', 'cancelled',
                     'message', 'cancelled by an operator'))
-          where id = $1 and state in ('available', 'scheduled', 'running', 'retryable')
-         returning *",
-    )
+          where id = $1 and state in ",
+        live_states!(),
+        "
+         returning *"
+    ))
     .bind(id)
     .fetch_optional(pool)
     .await?;
@@ -164,11 +164,11 @@ pub async fn cancel_job(pool: &PgPool, id: i64) -> Result<Job, Error> {
 /// a finished one (completed, cancelled) is made available with its attempts reset.
 pub async fn retry_job(pool: &PgPool, id: i64) -> Result<Job, Error> {
     let result = sqlx::query_as(
-        "update penguin.jobs
+        concat!("update penguin.jobs
             set state = 'available', run_at = now(), finished_at = null,
-                attempt = case when state in ('completed', 'cancelled') then 0 else attempt end
+                attempt = case when state in ", finished_states!(), " then 0 else attempt end
           where id = $1 and state in ('scheduled', 'retryable', 'completed', 'cancelled', 'available')
-         returning *",
+         returning *"),
     )
     .bind(id)
     .fetch_optional(pool)
@@ -303,12 +303,12 @@ async fn replay_batch(
         // penguin.kinds, and a replay should still be possible; a job of a kind no daemon
         // handles waits for one (see queue::daemons).
         let inserted: Option<i64> = sqlx::query_scalar(
-            "insert into penguin.jobs (queue, kind, payload, state, priority, max_attempts, unique_key, tenant_id)
+            concat!("insert into penguin.jobs (queue, kind, payload, state, priority, max_attempts, unique_key, tenant_id)
              values ($1, $2, $3, 'available', $4, $5, $6, $7)
              on conflict (unique_key)
-                 where unique_key is not null and state in ('available', 'scheduled', 'running', 'retryable')
+                 where unique_key is not null and state in ", live_states!(), "
                  do nothing
-             returning id",
+             returning id"),
         )
         .bind(&letter.queue)
         .bind(&letter.kind)
@@ -322,10 +322,11 @@ async fn replay_batch(
         let job = match inserted {
             Some(id) => id,
             None => {
-                sqlx::query_scalar(
+                sqlx::query_scalar(concat!(
                     "select id from penguin.jobs where unique_key = $1
-                   and state in ('available', 'scheduled', 'running', 'retryable')",
-                )
+                   and state in ",
+                    live_states!()
+                ))
                 .bind(&letter.unique_key)
                 .fetch_one(&mut *tx)
                 .await?
@@ -390,14 +391,15 @@ pub async fn stats(pool: &PgPool) -> Result<Vec<QueueStats>, Error> {
             });
         }
         let s = out.last_mut().expect("pushed above");
-        match state.as_str() {
-            "available" => s.available = count,
-            "scheduled" => s.scheduled = count,
-            "running" => s.running = count,
-            "retryable" => s.retryable = count,
-            "completed" => s.completed = count,
-            "cancelled" => s.cancelled = count,
-            _ => s.dead_letters = count,
+        match state.parse::<JobState>() {
+            Ok(JobState::Available) => s.available = count,
+            Ok(JobState::Scheduled) => s.scheduled = count,
+            Ok(JobState::Running) => s.running = count,
+            Ok(JobState::Retryable) => s.retryable = count,
+            Ok(JobState::Completed) => s.completed = count,
+            Ok(JobState::Cancelled) => s.cancelled = count,
+            // the second half of the union
+            Err(_) => s.dead_letters = count,
         }
     }
     Ok(out)

@@ -12,6 +12,7 @@ use sqlx::PgPool;
 
 use super::Error;
 use super::outcome::bury_dead_sql;
+use super::state::claimable_states;
 
 /// A daemon row not refreshed for this long belongs to a daemon that died.
 pub fn liveness_window(refresh_every: Duration) -> Duration {
@@ -78,13 +79,15 @@ pub async fn waiting_kinds(pool: &PgPool, window: Duration) -> Result<Vec<Waitin
     if orphans.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(concat!(
         "select kind, count(*), coalesce(extract(epoch from now() - min(run_at))::bigint, 0)
            from penguin.jobs
-          where kind = any($1) and state in ('available', 'scheduled', 'retryable')
+          where kind = any($1) and state in ",
+        claimable_states!(),
+        "
           group by kind
-          order by kind",
-    )
+          order by kind"
+    ))
     .bind(&orphans)
     .fetch_all(pool)
     .await?;
@@ -114,12 +117,15 @@ pub async fn bury_unhandled(
     // `id = any(array(..))`, not a join: see migration 0015 (a generic plan guesses the
     // limit at a tenth of the table and would hash a sequential scan of it)
     let buried: i64 = sqlx::query_scalar(&format!(
-        "with dead as (
+        concat!(
+            "with dead as (
              delete from penguin.jobs j
               where j.id = any(array(
                         select d.id from penguin.jobs d
                          where d.kind = any($1)
-                           and d.state in ('available', 'scheduled', 'retryable')
+                           and d.state in ",
+            claimable_states!(),
+            "
                            and d.run_at < now() - make_interval(secs => $2)
                            and not exists (select 1 from penguin.daemons p
                                             where p.seen_at >= now() - make_interval(secs => $3)
@@ -135,7 +141,8 @@ pub async fn bury_unhandled(
                        'unknown_kind'::text as dead_reason
          ),
          {}
-         select count(*) from buried",
+         select count(*) from buried"
+        ),
         bury_dead_sql!()
     ))
     .bind(kinds)

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
 
 use super::Error;
+use super::state::live_states;
 
 /// A job to insert. `None` fields take the kind's defaults from `penguin.kinds`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -178,7 +179,7 @@ pub async fn enqueue_many_reporting(
     let tenants: Vec<Option<uuid::Uuid>> = jobs.iter().map(|j| j.tenant_id).collect();
 
     let rows: Vec<(i64, Option<i64>, bool)> = sqlx::query_as(
-        "with input as materialized (
+        concat!("with input as materialized (
              select t.ord, nextval('penguin.jobs_id_seq') as id, t.kind, t.payload,
                     coalesce(t.queue, k.queue) as queue,
                     coalesce(t.run_at, now()) as run_at,
@@ -203,7 +204,7 @@ pub async fn enqueue_many_reporting(
              order by ord
              on conflict (unique_key)
                  where unique_key is not null
-                   and state in ('available', 'scheduled', 'running', 'retryable')
+                   and state in ", live_states!(), "
                  do nothing
              returning id
          )
@@ -211,10 +212,10 @@ pub async fn enqueue_many_reporting(
                     ins.id,
                     (select j.id from penguin.jobs j
                      where j.unique_key = i.unique_key
-                       and j.state in ('available', 'scheduled', 'running', 'retryable'))),
+                       and j.state in ", live_states!(), ")),
                 ins.id is not null
          from input i left join inserted ins on ins.id = i.id
-         order by i.ord",
+         order by i.ord"),
     )
     .bind(&kinds)
     .bind(&payloads)
@@ -235,10 +236,11 @@ pub async fn enqueue_many_reporting(
             // in this very batch: look again, then enqueue alone if it is gone.
             None => {
                 let job = &jobs[(ord - 1) as usize];
-                let held: Option<i64> = sqlx::query_scalar(
+                let held: Option<i64> = sqlx::query_scalar(concat!(
                     "select id from penguin.jobs where unique_key = $1
-                       and state in ('available', 'scheduled', 'running', 'retryable')",
-                )
+                       and state in ",
+                    live_states!()
+                ))
                 .bind(&job.unique_key)
                 .fetch_optional(&mut *conn)
                 .await?;

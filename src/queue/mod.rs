@@ -17,6 +17,7 @@ pub mod outcome;
 pub mod payments;
 pub mod prune;
 pub mod rescue;
+pub mod state;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -36,19 +37,10 @@ pub use outcome::{
 };
 pub use prune::{Pruned, prune, prune_inbound_events};
 pub use rescue::{RescueCounts, rescue_expired};
+pub use state::{JobState, UnknownState};
 
 /// The channel idle workers LISTEN on; the payload is a comma-separated list of queues.
 pub const NOTIFY_CHANNEL: &str = "penguin_jobs";
-
-/// States a job can be in (River's vocabulary).
-pub const STATES: [&str; 6] = [
-    "available",
-    "scheduled",
-    "running",
-    "retryable",
-    "completed",
-    "cancelled",
-];
 
 /// Storage errors. Database errors keep their chain; constraint and function errors raised
 /// by our own SQL carry a message meant for the user.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use super::Error;
+use super::state::finished_states;
 
 /// What one prune pass deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +28,17 @@ pub async fn prune(
 ) -> Result<Pruned, Error> {
     let jobs = delete_in_batches(
         pool,
-        "delete from penguin.jobs where id in (
+        concat!(
+            "delete from penguin.jobs where id in (
              select id from penguin.jobs
-              where state in ('completed', 'cancelled')
+              where state in ",
+            finished_states!(),
+            "
                 and finished_at < now() - make_interval(secs => $1)
               order by id
               limit $2
-              for update skip locked)",
+              for update skip locked)"
+        ),
         jobs_older_than,
         batch,
     )
