@@ -765,3 +765,10 @@ fn print_record(value: &serde_json::Value) {
         }
     }
 }
+
+/// The shim checks jobs through the daemon's registry (the shim imports no kind).
+impl crate::http::EnqueueCheck for crate::jobs::Registry {
+    fn check(&self, job: &crate::queue::NewJob) -> Result<(), String> {
+        crate::jobs::Registry::check(self, job).map_err(|e| e.to_string())
+    }
+}

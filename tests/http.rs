@@ -215,6 +215,14 @@ async fn post_jobs_answers_every_status_the_contract_names() {
         "x".repeat(5000)
     );
     assert_eq!(shim.post_job(Some(TOKEN), &big).await.0, 413);
+    // answered as JSON like every other refusal, not axum's plain text
+    let (_, answer) = shim.post_job(Some(TOKEN), &big).await;
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("length limit exceeded")),
+        "{answer}"
+    );
 
     assert_eq!(
         count(&db.pool, "select count(*) from penguin.jobs").await,
@@ -331,11 +339,15 @@ async fn a_stripe_event_is_stored_with_its_job_once_and_forgeries_are_refused() 
     let big = vec![b' '; 5000];
     let sig = stripe_signature(shim.now(), &big);
     assert_eq!(
-        shim.post_webhook("stripe", &[("stripe-signature", sig)], &big)
+        shim.post_webhook("stripe", &[("stripe-signature", sig.clone())], &big)
             .await
             .0,
         413
     );
+    let (_, answer) = shim
+        .post_webhook("stripe", &[("stripe-signature", sig)], &big)
+        .await;
+    assert!(answer["error"].is_string(), "{answer}");
     assert_eq!(
         count(&db.pool, "select count(*) from penguin.inbound_events").await,
         1

@@ -8,8 +8,12 @@
 //! committed, and never echo a secret or a request body in an error. Input it cannot
 //! store (a NUL in a job's text, a value out of PostgreSQL's range) is refused with 422
 //! before it reaches the database, never answered 500; a verified webhook is always
-//! stored (its parsed copy made storable by [`webhooks`]).
+//! stored (its parsed copy made storable by [`webhooks`]). Every refusal of a JSON route
+//! is an [`ApiError`], answered as `{"error": ..}`; kinds are checked through
+//! [`EnqueueCheck`], which the daemon implements with its registry, so the shim imports
+//! nothing from `jobs`.
 
+pub mod error;
 pub mod filters;
 pub mod ingest;
 pub mod oauth;
@@ -18,12 +22,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sqlx::PgPool;
@@ -31,9 +36,9 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, WebhookFilter, resolve_secret_ref};
-use crate::jobs::Registry;
 use crate::queue::{NewInboundEvent, NewJob};
 use crate::webhooks::{self, Rejection};
+pub use error::ApiError;
 use ingest::{Done, Ingest, IngestError, Work};
 
 /// Errors at start (bad keys, address in use).
@@ -55,13 +60,20 @@ struct Keys {
     mailgun: Option<SecretString>,
     sendgrid: Option<webhooks::sendgrid::PublicKey>,
     stripe: Option<SecretString>,
-    filters: HashMap<&'static str, Vec<WebhookFilter>>,
+    filters: HashMap<WebhookProvider, Vec<WebhookFilter>>,
+}
+
+/// How the shim checks a job before enqueuing it (its kind exists, its payload is
+/// valid). The daemon passes its job registry in; the shim itself knows no kind.
+pub trait EnqueueCheck: Send + Sync {
+    /// `Err` names what is wrong; it is answered 422.
+    fn check(&self, job: &NewJob) -> Result<(), String>;
 }
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    registry: Arc<Registry>,
+    kinds: Arc<dyn EnqueueCheck>,
     /// For `wait`, `GET /v1/jobs/{id}` (reads) and the OAuth callback's single statement
     /// (state check and enqueue); webhook and job writes go through `ingest`.
     pool: PgPool,
@@ -78,7 +90,11 @@ pub struct AppState {
 
 impl AppState {
     /// Resolves the tokens and keys of `config` and starts the group-commit writers.
-    pub fn new(config: &Config, pool: PgPool, registry: Arc<Registry>) -> Result<Self, HttpError> {
+    pub fn new(
+        config: &Config,
+        pool: PgPool,
+        kinds: Arc<dyn EnqueueCheck>,
+    ) -> Result<Self, HttpError> {
         let tokens = config
             .http
             .api_tokens
@@ -115,21 +131,21 @@ impl AppState {
             )?,
             filters: HashMap::from([
                 (
-                    "mailgun",
+                    WebhookProvider::Mailgun,
                     p.mailgun
                         .as_ref()
                         .map(|m| m.filters.clone())
                         .unwrap_or_default(),
                 ),
                 (
-                    "sendgrid",
+                    WebhookProvider::Sendgrid,
                     p.sendgrid
                         .as_ref()
                         .map(|m| m.filters.clone())
                         .unwrap_or_default(),
                 ),
                 (
-                    "stripe",
+                    WebhookProvider::Stripe,
                     p.stripe
                         .as_ref()
                         .map(|m| m.filters.clone())
@@ -138,7 +154,7 @@ impl AppState {
             ]),
         };
         Ok(Self {
-            registry,
+            kinds,
             tokens: Arc::new(tokens),
             keys: Arc::new(keys),
             ingest: Ingest::start(pool.clone(), 6),
@@ -211,27 +227,6 @@ pub async fn serve_on(
         })
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "error": message.into() }))).into_response()
-}
-
-fn ingest_error(e: IngestError) -> Response {
-    match e {
-        IngestError::Unavailable(m) => {
-            tracing::warn!(error = %m, "database unavailable; answering 503");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database unavailable, retry later",
-            )
-        }
-        IngestError::Rejected(m) => error(StatusCode::UNPROCESSABLE_ENTITY, m),
-        IngestError::Internal(m) => {
-            tracing::error!(error = %m, "ingest failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }
-    }
-}
-
 fn bearer_ok(state: &AppState, headers: &HeaderMap) -> bool {
     let Some(token) = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -259,63 +254,26 @@ pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// With `"wait": "10s"` (at most 60 s), the answer comes once the job is final: 200 with
 /// its state and result; or at the timeout: 202 with its id and current state, to poll at
 /// `GET /v1/jobs/{id}`.
-async fn create_job(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn create_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     if !bearer_ok(&state, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+        return Err(ApiError::Unauthorized);
     }
-    let mut value: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("invalid job: {e}"),
-            );
-        }
-    };
-    let wait = match value.as_object_mut().and_then(|o| o.remove("wait")) {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(text)) => match humantime::parse_duration(&text) {
-            Ok(d) if d <= MAX_WAIT => Some(d),
-            Ok(_) => {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "wait: at most 60s; poll GET /v1/jobs/{id} for longer",
-                );
-            }
-            Err(e) => {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!("wait: {text:?} is not a duration like \"10s\": {e}"),
-                );
-            }
-        },
-        Some(_) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "wait: give a duration like \"10s\"",
-            );
-        }
-    };
-    let job: NewJob = match serde_json::from_value(value) {
-        Ok(job) => job,
-        Err(e) => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("invalid job: {e}"),
-            );
-        }
-    };
+    let body = body?;
+    let mut value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::Invalid(format!("invalid job: {e}")))?;
+    let wait = take_wait(&mut value)?;
+    let job: NewJob = serde_json::from_value(value)
+        .map_err(|e| ApiError::Invalid(format!("invalid job: {e}")))?;
     // names the field at fault, NUL and lengths the database would refuse included
-    if let Err(e) = job.validate() {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
-    }
-    if let Err(e) = state.registry.check(&job) {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
-    }
-    let enqueued = match state.ingest.submit(Work::Job(job)).await {
-        Ok(Done::Job(e)) => e,
-        Ok(Done::Events(_)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
-        Err(e) => return ingest_error(e),
+    job.validate()
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    state.kinds.check(&job).map_err(ApiError::Invalid)?;
+    let Done::Job(enqueued) = state.ingest.submit(Work::Job(job)).await? else {
+        return Err(ApiError::Internal);
     };
     let Some(wait) = wait else {
         let status = if enqueued.created {
@@ -323,31 +281,47 @@ async fn create_job(State(state): State<AppState>, headers: HeaderMap, body: Byt
         } else {
             StatusCode::OK
         };
-        return (status, axum::Json(json!({ "id": enqueued.id }))).into_response();
+        return Ok((status, Json(json!({ "id": enqueued.id }))).into_response());
     };
-    match crate::queue::wait_for_job(&state.pool, enqueued.id, wait).await {
-        Ok(Some(s)) if s.is_final() => {
-            (StatusCode::OK, axum::Json(status_json(&s))).into_response()
-        }
-        Ok(Some(s)) => (
-            StatusCode::ACCEPTED,
-            axum::Json(json!({ "id": s.id, "state": s.state })),
-        )
-            .into_response(),
-        // completed and deleted at once (`[retention] completed = "0s"`): no result kept
-        Ok(None) => (
-            StatusCode::OK,
-            axum::Json(json!({ "id": enqueued.id, "state": "completed", "result": null })),
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::warn!(job.id = enqueued.id, error = %e, "could not read the job while waiting");
-            (
+    Ok(
+        match crate::queue::wait_for_job(&state.pool, enqueued.id, wait).await {
+            Ok(Some(s)) if s.is_final() => (StatusCode::OK, Json(status_json(&s))).into_response(),
+            Ok(Some(s)) => (
                 StatusCode::ACCEPTED,
-                axum::Json(json!({ "id": enqueued.id })),
+                Json(json!({ "id": s.id, "state": s.state })),
             )
-                .into_response()
-        }
+                .into_response(),
+            // completed and deleted at once (`[retention] completed = "0s"`): no result kept
+            Ok(None) => (
+                StatusCode::OK,
+                Json(json!({ "id": enqueued.id, "state": "completed", "result": null })),
+            )
+                .into_response(),
+            Err(e) => {
+                tracing::warn!(job.id = enqueued.id, error = %e, "could not read the job while waiting");
+                (StatusCode::ACCEPTED, Json(json!({ "id": enqueued.id }))).into_response()
+            }
+        },
+    )
+}
+
+/// Removes `"wait"` from a job request: `None` when absent or null, else a duration of at
+/// most [`MAX_WAIT`].
+fn take_wait(value: &mut serde_json::Value) -> Result<Option<std::time::Duration>, ApiError> {
+    match value.as_object_mut().and_then(|o| o.remove("wait")) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(text)) => match humantime::parse_duration(&text) {
+            Ok(d) if d <= MAX_WAIT => Ok(Some(d)),
+            Ok(_) => Err(ApiError::Invalid(
+                "wait: at most 60s; poll GET /v1/jobs/{id} for longer".into(),
+            )),
+            Err(e) => Err(ApiError::Invalid(format!(
+                "wait: {text:?} is not a duration like \"10s\": {e}"
+            ))),
+        },
+        Some(_) => Err(ApiError::Invalid(
+            "wait: give a duration like \"10s\"".into(),
+        )),
     }
 }
 
@@ -361,25 +335,26 @@ async fn show_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, ApiError> {
     if !bearer_ok(&state, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+        return Err(ApiError::Unauthorized);
     }
     let Ok(id) = id.parse::<i64>() else {
-        return error(StatusCode::NOT_FOUND, "job ids are integers");
+        return Err(ApiError::NotFound("job ids are integers".into()));
     };
     match crate::queue::job_status(&state.pool, id).await {
-        Ok(Some(s)) => (StatusCode::OK, axum::Json(status_json(&s))).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
-        Err(e) => ingest_error(e.into()),
+        Ok(Some(s)) => Ok((StatusCode::OK, Json(status_json(&s))).into_response()),
+        Ok(None) => Err(ApiError::NotFound(format!("no job {id}"))),
+        Err(e) => Err(IngestError::from(e).into()),
     }
 }
 
-fn rejection(provider: &str, r: Rejection) -> Response {
-    tracing::info!(provider, reason = %r, "webhook refused");
+/// A webhook that did not verify or parse, logged with its provider.
+fn rejection(provider: WebhookProvider, r: Rejection) -> ApiError {
+    tracing::info!(provider = provider.name(), reason = %r, "webhook refused");
     match r {
-        Rejection::Malformed(m) => error(StatusCode::BAD_REQUEST, format!("malformed body: {m}")),
-        other => error(StatusCode::UNAUTHORIZED, other.to_string()),
+        Rejection::Malformed(m) => ApiError::Malformed(format!("malformed body: {m}")),
+        other => ApiError::Forged(other.to_string()),
     }
 }
 
@@ -387,121 +362,170 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `POST /webhooks/{provider}`: verify, store each event with its job, answer after commit.
-async fn webhook(
-    State(state): State<AppState>,
-    Path(provider): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let now = (state.clock)();
-    let (provider, kind, kept_headers, verdict): (
-        &'static str,
-        &'static str,
-        Vec<&str>,
-        Result<(), Rejection>,
-    ) = match provider.as_str() {
-        "stripe" => {
-            let Some(secret) = &state.keys.stripe else {
-                return error(StatusCode::NOT_FOUND, "stripe webhooks are not configured");
-            };
-            let v = webhooks::stripe::verify(
-                &body,
-                header(&headers, "stripe-signature"),
+/// The providers whose webhooks the shim takes, `POST /webhooks/{provider}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookProvider {
+    Mailgun,
+    Sendgrid,
+    Stripe,
+}
+
+impl WebhookProvider {
+    /// The provider named in the path, if the shim knows it.
+    pub fn from_path(name: &str) -> Option<Self> {
+        match name {
+            "mailgun" => Some(WebhookProvider::Mailgun),
+            "sendgrid" => Some(WebhookProvider::Sendgrid),
+            "stripe" => Some(WebhookProvider::Stripe),
+            _ => None,
+        }
+    }
+
+    /// The name in the path, in `penguin.inbound_events.provider` and in `[webhooks.NAME]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WebhookProvider::Mailgun => "mailgun",
+            WebhookProvider::Sendgrid => "sendgrid",
+            WebhookProvider::Stripe => "stripe",
+        }
+    }
+
+    /// The job kind that processes a stored event.
+    pub fn job_kind(self) -> &'static str {
+        match self {
+            WebhookProvider::Mailgun => "mailgun.event",
+            WebhookProvider::Sendgrid => "sendgrid.event",
+            WebhookProvider::Stripe => "stripe.event",
+        }
+    }
+
+    /// The request headers stored with each event (what the signature was checked with).
+    fn signature_headers(self) -> &'static [&'static str] {
+        match self {
+            // Mailgun signs inside the body
+            WebhookProvider::Mailgun => &[],
+            WebhookProvider::Sendgrid => &[
+                "x-twilio-email-event-webhook-signature",
+                "x-twilio-email-event-webhook-timestamp",
+            ],
+            WebhookProvider::Stripe => &["stripe-signature"],
+        }
+    }
+
+    /// Whether the body is exactly the (single) event: Stripe's is; Mailgun's carries the
+    /// event-data and the signature; SendGrid's is a batch.
+    fn body_is_the_event(self) -> bool {
+        self == WebhookProvider::Stripe
+    }
+}
+
+/// Checks the request's signature (and, for Mailgun, that its token is fresh) at `now`.
+fn verify_webhook(
+    state: &AppState,
+    provider: WebhookProvider,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: i64,
+) -> Result<(), ApiError> {
+    let not_configured =
+        || ApiError::NotFound(format!("{} webhooks are not configured", provider.name()));
+    let verdict = match provider {
+        WebhookProvider::Stripe => {
+            let secret = state.keys.stripe.as_ref().ok_or_else(not_configured)?;
+            webhooks::stripe::verify(
+                body,
+                header(headers, "stripe-signature"),
                 secret.expose_secret().as_bytes(),
                 now,
-            );
-            ("stripe", "stripe.event", vec!["stripe-signature"], v)
-        }
-        "sendgrid" => {
-            let Some(key) = &state.keys.sendgrid else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "sendgrid webhooks are not configured",
-                );
-            };
-            let v = webhooks::sendgrid::verify(
-                &body,
-                header(&headers, "x-twilio-email-event-webhook-signature"),
-                header(&headers, "x-twilio-email-event-webhook-timestamp"),
-                key,
-                now,
-            );
-            (
-                "sendgrid",
-                "sendgrid.event",
-                vec![
-                    "x-twilio-email-event-webhook-signature",
-                    "x-twilio-email-event-webhook-timestamp",
-                ],
-                v,
             )
         }
-        "mailgun" => {
-            let Some(key) = &state.keys.mailgun else {
-                return error(StatusCode::NOT_FOUND, "mailgun webhooks are not configured");
-            };
-            let v = webhooks::mailgun::verify(&body, key.expose_secret().as_bytes(), now).and_then(
-                |token| remember_mailgun_token(&state, token.token, token.timestamp, now),
-            );
-            ("mailgun", "mailgun.event", vec![], v)
+        WebhookProvider::Sendgrid => {
+            let key = state.keys.sendgrid.as_ref().ok_or_else(not_configured)?;
+            webhooks::sendgrid::verify(
+                body,
+                header(headers, "x-twilio-email-event-webhook-signature"),
+                header(headers, "x-twilio-email-event-webhook-timestamp"),
+                key,
+                now,
+            )
         }
-        _ => return error(StatusCode::NOT_FOUND, "unknown provider"),
+        WebhookProvider::Mailgun => {
+            let key = state.keys.mailgun.as_ref().ok_or_else(not_configured)?;
+            webhooks::mailgun::verify(body, key.expose_secret().as_bytes(), now)
+                .and_then(|token| remember_mailgun_token(state, token.token, token.timestamp, now))
+        }
     };
-    if let Err(r) = verdict {
-        return rejection(provider, r);
-    }
+    verdict.map_err(|r| rejection(provider, r))
+}
+
+/// The verified body's events, as rows to store (each with its job unless filtered out).
+fn inbound_rows(
+    state: &AppState,
+    provider: WebhookProvider,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Vec<NewInboundEvent>, ApiError> {
     let events = match provider {
-        "stripe" => webhooks::stripe::events(&body),
-        "sendgrid" => webhooks::sendgrid::events(&body),
-        _ => webhooks::mailgun::events(&body),
-    };
-    let events = match events {
-        Ok(events) if !events.is_empty() => events,
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "malformed body: no events"),
-        Err(r) => return rejection(provider, r),
-    };
-    let kept: serde_json::Map<String, serde_json::Value> = kept_headers
-        .into_iter()
-        .filter_map(|name| header(&headers, name).map(|v| (name.to_string(), json!(v))))
+        WebhookProvider::Stripe => webhooks::stripe::events(body),
+        WebhookProvider::Sendgrid => webhooks::sendgrid::events(body),
+        WebhookProvider::Mailgun => webhooks::mailgun::events(body),
+    }
+    .map_err(|r| rejection(provider, r))?;
+    if events.is_empty() {
+        return Err(ApiError::Malformed("malformed body: no events".into()));
+    }
+    let kept: serde_json::Map<String, serde_json::Value> = provider
+        .signature_headers()
+        .iter()
+        .filter_map(|name| header(headers, name).map(|v| (name.to_string(), json!(v))))
         .collect();
     let kept = serde_json::Value::Object(kept);
     let filters = state
         .keys
         .filters
-        .get(provider)
+        .get(&provider)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let raws = raw_per_event(&body, events.len());
-    // Stripe's body is its event; Mailgun's carries the event-data and the signature:
-    // only a body that is exactly the event can stand in for the parsed payload
-    let raw_is_event = provider == "stripe";
-    let rows: Vec<NewInboundEvent> = events
+    let raws = raw_per_event(body, events.len());
+    Ok(events
         .into_iter()
         .zip(raws)
         .map(|(e, raw)| NewInboundEvent {
-            provider,
-            job_kind: filters::wanted(filters, e.event_type.as_deref(), &e.payload).then_some(kind),
+            provider: provider.name(),
+            job_kind: filters::wanted(filters, e.event_type.as_deref(), &e.payload)
+                .then_some(provider.job_kind()),
             event_id: e.event_id,
             event_type: e.event_type,
             headers: kept.clone(),
-            // a cleaned payload is the only storable copy of the event
-            payload: (!raw_is_event || e.payload_cleaned).then_some(e.payload),
+            // only a body that is exactly the event can stand in for the parsed payload; a
+            // cleaned payload is the only storable copy of the event
+            payload: (!provider.body_is_the_event() || e.payload_cleaned).then_some(e.payload),
             raw,
         })
-        .collect();
-    match state.ingest.submit(Work::Events(rows)).await {
-        Ok(Done::Events(stored)) => {
-            let new = stored.iter().filter(|s| s.is_some()).count();
-            (
-                StatusCode::OK,
-                axum::Json(json!({ "stored": new, "duplicates": stored.len() - new })),
-            )
-                .into_response()
-        }
-        Ok(Done::Job(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
-        Err(e) => ingest_error(e),
-    }
+        .collect())
+}
+
+/// `POST /webhooks/{provider}`: verify, store each event with its job, answer after commit.
+async fn webhook(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let provider = WebhookProvider::from_path(&provider)
+        .ok_or_else(|| ApiError::NotFound("unknown provider".into()))?;
+    let body = body?;
+    verify_webhook(&state, provider, &headers, &body, (state.clock)())?;
+    let rows = inbound_rows(&state, provider, &headers, &body)?;
+    let Done::Events(stored) = state.ingest.submit(Work::Events(rows)).await? else {
+        return Err(ApiError::Internal);
+    };
+    let new = stored.iter().filter(|s| s.is_some()).count();
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "stored": new, "duplicates": stored.len() - new })),
+    )
+        .into_response())
 }
 
 /// The raw bytes stored with each of a request's `n` events: the whole body for a

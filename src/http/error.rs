@@ -1,0 +1,138 @@
+//! The one error type of the shim's JSON routes: every refusal is a status and a message,
+//! answered as `{"error": message}`, body-limit and body-read rejections included.
+//!
+//! Must never put a secret, a token or a request body into a message; an internal or
+//! database failure is logged here and answered with a fixed text.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::ingest::IngestError;
+
+/// Why the shim refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 401: no valid bearer token.
+    Unauthorized,
+    /// 401: a webhook whose signature, timestamp or token does not verify.
+    Forged(String),
+    /// 400: a body that cannot be read as the provider's format.
+    Malformed(String),
+    /// 404.
+    NotFound(String),
+    /// 422: a well-formed request the queue cannot take (unknown kind, bad field).
+    Invalid(String),
+    /// Any other status axum chose while reading the body (413 over `max_body`, ...).
+    Body(StatusCode, String),
+    /// 503: the database is away; the client should retry.
+    Unavailable,
+    /// 500: a bug of ours; details are in the log only.
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized | ApiError::Forged(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Body(status, _) => *status,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            ApiError::Unauthorized => "missing or invalid bearer token",
+            ApiError::Forged(m)
+            | ApiError::Malformed(m)
+            | ApiError::NotFound(m)
+            | ApiError::Invalid(m)
+            | ApiError::Body(_, m) => m,
+            ApiError::Unavailable => "database unavailable, retry later",
+            ApiError::Internal => "internal error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(json!({ "error": self.message() }))).into_response()
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Unavailable(m) => {
+                tracing::warn!(error = %m, "database unavailable; answering 503");
+                ApiError::Unavailable
+            }
+            IngestError::Rejected(m) => ApiError::Invalid(m),
+            IngestError::Internal(m) => {
+                tracing::error!(error = %m, "ingest failed");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+/// A body axum could not read: over `max_body` (413), or cut off mid-way (400).
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        ApiError::Body(r.status(), r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_error_is_answered_as_json_with_its_status() {
+        for (e, status, message) in [
+            (
+                ApiError::Unauthorized,
+                401,
+                "missing or invalid bearer token",
+            ),
+            (
+                ApiError::Invalid("kind: unknown".into()),
+                422,
+                "kind: unknown",
+            ),
+            (
+                ApiError::Body(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "length limit exceeded".into(),
+                ),
+                413,
+                "length limit exceeded",
+            ),
+            (
+                ApiError::Unavailable,
+                503,
+                "database unavailable, retry later",
+            ),
+            (ApiError::Internal, 500, "internal error"),
+        ] {
+            let response = e.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/json",
+                "{status}"
+            );
+            let body = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body, json!({ "error": message }));
+        }
+    }
+}
