@@ -254,7 +254,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run_daemon(config, args).await,
         Command::Migrate => {
-            let (pool, _) = connect(&config, false).await?;
+            let (pool, _) = connect(&config, Embedded::Attach).await?;
             let registry = registry(&config)?;
             migrate(&pool, &registry).await?;
             println!(
@@ -268,7 +268,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(cmd) => dlq(&config, cmd).await,
         Command::Schedules(cmd) => schedules(&config, cmd).await,
         Command::Integrations { json } => {
-            let (pool, _) = connect(&config, false).await?;
+            let (pool, _) = connect(&config, Embedded::Attach).await?;
             let rows = queue::integrations::list_integrations(&pool).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -312,7 +312,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => credentials::audit(&config, subject, limit, json).await,
         Command::Alerts { ack, json } => credentials::alerts(&config, ack, json).await,
         Command::Stats { json } => {
-            let (pool, _) = connect(&config, false).await?;
+            let (pool, _) = connect(&config, Embedded::Attach).await?;
             let stats = queue::stats(&pool).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -375,11 +375,20 @@ async fn migrate(pool: &PgPool, registry: &Registry) -> anyhow::Result<()> {
 /// The database of the embedded cluster.
 const EMBEDDED_DATABASE: &str = "penguin_jobs";
 
-/// Connects to the configured database, or (for `run` only) starts the embedded cluster;
-/// other commands attach to the embedded cluster of a running daemon.
+/// What to do when no database is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Embedded {
+    /// Start the embedded cluster under the data directory (`run`).
+    Start,
+    /// Attach to the embedded cluster a running daemon started (every other command).
+    Attach,
+}
+
+/// Connects to the configured database, or else to the embedded cluster: started by
+/// `run` ([`Embedded::Start`]), attached to by the other commands.
 async fn connect(
     config: &Config,
-    may_start: bool,
+    embedded: Embedded,
 ) -> anyhow::Result<(PgPool, Option<EmbeddedPostgres>)> {
     let options = PgPoolOptions::new()
         .max_connections(config.database.max_connections)
@@ -392,7 +401,7 @@ async fn connect(
         return Ok((pool, None));
     }
     let dir = config.daemon.data_dir.join("postgres");
-    let (admin_url, url, cluster) = if may_start {
+    let (admin_url, url, cluster) = if embedded == Embedded::Start {
         let cluster = EmbeddedPostgres::start(&dir).await?;
         tracing::info!(dir = %dir.display(), "started the embedded PostgreSQL (no database configured)");
         (
@@ -456,7 +465,7 @@ async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<()> {
             .check(&s.job)
             .map_err(|e| anyhow::anyhow!("schedules.{}: {e}", s.name))?;
     }
-    let (pool, cluster) = connect(&config, true).await?;
+    let (pool, cluster) = connect(&config, Embedded::Start).await?;
     let result = async {
         let deps = Deps::new()?.with_pool(pool.clone()).with_keyring(keyring);
         let registry = Arc::new(Registry::builtin(&config, &deps)?);
@@ -567,7 +576,7 @@ async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Result<()> {
         tenant_id: args.tenant,
     };
     registry(config)?.check(&job)?;
-    let (pool, _) = connect(config, false).await?;
+    let (pool, _) = connect(config, Embedded::Attach).await?;
     let id = queue::enqueue(&pool, &job).await.map_err(user_error)?;
     println!("{id}");
     Ok(())
@@ -581,7 +590,7 @@ fn user_error(e: queue::Error) -> anyhow::Error {
 }
 
 async fn jobs(config: &Config, cmd: JobsCommand) -> anyhow::Result<()> {
-    let (pool, _) = connect(config, false).await?;
+    let (pool, _) = connect(config, Embedded::Attach).await?;
     match cmd {
         JobsCommand::List {
             state,
@@ -640,7 +649,7 @@ async fn jobs(config: &Config, cmd: JobsCommand) -> anyhow::Result<()> {
 }
 
 async fn dlq(config: &Config, cmd: DlqCommand) -> anyhow::Result<()> {
-    let (pool, _) = connect(config, false).await?;
+    let (pool, _) = connect(config, Embedded::Attach).await?;
     match cmd {
         DlqCommand::List { kind, limit, json } => {
             let rows = queue::list_dead_letters(&pool, kind.as_deref(), limit)
@@ -705,7 +714,7 @@ async fn dlq(config: &Config, cmd: DlqCommand) -> anyhow::Result<()> {
 }
 
 async fn schedules(config: &Config, cmd: SchedulesCommand) -> anyhow::Result<()> {
-    let (pool, _) = connect(config, false).await?;
+    let (pool, _) = connect(config, Embedded::Attach).await?;
     match cmd {
         SchedulesCommand::List { json } => {
             let rows = scheduler::list(&pool).await?;

@@ -11,7 +11,7 @@ use clap::Subcommand;
 use secrecy::SecretString;
 use uuid::Uuid;
 
-use super::{connect, print_record, registry, user_error};
+use super::{Embedded, connect, print_record, registry, user_error};
 use crate::config::Config;
 use crate::jobs::apikey::{self, DEFAULT_ENVIRONMENT};
 use crate::providers::oauth::Providers;
@@ -158,7 +158,7 @@ pub(super) async fn oauth(config: &Config, cmd: OauthCommand) -> anyhow::Result<
                 ),
             };
             let keyring = keyring(config)?;
-            let (pool, _) = connect(config, false).await?;
+            let (pool, _) = connect(config, Embedded::Attach).await?;
             let url = crate::jobs::oauth::begin_authorization(
                 &pool,
                 &keyring,
@@ -175,7 +175,7 @@ pub(super) async fn oauth(config: &Config, cmd: OauthCommand) -> anyhow::Result<
             println!("{url}");
         }
         OauthCommand::Disconnect { id } => {
-            let (pool, _) = connect(config, false).await?;
+            let (pool, _) = connect(config, Embedded::Attach).await?;
             let done = crate::jobs::oauth::disconnect(&pool, id, Actor::Cli)
                 .await
                 .map_err(|e| match e {
@@ -188,7 +188,7 @@ pub(super) async fn oauth(config: &Config, cmd: OauthCommand) -> anyhow::Result<
             println!("connection {id} revoked");
         }
         OauthCommand::List { tenant, json } => {
-            let (pool, _) = connect(config, false).await?;
+            let (pool, _) = connect(config, Embedded::Attach).await?;
             let rows = creds::list_connections(&pool, tenant)
                 .await
                 .map_err(user_error)?;
@@ -239,7 +239,7 @@ pub(super) async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()
                 bail!("--schedule {s:?} is not monthly, quarterly or never");
             }
             let key = read_key_from_stdin()?;
-            let (pool, _) = connect(config, false).await?;
+            let (pool, _) = connect(config, Embedded::Attach).await?;
             let (id, version) = apikey::set_key(
                 &pool,
                 &keyring,
@@ -261,7 +261,7 @@ pub(super) async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()
         } => {
             let keyring = keyring(config)?;
             let key = read_key_from_stdin()?;
-            let (pool, _) = connect(config, false).await?;
+            let (pool, _) = connect(config, Embedded::Attach).await?;
             let (id, version) = apikey::stage_key(
                 &pool,
                 &keyring,
@@ -278,7 +278,7 @@ pub(super) async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()
             );
         }
         KeysCommand::List { provider, json } => {
-            let (pool, _) = connect(config, false).await?;
+            let (pool, _) = connect(config, Embedded::Attach).await?;
             let rows = creds::list_api_keys(&pool, provider.as_deref())
                 .await
                 .map_err(user_error)?;
@@ -320,7 +320,7 @@ pub(super) async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()
         } => {
             let job = apikey::rotation_job(&provider, &environment, Actor::Cli);
             registry(config)?.check(&job)?;
-            let (pool, _) = connect(config, false).await?;
+            let (pool, _) = connect(config, Embedded::Attach).await?;
             if creds::active_api_key(&pool, &provider, &environment)
                 .await
                 .map_err(user_error)?
@@ -345,7 +345,7 @@ pub(super) async fn secrets(config: &Config, cmd: SecretsCommand) -> anyhow::Res
         }
         SecretsCommand::Status { json } => {
             let current = Keyring::from_config(config)?.map(|k| k.current().id().to_string());
-            let (pool, _) = connect(config, false).await?;
+            let (pool, _) = connect(config, Embedded::Attach).await?;
             let counts = creds::sealed_key_ids(&pool).await.map_err(user_error)?;
             if json {
                 let by_key: serde_json::Map<_, _> = counts
@@ -372,7 +372,7 @@ pub(super) async fn secrets(config: &Config, cmd: SecretsCommand) -> anyhow::Res
         SecretsCommand::RotateMaster { new_key } => {
             let keyring = keyring(config)?;
             let new = MasterKey::from_ref("--new-key", &new_key)?;
-            let (pool, _) = connect(config, false).await?;
+            let (pool, _) = connect(config, Embedded::Attach).await?;
             let before = creds::sealed_key_ids(&pool).await.map_err(user_error)?;
             let mut moved = 0u64;
             for (table, column) in SEALED_COLUMNS {
@@ -433,7 +433,7 @@ pub(super) async fn audit(
     limit: i64,
     json: bool,
 ) -> anyhow::Result<()> {
-    let (pool, _) = connect(config, false).await?;
+    let (pool, _) = connect(config, Embedded::Attach).await?;
     let rows = creds::list_audit(&pool, subject.as_deref(), limit)
         .await
         .map_err(user_error)?;
@@ -458,7 +458,7 @@ pub(super) async fn audit(
 }
 
 pub(super) async fn alerts(config: &Config, ack: Option<i64>, json: bool) -> anyhow::Result<()> {
-    let (pool, _) = connect(config, false).await?;
+    let (pool, _) = connect(config, Embedded::Attach).await?;
     if let Some(id) = ack {
         if !creds::acknowledge_alert(&pool, id)
             .await

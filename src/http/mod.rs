@@ -188,23 +188,6 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .with_state(state)
 }
 
-/// Serves the shim on `config.http.listen` until `shutdown`.
-pub async fn serve(
-    config: &Config,
-    state: AppState,
-    shutdown: CancellationToken,
-) -> Result<(), HttpError> {
-    let addr = &config.http.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| HttpError::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
-    tracing::info!(listen = %addr, "HTTP shim listening");
-    serve_on(listener, state, config.http.max_body, shutdown).await
-}
-
 /// Serves on an already bound listener (tests bind port 0).
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
