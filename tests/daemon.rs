@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -15,33 +14,29 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
 
-struct Workdir(PathBuf);
+/// A scratch directory holding `jobs.toml`, from which daemons and commands run.
+struct Workdir(support::TempDir);
 
 impl Workdir {
     fn new(config: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "penguin-jobs-daemon-test-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("jobs.toml"), config).unwrap();
+        let dir = support::TempDir::new("daemon-test");
+        std::fs::write(dir.path().join("jobs.toml"), config).unwrap();
         Self(dir)
     }
 
     fn command(&self, db_url: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("--config")
-            .arg(self.0.join("jobs.toml"))
+            .arg(self.0.path().join("jobs.toml"))
             .args(args)
-            .current_dir(&self.0)
+            .current_dir(self.0.path())
             .env("DATABASE_URL", db_url)
             .env("RUST_LOG", "info");
         cmd
     }
 
     fn spawn_daemon(&self, db_url: &str, log: &str) -> Child {
-        let log = std::fs::File::create(self.0.join(log)).unwrap();
+        let log = std::fs::File::create(self.0.path().join(log)).unwrap();
         self.command(db_url, &["run", "--no-http"])
             .stdout(Stdio::null())
             .stderr(log)
@@ -50,17 +45,11 @@ impl Workdir {
     }
 
     fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.0.join(name)).unwrap_or_default()
+        std::fs::read_to_string(self.0.path().join(name)).unwrap_or_default()
     }
 
     fn run(&self, db_url: &str, args: &[&str]) -> Output {
         self.command(db_url, args).output().unwrap()
-    }
-}
-
-impl Drop for Workdir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -349,23 +338,23 @@ async fn a_bad_config_stops_the_daemon_at_start_naming_the_key() {
 async fn with_no_database_configured_run_starts_and_stops_its_own_postgres() {
     // the data directory must be reachable by the `postgres` user when tests run as root
     let work = Workdir::new("");
-    let data_dir = work.0.join("state");
+    let data_dir = work.0.path().join("state");
     std::fs::write(
-        work.0.join("jobs.toml"),
+        work.0.path().join("jobs.toml"),
         format!(
             "[daemon]\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n",
             data_dir.display()
         ),
     )
     .unwrap();
-    let mut perms = std::fs::metadata(&work.0).unwrap().permissions();
+    let mut perms = std::fs::metadata(work.0.path()).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(&work.0, perms).unwrap();
+    std::fs::set_permissions(work.0.path(), perms).unwrap();
 
     let run = |args: &[&str]| {
         Command::new(BIN)
             .arg("--config")
-            .arg(work.0.join("jobs.toml"))
+            .arg(work.0.path().join("jobs.toml"))
             .args(args)
             .env_remove("DATABASE_URL")
             .output()
@@ -376,10 +365,10 @@ async fn with_no_database_configured_run_starts_and_stops_its_own_postgres() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no database configured"));
 
-    let log = std::fs::File::create(work.0.join("embedded.log")).unwrap();
+    let log = std::fs::File::create(work.0.path().join("embedded.log")).unwrap();
     let mut daemon = Command::new(BIN)
         .arg("--config")
-        .arg(work.0.join("jobs.toml"))
+        .arg(work.0.path().join("jobs.toml"))
         .args(["run", "--no-http"])
         .env_remove("DATABASE_URL")
         .stdout(Stdio::null())

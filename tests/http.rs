@@ -24,16 +24,7 @@ struct Shim {
     clock: Arc<AtomicI64>,
     sendgrid_key: p256::ecdsa::SigningKey,
     _stop: tokio_util::sync::DropGuard,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _dir: support::TempDir,
 }
 
 async fn start(pool: &sqlx::PgPool, pool_for_shim: sqlx::PgPool) -> Shim {
@@ -42,12 +33,8 @@ async fn start(pool: &sqlx::PgPool, pool_for_shim: sqlx::PgPool) -> Shim {
 
 /// `extra` is appended to the shim's config (filters).
 async fn start_with(pool: &sqlx::PgPool, pool_for_shim: sqlx::PgPool, extra: &str) -> Shim {
-    let dir = std::env::temp_dir().join(format!(
-        "penguin-jobs-http-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = support::TempDir::new("http");
+    let dir = scratch.path();
     let sendgrid_key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
     // SubjectPublicKeyInfo DER of a P-256 key: the fixed algorithm header, then the point
     let mut public = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
@@ -97,7 +84,7 @@ async fn start_with(pool: &sqlx::PgPool, pool_for_shim: sqlx::PgPool, extra: &st
         clock,
         sendgrid_key,
         _stop: stop.drop_guard(),
-        _dir: tempdir::Dir(dir),
+        _dir: scratch,
     }
 }
 

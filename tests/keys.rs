@@ -12,7 +12,8 @@ use penguin_jobs::queue::{self, credentials as creds, credentials::Actor};
 use penguin_jobs::secrets::Keyring;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
-use support::credentials::{Dir, cli, master_key_file, start_runtime};
+use support::TempDir;
+use support::credentials::{cli, master_key_file, start_runtime};
 use support::daemon::{count, wait_for};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -21,7 +22,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 struct World {
     db: support::TestDb,
-    dir: Dir,
+    dir: TempDir,
     keyring: Keyring,
     toml: String,
     api: MockServer,
@@ -30,7 +31,7 @@ struct World {
 /// A database, a master key and a fake provider whose valid keys are `valid`.
 async fn world(valid: &[&str]) -> World {
     let db = support::test_db().await;
-    let dir = Dir::new("keys");
+    let dir = TempDir::new("keys");
     let (key, master_ref) = master_key_file(&dir, "master.key");
     let api = MockServer::start().await;
     for k in valid {

@@ -14,7 +14,8 @@ use penguin_jobs::queue::credentials::{self as creds, Actor, sealed_aad};
 use penguin_jobs::secrets::{Keyring, sha256_hex};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
-use support::credentials::{Dir, OAuthServer, master_key_file, registry, start_runtime};
+use support::TempDir;
+use support::credentials::{OAuthServer, master_key_file, registry, start_runtime};
 use support::daemon::stop_daemon;
 use support::daemon::{config, count, wait_for};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +28,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 struct World {
     db: support::TestDb,
-    dir: Dir,
+    dir: TempDir,
     server: OAuthServer,
     keyring: Keyring,
     toml: String,
@@ -39,7 +40,7 @@ struct World {
 /// `auth`, a master key, and the shim serving the callback.
 async fn world(provider: &str, auth: &str) -> World {
     let db = support::test_db().await;
-    let dir = Dir::new("oauth");
+    let dir = TempDir::new("oauth");
     let server = OAuthServer::start(CLIENT_ID, CLIENT_SECRET, auth);
     let (key, master_ref) = master_key_file(&dir, "master.key");
     let secret_ref = dir.secret_file("client.secret", CLIENT_SECRET);

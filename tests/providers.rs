@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use penguin_jobs::queue::{self, NewJob};
 use serde_json::{Value, json};
+use support::TempDir;
 use support::daemon::{config, count, register_kinds, start_runtime, wait_for};
 use support::fake_provider::{FakeProvider, Recorded, Reply};
 
@@ -18,43 +19,24 @@ const SENDGRID_KEY: &str = "SG.test-sendgrid-key-0123456789";
 const STRIPE_KEY: &str = "sk_test_stripe_key_0123456789";
 const POSTHOG_KEY: &str = "phc_test_posthog_key_0123456789";
 
-/// A temporary directory with the provider keys in files.
-struct Dir(std::path::PathBuf);
-
-impl Dir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "penguin-jobs-providers-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, key) in [
-            ("mailgun", MAILGUN_KEY),
-            ("sendgrid", SENDGRID_KEY),
-            ("stripe", STRIPE_KEY),
-            ("posthog", POSTHOG_KEY),
-        ] {
-            std::fs::write(dir.join(name), format!("{key}\n")).unwrap();
-        }
-        Self(dir)
+/// A temporary directory with the provider keys in files (`dir.file_ref("mailgun")`).
+fn key_dir() -> TempDir {
+    let dir = TempDir::new("providers");
+    for (name, key) in [
+        ("mailgun", MAILGUN_KEY),
+        ("sendgrid", SENDGRID_KEY),
+        ("stripe", STRIPE_KEY),
+        ("posthog", POSTHOG_KEY),
+    ] {
+        dir.secret_file(name, &format!("{key}\n"));
     }
-
-    fn key(&self, name: &str) -> String {
-        format!("file:{}", self.0.join(name).display())
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    dir
 }
 
 /// A config with every provider pointing at `fake`, quick polling and quick retries;
 /// `extra` is appended (it may add tables such as `[providers.mailgun.circuit_breaker]`
 /// or `[kinds."mailgun.send"]`).
-fn toml(fake: &FakeProvider, dir: &Dir, extra: &str) -> String {
+fn toml(fake: &FakeProvider, dir: &TempDir, extra: &str) -> String {
     let quick = "strategy = \"fixed\"\nbase = \"100ms\"\nmax = \"100ms\"\njitter = false\n";
     let mut text = format!(
         "[daemon]\npoll_interval = \"50ms\"\nlease = \"5s\"\nrescue_interval = \"200ms\"\nshutdown_grace = \"5s\"\n\
@@ -62,10 +44,10 @@ fn toml(fake: &FakeProvider, dir: &Dir, extra: &str) -> String {
          [providers.sendgrid]\napi_key = \"{sg}\"\nbase_url = \"{url}\"\nip_pool = \"marketing\"\n\
          [providers.stripe]\nsecret_key = \"{st}\"\nbase_url = \"{url}\"\n\
          [providers.posthog]\napi_key = \"{ph}\"\nhost = \"{url}\"\n",
-        mg = dir.key("mailgun"),
-        sg = dir.key("sendgrid"),
-        st = dir.key("stripe"),
-        ph = dir.key("posthog"),
+        mg = dir.file_ref("mailgun"),
+        sg = dir.file_ref("sendgrid"),
+        st = dir.file_ref("stripe"),
+        ph = dir.file_ref("posthog"),
         url = fake.url,
     );
     for kind in [
@@ -133,7 +115,7 @@ fn basic(user: &str, password: &str) -> String {
 #[tokio::test]
 async fn mailgun_send_posts_the_exact_form_and_records_the_message_as_sent() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
     let id = enqueue(&db.pool, "mailgun.send", email()).await;
     wait_state(&db.pool, id, "completed").await;
@@ -192,7 +174,7 @@ async fn mailgun_send_posts_the_exact_form_and_records_the_message_as_sent() {
 #[tokio::test]
 async fn sendgrid_send_posts_the_exact_json_and_keeps_the_x_message_id() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
     let id = enqueue(&db.pool, "sendgrid.send", email()).await;
     let template = enqueue(
@@ -262,7 +244,7 @@ async fn sendgrid_send_posts_the_exact_json_and_keeps_the_x_message_id() {
 #[tokio::test]
 async fn stripe_account_create_sends_the_connect_form_with_a_stable_idempotency_key() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     // the first answer is lost in a 500: the retry must carry the same key
     fake.push(
         "/v1/accounts",
@@ -334,7 +316,7 @@ fn capture_job(i: usize, properties: Value) -> NewJob {
 #[tokio::test]
 async fn posthog_capture_jobs_ready_together_share_batch_calls() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     register_kinds(&db.pool, &config(&toml(&fake, &dir, ""))).await;
     let jobs: Vec<NewJob> = (0..150)
         .map(|i| capture_job(i, json!({"campaign": "cmp_42"})))
@@ -388,7 +370,7 @@ async fn posthog_capture_jobs_ready_together_share_batch_calls() {
 #[tokio::test]
 async fn a_500_then_200_is_retried_and_completes() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     fake.push("/v3/", Reply::status(500, json!({"message": "internal"})));
     let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
     let id = enqueue(&db.pool, "mailgun.send", email()).await;
@@ -405,7 +387,7 @@ async fn a_500_then_200_is_retried_and_completes() {
 #[tokio::test]
 async fn a_429_with_retry_after_runs_again_no_earlier_than_it_says() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     fake.push(
         "/v3/mail/send",
         Reply::status(429, json!({"errors": [{"message": "too many requests"}]}))
@@ -432,7 +414,7 @@ async fn a_429_with_retry_after_runs_again_no_earlier_than_it_says() {
 #[tokio::test]
 async fn a_400_is_dead_lettered_at_once_with_the_providers_message() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     fake.push(
         "/v3/",
         Reply::status(
@@ -462,7 +444,7 @@ async fn a_400_is_dead_lettered_at_once_with_the_providers_message() {
 #[tokio::test]
 async fn a_timeout_and_a_dropped_connection_are_retried() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     fake.push("/v3/", Reply::Delay(Duration::from_secs(5)));
     fake.push("/v3/", Reply::Reset);
     let rt = start_runtime(
@@ -484,7 +466,7 @@ async fn a_timeout_and_a_dropped_connection_are_retried() {
 #[tokio::test]
 async fn a_401_is_dead_lettered_and_marks_the_integration_error() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     fake.push("/v1/accounts", Reply::status(401, json!({"error": {"message": "Invalid API Key provided: sk_test_****6789", "type": "invalid_request_error"}})));
     let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
     let id = enqueue(
@@ -536,7 +518,7 @@ async fn a_401_is_dead_lettered_and_marks_the_integration_error() {
 #[tokio::test]
 async fn a_409_idempotency_conflict_is_not_retried_unless_stripe_says_so() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     fake.push("/v1/accounts", Reply::status(409, json!({"error": {"message": "Keys for idempotent requests can only be used with the same parameters they were first used with.", "type": "idempotency_error"}})));
     fake.push(
         "/v1/account_links",
@@ -579,7 +561,7 @@ async fn a_409_idempotency_conflict_is_not_retried_unless_stripe_says_so() {
 #[tokio::test]
 async fn a_bad_payload_enqueued_through_sql_is_dead_lettered_as_data_without_a_call() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
     let id: i64 = sqlx::query_scalar(
         "select penguin.enqueue('mailgun.send', '{\"from\": \"a@example.com\", \"to\": []}')",
@@ -600,7 +582,7 @@ async fn a_bad_payload_enqueued_through_sql_is_dead_lettered_as_data_without_a_c
 #[tokio::test]
 async fn suppressed_recipients_are_skipped_and_a_fully_suppressed_send_makes_no_call() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     sqlx::query("insert into penguin.suppressions (address, reason, provider) values ('ada@example.com', 'hard_bounce', 'mailgun')")
         .execute(&db.pool)
         .await
@@ -629,7 +611,7 @@ async fn suppressed_recipients_are_skipped_and_a_fully_suppressed_send_makes_no_
 #[tokio::test]
 async fn a_send_the_provider_already_accepted_is_not_sent_again() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     register_kinds(&db.pool, &config(&toml(&fake, &dir, ""))).await;
     // as if the daemon died after the provider's answer, before the job's outcome
     let id = enqueue(&db.pool, "mailgun.send", email()).await;
@@ -660,7 +642,7 @@ async fn a_send_the_provider_already_accepted_is_not_sent_again() {
 #[tokio::test]
 async fn the_breaker_opens_after_the_threshold_and_a_probe_closes_it_after_recovery() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     for _ in 0..3 {
         fake.push(
             "/v3/",
@@ -722,7 +704,7 @@ async fn the_breaker_opens_after_the_threshold_and_a_probe_closes_it_after_recov
 #[tokio::test]
 async fn calls_are_counted_per_minute_provider_kind_and_status_class() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     fake.push("/v3/mail/send", Reply::status(500, json!({})));
     let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
     let a = enqueue(&db.pool, "sendgrid.send", email()).await;
@@ -753,7 +735,7 @@ async fn calls_are_counted_per_minute_provider_kind_and_status_class() {
     );
 }
 
-fn spawn_daemon(dir: &Dir, config: &str, url: &str, log: &str) -> Child {
+fn spawn_daemon(dir: &TempDir, config: &str, url: &str, log: &str) -> Child {
     let path = dir.0.join(format!("{log}.toml"));
     std::fs::write(&path, config).unwrap();
     support::daemon::spawn_daemon(&path, url, &dir.0.join(log))
@@ -762,7 +744,7 @@ fn spawn_daemon(dir: &Dir, config: &str, url: &str, log: &str) -> Child {
 #[tokio::test]
 async fn the_rate_limit_holds_for_two_daemon_processes_together() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     let config = toml(
         &fake,
         &dir,
@@ -837,7 +819,7 @@ async fn the_rate_limit_holds_for_two_daemon_processes_together() {
 /// The shim on port 0 with `toml` plus an API token; returns its base URL and the token.
 async fn start_shim(
     pool: &sqlx::PgPool,
-    dir: &Dir,
+    dir: &TempDir,
     toml: &str,
 ) -> (String, String, tokio_util::sync::DropGuard) {
     let token = "test-api-token-for-wait-0123456789".to_string();
@@ -895,7 +877,7 @@ impl Api {
 #[tokio::test]
 async fn an_account_link_enqueued_with_wait_comes_back_in_the_answer() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     let toml = toml(&fake, &dir, "");
     let (base, token, _shim) = start_shim(&db.pool, &dir, &toml).await;
     let rt = start_runtime(&db.pool, &toml).await;
@@ -974,7 +956,7 @@ async fn an_account_link_enqueued_with_wait_comes_back_in_the_answer() {
 #[tokio::test]
 async fn a_job_that_fails_for_good_is_reported_dead_to_the_waiting_caller() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     fake.push("/v1/account_links", Reply::status(400, json!({"error": {"message": "No such account: 'acct_gone'", "type": "invalid_request_error", "code": "resource_missing"}})));
     let toml = toml(&fake, &dir, "");
     let (base, token, _shim) = start_shim(&db.pool, &dir, &toml).await;
@@ -1005,7 +987,7 @@ async fn a_job_that_fails_for_good_is_reported_dead_to_the_waiting_caller() {
 #[tokio::test]
 async fn an_active_key_in_api_keys_is_used_instead_of_the_configured_one() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     let keyring =
         penguin_jobs::secrets::Keyring::new(penguin_jobs::secrets::MasterKey::generate(), vec![]);
     let stored = secrecy::SecretString::from("SG.stored-and-rotated-key-9876543210".to_string());
@@ -1108,7 +1090,7 @@ async fn sends_recorded_together_never_hide_a_webhook_status_and_never_collide()
 #[tokio::test]
 async fn a_job_snoozed_by_the_rate_limit_runs_when_a_token_is_free_not_at_the_next_poll() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     // polling every 30 s: only the claimer's own wake-up can run the snoozed job sooner
     let toml = toml(
         &fake,
@@ -1161,7 +1143,7 @@ fn assert_clean_errors(errors: &Value, expected: usize) -> Vec<String> {
 #[tokio::test]
 async fn a_provider_answering_nul_bytes_or_megabytes_is_retried_with_clean_short_errors() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     // Mailgun: a JSON `\u0000`, a raw NUL and invalid UTF-8, then 1 MB; then it recovers
     fake.push("/v3/mg", Reply::status(500, json!({"message": "bad\u{0}"})));
     fake.push(
@@ -1221,7 +1203,7 @@ async fn a_provider_answering_nul_bytes_or_megabytes_is_retried_with_clean_short
 #[tokio::test]
 async fn a_posthog_batch_refused_for_one_bad_event_is_resent_event_by_event() {
     let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, Dir::new());
+    let (fake, dir) = (FakeProvider::start().await, key_dir());
     register_kinds(&db.pool, &config(&toml(&fake, &dir, ""))).await;
     let jobs: Vec<NewJob> = (0..40)
         .map(|i| capture_job(i, json!({"refuse_me": i == 7})))

@@ -14,7 +14,8 @@ use penguin_jobs::queue::credentials::{self as creds, Actor, AuditEvent, sealed_
 use penguin_jobs::secrets::{Keyring, SecretsError};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
-use support::credentials::{Dir, OAuthServer, cli, master_key_file};
+use support::TempDir;
+use support::credentials::{OAuthServer, cli, master_key_file};
 use support::daemon::stop_daemon;
 use support::daemon::{count, wait_for};
 use uuid::Uuid;
@@ -55,7 +56,7 @@ async fn sealed(pool: &PgPool) -> Vec<(String, String)> {
 #[tokio::test]
 async fn rotating_the_master_key_rewraps_every_secret_online_and_keeps_it_readable() {
     let db = support::test_db().await;
-    let dir = Dir::new("secrets");
+    let dir = TempDir::new("secrets");
     let (old, old_ref) = master_key_file(&dir, "old.key");
     let (new, new_ref) = master_key_file(&dir, "new.key");
     let old_ring = Keyring::new(old.clone(), Vec::new());
@@ -219,7 +220,7 @@ async fn rotating_the_master_key_rewraps_every_secret_online_and_keeps_it_readab
 #[tokio::test]
 async fn without_a_master_key_credentials_are_refused_and_nothing_is_stored() {
     let db = support::test_db().await;
-    let dir = Dir::new("secrets");
+    let dir = TempDir::new("secrets");
     let config_path = dir.0.join("jobs.toml");
     std::fs::write(
         &config_path,
@@ -339,7 +340,7 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn the_logs_of_a_connect_refresh_and_key_rotation_never_show_a_secret() {
     let db = support::test_db().await;
-    let dir = Dir::new("secrets-logs");
+    let dir = TempDir::new("secrets-logs");
     let client_secret = "oauth-client-secret-9f8e7d";
     let server = OAuthServer::start("log-client", client_secret, "basic");
     let api = MockServer::start().await;

@@ -35,13 +35,17 @@ async fn each_test_gets_its_own_migrated_database() {
 
 #[tokio::test]
 async fn concurrent_tests_share_one_server() {
-    // Runs in parallel with the test above: both use the same cluster and template.
-    let db = support::test_db().await;
-    let one: i32 = sqlx::query_scalar("select 1")
-        .fetch_one(&db.pool)
-        .await
-        .expect("select 1");
-    assert_eq!(one, 1);
+    // Runs in parallel with the test above: databases made at the same time live on the
+    // same cluster (one server per test binary), each its own.
+    let (a, b) = tokio::join!(support::test_db(), support::test_db());
+    assert_ne!(a.name, b.name);
+    let started = |db: support::TestDb| async move {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>("select pg_postmaster_start_time()")
+            .fetch_one(&db.pool)
+            .await
+            .expect("pg_postmaster_start_time")
+    };
+    assert_eq!(started(a).await, started(b).await);
 }
 
 #[test]

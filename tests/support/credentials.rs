@@ -20,41 +20,14 @@ use penguin_jobs::secrets::{Keyring, MasterKey};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 
+use super::TempDir;
 use super::daemon::{RunningRuntime, config, start_runtime_with};
 
 /// The oauthlib version the test server is written against.
 pub const OAUTHLIB: &str = "oauthlib==3.2.2";
 
-/// A scratch directory removed on drop.
-pub struct Dir(pub PathBuf);
-
-impl Dir {
-    pub fn new(prefix: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "penguin-jobs-{prefix}-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    /// Writes `name` and returns `"file:PATH"`.
-    pub fn secret_file(&self, name: &str, value: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, value).unwrap();
-        format!("file:{}", path.display())
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A new master key written to `dir/name`: the key and its `"file:PATH"` reference.
-pub fn master_key_file(dir: &Dir, name: &str) -> (MasterKey, String) {
+pub fn master_key_file(dir: &TempDir, name: &str) -> (MasterKey, String) {
     let key = MasterKey::generate();
     let reference = dir.secret_file(name, key.to_base64().expose_secret());
     (key, reference)

@@ -30,6 +30,43 @@ use penguin_jobs::embedded_pg::EmbeddedPostgres;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
+/// A scratch directory under the system's temp directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// `penguin-jobs-{prefix}-{pid}-{random}`, created empty.
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "penguin-jobs-{prefix}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Writes `name` and returns `"file:PATH"`, as the config names a secret.
+    pub fn secret_file(&self, name: &str, value: &str) -> String {
+        std::fs::write(self.0.join(name), value).unwrap();
+        self.file_ref(name)
+    }
+
+    /// `"file:PATH"` of `name` in this directory.
+    pub fn file_ref(&self, name: &str) -> String {
+        format!("file:{}", self.0.join(name).display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Maximum connections of each test's pool.
 const POOL_SIZE: u32 = 10;
 
