@@ -1,0 +1,66 @@
+//! Alerts for operators, `penguin.alerts`.
+
+use super::*;
+
+/// An alert for operators.
+#[derive(Debug, Clone)]
+pub struct NewAlert<'a> {
+    pub kind: &'a str,
+    pub subject_type: &'a str,
+    pub subject_id: Option<String>,
+    pub tenant_id: Option<Uuid>,
+    pub provider: Option<&'a str>,
+    pub message: String,
+}
+
+/// Raises an alert (a row in `penguin.alerts`).
+pub async fn raise_alert<'e>(executor: impl PgExecutor<'e>, a: &NewAlert<'_>) -> Result<(), Error> {
+    sqlx::query(
+        "insert into penguin.alerts (kind, subject_type, subject_id, tenant_id, provider, message)
+         values ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(a.kind)
+    .bind(a.subject_type)
+    .bind(&a.subject_id)
+    .bind(a.tenant_id)
+    .bind(a.provider)
+    .bind(&a.message)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// One alert row.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AlertRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub subject_type: String,
+    pub subject_id: Option<String>,
+    pub tenant_id: Option<Uuid>,
+    pub provider: Option<String>,
+    pub message: String,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+}
+
+/// Acknowledges alert `id`; `false` if there is no such open alert.
+pub async fn acknowledge_alert(pool: &PgPool, id: i64) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "update penguin.alerts set acknowledged_at = now() where id = $1 and acknowledged_at is null",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Alerts not acknowledged yet, newest first.
+pub async fn open_alerts(pool: &PgPool) -> Result<Vec<AlertRow>, Error> {
+    Ok(sqlx::query_as(
+        "select id, at, kind, subject_type, subject_id, tenant_id, provider, message, acknowledged_at
+           from penguin.alerts where acknowledged_at is null order by id desc",
+    )
+    .fetch_all(pool)
+    .await?)
+}
