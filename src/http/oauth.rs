@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use sha2::{Digest, Sha256};
 
 use super::AppState;
 use crate::queue::NewJob;
@@ -51,7 +50,7 @@ pub async fn callback(
     else {
         return bad();
     };
-    let state_hash = hex::encode(Sha256::digest(raw_state.as_bytes()));
+    let state_hash = crate::secrets::sha256_hex(raw_state);
     let code = query
         .get("code")
         .filter(|c| !c.is_empty() && c.len() <= 4096);
