@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use support::TempDir;
 use support::credentials::{cli, master_key_file, start_runtime};
-use support::daemon::{count, wait_for};
+use support::daemon::{count, wait_for, wait_for_finished};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -127,19 +127,6 @@ async fn status_of(pool: &PgPool, provider: &str, version: i32) -> String {
         .unwrap()
 }
 
-async fn wait_finished(pool: &PgPool, job: i64) {
-    wait_for(
-        pool,
-        &format!(
-            "select exists (select 1 from penguin.jobs where id = {job} and state = 'completed')
-                 or exists (select 1 from penguin.dead_letters where job_id = {job})"
-        ),
-        LIMIT,
-        &format!("job {job} finished"),
-    )
-    .await;
-}
-
 async fn events_of(pool: &PgPool, provider: &str, version: i32) -> Vec<String> {
     sqlx::query_scalar(
         "select a.event || ':' || a.outcome from penguin.audit_log a
@@ -183,7 +170,7 @@ async fn rotation_through_the_key_api_tests_activates_retires_then_revokes() {
     let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
 
     let job = w.rotate("acme").await;
-    wait_finished(&w.db.pool, job).await;
+    wait_for_finished(&w.db.pool, job, LIMIT).await;
     assert_eq!(w.active("acme").await, (2, "generated-key-2".into()));
     assert_eq!(status_of(&w.db.pool, "acme", 1).await, "retiring");
     // the old key stays valid for the overlap, then the revocation job retires it
@@ -210,7 +197,7 @@ async fn rotation_through_the_key_api_tests_activates_retires_then_revokes() {
 
     // the next rotation revokes version 2 at the provider too (it has a provider id)
     let job = w.rotate("acme").await;
-    wait_finished(&w.db.pool, job).await;
+    wait_for_finished(&w.db.pool, job, LIMIT).await;
     assert_eq!(w.active("acme").await, (3, "generated-key-3".into()));
     wait_for(
         &w.db.pool,
@@ -267,7 +254,7 @@ async fn a_staged_key_that_fails_its_test_leaves_the_old_key_active_and_raises_a
         .trim()
         .parse()
         .unwrap();
-    wait_finished(&w.db.pool, job).await;
+    wait_for_finished(&w.db.pool, job, LIMIT).await;
 
     assert_eq!(w.active("plain").await, (1, "plain-key-1".into()));
     assert_eq!(status_of(&w.db.pool, "plain", 2).await, "revoked");
@@ -291,7 +278,7 @@ async fn a_staged_key_that_fails_its_test_leaves_the_old_key_active_and_raises_a
 
     // nothing staged and no key API: the rotation says what to do
     let job = w.rotate("plain").await;
-    wait_finished(&w.db.pool, job).await;
+    wait_for_finished(&w.db.pool, job, LIMIT).await;
     let errors: serde_json::Value =
         sqlx::query_scalar("select errors from penguin.dead_letters where job_id = $1")
             .bind(job)
@@ -314,7 +301,7 @@ async fn a_staged_key_that_fails_its_test_leaves_the_old_key_active_and_raises_a
     let out = w.cli(&["keys", "stage", "plain"], Some("plain-key-3"));
     assert!(out.status.success());
     let job = w.rotate("plain").await;
-    wait_finished(&w.db.pool, job).await;
+    wait_for_finished(&w.db.pool, job, LIMIT).await;
     assert_eq!(w.active("plain").await, (3, "plain-key-3".into()));
     assert_eq!(status_of(&w.db.pool, "plain", 1).await, "retiring");
     runtime.stop().await;

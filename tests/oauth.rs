@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use support::TempDir;
 use support::credentials::{OAuthServer, master_key_file, registry, start_runtime};
 use support::daemon::stop_daemon;
-use support::daemon::{config, count, wait_for};
+use support::daemon::{config, count, wait_for, wait_for_kind_finished};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -171,19 +171,6 @@ async fn audit_events(pool: &PgPool, subject: Uuid) -> Vec<String> {
     .unwrap()
 }
 
-async fn wait_job_done(pool: &PgPool, kind: &str, n: i64) {
-    wait_for(
-        pool,
-        &format!(
-            "select (select count(*) from penguin.jobs where kind = '{kind}' and state in ('completed', 'cancelled'))
-                  + (select count(*) from penguin.dead_letters where kind = '{kind}') >= {n}"
-        ),
-        LIMIT,
-        &format!("{n} {kind} job(s) finished"),
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_encrypted_tokens() {
     let w = world("google", "body").await;
@@ -239,7 +226,7 @@ async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_en
     let page = reqwest::get(&back).await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
     assert!(page.text().await.unwrap().contains("Connected"));
-    wait_job_done(&w.db.pool, "oauth.exchange", 1).await;
+    wait_for_kind_finished(&w.db.pool, "oauth.exchange", 1, LIMIT).await;
 
     let c = creds::list_connections(&w.db.pool, Some(tenant))
         .await
@@ -411,7 +398,7 @@ async fn refresh_stores_a_rotated_refresh_token_and_keeps_the_old_one_when_none_
         0,
         "unique per connection"
     );
-    wait_job_done(&w.db.pool, "oauth.refresh", 1).await;
+    wait_for_kind_finished(&w.db.pool, "oauth.refresh", 1, LIMIT).await;
     let second_refresh = w.refresh_token(id).await;
     assert_ne!(second_refresh, first_refresh);
     assert_ne!(w.access_token(id).await, first_access);
@@ -451,7 +438,7 @@ async fn refresh_stores_a_rotated_refresh_token_and_keeps_the_old_one_when_none_
     let access_before = w.access_token(id).await;
     w.make_due(id).await;
     assert_eq!(oauth_jobs::sweep(&w.db.pool, ahead).await.unwrap(), 1);
-    wait_job_done(&w.db.pool, "oauth.refresh", 2).await;
+    wait_for_kind_finished(&w.db.pool, "oauth.refresh", 2, LIMIT).await;
     assert_eq!(w.refresh_token(id).await, second_refresh);
     assert_ne!(w.access_token(id).await, access_before);
 
@@ -484,7 +471,7 @@ async fn a_revoked_grant_requires_reauthorization_raises_an_alert_and_is_not_ret
     oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
         .await
         .unwrap();
-    wait_job_done(&w.db.pool, "oauth.refresh", 1).await;
+    wait_for_kind_finished(&w.db.pool, "oauth.refresh", 1, LIMIT).await;
 
     let c = creds::get_connection(&w.db.pool, id)
         .await
@@ -571,7 +558,7 @@ async fn outages_and_temporarily_unavailable_are_retried_until_the_refresh_succe
     oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
         .await
         .unwrap();
-    wait_job_done(&w.db.pool, "oauth.refresh", 1).await;
+    wait_for_kind_finished(&w.db.pool, "oauth.refresh", 1, LIMIT).await;
     let (state, attempt, errors): (String, i32, serde_json::Value) = sqlx::query_as(
         "select state, attempt, errors from penguin.jobs where kind = 'oauth.refresh'",
     )
@@ -799,7 +786,7 @@ async fn an_exchange_without_a_master_key_dead_letters_and_forgets_the_code() {
         .with_pool(w.db.pool.clone());
     let registry = std::sync::Arc::new(penguin_jobs::jobs::Registry::builtin(&cfg, &deps).unwrap());
     let runtime = support::daemon::start_runtime_with(&w.db.pool, cfg, registry);
-    wait_job_done(&w.db.pool, "oauth.exchange", 1).await;
+    wait_for_kind_finished(&w.db.pool, "oauth.exchange", 1, LIMIT).await;
     runtime.stop().await;
     let errors: serde_json::Value =
         sqlx::query_scalar("select errors from penguin.dead_letters where kind = 'oauth.exchange'")

@@ -8,10 +8,12 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use penguin_jobs::queue::{self, NewJob};
+use penguin_jobs::queue::{self, JobState, NewJob};
 use serde_json::{Value, json};
 use support::TempDir;
-use support::daemon::{config, count, register_kinds, start_runtime, wait_for};
+use support::daemon::{
+    config, count, register_kinds, start_runtime, wait_for, wait_for_dead_letter, wait_for_state,
+};
 use support::fake_provider::{FakeProvider, Recorded, Reply};
 
 const MAILGUN_KEY: &str = "key-test-mailgun-0123456789";
@@ -75,36 +77,6 @@ async fn enqueue(pool: &sqlx::PgPool, kind: &str, payload: Value) -> i64 {
         .expect("enqueue")
 }
 
-async fn wait_state(pool: &sqlx::PgPool, id: i64, state: &str) {
-    let start = Instant::now();
-    loop {
-        let status = queue::job_status(pool, id).await.unwrap();
-        if status.as_ref().is_some_and(|s| s.state == state) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "job {id} is not {state} after 20 s: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_dead(pool: &sqlx::PgPool, id: i64) -> queue::DeadLetter {
-    wait_for(
-        pool,
-        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
-        Duration::from_secs(20),
-        &format!("job {id} dead-lettered"),
-    )
-    .await;
-    sqlx::query_as("select * from penguin.dead_letters where job_id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
 fn basic(user: &str, password: &str) -> String {
     format!(
         "Basic {}",
@@ -118,7 +90,7 @@ async fn mailgun_send_posts_the_exact_form_and_records_the_message_as_sent() {
     let (fake, dir) = (FakeProvider::start().await, key_dir());
     let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
     let id = enqueue(&db.pool, "mailgun.send", email()).await;
-    wait_state(&db.pool, id, "completed").await;
+    wait_for_state(&db.pool, id, JobState::Completed).await;
     rt.stop().await;
 
     let requests = fake.requests();
@@ -184,8 +156,8 @@ async fn sendgrid_send_posts_the_exact_json_and_keeps_the_x_message_id() {
                "template_data": {"first_name": "Bob"}, "campaign_id": "cmp_42"}),
     )
     .await;
-    wait_state(&db.pool, id, "completed").await;
-    wait_state(&db.pool, template, "completed").await;
+    wait_for_state(&db.pool, id, JobState::Completed).await;
+    wait_for_state(&db.pool, template, JobState::Completed).await;
     rt.stop().await;
 
     let requests = fake.requests_to("/v3/mail/send");
@@ -261,7 +233,7 @@ async fn stripe_account_create_sends_the_connect_form_with_a_stable_idempotency_
         json!({"email": "owner@example.com", "country": "US", "tenant_id": tenant}),
     )
     .await;
-    wait_state(&db.pool, id, "completed").await;
+    wait_for_state(&db.pool, id, JobState::Completed).await;
     rt.stop().await;
 
     let requests = fake.requests_to("/v1/accounts");
@@ -374,7 +346,7 @@ async fn a_500_then_200_is_retried_and_completes() {
     fake.push("/v3/", Reply::status(500, json!({"message": "internal"})));
     let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
     let id = enqueue(&db.pool, "mailgun.send", email()).await;
-    wait_state(&db.pool, id, "completed").await;
+    wait_for_state(&db.pool, id, JobState::Completed).await;
     rt.stop().await;
 
     assert_eq!(fake.requests().len(), 2);
@@ -395,7 +367,7 @@ async fn a_429_with_retry_after_runs_again_no_earlier_than_it_says() {
     );
     let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
     let id = enqueue(&db.pool, "sendgrid.send", email()).await;
-    wait_state(&db.pool, id, "completed").await;
+    wait_for_state(&db.pool, id, JobState::Completed).await;
     rt.stop().await;
 
     let requests = fake.requests();
@@ -424,7 +396,7 @@ async fn a_400_is_dead_lettered_at_once_with_the_providers_message() {
     );
     let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
     let id = enqueue(&db.pool, "mailgun.send", email()).await;
-    let dead = wait_dead(&db.pool, id).await;
+    let dead = wait_for_dead_letter(&db.pool, id).await;
     rt.stop().await;
 
     assert_eq!(fake.requests().len(), 1);
@@ -453,7 +425,7 @@ async fn a_timeout_and_a_dropped_connection_are_retried() {
     )
     .await;
     let id = enqueue(&db.pool, "mailgun.send", email()).await;
-    wait_state(&db.pool, id, "completed").await;
+    wait_for_state(&db.pool, id, JobState::Completed).await;
     rt.stop().await;
 
     assert_eq!(fake.requests().len(), 3);
@@ -475,7 +447,7 @@ async fn a_401_is_dead_lettered_and_marks_the_integration_error() {
         json!({"email": "owner@example.com", "country": "US"}),
     )
     .await;
-    let dead = wait_dead(&db.pool, id).await;
+    let dead = wait_for_dead_letter(&db.pool, id).await;
     rt.stop().await;
 
     assert_eq!(fake.requests().len(), 1);
@@ -538,8 +510,8 @@ async fn a_409_idempotency_conflict_is_not_retried_unless_stripe_says_so() {
         json!({"account": "acct_1", "refresh_url": "https://app.example.com/r", "return_url": "https://app.example.com/d"}),
     )
     .await;
-    let dead = wait_dead(&db.pool, conflict).await;
-    wait_state(&db.pool, in_flight, "completed").await;
+    let dead = wait_for_dead_letter(&db.pool, conflict).await;
+    wait_for_state(&db.pool, in_flight, JobState::Completed).await;
     rt.stop().await;
 
     assert_eq!(fake.requests_to("/v1/accounts").len(), 1);
@@ -569,7 +541,7 @@ async fn a_bad_payload_enqueued_through_sql_is_dead_lettered_as_data_without_a_c
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    let dead = wait_dead(&db.pool, id).await;
+    let dead = wait_for_dead_letter(&db.pool, id).await;
     rt.stop().await;
 
     assert!(fake.requests().is_empty());
@@ -592,8 +564,8 @@ async fn suppressed_recipients_are_skipped_and_a_fully_suppressed_send_makes_no_
     let mut both = email();
     both["to"] = json!(["Ada <ADA@example.com>", "bob@example.com"]);
     let both = enqueue(&db.pool, "mailgun.send", both).await;
-    wait_state(&db.pool, only_ada, "completed").await;
-    wait_state(&db.pool, both, "completed").await;
+    wait_for_state(&db.pool, only_ada, JobState::Completed).await;
+    wait_for_state(&db.pool, both, JobState::Completed).await;
     rt.stop().await;
 
     let result = queue::get_job(&db.pool, only_ada)
@@ -630,7 +602,7 @@ async fn a_send_the_provider_already_accepted_is_not_sent_again() {
     .await
     .unwrap();
     let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
-    wait_state(&db.pool, id, "completed").await;
+    wait_for_state(&db.pool, id, JobState::Completed).await;
     rt.stop().await;
 
     assert!(fake.requests().is_empty());
@@ -671,7 +643,7 @@ async fn the_breaker_opens_after_the_threshold_and_a_probe_closes_it_after_recov
     let later: Vec<i64> =
         futures::future::join_all((0..3).map(|_| enqueue(&db.pool, "mailgun.send", email()))).await;
     for id in later.iter().chain([&first]) {
-        wait_state(&db.pool, *id, "completed").await;
+        wait_for_state(&db.pool, *id, JobState::Completed).await;
     }
     rt.stop().await;
 
@@ -709,8 +681,8 @@ async fn calls_are_counted_per_minute_provider_kind_and_status_class() {
     let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
     let a = enqueue(&db.pool, "sendgrid.send", email()).await;
     let b = enqueue(&db.pool, "sendgrid.send", email()).await;
-    wait_state(&db.pool, a, "completed").await;
-    wait_state(&db.pool, b, "completed").await;
+    wait_for_state(&db.pool, a, JobState::Completed).await;
+    wait_for_state(&db.pool, b, JobState::Completed).await;
     wait_for(
         &db.pool,
         "select coalesce(sum(calls), 0) = 3 from penguin.integration_metrics where provider = 'sendgrid'",
@@ -930,7 +902,7 @@ async fn an_account_link_enqueued_with_wait_comes_back_in_the_answer() {
         ["available", "running"].contains(&body["state"].as_str().unwrap()),
         "{body}"
     );
-    wait_state(&db.pool, id, "completed").await;
+    wait_for_state(&db.pool, id, JobState::Completed).await;
     let (status, polled) = api.get(&format!("/v1/jobs/{id}"), true).await;
     assert_eq!(status, 200);
     assert_eq!(polled["state"], "completed");
@@ -1006,8 +978,8 @@ async fn an_active_key_in_api_keys_is_used_instead_of_the_configured_one() {
     let rt = support::credentials::start_runtime(&db.pool, &toml(&fake, &dir, ""), &keyring).await;
     let sendgrid = enqueue(&db.pool, "sendgrid.send", email()).await;
     let mailgun = enqueue(&db.pool, "mailgun.send", email()).await;
-    wait_state(&db.pool, sendgrid, "completed").await;
-    wait_state(&db.pool, mailgun, "completed").await;
+    wait_for_state(&db.pool, sendgrid, JobState::Completed).await;
+    wait_for_state(&db.pool, mailgun, JobState::Completed).await;
     rt.stop().await;
 
     let sent = &fake.requests_to("/v3/mail/send")[0];
@@ -1104,7 +1076,7 @@ async fn a_job_snoozed_by_the_rate_limit_runs_when_a_token_is_free_not_at_the_ne
     let second = enqueue(&db.pool, "sendgrid.send", email()).await;
     let third = enqueue(&db.pool, "sendgrid.send", email()).await;
     for id in [first, second, third] {
-        wait_state(&db.pool, id, "completed").await;
+        wait_for_state(&db.pool, id, JobState::Completed).await;
     }
     let took = started.elapsed();
     rt.stop().await;
@@ -1175,8 +1147,8 @@ async fn a_provider_answering_nul_bytes_or_megabytes_is_retried_with_clean_short
     )
     .await
     .unwrap();
-    wait_state(&db.pool, sent, "completed").await;
-    let dead = wait_dead(&db.pool, dead).await;
+    wait_for_state(&db.pool, sent, JobState::Completed).await;
+    let dead = wait_for_dead_letter(&db.pool, dead).await;
     rt.stop().await;
 
     let job = queue::get_job(&db.pool, sent).await.unwrap();

@@ -90,6 +90,66 @@ pub async fn wait_for(pool: &PgPool, sql: &str, limit: Duration, what: &str) -> 
     }
 }
 
+/// Waits until job `id` is in `state`; panics after 20 s with the job's status.
+pub async fn wait_for_state(pool: &PgPool, id: i64, state: queue::JobState) {
+    let start = Instant::now();
+    loop {
+        let status = queue::job_status(pool, id).await.unwrap();
+        if status.as_ref().is_some_and(|s| s.state == state.as_str()) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "job {id} is not {state} after 20 s: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until job `id` is dead-lettered (20 s at most) and returns its dead letter.
+pub async fn wait_for_dead_letter(pool: &PgPool, id: i64) -> queue::DeadLetter {
+    wait_for(
+        pool,
+        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
+        Duration::from_secs(20),
+        &format!("job {id} dead-lettered"),
+    )
+    .await;
+    sqlx::query_as("select * from penguin.dead_letters where job_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Waits until job `id` finished: completed, or dead-lettered.
+pub async fn wait_for_finished(pool: &PgPool, id: i64, limit: Duration) {
+    wait_for(
+        pool,
+        &format!(
+            "select exists (select 1 from penguin.jobs where id = {id} and state = 'completed')
+                 or exists (select 1 from penguin.dead_letters where job_id = {id})"
+        ),
+        limit,
+        &format!("job {id} finished"),
+    )
+    .await;
+}
+
+/// Waits until at least `n` jobs of `kind` finished: completed, cancelled or dead-lettered.
+pub async fn wait_for_kind_finished(pool: &PgPool, kind: &str, n: i64, limit: Duration) {
+    wait_for(
+        pool,
+        &format!(
+            "select (select count(*) from penguin.jobs where kind = '{kind}' and state in ('completed', 'cancelled'))
+                  + (select count(*) from penguin.dead_letters where kind = '{kind}') >= {n}"
+        ),
+        limit,
+        &format!("{n} {kind} job(s) finished"),
+    )
+    .await;
+}
+
 /// Counts rows of a query returning one bigint.
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql)
