@@ -99,116 +99,147 @@ enum Parsed {
 }
 
 /// Parses one Stripe event object.
+/// What every event carries, read once.
+struct Envelope<'a> {
+    event_type: &'a str,
+    event_id: String,
+    event_created: DateTime<Utc>,
+    /// `data.object`
+    object: &'a Value,
+    /// The connected account the event is about, if any.
+    account: Option<String>,
+}
+
+impl Envelope<'_> {
+    fn object_id(&self) -> Result<String, String> {
+        str_at(self.object, "id")
+            .map(str::to_string)
+            .ok_or_else(|| "data.object.id is missing".to_string())
+    }
+}
+
 fn parse(inbound: &InboundEvent) -> Result<Parsed, String> {
     let event = &inbound.payload;
     let event_type = str_at(event, "type").ok_or("type is missing")?;
     if !KNOWN_TYPES.contains(&event_type) {
         return Ok(Parsed::Unknown(event_type.to_string()));
     }
-    let event_id = str_at(event, "id").ok_or("id is missing")?.to_string();
-    let event_created = event
-        .get("created")
-        .and_then(Value::as_i64)
-        .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))
-        .ok_or("created is missing or not a unix time")?;
-    let object = event
-        .pointer("/data/object")
-        .filter(|o| o.is_object())
-        .ok_or("data.object is missing")?;
-    let object_id = || {
-        str_at(object, "id")
-            .map(str::to_string)
-            .ok_or("data.object.id is missing")
+    let e = Envelope {
+        event_type,
+        event_id: str_at(event, "id").ok_or("id is missing")?.to_string(),
+        event_created: event
+            .get("created")
+            .and_then(Value::as_i64)
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))
+            .ok_or("created is missing or not a unix time")?,
+        object: event
+            .pointer("/data/object")
+            .filter(|o| o.is_object())
+            .ok_or("data.object is missing")?,
+        account: id_of(event.get("account")),
     };
-    let account = id_of(event.get("account"));
-    Ok(match event_type {
-        "payment_intent.succeeded" | "payment_intent.payment_failed" => {
-            let error = object.get("last_payment_error").unwrap_or(&Value::Null);
-            Parsed::Payment(PaymentUpdate {
-                id: object_id()?,
-                status: if event_type == "payment_intent.succeeded" {
-                    PaymentStatus::Succeeded
-                } else {
-                    PaymentStatus::Failed
-                },
-                amount: object.get("amount").and_then(Value::as_i64),
-                currency: str_at(object, "currency").map(str::to_string),
-                customer: id_of(object.get("customer")),
-                account: account
-                    .or_else(|| id_of(object.get("on_behalf_of")))
-                    .or_else(|| id_of(object.pointer("/transfer_data/destination"))),
-                last_error: str_at(error, "message").map(str::to_string),
-                last_error_code: str_at(error, "decline_code")
-                    .or_else(|| str_at(error, "code"))
-                    .map(str::to_string),
-                event_id,
-                event_created,
-            })
-        }
-        "invoice.payment_succeeded" | "invoice.paid" | "invoice.payment_failed" => {
-            let succeeded = event_type != "invoice.payment_failed";
-            let status = str_at(object, "status").map(str::to_string);
-            Parsed::Invoice(InvoiceUpdate {
-                id: object_id()?,
-                // `paid` is gone from newer API versions: fall back on the status
-                paid: object
-                    .get("paid")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(status.as_deref() == Some("paid")),
-                status,
-                // moved under `parent.subscription_details` in newer API versions
-                subscription_id: id_of(object.get("subscription"))
-                    .or_else(|| id_of(object.pointer("/parent/subscription_details/subscription"))),
-                subscription_status: Some(if succeeded {
-                    SubscriptionStatus::Active
-                } else {
-                    SubscriptionStatus::PastDue
-                }),
-                amount_due: object.get("amount_due").and_then(Value::as_i64),
-                amount_paid: object.get("amount_paid").and_then(Value::as_i64),
-                currency: str_at(object, "currency").map(str::to_string),
-                customer: id_of(object.get("customer")),
-                account,
-                event_id,
-                event_created,
-            })
-        }
-        "account.updated" => {
-            let capabilities = object
-                .get("capabilities")
-                .and_then(Value::as_object)
-                .map(|caps| {
-                    caps.iter()
-                        .filter_map(|(name, status)| Some((name.clone(), status.as_str()?.into())))
-                        .collect()
-                })
-                .unwrap_or_default();
-            Parsed::Account(AccountUpdate {
-                account_id: object_id()?,
-                event_id,
-                event_created,
-                flags: Some(AccountFlags {
-                    charges_enabled: object.get("charges_enabled").and_then(Value::as_bool),
-                    payouts_enabled: object.get("payouts_enabled").and_then(Value::as_bool),
-                    details_submitted: object.get("details_submitted").and_then(Value::as_bool),
-                }),
-                capabilities,
-            })
-        }
-        "capability.updated" => {
-            let status = str_at(object, "status").ok_or("data.object.status is missing")?;
-            Parsed::Account(AccountUpdate {
-                account_id: id_of(object.get("account"))
-                    .or(account)
-                    .ok_or("data.object.account is missing")?,
-                event_id,
-                event_created,
-                flags: None,
-                capabilities: BTreeMap::from([(object_id()?, status.to_string())]),
-            })
-        }
-        other => Parsed::Unknown(other.to_string()),
-    })
+    match event_type {
+        "payment_intent.succeeded" | "payment_intent.payment_failed" => payment(e),
+        "invoice.payment_succeeded" | "invoice.paid" | "invoice.payment_failed" => invoice(e),
+        "account.updated" => account_updated(e),
+        "capability.updated" => capability_updated(e),
+        other => Ok(Parsed::Unknown(other.to_string())),
+    }
+}
+
+fn payment(e: Envelope<'_>) -> Result<Parsed, String> {
+    let object = e.object;
+    let error = object.get("last_payment_error").unwrap_or(&Value::Null);
+    Ok(Parsed::Payment(PaymentUpdate {
+        id: e.object_id()?,
+        status: if e.event_type == "payment_intent.succeeded" {
+            PaymentStatus::Succeeded
+        } else {
+            PaymentStatus::Failed
+        },
+        amount: object.get("amount").and_then(Value::as_i64),
+        currency: str_at(object, "currency").map(str::to_string),
+        customer: id_of(object.get("customer")),
+        account: e
+            .account
+            .or_else(|| id_of(object.get("on_behalf_of")))
+            .or_else(|| id_of(object.pointer("/transfer_data/destination"))),
+        last_error: str_at(error, "message").map(str::to_string),
+        last_error_code: str_at(error, "decline_code")
+            .or_else(|| str_at(error, "code"))
+            .map(str::to_string),
+        event_id: e.event_id,
+        event_created: e.event_created,
+    }))
+}
+
+fn invoice(e: Envelope<'_>) -> Result<Parsed, String> {
+    let object = e.object;
+    let succeeded = e.event_type != "invoice.payment_failed";
+    let status = str_at(object, "status").map(str::to_string);
+    Ok(Parsed::Invoice(InvoiceUpdate {
+        id: e.object_id()?,
+        // `paid` is gone from newer API versions: fall back on the status
+        paid: object
+            .get("paid")
+            .and_then(Value::as_bool)
+            .unwrap_or(status.as_deref() == Some("paid")),
+        status,
+        // moved under `parent.subscription_details` in newer API versions
+        subscription_id: id_of(object.get("subscription"))
+            .or_else(|| id_of(object.pointer("/parent/subscription_details/subscription"))),
+        subscription_status: Some(if succeeded {
+            SubscriptionStatus::Active
+        } else {
+            SubscriptionStatus::PastDue
+        }),
+        amount_due: object.get("amount_due").and_then(Value::as_i64),
+        amount_paid: object.get("amount_paid").and_then(Value::as_i64),
+        currency: str_at(object, "currency").map(str::to_string),
+        customer: id_of(object.get("customer")),
+        account: e.account,
+        event_id: e.event_id,
+        event_created: e.event_created,
+    }))
+}
+
+fn account_updated(e: Envelope<'_>) -> Result<Parsed, String> {
+    let object = e.object;
+    let capabilities = object
+        .get("capabilities")
+        .and_then(Value::as_object)
+        .map(|caps| {
+            caps.iter()
+                .filter_map(|(name, status)| Some((name.clone(), status.as_str()?.into())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Parsed::Account(AccountUpdate {
+        account_id: e.object_id()?,
+        event_id: e.event_id,
+        event_created: e.event_created,
+        flags: Some(AccountFlags {
+            charges_enabled: object.get("charges_enabled").and_then(Value::as_bool),
+            payouts_enabled: object.get("payouts_enabled").and_then(Value::as_bool),
+            details_submitted: object.get("details_submitted").and_then(Value::as_bool),
+        }),
+        capabilities,
+    }))
+}
+
+fn capability_updated(e: Envelope<'_>) -> Result<Parsed, String> {
+    let status = str_at(e.object, "status").ok_or("data.object.status is missing")?;
+    let account_id = id_of(e.object.get("account"))
+        .or_else(|| e.account.clone())
+        .ok_or("data.object.account is missing")?;
+    let capability = e.object_id()?;
+    Ok(Parsed::Account(AccountUpdate {
+        account_id,
+        event_id: e.event_id,
+        event_created: e.event_created,
+        flags: None,
+        capabilities: BTreeMap::from([(capability, status.to_string())]),
+    }))
 }
 
 /// The event types this kind processes.
