@@ -151,35 +151,11 @@ pub struct Enqueued {
     pub created: bool,
 }
 
-/// [`enqueue_many`], telling for each job whether it was created or deduplicated.
-pub async fn enqueue_many_reporting(
-    conn: &mut PgConnection,
-    jobs: &[NewJob],
-) -> Result<Vec<Enqueued>, Error> {
-    if jobs.is_empty() {
-        return Ok(Vec::new());
-    }
-    for job in jobs {
-        job.validate()?;
-    }
-    if jobs.iter().all(|j| j.unique_key.is_none()) {
-        let ids = enqueue_many_without_keys(conn, jobs).await?;
-        return Ok(ids
-            .into_iter()
-            .map(|id| Enqueued { id, created: true })
-            .collect());
-    }
-    let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
-    let payloads: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.payload).collect();
-    let queues: Vec<Option<&str>> = jobs.iter().map(|j| j.queue.as_deref()).collect();
-    let run_ats: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
-    let priorities: Vec<Option<i16>> = jobs.iter().map(|j| j.priority).collect();
-    let attempts: Vec<Option<i32>> = jobs.iter().map(|j| j.max_attempts).collect();
-    let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.unique_key.as_deref()).collect();
-    let tenants: Vec<Option<uuid::Uuid>> = jobs.iter().map(|j| j.tenant_id).collect();
-
-    let rows: Vec<(i64, Option<i64>, bool)> = sqlx::query_as(
-        concat!("with input as materialized (
+/// [`enqueue_many_reporting`] with unique keys: one row per input ($1..$8 the columns as
+/// arrays, in input order) of (ordinal, id of the new job or of the live job holding its key,
+/// whether it was created). A key whose holder committed after this statement's snapshot
+/// gives no id: the caller looks again.
+const ENQUEUE_WITH_KEYS_SQL: &str = concat!("with input as materialized (
              select t.ord, nextval('penguin.jobs_id_seq') as id, t.kind, t.payload,
                     coalesce(t.queue, k.queue) as queue,
                     coalesce(t.run_at, now()) as run_at,
@@ -215,18 +191,46 @@ pub async fn enqueue_many_reporting(
                        and j.state in ", live_states!(), ")),
                 ins.id is not null
          from input i left join inserted ins on ins.id = i.id
-         order by i.ord"),
-    )
-    .bind(&kinds)
-    .bind(&payloads)
-    .bind(&queues)
-    .bind(&run_ats)
-    .bind(&priorities)
-    .bind(&attempts)
-    .bind(&keys)
-    .bind(&tenants)
-    .fetch_all(&mut *conn)
-    .await?;
+         order by i.ord");
+
+/// [`enqueue_many`], telling for each job whether it was created or deduplicated.
+pub async fn enqueue_many_reporting(
+    conn: &mut PgConnection,
+    jobs: &[NewJob],
+) -> Result<Vec<Enqueued>, Error> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    for job in jobs {
+        job.validate()?;
+    }
+    if jobs.iter().all(|j| j.unique_key.is_none()) {
+        let ids = enqueue_many_without_keys(conn, jobs).await?;
+        return Ok(ids
+            .into_iter()
+            .map(|id| Enqueued { id, created: true })
+            .collect());
+    }
+    let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.payload).collect();
+    let queues: Vec<Option<&str>> = jobs.iter().map(|j| j.queue.as_deref()).collect();
+    let run_ats: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
+    let priorities: Vec<Option<i16>> = jobs.iter().map(|j| j.priority).collect();
+    let attempts: Vec<Option<i32>> = jobs.iter().map(|j| j.max_attempts).collect();
+    let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.unique_key.as_deref()).collect();
+    let tenants: Vec<Option<uuid::Uuid>> = jobs.iter().map(|j| j.tenant_id).collect();
+
+    let rows: Vec<(i64, Option<i64>, bool)> = sqlx::query_as(ENQUEUE_WITH_KEYS_SQL)
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(&queues)
+        .bind(&run_ats)
+        .bind(&priorities)
+        .bind(&attempts)
+        .bind(&keys)
+        .bind(&tenants)
+        .fetch_all(&mut *conn)
+        .await?;
 
     let mut out = Vec::with_capacity(jobs.len());
     for (ord, id, created) in rows {
