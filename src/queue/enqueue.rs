@@ -211,24 +211,16 @@ pub async fn enqueue_many_reporting(
             .map(|id| Enqueued { id, created: true })
             .collect());
     }
-    let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
-    let payloads: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.payload).collect();
-    let queues: Vec<Option<&str>> = jobs.iter().map(|j| j.queue.as_deref()).collect();
-    let run_ats: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
-    let priorities: Vec<Option<i16>> = jobs.iter().map(|j| j.priority).collect();
-    let attempts: Vec<Option<i32>> = jobs.iter().map(|j| j.max_attempts).collect();
-    let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.unique_key.as_deref()).collect();
-    let tenants: Vec<Option<uuid::Uuid>> = jobs.iter().map(|j| j.tenant_id).collect();
-
+    let c = Columns::of(jobs);
     let rows: Vec<(i64, Option<i64>, bool)> = sqlx::query_as(ENQUEUE_WITH_KEYS_SQL)
-        .bind(&kinds)
-        .bind(&payloads)
-        .bind(&queues)
-        .bind(&run_ats)
-        .bind(&priorities)
-        .bind(&attempts)
-        .bind(&keys)
-        .bind(&tenants)
+        .bind(&c.kinds)
+        .bind(&c.payloads)
+        .bind(&c.queues)
+        .bind(&c.run_ats)
+        .bind(&c.priorities)
+        .bind(&c.attempts)
+        .bind(&c.keys)
+        .bind(&c.tenants)
         .fetch_all(&mut *conn)
         .await?;
 
@@ -261,6 +253,33 @@ pub async fn enqueue_many_reporting(
     Ok(out)
 }
 
+/// A batch of jobs as one array per column, for `unnest`.
+struct Columns<'a> {
+    kinds: Vec<&'a str>,
+    payloads: Vec<&'a serde_json::Value>,
+    queues: Vec<Option<&'a str>>,
+    run_ats: Vec<Option<DateTime<Utc>>>,
+    priorities: Vec<Option<i16>>,
+    attempts: Vec<Option<i32>>,
+    keys: Vec<Option<&'a str>>,
+    tenants: Vec<Option<uuid::Uuid>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(jobs: &'a [NewJob]) -> Self {
+        Self {
+            kinds: jobs.iter().map(|j| j.kind.as_str()).collect(),
+            payloads: jobs.iter().map(|j| &j.payload).collect(),
+            queues: jobs.iter().map(|j| j.queue.as_deref()).collect(),
+            run_ats: jobs.iter().map(|j| j.run_at).collect(),
+            priorities: jobs.iter().map(|j| j.priority).collect(),
+            attempts: jobs.iter().map(|j| j.max_attempts).collect(),
+            keys: jobs.iter().map(|j| j.unique_key.as_deref()).collect(),
+            tenants: jobs.iter().map(|j| j.tenant_id).collect(),
+        }
+    }
+}
+
 /// The common case, no unique keys: a plain multi-row insert. Ids come from the identity
 /// sequence in insertion order, which follows `ord`, so the returned ids sorted ascending
 /// are the input's ids in input order.
@@ -268,13 +287,7 @@ async fn enqueue_many_without_keys(
     conn: &mut PgConnection,
     jobs: &[NewJob],
 ) -> Result<Vec<i64>, Error> {
-    let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
-    let payloads: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.payload).collect();
-    let queues: Vec<Option<&str>> = jobs.iter().map(|j| j.queue.as_deref()).collect();
-    let run_ats: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.run_at).collect();
-    let priorities: Vec<Option<i16>> = jobs.iter().map(|j| j.priority).collect();
-    let attempts: Vec<Option<i32>> = jobs.iter().map(|j| j.max_attempts).collect();
-    let tenants: Vec<Option<uuid::Uuid>> = jobs.iter().map(|j| j.tenant_id).collect();
+    let c = Columns::of(jobs);
     let mut ids: Vec<i64> = sqlx::query_scalar(
         "insert into penguin.jobs (queue, kind, payload, state, priority, max_attempts, run_at, tenant_id)
          select coalesce(t.queue, k.queue),
@@ -290,13 +303,13 @@ async fn enqueue_many_without_keys(
           order by t.ord
          returning id",
     )
-    .bind(&kinds)
-    .bind(&payloads)
-    .bind(&queues)
-    .bind(&run_ats)
-    .bind(&priorities)
-    .bind(&attempts)
-    .bind(&tenants)
+    .bind(&c.kinds)
+    .bind(&c.payloads)
+    .bind(&c.queues)
+    .bind(&c.run_ats)
+    .bind(&c.priorities)
+    .bind(&c.attempts)
+    .bind(&c.tenants)
     .fetch_all(&mut *conn)
     .await?;
     ids.sort_unstable();
