@@ -53,8 +53,8 @@ pub enum KeysCommand {
         #[arg(long, default_value = DEFAULT_ENVIRONMENT)]
         environment: String,
         /// monthly, quarterly or never (default: the current key's, or monthly).
-        #[arg(long)]
-        schedule: Option<String>,
+        #[arg(long, value_parser = parse_schedule)]
+        schedule: Option<RotationSchedule>,
         #[command(flatten)]
         meta: MetaArgs,
     },
@@ -224,6 +224,35 @@ fn key_error(e: apikey::KeyError) -> anyhow::Error {
     }
 }
 
+/// `keys set --schedule`: how often the key is rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationSchedule {
+    Monthly,
+    Quarterly,
+    Never,
+}
+
+impl RotationSchedule {
+    /// The name stored in `penguin.api_keys.rotation_schedule` (one of `apikey::SCHEDULES`).
+    fn as_str(self) -> &'static str {
+        match self {
+            RotationSchedule::Monthly => "monthly",
+            RotationSchedule::Quarterly => "quarterly",
+            RotationSchedule::Never => "never",
+        }
+    }
+}
+
+/// Parses `--schedule` (clap reports the error with the flag and exits 2).
+fn parse_schedule(s: &str) -> Result<RotationSchedule, String> {
+    match s {
+        "monthly" => Ok(RotationSchedule::Monthly),
+        "quarterly" => Ok(RotationSchedule::Quarterly),
+        "never" => Ok(RotationSchedule::Never),
+        other => Err(format!("{other:?} is not monthly, quarterly or never")),
+    }
+}
+
 pub(super) async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
         KeysCommand::Set {
@@ -233,11 +262,6 @@ pub(super) async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()
             meta,
         } => {
             let keyring = keyring(config)?;
-            if let Some(s) = &schedule
-                && !apikey::SCHEDULES.contains(&s.as_str())
-            {
-                bail!("--schedule {s:?} is not monthly, quarterly or never");
-            }
             let key = read_key_from_stdin()?;
             let (pool, _) = connect(config, Embedded::Attach).await?;
             let (id, version) = apikey::set_key(
@@ -246,7 +270,7 @@ pub(super) async fn keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()
                 &provider,
                 &environment,
                 &key,
-                &meta.into_meta(schedule),
+                &meta.into_meta(schedule.map(|s| s.as_str().to_string())),
                 config.api_keys.overlap,
                 Actor::Cli,
             )
@@ -479,4 +503,20 @@ pub(super) async fn alerts(config: &Config, ack: Option<i64>, json: bool) -> any
         println!();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn every_schedule_parses_to_a_name_the_key_store_knows() {
+        for name in apikey::SCHEDULES {
+            assert_eq!(parse_schedule(name).unwrap().as_str(), name);
+        }
+        assert_eq!(
+            parse_schedule("weekly").unwrap_err(),
+            "\"weekly\" is not monthly, quarterly or never"
+        );
+    }
 }
