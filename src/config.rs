@@ -701,6 +701,17 @@ impl Config {
 
     /// Checks every value that would otherwise fail later, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_daemon()?;
+        self.validate_http()?;
+        self.providers.validate()?;
+        self.validate_retention()?;
+        self.validate_schedules()?;
+        self.validate_kinds()?;
+        self.validate_credentials()
+    }
+
+    /// `[database]`, `[daemon]` and `[queues.*]`.
+    fn validate_daemon(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if !(2..=10_000).contains(&self.database.max_connections) {
             return invalid("database.max_connections must be between 2 and 10000".into());
@@ -739,6 +750,12 @@ impl Config {
                 return invalid(format!("queues.{name}.batch must be between 1 and 5000"));
             }
         }
+        Ok(())
+    }
+
+    /// `[http]`.
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.http.max_body < 1024 || self.http.max_body > 64 * 1024 * 1024 {
             return invalid("http.max_body must be between 1024 and 67108864 bytes".into());
         }
@@ -748,7 +765,12 @@ impl Config {
                 self.http.listen
             ));
         }
-        self.providers.validate()?;
+        Ok(())
+    }
+
+    /// `[retention]` and `[maintenance]`.
+    fn validate_retention(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         let r = &self.retention;
         check_duration("retention.completed", r.completed, RETENTION_RANGE)?;
         check_duration("retention.dead_letters", r.dead_letters, RETENTION_RANGE)?;
@@ -767,6 +789,12 @@ impl Config {
         if self.maintenance.prune_batch == 0 || self.maintenance.prune_batch > 100_000 {
             return invalid("maintenance.prune_batch must be between 1 and 100000".into());
         }
+        Ok(())
+    }
+
+    /// `[schedules.*]`.
+    fn validate_schedules(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         for (name, schedule) in &self.schedules {
             check_name("schedules", name)?;
             if let Some(q) = &schedule.queue {
@@ -778,6 +806,12 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `[kinds.*]`.
+    fn validate_kinds(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
         for (kind, k) in &self.kinds {
             if let Some(q) = &k.queue {
                 check_name(&format!("kinds.\"{kind}\".queue"), q)?;
@@ -806,7 +840,7 @@ impl Config {
                 }
             }
         }
-        self.validate_credentials()
+        Ok(())
     }
 
     /// The pool settings of `queue`: its `[queues.NAME]` table or the defaults.
