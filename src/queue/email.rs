@@ -10,7 +10,7 @@
 //! normalised [`EmailEvent`]s).
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use super::Error;
 
@@ -138,7 +138,31 @@ pub struct EmailEffects {
 /// before changes nothing.
 pub async fn record_email_event(pool: &PgPool, event: &EmailEvent) -> Result<EmailEffects, Error> {
     let mut tx = pool.begin().await?;
-    let inserted: Option<i64> = sqlx::query_scalar(
+    let Some(email_event_id) = insert_email_event(&mut tx, event).await? else {
+        tx.rollback().await?;
+        return Ok(EmailEffects::default());
+    };
+    let mut effects = EmailEffects {
+        event_recorded: true,
+        ..EmailEffects::default()
+    };
+    if let (Some(status), Some(campaign_id)) = (event.status, &event.campaign_id) {
+        effects.status_changed =
+            advance_status(&mut tx, event, status, campaign_id, email_event_id).await?;
+    }
+    if let Some(reason) = event.suppress {
+        effects.suppressed = suppress(&mut tx, event, reason).await?;
+    }
+    tx.commit().await?;
+    Ok(effects)
+}
+
+/// The event's row; `None` if its inbound event was recorded before.
+async fn insert_email_event(
+    conn: &mut PgConnection,
+    event: &EmailEvent,
+) -> Result<Option<i64>, Error> {
+    Ok(sqlx::query_scalar(
         "insert into penguin.email_events
              (provider, event_type, status, campaign_id, recipient_id, recipient,
               provider_message_id, provider_event_id, occurred_at, inbound_event_id)
@@ -156,67 +180,69 @@ pub async fn record_email_event(pool: &PgPool, event: &EmailEvent) -> Result<Ema
     .bind(&event.provider_event_id)
     .bind(event.occurred_at)
     .bind(event.inbound_event_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(email_event_id) = inserted else {
-        tx.rollback().await?;
-        return Ok(EmailEffects::default());
-    };
-    let mut effects = EmailEffects {
-        event_recorded: true,
-        ..EmailEffects::default()
-    };
+    .fetch_optional(conn)
+    .await?)
+}
 
-    if let (Some(status), Some(campaign_id)) = (event.status, &event.campaign_id) {
-        effects.status_changed = sqlx::query(
-            "insert into penguin.email_status as s
-                 (campaign_id, recipient, recipient_id, status, provider, provider_message_id,
-                  occurred_at, email_event_id)
-             values ($1, $2, $3, $4, $5, $6, $7, $8)
-             on conflict (campaign_id, recipient) do update
-                set recipient_id = coalesce(excluded.recipient_id, s.recipient_id),
-                    status = excluded.status,
-                    provider = excluded.provider,
-                    provider_message_id = excluded.provider_message_id,
-                    occurred_at = excluded.occurred_at,
-                    email_event_id = excluded.email_event_id,
-                    updated_at = now()
-              where penguin.email_status_rank(excluded.status) > penguin.email_status_rank(s.status)
-                 or (penguin.email_status_rank(excluded.status) = penguin.email_status_rank(s.status)
-                     and excluded.occurred_at > s.occurred_at)",
-        )
-        .bind(campaign_id)
-        .bind(&event.recipient)
-        .bind(&event.recipient_id)
-        .bind(status.as_str())
-        .bind(event.provider)
-        .bind(&event.provider_message_id)
-        .bind(event.occurred_at)
-        .bind(email_event_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-    }
+/// Moves the recipient's status forward (a higher rank, or the same rank later);
+/// `true` if it changed.
+async fn advance_status(
+    conn: &mut PgConnection,
+    event: &EmailEvent,
+    status: EmailStatus,
+    campaign_id: &str,
+    email_event_id: i64,
+) -> Result<bool, Error> {
+    Ok(sqlx::query(
+        "insert into penguin.email_status as s
+             (campaign_id, recipient, recipient_id, status, provider, provider_message_id,
+              occurred_at, email_event_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
+         on conflict (campaign_id, recipient) do update
+            set recipient_id = coalesce(excluded.recipient_id, s.recipient_id),
+                status = excluded.status,
+                provider = excluded.provider,
+                provider_message_id = excluded.provider_message_id,
+                occurred_at = excluded.occurred_at,
+                email_event_id = excluded.email_event_id,
+                updated_at = now()
+          where penguin.email_status_rank(excluded.status) > penguin.email_status_rank(s.status)
+             or (penguin.email_status_rank(excluded.status) = penguin.email_status_rank(s.status)
+                 and excluded.occurred_at > s.occurred_at)",
+    )
+    .bind(campaign_id)
+    .bind(&event.recipient)
+    .bind(&event.recipient_id)
+    .bind(status.as_str())
+    .bind(event.provider)
+    .bind(&event.provider_message_id)
+    .bind(event.occurred_at)
+    .bind(email_event_id)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        > 0)
+}
 
-    if let Some(reason) = event.suppress {
-        effects.suppressed = sqlx::query(
-            "insert into penguin.suppressions (address, reason, provider, inbound_event_id)
-             values ($1, $2, $3, $4)
-             on conflict (address) do nothing",
-        )
-        .bind(&event.recipient)
-        .bind(reason.as_str())
-        .bind(event.provider)
-        .bind(event.inbound_event_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-    }
-
-    tx.commit().await?;
-    Ok(effects)
+/// Suppresses the recipient's address; `true` if it was not suppressed yet.
+async fn suppress(
+    conn: &mut PgConnection,
+    event: &EmailEvent,
+    reason: SuppressionReason,
+) -> Result<bool, Error> {
+    Ok(sqlx::query(
+        "insert into penguin.suppressions (address, reason, provider, inbound_event_id)
+         values ($1, $2, $3, $4)
+         on conflict (address) do nothing",
+    )
+    .bind(&event.recipient)
+    .bind(reason.as_str())
+    .bind(event.provider)
+    .bind(event.inbound_event_id)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        > 0)
 }
 
 /// Adds `n` to each `(provider, reason)` counter of `penguin.webhook_counters`, in one
