@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, CLI_DELAY_RANGE, Config, redact_url};
 use crate::embedded_pg::EmbeddedPostgres;
-use crate::jobs::{Deps, Registry};
+use crate::jobs::{Deps, Kinds, Registry};
 use crate::queue::{self, JobFilter, NewJob};
 use crate::scheduler;
 
@@ -359,12 +359,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn registry(config: &Config) -> anyhow::Result<Registry> {
-    let deps = Deps::new()?;
-    Ok(Registry::builtin(config, &deps)?)
+/// The built-in kinds, to check jobs and write `penguin.kinds` (nothing runs).
+fn registry(config: &Config) -> anyhow::Result<Kinds> {
+    Ok(Kinds::builtin(config)?)
 }
 
-async fn migrate(pool: &PgPool, registry: &Registry) -> anyhow::Result<()> {
+async fn migrate<H: ?Sized + crate::jobs::Describe>(
+    pool: &PgPool,
+    registry: &crate::jobs::Catalog<H>,
+) -> anyhow::Result<()> {
     queue::migrate(pool).await.context("applying migrations")?;
     queue::sync_kinds(pool, &registry.kind_defaults())
         .await
@@ -467,7 +470,7 @@ async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<()> {
     }
     let (pool, cluster) = connect(&config, Embedded::Start).await?;
     let result = async {
-        let deps = Deps::new()?.with_pool(pool.clone()).with_keyring(keyring);
+        let deps = Deps::new(pool.clone())?.with_keyring(keyring);
         let registry = Arc::new(Registry::builtin(&config, &deps)?);
         if args.no_migrate {
             queue::sync_kinds(&pool, &registry.kind_defaults())
@@ -776,8 +779,8 @@ fn print_record(value: &serde_json::Value) {
 }
 
 /// The shim checks jobs through the daemon's registry (the shim imports no kind).
-impl crate::http::EnqueueCheck for crate::jobs::Registry {
+impl<H: ?Sized + crate::jobs::Describe> crate::http::EnqueueCheck for crate::jobs::Catalog<H> {
     fn check(&self, job: &crate::queue::NewJob) -> Result<(), String> {
-        crate::jobs::Registry::check(self, job).map_err(|e| e.to_string())
+        crate::jobs::Catalog::check(self, job).map_err(|e| e.to_string())
     }
 }

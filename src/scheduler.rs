@@ -635,8 +635,7 @@ mod tests {
         )
         .unwrap();
         config.validate().unwrap();
-        let registry =
-            crate::jobs::Registry::builtin(&config, &crate::jobs::Deps::new().unwrap()).unwrap();
+        let registry = crate::jobs::Kinds::builtin(&config).unwrap();
         let schedules = from_config(&config).unwrap();
         assert!(schedules.len() >= 2, "the prune schedule and the example");
         for s in &schedules {

@@ -570,9 +570,7 @@ async fn a_stored_stripe_event_is_processed_end_to_end() {
 
     let registry = penguin_jobs::jobs::Registry::builtin(
         &config(""),
-        &penguin_jobs::jobs::Deps::new()
-            .unwrap()
-            .with_pool(db.pool.clone()),
+        &penguin_jobs::jobs::Deps::new(db.pool.clone()).unwrap(),
     )
     .unwrap();
     let claimed = penguin_jobs::queue::claim(
@@ -683,9 +681,7 @@ fn sendgrid_headers(shim: &Shim, body: &[u8]) -> [(&'static str, String); 2] {
 async fn process_all(pool: &sqlx::PgPool, kind: &str) {
     let registry = penguin_jobs::jobs::Registry::builtin(
         &config(""),
-        &penguin_jobs::jobs::Deps::new()
-            .unwrap()
-            .with_pool(pool.clone()),
+        &penguin_jobs::jobs::Deps::new(pool.clone()).unwrap(),
     )
     .unwrap();
     let jobs: Vec<(i64, Value)> =

@@ -781,9 +781,7 @@ async fn an_exchange_without_a_master_key_dead_letters_and_forgets_the_code() {
     assert!(kept.starts_with("pj1.") && !kept.contains(&code), "{kept}");
     // a daemon started without its master key
     let cfg = config(&w.toml);
-    let deps = penguin_jobs::jobs::Deps::new()
-        .unwrap()
-        .with_pool(w.db.pool.clone());
+    let deps = penguin_jobs::jobs::Deps::new(w.db.pool.clone()).unwrap();
     let registry = std::sync::Arc::new(penguin_jobs::jobs::Registry::builtin(&cfg, &deps).unwrap());
     let runtime = support::daemon::start_runtime_with(&w.db.pool, cfg, registry);
     wait_for_kind_finished(&w.db.pool, "oauth.exchange", 1, LIMIT).await;
@@ -842,9 +840,7 @@ async fn a_callback_to_a_shim_without_a_master_key_keeps_nothing_and_leaves_the_
     let registry = std::sync::Arc::new(
         penguin_jobs::jobs::Registry::builtin(
             &cfg,
-            &penguin_jobs::jobs::Deps::new()
-                .unwrap()
-                .with_pool(w.db.pool.clone()),
+            &penguin_jobs::jobs::Deps::new(w.db.pool.clone()).unwrap(),
         )
         .unwrap(),
     );

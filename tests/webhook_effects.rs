@@ -21,8 +21,8 @@ async fn env() -> Env {
     let db = support::test_db().await;
     let config = config("");
     register_kinds(&db.pool, &config).await;
-    let registry = Registry::builtin(&config, &Deps::new().unwrap().with_pool(db.pool.clone()))
-        .expect("registry");
+    let registry =
+        Registry::builtin(&config, &Deps::new(db.pool.clone()).unwrap()).expect("registry");
     Env { db, registry }
 }
 
@@ -927,30 +927,6 @@ fn snapshot_of_nothing() -> Value {
         "email_events": [], "email_status": [], "suppressions": [], "payments": [],
         "invoices": [], "connect_accounts": [], "webhook_counters": [],
     })
-}
-
-#[tokio::test]
-async fn without_a_database_pool_the_kinds_fail_as_configuration_errors() {
-    let db = support::test_db().await;
-    register_kinds(&db.pool, &config("")).await;
-    let registry = penguin_jobs::jobs::Registry::builtin(
-        &config(""),
-        &penguin_jobs::jobs::Deps::new().unwrap(),
-    )
-    .unwrap();
-    let id = inbound(
-        &db.pool,
-        "stripe",
-        "evt_1",
-        stripe("evt_1", "account.updated", 1, json!({"id": "acct_1"})),
-    )
-    .await;
-    match attempt(&registry, "stripe.event", json!({"inbound_event_id": id})).await {
-        Outcome::Dead {
-            error: Some(error), ..
-        } => assert_eq!(error.class, "configuration"),
-        other => panic!("expected a configuration dead letter, got {other:?}"),
-    }
 }
 
 /// Parses `body` with the edge's parser for `provider` and stores its events as the edge

@@ -653,23 +653,14 @@ async fn replay_enqueues_a_dead_letter_again_with_fresh_attempts() {
 
 /// A kind whose every attempt returns text PostgreSQL refuses to store, as a handler that
 /// copied a provider's answer without cleaning it would.
-struct UnstorableResult;
+#[derive(serde::Deserialize)]
+struct UnstorableResult {}
 
-impl penguin_jobs::jobs::Handler for UnstorableResult {
-    fn kind(&self) -> &'static str {
-        "test.unstorable"
-    }
-    fn validate(&self, _: &serde_json::Value) -> Result<(), String> {
-        Ok(())
-    }
-    fn run(
-        &self,
-        _: penguin_jobs::jobs::JobContext,
-        _: serde_json::Value,
-    ) -> futures::future::BoxFuture<'static, penguin_jobs::jobs::Attempt> {
-        Box::pin(std::future::ready(Ok(Some(
-            json!({"body": "bad \u{0} byte"}),
-        ))))
+impl penguin_jobs::jobs::Kind for UnstorableResult {
+    const KIND: &'static str = "test.unstorable";
+    type Deps = ();
+    async fn run(self, _: &penguin_jobs::jobs::JobContext, _: &()) -> penguin_jobs::jobs::Attempt {
+        Ok(Some(json!({"body": "bad \u{0} byte"})))
     }
 }
 
@@ -678,8 +669,8 @@ async fn an_outcome_the_database_refuses_is_dead_lettered_and_holds_back_nothing
     let db = support::test_db().await;
     let registry = penguin_jobs::jobs::Registry::new(
         vec![
-            std::sync::Arc::new(penguin_jobs::jobs::noop::Noop),
-            std::sync::Arc::new(UnstorableResult),
+            penguin_jobs::jobs::handler::<penguin_jobs::jobs::noop::Noop>(()),
+            penguin_jobs::jobs::handler::<UnstorableResult>(()),
         ],
         &Default::default(),
     )

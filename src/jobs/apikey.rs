@@ -12,14 +12,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::oauth::{StoreError, fatal};
-use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use super::{Attempt, JobContext, JobError, Kind, KindPolicy, NoPayload};
 use crate::config::{ApiKeysConfig, BackoffConfig, BackoffStrategy, Config};
 use crate::error_class::ErrorClass;
 use crate::providers::keys::{self, KeyHooks};
@@ -343,20 +342,21 @@ pub fn rotation_job(provider: &str, environment: &str, actor: Actor) -> NewJob {
 /// What the API key kinds share.
 #[derive(Clone)]
 pub struct KeyDeps {
-    pub pool: Option<PgPool>,
+    pub pool: PgPool,
     pub keyring: Option<Arc<Keyring>>,
     pub http: reqwest::Client,
     pub config: Arc<ApiKeysConfig>,
 }
 
 impl KeyDeps {
-    fn pool(&self) -> Result<PgPool, JobError> {
-        self.pool.clone().ok_or_else(|| {
-            fatal(
-                ErrorClass::Configuration,
-                "no database pool given to the API key kinds",
-            )
-        })
+    /// From the config and the daemon's shared dependencies.
+    pub fn new(config: &Config, deps: &super::Deps) -> Self {
+        Self {
+            pool: deps.pool.clone(),
+            keyring: deps.keyring.clone(),
+            http: deps.http.clone(),
+            config: Arc::new(config.api_keys.clone()),
+        }
     }
 
     fn keyring(&self) -> Result<Arc<Keyring>, JobError> {
@@ -395,9 +395,10 @@ fn policy() -> KindPolicy {
     }
 }
 
+/// The `apikey.rotate` kind: rotate the key of one provider in one environment.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RotatePayload {
+pub struct Rotate {
     provider: String,
     #[serde(default = "default_environment")]
     environment: String,
@@ -409,9 +410,10 @@ fn default_environment() -> String {
     DEFAULT_ENVIRONMENT.into()
 }
 
+/// The `apikey.revoke` kind: revoke a retired key once its overlap is over.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RevokePayload {
+pub struct Revoke {
     key_id: Uuid,
     #[serde(default)]
     actor: Option<String>,
@@ -426,274 +428,305 @@ fn actor(a: &Option<String>) -> Result<Actor, String> {
     }
 }
 
-/// The `apikey.rotate` kind.
-#[derive(Clone)]
-pub struct Rotate(pub KeyDeps);
+impl Kind for Rotate {
+    const KIND: &'static str = ROTATE;
+    type Deps = KeyDeps;
 
-impl Handler for Rotate {
-    fn kind(&self) -> &'static str {
-        ROTATE
-    }
-
-    fn default_policy(&self) -> KindPolicy {
+    fn policy() -> KindPolicy {
         policy()
     }
 
-    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
-        let p: RotatePayload =
-            serde_json::from_value(payload.clone()).map_err(|e| e.to_string())?;
-        check_names(&p.provider, &p.environment)?;
-        actor(&p.actor).map(|_| ())
+    fn validate(&self) -> Result<(), String> {
+        check_names(&self.provider, &self.environment)?;
+        actor(&self.actor).map(drop)
     }
 
-    fn run(&self, _ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        let deps = self.0.clone();
-        Box::pin(async move {
-            let p: RotatePayload = serde_json::from_value(payload)
-                .map_err(|e| JobError::bad_payload(e.to_string()))?;
-            let actor = actor(&p.actor).map_err(JobError::bad_payload)?;
-            let (provider, env) = (p.provider.as_str(), p.environment.as_str());
-            let pool = deps.pool()?;
-            let keyring = deps.keyring()?;
-            let hooks = KeyHooks::for_provider(&deps.config, provider)
-                .map_err(|e| fatal(ErrorClass::Configuration, &e.to_string()))?;
-            let Some(active) =
-                active_key(&pool, &keyring, provider, env)
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::Queue(q) => JobError::from(q),
-                        StoreError::Secrets(s) => fatal(ErrorClass::Configuration, &s.to_string()),
-                    })?
-            else {
-                return Err(fatal(
-                    ErrorClass::Configuration,
-                    &format!(
-                        "no active {provider} key in {env}: set one with `penguin-jobs keys set {provider}`"
-                    ),
-                ));
-            };
-            let alert = |kind: &'static str, subject: Uuid, message: String| {
-                let pool = pool.clone();
-                let provider = provider.to_string();
-                async move {
-                    creds::raise_alert(
-                        &pool,
-                        &NewAlert {
-                            kind,
-                            subject_type: "api_key",
-                            subject_id: Some(subject.to_string()),
-                            tenant_id: None,
-                            provider: Some(&provider),
-                            message,
-                        },
-                    )
-                    .await
-                    .map_err(JobError::from)
-                }
-            };
-
-            // 1. the candidate: a pending key (staged, or created by an earlier attempt),
-            //    else a new one from the provider's key API
-            let candidate = match creds::pending_api_key(&pool, provider, env).await? {
-                Some(k) => {
-                    let key = keyring
-                        .decrypt(&k.key_enc, &api_key_aad(k.id))
-                        .map_err(|e| fatal(ErrorClass::Configuration, &e.to_string()))?;
-                    (k.id, k.version, key)
-                }
-                None => match keys::create_key(&deps.http, &hooks, &active.key).await {
-                    Ok(Some((key, provider_key_id))) => {
-                        let mut tx = pool.begin().await?;
-                        let (id, version) = insert_sealed(
-                            &mut tx,
-                            &keyring,
-                            provider,
-                            env,
-                            &key,
-                            provider_key_id.as_deref(),
-                            &KeyMeta::default(),
-                        )
-                        .await?;
-                        creds::audit(
-                            &mut *tx,
-                            &key_event(
-                                "key_staged",
-                                actor,
-                                id,
-                                provider,
-                                true,
-                                serde_json::json!({ "environment": env, "version": version, "source": "key_api" }),
-                            ),
-                        )
-                        .await?;
-                        tx.commit().await?;
-                        (id, version, key)
-                    }
-                    Ok(None) => {
-                        let message = format!(
-                            "the {provider} key in {env} is due for rotation but no new key is staged \
-                             and {provider} has no key API: stage one with `penguin-jobs keys stage {provider} --environment {env}`"
-                        );
-                        alert("apikey_rotation_blocked", active.id, message.clone()).await?;
-                        return Err(fatal(ErrorClass::Configuration, &message));
-                    }
-                    Err(e) if e.retryable => return Err(e.into()),
-                    Err(e) => {
-                        let message =
-                            format!("creating the next {provider} key failed: {}", e.message);
-                        alert("apikey_rotation_failed", active.id, message.clone()).await?;
-                        return Err(fatal(e.class, &message));
-                    }
-                },
-            };
-            let (new_id, new_version, new_key) = candidate;
-
-            // 2. test it
-            if let Err(e) = keys::test_key(&deps.http, &hooks, &new_key).await {
-                if e.retryable {
-                    return Err(e.into());
-                }
-                let message = format!(
-                    "the new {provider} key (version {new_version}) failed its test call ({}); the current key stays active",
-                    e.message
-                );
-                let mut tx = pool.begin().await?;
-                creds::fail_key(&mut tx, new_id, &e.message, true).await?;
-                creds::audit(
-                    &mut *tx,
-                    &key_event(
-                        "key_test_failed",
-                        actor,
-                        new_id,
-                        provider,
-                        false,
-                        serde_json::json!({ "environment": env, "version": new_version, "error": e.message }),
-                    ),
-                )
-                .await?;
-                tx.commit().await?;
-                alert("apikey_test_failed", new_id, message.clone()).await?;
-                tracing::warn!(provider, environment = env, key = %new_id, "new API key failed its test; rotation abandoned");
-                return Err(fatal(e.class, &message));
-            }
-
-            // 3. activate; the old key retires for the overlap, then is revoked
-            let mut tx = pool.begin().await?;
-            creds::lock_keys(&mut tx, provider, env).await?;
-            let old = activate_in(
-                &mut tx,
-                new_id,
-                new_version,
-                provider,
-                env,
-                deps.config.overlap,
-                actor,
-            )
-            .await?;
-            tx.commit().await?;
-            tracing::info!(provider, environment = env, key = %new_id, version = new_version, "API key rotated");
-            Ok(Some(serde_json::json!({
-                "activated": new_id,
-                "version": new_version,
-                "retiring": old,
-            })))
-        })
-    }
-}
-
-/// The `apikey.revoke` kind.
-#[derive(Clone)]
-pub struct Revoke(pub KeyDeps);
-
-impl Handler for Revoke {
-    fn kind(&self) -> &'static str {
-        REVOKE
-    }
-
-    fn default_policy(&self) -> KindPolicy {
-        policy()
-    }
-
-    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
-        let p: RevokePayload =
-            serde_json::from_value(payload.clone()).map_err(|e| e.to_string())?;
-        actor(&p.actor).map(|_| ())
-    }
-
-    fn run(&self, _ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        let deps = self.0.clone();
-        Box::pin(async move {
-            let p: RevokePayload = serde_json::from_value(payload)
-                .map_err(|e| JobError::bad_payload(e.to_string()))?;
-            let actor = actor(&p.actor).map_err(JobError::bad_payload)?;
-            let pool = deps.pool()?;
-            let Some(key) = creds::get_api_key(&pool, p.key_id).await? else {
-                return Err(JobError::bad_payload(format!("no api key {}", p.key_id)));
-            };
-            if key.status != "retiring" {
-                return Ok(Some(
-                    serde_json::json!({ "key_id": key.id, "skipped": key.status }),
-                ));
-            }
-            if let Some(at) = key.retire_at
-                && let Ok(wait) = (at - chrono::Utc::now()).to_std()
-                && !wait.is_zero()
-            {
-                // still in its overlap (a retry brought the job early)
-                return Err(JobError::Snooze { delay: wait });
-            }
-            // at the provider first (retryable), then here
-            let hooks = KeyHooks::for_provider(&deps.config, &key.provider)
-                .map_err(|e| fatal(ErrorClass::Configuration, &e.to_string()))?;
-            let mut at_provider = false;
-            if hooks.revoke_url.is_some() && key.provider_key_id.is_some() {
-                let keyring = deps.keyring()?;
-                let active = active_key(&pool, &keyring, &key.provider, &key.environment)
-                    .await
-                    .map_err(|e| fatal(ErrorClass::Configuration, &e.to_string()))?;
-                if let Some(active) = active {
-                    at_provider = keys::revoke_key(
-                        &deps.http,
-                        &hooks,
-                        &active.key,
-                        key.provider_key_id.as_deref(),
-                    )
-                    .await?;
-                }
-            }
-            let mut tx = pool.begin().await?;
-            if creds::revoke_retiring_key(&mut tx, key.id).await?.is_none() {
-                return Ok(Some(
-                    serde_json::json!({ "key_id": key.id, "skipped": "not retiring" }),
-                ));
-            }
-            creds::audit(
-                &mut *tx,
-                &key_event(
-                    "key_revoked",
-                    actor,
-                    key.id,
-                    &key.provider,
-                    true,
-                    serde_json::json!({
-                        "environment": key.environment,
-                        "version": key.version,
-                        "revoked_at_provider": at_provider,
-                    }),
+    async fn run(self, _ctx: &JobContext, deps: &KeyDeps) -> Attempt {
+        let actor = actor(&self.actor).map_err(JobError::bad_payload)?;
+        let (provider, env) = (self.provider.as_str(), self.environment.as_str());
+        let keyring = deps.keyring()?;
+        let hooks = KeyHooks::for_provider(&deps.config, provider)
+            .map_err(|e| fatal(ErrorClass::Configuration, &e.to_string()))?;
+        let Some(active) = active_key(&deps.pool, &keyring, provider, env)
+            .await
+            .map_err(|e| match e {
+                StoreError::Queue(q) => JobError::from(q),
+                StoreError::Secrets(s) => fatal(ErrorClass::Configuration, &s.to_string()),
+            })?
+        else {
+            return Err(fatal(
+                ErrorClass::Configuration,
+                &format!(
+                    "no active {provider} key in {env}: set one with `penguin-jobs keys set {provider}`"
                 ),
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(Some(
-                serde_json::json!({ "key_id": key.id, "revoked_at_provider": at_provider }),
-            ))
-        })
+            ));
+        };
+        let rotation = Rotation {
+            deps,
+            keyring: &keyring,
+            hooks: &hooks,
+            provider,
+            env,
+            actor,
+            active: &active,
+        };
+        // 1. the candidate, 2. its test, 3. its activation
+        let candidate = rotation.candidate().await?;
+        rotation.test(&candidate).await?;
+        rotation.activate(&candidate).await
     }
 }
 
-/// The `apikey.rotation_sweep` kind.
-#[derive(Clone)]
-pub struct Sweep(pub KeyDeps);
+/// A key waiting to become the active one: id, version, the key.
+type Candidate = (Uuid, i32, SecretString);
+
+/// One rotation of one provider's key in one environment.
+struct Rotation<'a> {
+    deps: &'a KeyDeps,
+    keyring: &'a Keyring,
+    hooks: &'a KeyHooks,
+    provider: &'a str,
+    env: &'a str,
+    actor: Actor,
+    active: &'a ActiveKey,
+}
+
+impl Rotation<'_> {
+    /// Raises an alert about key `subject`.
+    async fn alert(
+        &self,
+        kind: &'static str,
+        subject: Uuid,
+        message: String,
+    ) -> Result<(), JobError> {
+        creds::raise_alert(
+            &self.deps.pool,
+            &NewAlert {
+                kind,
+                subject_type: "api_key",
+                subject_id: Some(subject.to_string()),
+                tenant_id: None,
+                provider: Some(self.provider),
+                message,
+            },
+        )
+        .await
+        .map_err(JobError::from)
+    }
+
+    /// A pending key (staged, or created by an earlier attempt), else a new one from the
+    /// provider's key API.
+    async fn candidate(&self) -> Result<Candidate, JobError> {
+        let (provider, env) = (self.provider, self.env);
+        if let Some(k) = creds::pending_api_key(&self.deps.pool, provider, env).await? {
+            let key = self
+                .keyring
+                .decrypt(&k.key_enc, &api_key_aad(k.id))
+                .map_err(|e| fatal(ErrorClass::Configuration, &e.to_string()))?;
+            return Ok((k.id, k.version, key));
+        }
+        match keys::create_key(&self.deps.http, self.hooks, &self.active.key).await {
+            Ok(Some((key, provider_key_id))) => self.stage(key, provider_key_id).await,
+            Ok(None) => {
+                let message = format!(
+                    "the {provider} key in {env} is due for rotation but no new key is staged \
+                     and {provider} has no key API: stage one with `penguin-jobs keys stage {provider} --environment {env}`"
+                );
+                self.alert("apikey_rotation_blocked", self.active.id, message.clone())
+                    .await?;
+                Err(fatal(ErrorClass::Configuration, &message))
+            }
+            Err(e) if e.retryable => Err(e.into()),
+            Err(e) => {
+                let message = format!("creating the next {provider} key failed: {}", e.message);
+                self.alert("apikey_rotation_failed", self.active.id, message.clone())
+                    .await?;
+                Err(fatal(e.class, &message))
+            }
+        }
+    }
+
+    /// Stores a key the provider's key API created as pending, with its audit row.
+    async fn stage(
+        &self,
+        key: SecretString,
+        provider_key_id: Option<String>,
+    ) -> Result<Candidate, JobError> {
+        let mut tx = self.deps.pool.begin().await?;
+        let (id, version) = insert_sealed(
+            &mut tx,
+            self.keyring,
+            self.provider,
+            self.env,
+            &key,
+            provider_key_id.as_deref(),
+            &KeyMeta::default(),
+        )
+        .await?;
+        creds::audit(
+            &mut *tx,
+            &key_event(
+                "key_staged",
+                self.actor,
+                id,
+                self.provider,
+                true,
+                serde_json::json!({ "environment": self.env, "version": version, "source": "key_api" }),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((id, version, key))
+    }
+
+    /// The candidate's test call. A refusal fails the candidate, raises an alert and ends
+    /// the rotation with the current key still active.
+    async fn test(&self, (new_id, new_version, new_key): &Candidate) -> Result<(), JobError> {
+        let Err(e) = keys::test_key(&self.deps.http, self.hooks, new_key).await else {
+            return Ok(());
+        };
+        if e.retryable {
+            return Err(e.into());
+        }
+        let (provider, env) = (self.provider, self.env);
+        let message = format!(
+            "the new {provider} key (version {new_version}) failed its test call ({}); the current key stays active",
+            e.message
+        );
+        let mut tx = self.deps.pool.begin().await?;
+        creds::fail_key(&mut tx, *new_id, &e.message, true).await?;
+        creds::audit(
+            &mut *tx,
+            &key_event(
+                "key_test_failed",
+                self.actor,
+                *new_id,
+                provider,
+                false,
+                serde_json::json!({ "environment": env, "version": new_version, "error": e.message }),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        self.alert("apikey_test_failed", *new_id, message.clone())
+            .await?;
+        tracing::warn!(provider, environment = env, key = %new_id, "new API key failed its test; rotation abandoned");
+        Err(fatal(e.class, &message))
+    }
+
+    /// Activates the candidate; the old key retires for the overlap, then is revoked.
+    async fn activate(&self, (new_id, new_version, _): &Candidate) -> Attempt {
+        let (provider, env) = (self.provider, self.env);
+        let mut tx = self.deps.pool.begin().await?;
+        creds::lock_keys(&mut tx, provider, env).await?;
+        let old = activate_in(
+            &mut tx,
+            *new_id,
+            *new_version,
+            provider,
+            env,
+            self.deps.config.overlap,
+            self.actor,
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(provider, environment = env, key = %new_id, version = new_version, "API key rotated");
+        Ok(Some(serde_json::json!({
+            "activated": new_id,
+            "version": new_version,
+            "retiring": old,
+        })))
+    }
+}
+
+impl Kind for Revoke {
+    const KIND: &'static str = REVOKE;
+    type Deps = KeyDeps;
+
+    fn policy() -> KindPolicy {
+        policy()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        actor(&self.actor).map(drop)
+    }
+
+    async fn run(self, _ctx: &JobContext, deps: &KeyDeps) -> Attempt {
+        let actor = actor(&self.actor).map_err(JobError::bad_payload)?;
+        let Some(key) = creds::get_api_key(&deps.pool, self.key_id).await? else {
+            return Err(JobError::bad_payload(format!("no api key {}", self.key_id)));
+        };
+        if key.status != "retiring" {
+            return Ok(Some(
+                serde_json::json!({ "key_id": key.id, "skipped": key.status }),
+            ));
+        }
+        if let Some(at) = key.retire_at
+            && let Ok(wait) = (at - chrono::Utc::now()).to_std()
+            && !wait.is_zero()
+        {
+            // still in its overlap (a retry brought the job early)
+            return Err(JobError::Snooze { delay: wait });
+        }
+        // at the provider first (retryable), then here
+        let at_provider = revoke_at_provider(deps, &key).await?;
+        let mut tx = deps.pool.begin().await?;
+        if creds::revoke_retiring_key(&mut tx, key.id).await?.is_none() {
+            return Ok(Some(
+                serde_json::json!({ "key_id": key.id, "skipped": "not retiring" }),
+            ));
+        }
+        creds::audit(
+            &mut *tx,
+            &key_event(
+                "key_revoked",
+                actor,
+                key.id,
+                &key.provider,
+                true,
+                serde_json::json!({
+                    "environment": key.environment,
+                    "version": key.version,
+                    "revoked_at_provider": at_provider,
+                }),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(
+            serde_json::json!({ "key_id": key.id, "revoked_at_provider": at_provider }),
+        ))
+    }
+}
+
+/// Revokes `key` through the provider's key API when it has one and knows the key's id;
+/// `true` when the provider revoked it.
+async fn revoke_at_provider(deps: &KeyDeps, key: &creds::ApiKeyInfo) -> Result<bool, JobError> {
+    let hooks = KeyHooks::for_provider(&deps.config, &key.provider)
+        .map_err(|e| fatal(ErrorClass::Configuration, &e.to_string()))?;
+    if hooks.revoke_url.is_none() || key.provider_key_id.is_none() {
+        return Ok(false);
+    }
+    let keyring = deps.keyring()?;
+    let active = active_key(&deps.pool, &keyring, &key.provider, &key.environment)
+        .await
+        .map_err(|e| fatal(ErrorClass::Configuration, &e.to_string()))?;
+    let Some(active) = active else {
+        return Ok(false);
+    };
+    Ok(keys::revoke_key(
+        &deps.http,
+        &hooks,
+        &active.key,
+        key.provider_key_id.as_deref(),
+    )
+    .await?)
+}
+
+/// The `apikey.rotation_sweep` kind (no payload).
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub struct Sweep(NoPayload);
 
 /// Enqueues the rotations and revocations that are due; returns how many jobs it created.
 pub async fn sweep(pool: &PgPool) -> Result<usize, queue::Error> {
@@ -719,46 +752,19 @@ pub async fn sweep(pool: &PgPool) -> Result<usize, queue::Error> {
     Ok(done.iter().filter(|e| e.created).count())
 }
 
-impl Handler for Sweep {
-    fn kind(&self) -> &'static str {
-        SWEEP
-    }
+impl Kind for Sweep {
+    const KIND: &'static str = SWEEP;
+    type Deps = KeyDeps;
 
-    fn default_policy(&self) -> KindPolicy {
+    fn policy() -> KindPolicy {
         KindPolicy {
             max_attempts: 3,
             ..policy()
         }
     }
 
-    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
-        match payload.as_object() {
-            Some(o) if o.is_empty() => Ok(()),
-            _ => Err("takes no payload (use {})".into()),
-        }
+    async fn run(self, _ctx: &JobContext, deps: &KeyDeps) -> Attempt {
+        let n = sweep(&deps.pool).await?;
+        Ok(Some(serde_json::json!({ "enqueued": n })))
     }
-
-    fn run(&self, _ctx: JobContext, _payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        let deps = self.0.clone();
-        Box::pin(async move {
-            let pool = deps.pool()?;
-            let n = sweep(&pool).await?;
-            Ok(Some(serde_json::json!({ "enqueued": n })))
-        })
-    }
-}
-
-/// The API key kinds of the registry.
-pub fn handlers(config: &Config, deps: &super::Deps) -> Vec<Arc<dyn Handler>> {
-    let d = KeyDeps {
-        pool: deps.pool.clone(),
-        keyring: deps.keyring.clone(),
-        http: deps.http.clone(),
-        config: Arc::new(config.api_keys.clone()),
-    };
-    vec![
-        Arc::new(Rotate(d.clone())),
-        Arc::new(Revoke(d.clone())),
-        Arc::new(Sweep(d)),
-    ]
 }

@@ -15,14 +15,12 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use futures::future::BoxFuture;
 use serde_json::json;
 
 use super::outbound::Outbound;
 use super::send_ledger::SendLedger;
-use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use super::{Attempt, JobContext, JobError, Kind, KindPolicy};
 use crate::providers::email::{Email, bare_address};
-use crate::providers::http::configuration_error;
 use crate::providers::mailgun::Mailgun;
 use crate::providers::sendgrid::Sendgrid;
 use crate::queue::email::AcceptedSend;
@@ -41,149 +39,166 @@ impl EmailProvider {
             EmailProvider::Sendgrid(_) => "sendgrid",
         }
     }
+}
 
-    fn kind(&self) -> &'static str {
-        match self {
-            EmailProvider::Mailgun(_) => "mailgun.send",
-            EmailProvider::Sendgrid(_) => "sendgrid.send",
-        }
+/// What a send kind needs.
+pub struct SendDeps {
+    pub provider: EmailProvider,
+    pub http: reqwest::Client,
+    pub pool: sqlx::PgPool,
+    pub outbound: Arc<Outbound>,
+    pub ledger: Arc<SendLedger>,
+}
+
+fn policy() -> KindPolicy {
+    KindPolicy {
+        timeout: std::time::Duration::from_secs(30),
+        ..KindPolicy::default()
     }
 }
 
-/// A send kind.
-#[derive(Clone)]
-pub struct EmailSend {
-    provider: Arc<EmailProvider>,
-    http: reqwest::Client,
-    pool: Option<sqlx::PgPool>,
-    outbound: Arc<Outbound>,
-    ledger: Arc<SendLedger>,
-}
+/// `mailgun.send`: one email through Mailgun.
+#[derive(Debug, serde::Deserialize)]
+#[serde(transparent)]
+pub struct MailgunSend(Email);
 
-impl EmailSend {
-    pub fn new(
-        provider: EmailProvider,
-        http: reqwest::Client,
-        pool: Option<sqlx::PgPool>,
-        outbound: Arc<Outbound>,
-        ledger: Arc<SendLedger>,
-    ) -> Self {
-        Self {
-            provider: Arc::new(provider),
-            http,
-            pool,
-            outbound,
-            ledger,
-        }
-    }
-}
+impl Kind for MailgunSend {
+    const KIND: &'static str = "mailgun.send";
+    type Deps = SendDeps;
 
-impl Handler for EmailSend {
-    fn kind(&self) -> &'static str {
-        self.provider.kind()
+    fn policy() -> KindPolicy {
+        policy()
     }
 
-    fn default_policy(&self) -> KindPolicy {
-        KindPolicy {
-            timeout: std::time::Duration::from_secs(30),
-            ..KindPolicy::default()
-        }
-    }
-
-    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
-        let email = Email::from_payload(payload)?;
-        if matches!(*self.provider, EmailProvider::Mailgun(_)) && email.ip_pool.is_some() {
+    fn validate(&self) -> Result<(), String> {
+        self.0.check()?;
+        if self.0.ip_pool.is_some() {
             return Err("ip_pool is a SendGrid setting; Mailgun chooses IPs by domain".into());
         }
         Ok(())
     }
 
-    fn run(&self, ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        let this = self.clone();
-        Box::pin(async move {
-            this.validate(&payload).map_err(JobError::bad_payload)?;
-            let email = Email::from_payload(&payload).map_err(JobError::bad_payload)?;
-            let provider_name = this.provider.name();
-            let Some(pool) = &this.pool else {
-                return Err(configuration_error("this registry has no database").into());
-            };
-            let recipients = email.recipients();
-            let check = this
-                .ledger
-                .check(pool, ctx.id, recipients)
-                .await
-                .map_err(|e| JobError::Retryable {
-                    class: crate::error_class::ErrorClass::Database,
-                    message: format!("database: {e}"),
-                    status: None,
-                    not_before: None,
-                })?;
-            if let Some(message_id) = check.already_sent {
-                tracing::info!(
-                    job.id = ctx.id,
-                    provider = provider_name,
-                    "the provider accepted this message before: not sent again"
-                );
-                return Ok(Some(json!({
-                    "outcome": "sent", "provider": provider_name, "message_id": message_id,
-                    "deduplicated": true,
-                })));
-            }
-            let email = email.without(&check.suppressed);
-            if email.to.is_empty() {
-                return Ok(Some(json!({
-                    "outcome": "suppressed", "provider": provider_name,
-                    "suppressed": check.suppressed,
-                })));
-            }
-            let http = this.http.clone();
-            // the send must end in time for its acceptance to be recorded below
-            let timeout = ctx.call_timeout();
-            let message_id = match &*this.provider {
-                EmailProvider::Mailgun(m) => {
-                    this.outbound
-                        .call("mailgun", "mailgun.send", m.configured_key(), async |key| {
-                            m.send(&http, key, &email, timeout).await
-                        })
-                        .await?
-                        .message_id
-                }
-                EmailProvider::Sendgrid(s) => {
-                    this.outbound
-                        .call(
-                            "sendgrid",
-                            "sendgrid.send",
-                            s.configured_key(),
-                            async |key| s.send(&http, key, &email, timeout).await,
-                        )
-                        .await?
-                        .message_id
-                }
-            };
-            let mut to: Vec<String> = email
-                .to
-                .iter()
-                .map(|a| bare_address(a).to_ascii_lowercase())
-                .collect();
-            to.sort();
-            to.dedup();
-            let send = AcceptedSend {
-                job_id: ctx.id,
-                provider: provider_name,
-                provider_message_id: message_id.clone(),
-                campaign_id: email.campaign_id.clone(),
-                recipient_id: email.recipient_id.clone(),
-                recipients: to,
-                accepted_at: Utc::now(),
-            };
-            if let Err(e) = this.ledger.record(pool, send).await {
-                // the provider has the message: failing the job would send it again
-                tracing::error!(job.id = ctx.id, provider = provider_name, error = %e, "message accepted but its status could not be recorded");
-            }
-            Ok(Some(json!({
-                "outcome": "sent", "provider": provider_name, "message_id": message_id,
-                "suppressed": check.suppressed,
-            })))
-        })
+    async fn run(self, ctx: &JobContext, deps: &SendDeps) -> Attempt {
+        send(self.0, ctx, deps).await
+    }
+}
+
+/// `sendgrid.send`: one email through SendGrid.
+#[derive(Debug, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SendgridSend(Email);
+
+impl Kind for SendgridSend {
+    const KIND: &'static str = "sendgrid.send";
+    type Deps = SendDeps;
+
+    fn policy() -> KindPolicy {
+        policy()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.0.check()
+    }
+
+    async fn run(self, ctx: &JobContext, deps: &SendDeps) -> Attempt {
+        send(self.0, ctx, deps).await
+    }
+}
+
+/// One attempt of a send kind.
+async fn send(email: Email, ctx: &JobContext, deps: &SendDeps) -> Attempt {
+    let provider_name = deps.provider.name();
+    let check = deps
+        .ledger
+        .check(&deps.pool, ctx.id, email.recipients())
+        .await
+        .map_err(|e| JobError::Retryable {
+            class: crate::error_class::ErrorClass::Database,
+            message: format!("database: {e}"),
+            status: None,
+            not_before: None,
+        })?;
+    if let Some(message_id) = check.already_sent {
+        tracing::info!(
+            job.id = ctx.id,
+            provider = provider_name,
+            "the provider accepted this message before: not sent again"
+        );
+        return Ok(Some(json!({
+            "outcome": "sent", "provider": provider_name, "message_id": message_id,
+            "deduplicated": true,
+        })));
+    }
+    let email = email.without(&check.suppressed);
+    if email.to.is_empty() {
+        return Ok(Some(json!({
+            "outcome": "suppressed", "provider": provider_name,
+            "suppressed": check.suppressed,
+        })));
+    }
+    let message_id = call_provider(&email, ctx, deps).await?;
+    record_accepted(&email, &message_id, ctx, deps).await;
+    Ok(Some(json!({
+        "outcome": "sent", "provider": provider_name, "message_id": message_id,
+        "suppressed": check.suppressed,
+    })))
+}
+
+/// Sends through the provider; returns its message id.
+async fn call_provider(
+    email: &Email,
+    ctx: &JobContext,
+    deps: &SendDeps,
+) -> Result<String, JobError> {
+    let http = &deps.http;
+    // the send must end in time for its acceptance to be recorded after it
+    let timeout = ctx.call_timeout();
+    let outbound = &deps.outbound;
+    Ok(match &deps.provider {
+        EmailProvider::Mailgun(m) => {
+            outbound
+                .call("mailgun", "mailgun.send", m.configured_key(), async |key| {
+                    m.send(http, key, email, timeout).await
+                })
+                .await?
+                .message_id
+        }
+        EmailProvider::Sendgrid(s) => {
+            outbound
+                .call(
+                    "sendgrid",
+                    "sendgrid.send",
+                    s.configured_key(),
+                    async |key| s.send(http, key, email, timeout).await,
+                )
+                .await?
+                .message_id
+        }
+    })
+}
+
+/// Records the accepted message as `sent` events and the recipients' status. A failure is
+/// logged, not returned: the provider has the message, and failing the job would send it
+/// again.
+async fn record_accepted(email: &Email, message_id: &str, ctx: &JobContext, deps: &SendDeps) {
+    let mut to: Vec<String> = email
+        .to
+        .iter()
+        .map(|a| bare_address(a).to_ascii_lowercase())
+        .collect();
+    to.sort();
+    to.dedup();
+    let provider = deps.provider.name();
+    let send = AcceptedSend {
+        job_id: ctx.id,
+        provider,
+        provider_message_id: message_id.to_string(),
+        campaign_id: email.campaign_id.clone(),
+        recipient_id: email.recipient_id.clone(),
+        recipients: to,
+        accepted_at: Utc::now(),
+    };
+    if let Err(e) = deps.ledger.record(&deps.pool, send).await {
+        tracing::error!(job.id = ctx.id, provider, error = %e, "message accepted but its status could not be recorded");
     }
 }

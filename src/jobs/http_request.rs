@@ -12,28 +12,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use super::{Attempt, JobContext, JobError, Kind, KindPolicy};
 use crate::error_class::ErrorClass;
 use crate::providers::http::{error_from_answer, error_from_transport};
 
-/// The `http.request` kind.
-#[derive(Debug, Clone)]
-pub struct HttpRequest {
-    client: reqwest::Client,
-}
-
-impl HttpRequest {
-    pub fn new(client: reqwest::Client) -> Self {
-        Self { client }
-    }
-}
-
+/// The `http.request` kind: the request to make.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Payload {
+pub struct HttpRequest {
     #[serde(default = "default_method")]
     method: String,
     url: String,
@@ -59,6 +47,8 @@ fn default_method() -> String {
 }
 
 struct Prepared {
+    /// A JSON body goes with `Content-Type: application/json` unless a header sets one.
+    json_content_type: bool,
     method: reqwest::Method,
     url: reqwest::Url,
     headers: reqwest::header::HeaderMap,
@@ -67,8 +57,7 @@ struct Prepared {
     timeout: Option<Duration>,
 }
 
-fn prepare(payload: &serde_json::Value) -> Result<Prepared, String> {
-    let p: Payload = serde_json::from_value(payload.clone()).map_err(|e| e.to_string())?;
+fn prepare(p: &HttpRequest) -> Result<Prepared, String> {
     let method = reqwest::Method::from_bytes(p.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("method {:?} is not an HTTP method", p.method))?;
     let url = reqwest::Url::parse(&p.url).map_err(|e| format!("url: {e}"))?;
@@ -86,14 +75,14 @@ fn prepare(payload: &serde_json::Value) -> Result<Prepared, String> {
             .map_err(|_| format!("headers: the value of {name} is not a valid header value"))?;
         headers.insert(name, value);
     }
-    let body = match p.body {
+    let body = match &p.body {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(text)) => Some((text.into_bytes(), false)),
-        Some(json) => Some((serde_json::to_vec(&json).map_err(|e| e.to_string())?, true)),
+        Some(serde_json::Value::String(text)) => Some((text.clone().into_bytes(), false)),
+        Some(json) => Some((serde_json::to_vec(json).map_err(|e| e.to_string())?, true)),
     };
-    let expect = p.expect_status.map(|e| match e {
-        ExpectStatus::One(s) => vec![s],
-        ExpectStatus::Many(v) => v,
+    let expect = p.expect_status.as_ref().map(|e| match e {
+        ExpectStatus::One(s) => vec![*s],
+        ExpectStatus::Many(v) => v.clone(),
     });
     if let Some(expect) = &expect
         && (expect.is_empty() || expect.iter().any(|s| !(100..=599).contains(s)))
@@ -103,7 +92,12 @@ fn prepare(payload: &serde_json::Value) -> Result<Prepared, String> {
     if p.timeout.is_some_and(|t| t.is_zero()) {
         return Err("timeout must be > 0".into());
     }
+    let json_content_type = !p
+        .headers
+        .keys()
+        .any(|k| k.eq_ignore_ascii_case("content-type"));
     Ok(Prepared {
+        json_content_type,
         method,
         url,
         headers,
@@ -113,76 +107,67 @@ fn prepare(payload: &serde_json::Value) -> Result<Prepared, String> {
     })
 }
 
-impl Handler for HttpRequest {
-    fn kind(&self) -> &'static str {
-        "http.request"
-    }
+impl Kind for HttpRequest {
+    const KIND: &'static str = "http.request";
+    type Deps = reqwest::Client;
 
-    fn default_policy(&self) -> KindPolicy {
+    fn policy() -> KindPolicy {
         KindPolicy {
             timeout: Duration::from_secs(60),
             ..KindPolicy::default()
         }
     }
 
-    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
-        prepare(payload).map(|_| ())
+    fn validate(&self) -> Result<(), String> {
+        prepare(self).map(drop)
     }
 
-    fn run(&self, ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        let client = self.client.clone();
-        Box::pin(async move {
-            let req = prepare(&payload).map_err(JobError::bad_payload)?;
-            let mut builder = client
-                .request(req.method, req.url)
-                .headers(req.headers)
-                .timeout(req.timeout.unwrap_or(ctx.timeout).min(ctx.call_timeout()));
-            if let Some((body, json)) = req.body {
-                if json && !builder_has_content_type(&payload) {
-                    builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json");
-                }
-                builder = builder.body(body);
+    async fn run(self, ctx: &JobContext, client: &reqwest::Client) -> Attempt {
+        let req = prepare(&self).map_err(JobError::bad_payload)?;
+        let mut builder = client
+            .request(req.method, req.url)
+            .headers(req.headers)
+            .timeout(req.timeout.unwrap_or(ctx.timeout).min(ctx.call_timeout()));
+        if let Some((body, json)) = req.body {
+            if json && req.json_content_type {
+                builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json");
             }
-            let response = builder
-                .send()
-                .await
-                .map_err(|e| JobError::from(error_from_transport(&e)))?;
-            let status = response.status().as_u16();
-            let expected = match &req.expect {
-                Some(list) => list.contains(&status),
-                None => response.status().is_success(),
-            };
-            if expected {
-                return Ok(Some(serde_json::json!({ "status": status })));
-            }
-            if (200..400).contains(&status) {
-                return Err(JobError::Fatal {
-                    class: ErrorClass::Data,
-                    message: format!("HTTP {status} is not among the expected statuses"),
-                    status: Some(status),
-                });
-            }
-            Err(error_from_answer(status, response.headers(), None, Utc::now()).into())
-        })
+            builder = builder.body(body);
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| JobError::from(error_from_transport(&e)))?;
+        let status = response.status().as_u16();
+        let expected = match &req.expect {
+            Some(list) => list.contains(&status),
+            None => response.status().is_success(),
+        };
+        if expected {
+            return Ok(Some(serde_json::json!({ "status": status })));
+        }
+        if (200..400).contains(&status) {
+            return Err(JobError::Fatal {
+                class: ErrorClass::Data,
+                message: format!("HTTP {status} is not among the expected statuses"),
+                status: Some(status),
+            });
+        }
+        Err(error_from_answer(status, response.headers(), None, Utc::now()).into())
     }
-}
-
-fn builder_has_content_type(payload: &serde_json::Value) -> bool {
-    payload
-        .get("headers")
-        .and_then(|h| h.as_object())
-        .is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::decode;
     use serde_json::json;
 
     #[test]
     fn payloads_are_checked_with_clear_messages() {
-        assert!(prepare(&json!({"url": "https://example.com/hook"})).is_ok());
-        let err = |p| prepare(&p).err().unwrap();
+        let prepare = |p| decode::<HttpRequest>(&p).and_then(|p| super::prepare(&p));
+        assert!(prepare(json!({"url": "https://example.com/hook"})).is_ok());
+        let err = |p| prepare(p).err().unwrap();
         assert!(err(json!({})).contains("missing field `url`"));
         assert!(err(json!({"url": "ftp://x"})).contains("scheme"));
         assert!(err(json!({"url": "https://x", "method": "G E T"})).contains("method"));

@@ -1,73 +1,47 @@
 //! What the three webhook processing kinds (`mailgun.event`, `sendgrid.event`,
 //! `stripe.event`) share: loading the inbound event a job points at, recording email
-//! events, counting unknown types, small JSON readers, and the email kinds' handler
-//! (the providers differ only in how they parse an event).
+//! events, counting unknown types, small JSON readers, and the email kinds' attempt (the
+//! providers differ only in how they parse an event).
 //!
 //! Must never log a payload or an email address at info level.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
-use crate::error_class::ErrorClass;
+use super::{Attempt, JobContext, JobError, KindPolicy};
 use crate::queue;
 use crate::queue::email::{EmailEvent, InboundEvent};
 
-/// An email provider's webhook kind: load the inbound event, parse it with the
-/// provider's parser, record it.
-#[derive(Debug, Clone)]
-pub struct EmailWebhook {
-    kind: &'static str,
-    provider: &'static str,
+/// An email provider's webhook kind (`mailgun.event`, `sendgrid.event`): load the inbound
+/// event, parse it with the provider's parser, record it.
+pub(crate) async fn email_webhook(
+    event: InboundEventRef,
+    ctx: &JobContext,
+    pool: &PgPool,
+    provider: &str,
     parse: fn(&InboundEvent) -> Result<Parsed, String>,
-    pool: Option<PgPool>,
-}
-
-impl EmailWebhook {
-    pub fn new(
-        kind: &'static str,
-        provider: &'static str,
-        parse: fn(&InboundEvent) -> Result<Parsed, String>,
-        pool: Option<PgPool>,
-    ) -> Self {
-        Self {
-            kind,
-            provider,
-            parse,
-            pool,
-        }
+) -> Attempt {
+    let inbound = load_inbound(pool, event, provider).await?;
+    match parse(&inbound).map_err(JobError::bad_payload)? {
+        Parsed::Event(event) => record_email(pool, ctx, &event).await,
+        Parsed::Unknown(event_type) => ignore_unknown(pool, ctx, provider, &event_type).await,
     }
 }
 
-impl Handler for EmailWebhook {
-    fn kind(&self) -> &'static str {
-        self.kind
-    }
+/// The payload of the webhook processing kinds: `{"inbound_event_id": <positive integer>}`
+/// (and nothing else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboundEventRef(pub i64);
 
-    fn default_policy(&self) -> KindPolicy {
-        webhook_policy()
-    }
-
-    fn validate(&self, payload: &Value) -> Result<(), String> {
-        inbound_event_id(payload).map(|_| ())
-    }
-
-    fn run(&self, ctx: JobContext, payload: Value) -> BoxFuture<'static, Attempt> {
-        let this = self.clone();
-        Box::pin(async move {
-            let pool = require_pool(this.pool, this.provider)?;
-            let inbound = load_inbound(&pool, &payload, this.provider).await?;
-            match (this.parse)(&inbound).map_err(JobError::bad_payload)? {
-                Parsed::Event(event) => record_email(&pool, &ctx, &event).await,
-                Parsed::Unknown(event_type) => {
-                    ignore_unknown(&pool, &ctx, this.provider, &event_type).await
-                }
-            }
-        })
+impl<'de> serde::Deserialize<'de> for InboundEventRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let payload = Value::deserialize(d)?;
+        inbound_event_id(&payload)
+            .map(InboundEventRef)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -104,22 +78,12 @@ pub(crate) fn inbound_event_id(payload: &Value) -> Result<i64, String> {
     }
 }
 
-/// The pool, or the fatal configuration error of a registry built without one.
-pub(crate) fn require_pool(pool: Option<PgPool>, provider: &str) -> Result<PgPool, JobError> {
-    pool.ok_or_else(|| JobError::Fatal {
-        class: ErrorClass::Configuration,
-        message: format!("no database pool given to the {provider} webhook handler"),
-        status: None,
-    })
-}
-
 /// Loads the job's inbound event, which must exist and belong to `provider`.
 pub(crate) async fn load_inbound(
     pool: &PgPool,
-    payload: &Value,
+    InboundEventRef(id): InboundEventRef,
     provider: &str,
 ) -> Result<InboundEvent, JobError> {
-    let id = inbound_event_id(payload).map_err(JobError::bad_payload)?;
     let inbound = queue::email::load_inbound_event(pool, id)
         .await?
         .ok_or_else(|| JobError::bad_payload(format!("inbound event {id} does not exist")))?;

@@ -16,15 +16,31 @@
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::inbound::{EmailWebhook, Parsed, address, id_at, str_at, unix_float};
+use super::inbound::{
+    InboundEventRef, Parsed, address, email_webhook, id_at, str_at, unix_float, webhook_policy,
+};
+use super::{Attempt, JobContext, Kind, KindPolicy};
 use crate::queue::email::{EmailEvent, EmailStatus, InboundEvent, SuppressionReason};
 
 /// The provider name in `penguin.inbound_events`.
 const PROVIDER: &str = "mailgun";
 
-/// The `mailgun.event` kind.
-pub fn handler(pool: Option<PgPool>) -> EmailWebhook {
-    EmailWebhook::new("mailgun.event", PROVIDER, parse, pool)
+/// The `mailgun.event` kind: one stored Mailgun event.
+#[derive(Debug, serde::Deserialize)]
+#[serde(transparent)]
+pub struct MailgunEvent(InboundEventRef);
+
+impl Kind for MailgunEvent {
+    const KIND: &'static str = "mailgun.event";
+    type Deps = PgPool;
+
+    fn policy() -> KindPolicy {
+        webhook_policy()
+    }
+
+    async fn run(self, ctx: &JobContext, pool: &PgPool) -> Attempt {
+        email_webhook(self.0, ctx, pool, PROVIDER, parse).await
+    }
 }
 
 /// Parses a Mailgun webhook body (or its bare `event-data`).

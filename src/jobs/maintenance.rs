@@ -7,26 +7,29 @@
 
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use sqlx::PgPool;
 
-use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use super::{Attempt, JobContext, Kind, KindPolicy, NoPayload};
 use crate::config::{BackoffConfig, BackoffStrategy, Config};
-use crate::error_class::ErrorClass;
 use crate::queue;
 
-/// The `maintenance.prune` kind.
+/// The `maintenance.prune` kind (no payload).
+#[derive(Debug, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Prune(NoPayload);
+
+/// What `maintenance.prune` needs: the database and the retention settings.
 #[derive(Debug, Clone)]
-pub struct Prune {
-    pool: Option<PgPool>,
+pub struct Retention {
+    pool: PgPool,
     completed: Duration,
     dead_letters: Option<Duration>,
     inbound_events: Option<Duration>,
     batch: i64,
 }
 
-impl Prune {
-    pub fn new(config: &Config, pool: Option<PgPool>) -> Self {
+impl Retention {
+    pub fn new(config: &Config, pool: PgPool) -> Self {
         let dead = config.retention.dead_letters;
         Self {
             pool,
@@ -38,12 +41,11 @@ impl Prune {
     }
 }
 
-impl Handler for Prune {
-    fn kind(&self) -> &'static str {
-        crate::scheduler::PRUNE
-    }
+impl Kind for Prune {
+    const KIND: &'static str = crate::scheduler::PRUNE;
+    type Deps = Retention;
 
-    fn default_policy(&self) -> KindPolicy {
+    fn policy() -> KindPolicy {
         KindPolicy {
             max_attempts: 3,
             timeout: Duration::from_secs(600),
@@ -57,41 +59,24 @@ impl Handler for Prune {
         }
     }
 
-    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
-        match payload.as_object() {
-            Some(o) if o.is_empty() => Ok(()),
-            _ => Err("takes no payload (use {})".into()),
+    async fn run(self, _ctx: &JobContext, r: &Retention) -> Attempt {
+        let pruned = queue::prune(&r.pool, r.completed, r.dead_letters, r.batch).await?;
+        let inbound = match r.inbound_events {
+            Some(age) => queue::prune_inbound_events(&r.pool, age, r.batch).await?,
+            None => 0,
+        };
+        if pruned.jobs + pruned.dead_letters + inbound > 0 {
+            tracing::info!(
+                jobs = pruned.jobs,
+                dead_letters = pruned.dead_letters,
+                inbound_events = inbound,
+                "pruned"
+            );
         }
-    }
-
-    fn run(&self, _ctx: JobContext, _payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        let this = self.clone();
-        Box::pin(async move {
-            let Some(pool) = this.pool else {
-                return Err(JobError::Fatal {
-                    class: ErrorClass::Configuration,
-                    message: "no database pool given to the prune handler".into(),
-                    status: None,
-                });
-            };
-            let pruned = queue::prune(&pool, this.completed, this.dead_letters, this.batch).await?;
-            let inbound = match this.inbound_events {
-                Some(age) => queue::prune_inbound_events(&pool, age, this.batch).await?,
-                None => 0,
-            };
-            if pruned.jobs + pruned.dead_letters + inbound > 0 {
-                tracing::info!(
-                    jobs = pruned.jobs,
-                    dead_letters = pruned.dead_letters,
-                    inbound_events = inbound,
-                    "pruned"
-                );
-            }
-            Ok(Some(serde_json::json!({
-                "jobs": pruned.jobs,
-                "dead_letters": pruned.dead_letters,
-                "inbound_events": inbound,
-            })))
-        })
+        Ok(Some(serde_json::json!({
+            "jobs": pruned.jobs,
+            "dead_letters": pruned.dead_letters,
+            "inbound_events": inbound,
+        })))
     }
 }

@@ -210,9 +210,53 @@ mod call_timeout_tests {
 /// The result of one attempt: an optional JSON result stored on the job.
 pub type Attempt = Result<Option<serde_json::Value>, JobError>;
 
-/// One kind's code.
-pub trait Handler: Send + Sync + 'static {
+/// One job kind. The payload type is the kind: it is decoded from the job's JSON (and
+/// checked by [`Kind::validate`]) by the same code at enqueue time and before every
+/// attempt, and then it runs.
+///
+/// ```text
+/// #[derive(Deserialize)]
+/// struct Ping { url: String }
+///
+/// impl Kind for Ping {
+///     const KIND: &'static str = "ping";
+///     type Deps = reqwest::Client;
+///     async fn run(self, ctx: &JobContext, http: &reqwest::Client) -> Attempt { .. }
+/// }
+/// ```
+pub trait Kind: serde::de::DeserializeOwned + Send + 'static {
     /// The stable kind string (`noop`, `http.request`, ...).
+    const KIND: &'static str;
+    /// What an attempt needs besides its payload, built once with the registry.
+    type Deps: Send + Sync + 'static;
+    /// Built-in policy, before `[kinds."KIND"]` overrides.
+    fn policy() -> KindPolicy {
+        KindPolicy::default()
+    }
+    /// Checks the decoded payload beyond its shape; the message names the field at fault.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Runs one attempt.
+    fn run(
+        self,
+        ctx: &JobContext,
+        deps: &Self::Deps,
+    ) -> impl std::future::Future<Output = Attempt> + Send;
+}
+
+/// Decodes and checks a payload of kind `K`. A decoding error names the path of the field
+/// at fault (`to[0]: invalid type: ..`) unless it is the payload itself.
+pub fn decode<K: Kind>(payload: &serde_json::Value) -> Result<K, String> {
+    let job: K = serde_path_to_error::deserialize(payload).map_err(|e| e.to_string())?;
+    job.validate()?;
+    Ok(job)
+}
+
+/// What the registry knows of a kind without running it: its name, its policy, and how
+/// to check a payload.
+pub trait Describe: Send + Sync + 'static {
+    /// The stable kind string.
     fn kind(&self) -> &'static str;
     /// Built-in policy, before `[kinds."KIND"]` overrides.
     fn default_policy(&self) -> KindPolicy {
@@ -220,8 +264,93 @@ pub trait Handler: Send + Sync + 'static {
     }
     /// Checks a payload at enqueue time; the message says what is wrong.
     fn validate(&self, payload: &serde_json::Value) -> Result<(), String>;
+}
+
+/// One kind's code, as the runtime calls it.
+pub trait Handler: Describe {
     /// Runs one attempt.
     fn run(&self, ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt>;
+}
+
+/// A [`Kind`] described by its type alone, for checking payloads where nothing runs.
+#[derive(Clone, Copy)]
+pub struct KindInfo {
+    kind: &'static str,
+    policy: fn() -> KindPolicy,
+    check: fn(&serde_json::Value) -> Result<(), String>,
+}
+
+impl KindInfo {
+    /// The description of `K`.
+    pub const fn of<K: Kind>() -> Self {
+        Self {
+            kind: K::KIND,
+            policy: K::policy,
+            check: check::<K>,
+        }
+    }
+}
+
+fn check<K: Kind>(payload: &serde_json::Value) -> Result<(), String> {
+    decode::<K>(payload).map(drop)
+}
+
+impl Describe for KindInfo {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn default_policy(&self) -> KindPolicy {
+        (self.policy)()
+    }
+    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
+        (self.check)(payload)
+    }
+}
+
+/// The handler of kind `K`, running with `deps`.
+pub fn handler<K: Kind>(deps: impl Into<Arc<K::Deps>>) -> Arc<dyn Handler> {
+    Arc::new(Typed::<K> { deps: deps.into() })
+}
+
+/// The adapter from a [`Kind`] to a [`Handler`]: decodes the payload, then runs it with
+/// the kind's dependencies.
+struct Typed<K: Kind> {
+    deps: Arc<K::Deps>,
+}
+
+impl<K: Kind> Describe for Typed<K> {
+    fn kind(&self) -> &'static str {
+        K::KIND
+    }
+    fn default_policy(&self) -> KindPolicy {
+        K::policy()
+    }
+    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
+        check::<K>(payload)
+    }
+}
+
+impl<K: Kind> Handler for Typed<K> {
+    fn run(&self, ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
+        let deps = self.deps.clone();
+        Box::pin(async move {
+            let job = decode::<K>(&payload).map_err(JobError::bad_payload)?;
+            job.run(&ctx, &deps).await
+        })
+    }
+}
+
+/// A payload that must be `{}`.
+#[derive(Debug, Clone, Copy)]
+pub struct NoPayload;
+
+impl<'de> serde::Deserialize<'de> for NoPayload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Object(o) if o.is_empty() => Ok(NoPayload),
+            _ => Err(serde::de::Error::custom("takes no payload (use {})")),
+        }
+    }
 }
 
 /// Queue, attempts, priority, timeout and backoff of one kind.
@@ -260,26 +389,25 @@ pub enum EnqueueRefused {
 #[error("{0}")]
 pub struct RegistryError(pub String);
 
-/// Everything a handler may need, built once per daemon.
+/// What the built-in kinds share, built once per daemon.
 #[derive(Clone)]
 pub struct Deps {
     pub http: reqwest::Client,
-    /// The database, for kinds that work on our own tables (maintenance). `None` where
-    /// the registry only checks payloads (the CLI's enqueue).
-    pub pool: Option<sqlx::PgPool>,
+    /// The database: every kind that runs reads or writes our tables.
+    pub pool: sqlx::PgPool,
     /// The master keys, for kinds that read or store credentials. `None`: no master key
     /// configured, and those kinds fail with a configuration error.
     pub keyring: Option<Arc<crate::secrets::Keyring>>,
 }
 
 impl Deps {
-    /// Builds the shared HTTP client.
-    pub fn new() -> Result<Self, RegistryError> {
+    /// The shared HTTP client and `pool`, without master keys.
+    pub fn new(pool: sqlx::PgPool) -> Result<Self, RegistryError> {
         let http = crate::providers::http::client(Duration::from_secs(60))
             .map_err(|e| RegistryError(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             http,
-            pool: None,
+            pool,
             keyring: None,
         })
     }
@@ -291,143 +419,192 @@ impl Deps {
             ..self
         }
     }
+}
 
-    /// The same, with the database.
-    pub fn with_pool(self, pool: sqlx::PgPool) -> Self {
-        Self {
-            pool: Some(pool),
-            ..self
-        }
+/// Every built-in kind, described by its type.
+const BUILTIN: &[KindInfo] = &[
+    KindInfo::of::<email_send::MailgunSend>(),
+    KindInfo::of::<email_send::SendgridSend>(),
+    KindInfo::of::<stripe_connect::CreateAccount>(),
+    KindInfo::of::<stripe_connect::CreateAccountLink>(),
+    KindInfo::of::<posthog_capture::Capture>(),
+    KindInfo::of::<noop::Noop>(),
+    KindInfo::of::<http_request::HttpRequest>(),
+    KindInfo::of::<maintenance::Prune>(),
+    KindInfo::of::<mailgun_event::MailgunEvent>(),
+    KindInfo::of::<sendgrid_event::SendgridEvent>(),
+    KindInfo::of::<stripe_event::StripeEvent>(),
+    KindInfo::of::<oauth::Exchange>(),
+    KindInfo::of::<oauth::Refresh>(),
+    KindInfo::of::<oauth::Sweep>(),
+    KindInfo::of::<apikey::Rotate>(),
+    KindInfo::of::<apikey::Revoke>(),
+    KindInfo::of::<apikey::Sweep>(),
+];
+
+/// The built-in kinds with what each needs to run.
+fn builtin_handlers(config: &Config, deps: &Deps) -> Result<Vec<Arc<dyn Handler>>, RegistryError> {
+    let outbound = outbound::Outbound::new(
+        outbound::ProviderLimits::from_config(config),
+        Some(deps.pool.clone()),
+        deps.keyring.clone(),
+    );
+    let providers = &config.providers;
+    let stripe = Arc::new(stripe_connect::StripeDeps {
+        stripe: crate::providers::stripe::Stripe::new(providers.stripe.as_ref()),
+        http: deps.http.clone(),
+        pool: deps.pool.clone(),
+        outbound: outbound.clone(),
+    });
+    let ledger = Arc::new(send_ledger::SendLedger::default());
+    let send = |provider| email_send::SendDeps {
+        provider,
+        http: deps.http.clone(),
+        pool: deps.pool.clone(),
+        outbound: outbound.clone(),
+        ledger: ledger.clone(),
+    };
+    let posthog = posthog_capture::Collector::new(
+        crate::providers::posthog::Posthog::new(providers.posthog.as_ref()),
+        deps.http.clone(),
+        outbound.clone(),
+    );
+    let oauth = Arc::new(oauth::OAuthDeps::new(config, deps)?);
+    let keys = Arc::new(apikey::KeyDeps::new(config, deps));
+    Ok(vec![
+        handler::<email_send::MailgunSend>(send(email_send::EmailProvider::Mailgun(
+            crate::providers::mailgun::Mailgun::new(providers.mailgun.as_ref()),
+        ))),
+        handler::<email_send::SendgridSend>(send(email_send::EmailProvider::Sendgrid(
+            crate::providers::sendgrid::Sendgrid::new(providers.sendgrid.as_ref()),
+        ))),
+        handler::<stripe_connect::CreateAccount>(stripe.clone()),
+        handler::<stripe_connect::CreateAccountLink>(stripe),
+        handler::<posthog_capture::Capture>(posthog),
+        handler::<noop::Noop>(()),
+        handler::<http_request::HttpRequest>(deps.http.clone()),
+        handler::<maintenance::Prune>(maintenance::Retention::new(config, deps.pool.clone())),
+        handler::<mailgun_event::MailgunEvent>(deps.pool.clone()),
+        handler::<sendgrid_event::SendgridEvent>(deps.pool.clone()),
+        handler::<stripe_event::StripeEvent>(deps.pool.clone()),
+        handler::<oauth::Exchange>(oauth.clone()),
+        handler::<oauth::Refresh>(oauth.clone()),
+        handler::<oauth::Sweep>(oauth),
+        handler::<apikey::Rotate>(keys.clone()),
+        handler::<apikey::Revoke>(keys.clone()),
+        handler::<apikey::Sweep>(keys),
+    ])
+}
+
+/// `policy` with what a `[kinds."KIND"]` table sets.
+fn apply_override(policy: &mut KindPolicy, o: &crate::config::KindConfig) {
+    if let Some(q) = &o.queue {
+        policy.queue = q.clone();
+    }
+    if let Some(m) = o.max_attempts {
+        policy.max_attempts = i32::try_from(m).unwrap_or(i32::MAX);
+    }
+    if let Some(p) = o.priority {
+        policy.priority = p;
+    }
+    if let Some(t) = o.timeout {
+        policy.timeout = t;
+    }
+    if let Some(b) = o.backoff {
+        policy.backoff = b;
     }
 }
 
-/// Kind string → handler and effective policy.
+/// Kind string → its description (or its handler) and effective policy.
 #[derive(Clone)]
-pub struct Registry {
-    handlers: HashMap<&'static str, (Arc<dyn Handler>, KindPolicy)>,
+pub struct Catalog<H: ?Sized + Describe> {
+    entries: HashMap<&'static str, (Arc<H>, KindPolicy)>,
 }
 
-impl std::fmt::Debug for Registry {
+/// The kinds a caller may enqueue, with their policies: enough to check a job and to
+/// write `penguin.kinds`, without running anything.
+pub type Kinds = Catalog<dyn Describe>;
+
+/// The kinds a daemon runs: each with its handler, built with its dependencies.
+pub type Registry = Catalog<dyn Handler>;
+
+impl<H: ?Sized + Describe> std::fmt::Debug for Catalog<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry")
+        f.debug_struct("Catalog")
             .field("kinds", &self.kinds())
             .finish()
     }
 }
 
-impl Registry {
+impl Kinds {
     /// The built-in kinds with `config`'s overrides applied.
-    pub fn builtin(config: &Config, deps: &Deps) -> Result<Self, RegistryError> {
-        let outbound = outbound::Outbound::new(
-            outbound::ProviderLimits::from_config(config),
-            deps.pool.clone(),
-            deps.keyring.clone(),
-        );
-        let providers = &config.providers;
-        let stripe = Arc::new(crate::providers::stripe::Stripe::new(
-            providers.stripe.as_ref(),
-        ));
-        let ledger = Arc::new(send_ledger::SendLedger::default());
-        let send = |provider| {
-            email_send::EmailSend::new(
-                provider,
-                deps.http.clone(),
-                deps.pool.clone(),
-                outbound.clone(),
-                ledger.clone(),
-            )
-        };
-        let handlers: Vec<Arc<dyn Handler>> = vec![
-            Arc::new(send(email_send::EmailProvider::Mailgun(
-                crate::providers::mailgun::Mailgun::new(providers.mailgun.as_ref()),
-            ))),
-            Arc::new(send(email_send::EmailProvider::Sendgrid(
-                crate::providers::sendgrid::Sendgrid::new(providers.sendgrid.as_ref()),
-            ))),
-            Arc::new(stripe_connect::CreateAccount::new(
-                stripe.clone(),
-                deps.http.clone(),
-                deps.pool.clone(),
-                outbound.clone(),
-            )),
-            Arc::new(stripe_connect::CreateAccountLink::new(
-                stripe,
-                deps.http.clone(),
-                outbound.clone(),
-            )),
-            Arc::new(posthog_capture::Capture::new(
-                crate::providers::posthog::Posthog::new(providers.posthog.as_ref()),
-                deps.http.clone(),
-                outbound.clone(),
-            )),
-            Arc::new(noop::Noop),
-            Arc::new(http_request::HttpRequest::new(deps.http.clone())),
-            Arc::new(maintenance::Prune::new(config, deps.pool.clone())),
-            Arc::new(mailgun_event::handler(deps.pool.clone())),
-            Arc::new(sendgrid_event::handler(deps.pool.clone())),
-            Arc::new(stripe_event::StripeEvent::new(deps.pool.clone())),
-        ];
-        let mut handlers = handlers;
-        handlers.extend(oauth::handlers(config, deps)?);
-        handlers.extend(apikey::handlers(config, deps));
-        Self::new(handlers, &config.kinds)
+    pub fn builtin(config: &Config) -> Result<Self, RegistryError> {
+        let described = BUILTIN
+            .iter()
+            .map(|k| Arc::new(*k) as Arc<dyn Describe>)
+            .collect();
+        Self::new(described, &config.kinds)
     }
+}
 
-    /// A registry of `handlers`, with `overrides` (the `[kinds]` tables) applied; an
-    /// override naming no handler is an error.
+impl Registry {
+    /// The built-in kinds with `config`'s overrides applied, ready to run with `deps`.
+    pub fn builtin(config: &Config, deps: &Deps) -> Result<Self, RegistryError> {
+        let registry = Self::new(builtin_handlers(config, deps)?, &config.kinds)?;
+        let described = Kinds::builtin(config)?;
+        if registry.kinds() != described.kinds() {
+            return Err(RegistryError(format!(
+                "the built-in kinds ({}) and their handlers ({}) differ",
+                described.kinds().join(", "),
+                registry.kinds().join(", ")
+            )));
+        }
+        Ok(registry)
+    }
+}
+
+impl<H: ?Sized + Describe> Catalog<H> {
+    /// A catalog of `items`, with `overrides` (the `[kinds]` tables) applied; an override
+    /// naming no kind is an error.
     pub fn new(
-        handlers: Vec<Arc<dyn Handler>>,
+        items: Vec<Arc<H>>,
         overrides: &BTreeMap<String, crate::config::KindConfig>,
     ) -> Result<Self, RegistryError> {
-        let mut map = HashMap::new();
-        for handler in handlers {
-            let mut policy = handler.default_policy();
-            if let Some(o) = overrides.get(handler.kind()) {
-                if let Some(q) = &o.queue {
-                    policy.queue = q.clone();
-                }
-                if let Some(m) = o.max_attempts {
-                    policy.max_attempts = i32::try_from(m).unwrap_or(i32::MAX);
-                }
-                if let Some(p) = o.priority {
-                    policy.priority = p;
-                }
-                if let Some(t) = o.timeout {
-                    policy.timeout = t;
-                }
-                if let Some(b) = o.backoff {
-                    policy.backoff = b;
-                }
+        let mut entries = HashMap::new();
+        for item in items {
+            let mut policy = item.default_policy();
+            if let Some(o) = overrides.get(item.kind()) {
+                apply_override(&mut policy, o);
             }
-            map.insert(handler.kind(), (handler, policy));
+            entries.insert(item.kind(), (item, policy));
         }
-        let registry = Self { handlers: map };
+        let catalog = Self { entries };
         for kind in overrides.keys() {
-            if !registry.handlers.contains_key(kind.as_str()) {
+            if !catalog.entries.contains_key(kind.as_str()) {
                 return Err(RegistryError(format!(
                     "kinds.\"{kind}\": not a known job kind (known kinds: {})",
-                    registry.kinds().join(", ")
+                    catalog.kinds().join(", ")
                 )));
             }
         }
-        Ok(registry)
+        Ok(catalog)
     }
 
     /// Known kind strings, sorted.
     pub fn kinds(&self) -> Vec<&'static str> {
-        let mut kinds: Vec<_> = self.handlers.keys().copied().collect();
+        let mut kinds: Vec<_> = self.entries.keys().copied().collect();
         kinds.sort_unstable();
         kinds
     }
 
-    /// The handler and policy of `kind`.
-    pub fn get(&self, kind: &str) -> Option<&(Arc<dyn Handler>, KindPolicy)> {
-        self.handlers.get(kind)
+    /// The handler (or description) and policy of `kind`.
+    pub fn get(&self, kind: &str) -> Option<&(Arc<H>, KindPolicy)> {
+        self.entries.get(kind)
     }
 
     /// Queues that some kind is routed to.
     pub fn queues(&self) -> BTreeSet<String> {
-        self.handlers
+        self.entries
             .values()
             .map(|(_, p)| p.queue.clone())
             .collect()
@@ -438,7 +615,7 @@ impl Registry {
         self.kinds()
             .into_iter()
             .map(|kind| {
-                let (_, p) = &self.handlers[kind];
+                let (_, p) = &self.entries[kind];
                 KindDefaults {
                     kind: kind.to_string(),
                     queue: p.queue.clone(),
@@ -451,14 +628,13 @@ impl Registry {
 
     /// Checks a job before it is enqueued from Rust, the CLI or HTTP.
     pub fn check(&self, job: &NewJob) -> Result<(), EnqueueRefused> {
-        let Some((handler, _)) = self.handlers.get(job.kind.as_str()) else {
+        let Some((item, _)) = self.entries.get(job.kind.as_str()) else {
             return Err(EnqueueRefused::UnknownKind {
                 kind: job.kind.clone(),
                 known: self.kinds().join(", "),
             });
         };
-        handler
-            .validate(&job.payload)
+        item.validate(&job.payload)
             .map_err(|message| EnqueueRefused::BadPayload {
                 kind: job.kind.clone(),
                 message,

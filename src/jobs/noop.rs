@@ -2,24 +2,25 @@
 //!
 //! Must never do I/O: its cost is the runtime's own cost per job.
 
-use futures::future::BoxFuture;
+use serde::Deserialize;
 
-use super::{Attempt, Handler, JobContext};
+use super::{Attempt, JobContext, Kind};
 
-/// The `noop` kind.
+/// The `noop` kind: any payload, ignored.
 #[derive(Debug, Clone, Copy)]
 pub struct Noop;
 
-impl Handler for Noop {
-    fn kind(&self) -> &'static str {
-        "noop"
+impl<'de> Deserialize<'de> for Noop {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Noop)
     }
+}
 
-    fn validate(&self, _payload: &serde_json::Value) -> Result<(), String> {
-        Ok(())
-    }
+impl Kind for Noop {
+    const KIND: &'static str = "noop";
+    type Deps = ();
 
-    fn run(&self, _ctx: JobContext, _payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        Box::pin(std::future::ready(Ok(None)))
+    async fn run(self, _ctx: &JobContext, _deps: &()) -> Attempt {
+        Ok(None)
     }
 }

@@ -13,13 +13,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use super::{Attempt, JobContext, JobError, Kind, KindPolicy, NoPayload};
 use crate::config::{BackoffConfig, BackoffStrategy, Config};
 use crate::error_class::ErrorClass;
 use crate::providers::oauth::{self, Providers, TokenError};
@@ -41,7 +40,7 @@ pub const STALE_REFRESH: Duration = Duration::from_secs(300);
 /// What the OAuth kinds share.
 #[derive(Clone)]
 pub struct OAuthDeps {
-    pub pool: Option<PgPool>,
+    pub pool: PgPool,
     pub keyring: Option<Arc<Keyring>>,
     pub http: reqwest::Client,
     pub providers: Arc<Providers>,
@@ -60,12 +59,6 @@ impl OAuthDeps {
             ),
             refresh_ahead: config.oauth.refresh_ahead,
         })
-    }
-
-    fn pool(&self) -> Result<PgPool, JobError> {
-        self.pool
-            .clone()
-            .ok_or_else(|| config_error("no database pool given to the OAuth kinds"))
     }
 
     fn keyring(&self) -> Result<Arc<Keyring>, JobError> {
@@ -315,294 +308,278 @@ pub async fn begin_authorization(
 
 // ---------------------------------------------------------------- oauth.exchange
 
-/// The `oauth.exchange` kind.
-#[derive(Clone)]
-pub struct Exchange(pub OAuthDeps);
+/// The `oauth.exchange` kind: redeem the code stored with an authorization's state.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+pub struct Exchange {
+    state_id: Uuid,
+}
 
-impl Handler for Exchange {
-    fn kind(&self) -> &'static str {
-        EXCHANGE
+impl TryFrom<serde_json::Value> for Exchange {
+    type Error = String;
+    fn try_from(payload: serde_json::Value) -> Result<Self, String> {
+        Ok(Self {
+            state_id: uuid_field(&payload, "state_id")?,
+        })
     }
+}
 
-    fn default_policy(&self) -> KindPolicy {
+impl Kind for Exchange {
+    const KIND: &'static str = EXCHANGE;
+    type Deps = OAuthDeps;
+
+    fn policy() -> KindPolicy {
         // codes expire within minutes: a few quick tries
         policy(5, Duration::from_secs(60))
     }
 
-    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
-        uuid_field(payload, "state_id").map(|_| ())
+    async fn run(self, _ctx: &JobContext, deps: &OAuthDeps) -> Attempt {
+        let state = creds::get_state(&deps.pool, self.state_id)
+            .await?
+            .ok_or_else(|| JobError::bad_payload(format!("no oauth state {}", self.state_id)))?;
+        let Some(code_enc) = state.code_enc.clone() else {
+            return match state.connection_id {
+                Some(c) => Ok(Some(
+                    serde_json::json!({ "connection_id": c, "already": true }),
+                )),
+                None => Err(JobError::bad_payload(
+                    "this authorization has no code left to exchange",
+                )),
+            };
+        };
+        let exchange = Exchanging {
+            deps,
+            state: &state,
+        };
+        match exchange.redeem(&code_enc).await {
+            Ok(id) => {
+                creds::finish_state(&deps.pool, state.id, Some(id)).await?;
+                tracing::info!(provider = %state.provider, connection = %id, "oauth connection stored");
+                Ok(Some(serde_json::json!({ "connection_id": id })))
+            }
+            Err(Redeem::Retry(e)) => Err(e),
+            Err(Redeem::Spent(message, class)) => exchange.fail(message, class).await,
+        }
+    }
+}
+
+/// How redeeming a code failed.
+enum Redeem {
+    /// Try again (the provider was unreachable, or our database failed).
+    Retry(JobError),
+    /// The code cannot be redeemed: forget it and dead-letter the job.
+    Spent(String, ErrorClass),
+}
+
+impl From<JobError> for Redeem {
+    fn from(e: JobError) -> Self {
+        Redeem::Retry(e)
+    }
+}
+
+/// One authorization's code being redeemed.
+struct Exchanging<'a> {
+    deps: &'a OAuthDeps,
+    state: &'a creds::StateRow,
+}
+
+impl Exchanging<'_> {
+    /// Code → tokens → userinfo → stored connection; returns the connection's id.
+    async fn redeem(&self, code_enc: &str) -> Result<Uuid, Redeem> {
+        let (deps, state) = (self.deps, self.state);
+        let provider = deps
+            .providers
+            .get(&state.provider)
+            .map_err(|e| Redeem::Spent(e.to_string(), ErrorClass::Configuration))?;
+        // without the verifier the code can never be redeemed: end here, code forgotten
+        let keyring = deps.keyring().map_err(|_| {
+            Redeem::Spent(
+                SecretsError::NoMasterKey.to_string(),
+                ErrorClass::Configuration,
+            )
+        })?;
+        let open = |sealed: &str, column: &str| {
+            keyring
+                .decrypt(sealed, &sealed_aad("oauth_states", column, state.id))
+                .map_err(|e| Redeem::Spent(e.to_string(), ErrorClass::Configuration))
+        };
+        let verifier = open(&state.code_verifier_enc, "code_verifier_enc")?;
+        let code = open(code_enc, "code_enc")?;
+        let tokens = match oauth::exchange_code(
+            &deps.http,
+            &provider,
+            &code,
+            &state.redirect_uri,
+            &verifier,
+        )
+        .await
+        {
+            Ok(t) => t,
+            Err(TokenError::Call(c)) if c.retryable => return Err(Redeem::Retry(c.into())),
+            Err(TokenError::Call(c)) => return Err(Redeem::Spent(c.message, c.class)),
+            Err(TokenError::Reauthorize { message }) => {
+                return Err(Redeem::Spent(message, ErrorClass::Authentication));
+            }
+        };
+        let account = self.account(&provider, &tokens.access_token).await?;
+        let scopes = tokens
+            .scopes
+            .clone()
+            .unwrap_or_else(|| provider.scopes.clone());
+        let connection = NewConnection {
+            tenant_id: state.tenant_id,
+            provider: &state.provider,
+            account_id: &account.id,
+            account_email: account.email.as_deref(),
+            scopes: &scopes,
+            access_token: &tokens.access_token,
+            refresh_token: tokens.refresh_token.as_ref(),
+            expires_at: tokens.expires_at,
+        };
+        store_connection(&deps.pool, &keyring, &connection, "exchanged", Actor::Api)
+            .await
+            .map_err(|e| {
+                Redeem::Retry(match e {
+                    StoreError::Secrets(s) => JobError::from(s),
+                    StoreError::Queue(q) => JobError::from(q),
+                })
+            })
     }
 
-    fn run(&self, _ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        let deps = self.0.clone();
-        Box::pin(async move {
-            let state_id = uuid_field(&payload, "state_id").map_err(JobError::bad_payload)?;
-            let pool = deps.pool()?;
-            let state = creds::get_state(&pool, state_id)
-                .await?
-                .ok_or_else(|| JobError::bad_payload(format!("no oauth state {state_id}")))?;
-            let Some(code_enc) = state.code_enc.clone() else {
-                return match state.connection_id {
-                    Some(c) => Ok(Some(
-                        serde_json::json!({ "connection_id": c, "already": true }),
-                    )),
-                    None => Err(JobError::bad_payload(
-                        "this authorization has no code left to exchange",
-                    )),
-                };
-            };
-            let fail = |message: String, class: ErrorClass| {
-                let pool = pool.clone();
-                let state = state.clone();
-                async move {
-                    let mut tx = pool.begin().await?;
-                    creds::finish_state(&mut *tx, state.id, None).await?;
-                    creds::audit(
-                        &mut *tx,
-                        &AuditEvent {
-                            event: "exchange_failed",
-                            actor: Actor::Api,
-                            subject_type: "oauth_state",
-                            subject_id: Some(state.id.to_string()),
-                            tenant_id: Some(state.tenant_id),
-                            provider: Some(&state.provider),
-                            ok: false,
-                            detail: serde_json::json!({ "error": message }),
-                        },
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    Err::<Option<serde_json::Value>, _>(JobError::Fatal {
-                        class,
-                        message,
-                        status: None,
-                    })
+    /// The account the tokens belong to. The code is spent: userinfo gets a few tries
+    /// here rather than a job retry.
+    async fn account(
+        &self,
+        provider: &oauth::Provider,
+        access_token: &SecretString,
+    ) -> Result<oauth::Account, Redeem> {
+        let mut tries = 0;
+        let account = loop {
+            tries += 1;
+            match oauth::userinfo(&self.deps.http, provider, access_token).await {
+                Ok(a) => break a,
+                Err(e) if e.retryable && tries < 3 => {
+                    tokio::time::sleep(Duration::from_millis(500 * tries)).await;
                 }
-            };
-            let provider = match deps.providers.get(&state.provider) {
-                Ok(p) => p,
-                Err(e) => return fail(e.to_string(), ErrorClass::Configuration).await,
-            };
-            // without the verifier the code can never be redeemed: end here, code forgotten
-            let keyring = match deps.keyring() {
-                Ok(k) => k,
-                Err(_) => {
-                    return fail(
-                        SecretsError::NoMasterKey.to_string(),
-                        ErrorClass::Configuration,
-                    )
-                    .await;
+                Err(e) => {
+                    return Err(Redeem::Spent(
+                        format!("tokens received but {}; authorize again", e.message),
+                        e.class,
+                    ));
                 }
-            };
-            let verifier = match keyring.decrypt(
-                &state.code_verifier_enc,
-                &sealed_aad("oauth_states", "code_verifier_enc", state.id),
-            ) {
-                Ok(v) => v,
-                Err(e) => return fail(e.to_string(), ErrorClass::Configuration).await,
-            };
-            let code = match keyring
-                .decrypt(&code_enc, &sealed_aad("oauth_states", "code_enc", state.id))
-            {
-                Ok(c) => c,
-                Err(e) => return fail(e.to_string(), ErrorClass::Configuration).await,
-            };
-            let tokens = match oauth::exchange_code(
-                &deps.http,
-                &provider,
-                &code,
-                &state.redirect_uri,
-                &verifier,
-            )
-            .await
-            {
-                Ok(t) => t,
-                Err(TokenError::Call(c)) if c.retryable => return Err(c.into()),
-                Err(TokenError::Call(c)) => return fail(c.message, c.class).await,
-                Err(TokenError::Reauthorize { message }) => {
-                    return fail(message, ErrorClass::Authentication).await;
-                }
-            };
-            // the code is spent: userinfo gets a few tries here rather than a job retry
-            let mut tries = 0;
-            let account = loop {
-                tries += 1;
-                match oauth::userinfo(&deps.http, &provider, &tokens.access_token).await {
-                    Ok(a) => break a,
-                    Err(e) if e.retryable && tries < 3 => {
-                        tokio::time::sleep(Duration::from_millis(500 * tries)).await;
-                    }
-                    Err(e) => {
-                        return fail(
-                            format!("tokens received but {}; authorize again", e.message),
-                            e.class,
-                        )
-                        .await;
-                    }
-                }
-            };
-            let account = account.unwrap_or(oauth::Account {
-                id: format!("{}:{}", state.provider, state.tenant_id),
-                email: None,
-            });
-            let scopes = tokens
-                .scopes
-                .clone()
-                .unwrap_or_else(|| provider.scopes.clone());
-            let id = store_connection(
-                &pool,
-                &keyring,
-                &NewConnection {
-                    tenant_id: state.tenant_id,
-                    provider: &state.provider,
-                    account_id: &account.id,
-                    account_email: account.email.as_deref(),
-                    scopes: &scopes,
-                    access_token: &tokens.access_token,
-                    refresh_token: tokens.refresh_token.as_ref(),
-                    expires_at: tokens.expires_at,
-                },
-                "exchanged",
-                Actor::Api,
-            )
-            .await
-            .map_err(|e| match e {
-                StoreError::Secrets(s) => JobError::from(s),
-                StoreError::Queue(q) => JobError::from(q),
-            })?;
-            creds::finish_state(&pool, state.id, Some(id)).await?;
-            tracing::info!(provider = %state.provider, connection = %id, "oauth connection stored");
-            Ok(Some(serde_json::json!({ "connection_id": id })))
+            }
+        };
+        Ok(account.unwrap_or(oauth::Account {
+            id: format!("{}:{}", self.state.provider, self.state.tenant_id),
+            email: None,
+        }))
+    }
+
+    /// Forgets the code, audits the failure, and dead-letters the job.
+    async fn fail(&self, message: String, class: ErrorClass) -> Attempt {
+        let state = self.state;
+        let mut tx = self.deps.pool.begin().await?;
+        creds::finish_state(&mut *tx, state.id, None).await?;
+        creds::audit(
+            &mut *tx,
+            &AuditEvent {
+                event: "exchange_failed",
+                actor: Actor::Api,
+                subject_type: "oauth_state",
+                subject_id: Some(state.id.to_string()),
+                tenant_id: Some(state.tenant_id),
+                provider: Some(&state.provider),
+                ok: false,
+                detail: serde_json::json!({ "error": message }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Err(JobError::Fatal {
+            class,
+            message,
+            status: None,
         })
     }
 }
 
 // ---------------------------------------------------------------- oauth.refresh
 
-/// The `oauth.refresh` kind.
-#[derive(Clone)]
-pub struct Refresh(pub OAuthDeps);
+/// The `oauth.refresh` kind: renew one connection's tokens.
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+pub struct Refresh {
+    connection_id: Uuid,
+    actor: Actor,
+}
 
-impl Handler for Refresh {
-    fn kind(&self) -> &'static str {
-        REFRESH
+impl TryFrom<serde_json::Value> for Refresh {
+    type Error = String;
+    fn try_from(payload: serde_json::Value) -> Result<Self, String> {
+        Ok(Self {
+            connection_id: uuid_field(&payload, "connection_id")?,
+            actor: actor_of(&payload, Actor::Schedule),
+        })
     }
+}
 
-    fn default_policy(&self) -> KindPolicy {
+impl Kind for Refresh {
+    const KIND: &'static str = REFRESH;
+    type Deps = OAuthDeps;
+
+    fn policy() -> KindPolicy {
         policy(8, Duration::from_secs(60))
     }
 
-    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
-        uuid_field(payload, "connection_id").map(|_| ())
-    }
-
-    fn run(&self, _ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        let deps = self.0.clone();
-        Box::pin(async move {
-            let id = uuid_field(&payload, "connection_id").map_err(JobError::bad_payload)?;
-            let actor = actor_of(&payload, Actor::Schedule);
-            let pool = deps.pool()?;
-            let keyring = deps.keyring()?;
-            let Some(claim) =
-                creds::claim_refresh(&pool, id, deps.refresh_ahead, STALE_REFRESH).await?
-            else {
-                return Ok(Some(
-                    serde_json::json!({ "connection_id": id, "skipped": "not due" }),
-                ));
-            };
-            let ended = Ended {
-                pool: &pool,
-                id,
-                claim: &claim,
-                actor,
-            };
-            let provider = match deps.providers.get(&claim.provider) {
-                Ok(p) => p,
-                Err(e) => {
-                    return ended
-                        .permanent(e.to_string(), ErrorClass::Configuration)
-                        .await;
-                }
-            };
-            let Some(refresh_enc) = &claim.refresh_token_enc else {
+    async fn run(self, _ctx: &JobContext, deps: &OAuthDeps) -> Attempt {
+        let (id, pool) = (self.connection_id, &deps.pool);
+        let keyring = deps.keyring()?;
+        let Some(claim) = creds::claim_refresh(pool, id, deps.refresh_ahead, STALE_REFRESH).await?
+        else {
+            return Ok(Some(
+                serde_json::json!({ "connection_id": id, "skipped": "not due" }),
+            ));
+        };
+        let ended = Ended {
+            pool,
+            id,
+            claim: &claim,
+            actor: self.actor,
+        };
+        let provider = match deps.providers.get(&claim.provider) {
+            Ok(p) => p,
+            Err(e) => {
                 return ended
-                    .permanent(
-                        "the connection has no refresh token".into(),
-                        ErrorClass::Authentication,
-                    )
+                    .permanent(e.to_string(), ErrorClass::Configuration)
                     .await;
-            };
-            let refresh_token = match keyring.decrypt(
-                refresh_enc,
-                &sealed_aad("oauth_connections", "refresh_token_enc", id),
-            ) {
-                Ok(t) => t,
-                Err(e) => return ended.retry(JobError::from(e)).await,
-            };
-            let tokens = match oauth::refresh(&deps.http, &provider, &refresh_token).await {
-                Ok(t) => t,
-                Err(TokenError::Reauthorize { message }) => {
-                    return ended.permanent(message, ErrorClass::Authentication).await;
-                }
-                Err(TokenError::Call(c)) if c.retryable => {
-                    return ended.retry(c.into()).await;
-                }
-                Err(TokenError::Call(c)) => return ended.permanent(c.message, c.class).await,
-            };
-            let seal = |value: &SecretString, column: &str| {
-                keyring.encrypt(
-                    value.expose_secret(),
-                    &sealed_aad("oauth_connections", column, id),
-                )
-            };
-            let access = seal(&tokens.access_token, "access_token_enc")?;
-            let rotated = tokens
-                .refresh_token
-                .as_ref()
-                .map(|r| seal(r, "refresh_token_enc"))
-                .transpose()?;
-            let mut tx = pool.begin().await?;
-            let stored = creds::store_refresh(
-                &mut tx,
-                id,
-                claim.claim,
-                &access,
-                rotated.as_deref(),
-                tokens.expires_at,
-                tokens.scopes.as_deref(),
-            )
-            .await?;
-            if !stored {
-                // another refresh took over after ours was considered dead
-                return Ok(Some(
-                    serde_json::json!({ "connection_id": id, "skipped": "claim lost" }),
-                ));
             }
-            creds::audit(
-                &mut *tx,
-                &AuditEvent {
-                    event: "refreshed",
-                    actor,
-                    subject_type: "oauth_connection",
-                    subject_id: Some(id.to_string()),
-                    tenant_id: Some(claim.tenant_id),
-                    provider: Some(&claim.provider),
-                    ok: true,
-                    detail: serde_json::json!({
-                        "expires_at": tokens.expires_at,
-                        "refresh_token_rotated": rotated.is_some(),
-                    }),
-                },
-            )
-            .await?;
-            tx.commit().await?;
-            tracing::info!(provider = %claim.provider, connection = %id, rotated = rotated.is_some(), "oauth tokens refreshed");
-            Ok(Some(serde_json::json!({
-                "connection_id": id,
-                "expires_at": tokens.expires_at,
-                "refresh_token_rotated": rotated.is_some(),
-            })))
-        })
+        };
+        let Some(refresh_enc) = &claim.refresh_token_enc else {
+            return ended
+                .permanent(
+                    "the connection has no refresh token".into(),
+                    ErrorClass::Authentication,
+                )
+                .await;
+        };
+        let refresh_token = match keyring.decrypt(
+            refresh_enc,
+            &sealed_aad("oauth_connections", "refresh_token_enc", id),
+        ) {
+            Ok(t) => t,
+            Err(e) => return ended.retry(JobError::from(e)).await,
+        };
+        let tokens = match oauth::refresh(&deps.http, &provider, &refresh_token).await {
+            Ok(t) => t,
+            Err(TokenError::Reauthorize { message }) => {
+                return ended.permanent(message, ErrorClass::Authentication).await;
+            }
+            Err(TokenError::Call(c)) if c.retryable => {
+                return ended.retry(c.into()).await;
+            }
+            Err(TokenError::Call(c)) => return ended.permanent(c.message, c.class).await,
+        };
+        ended.store(&keyring, &tokens).await
     }
 }
 
@@ -615,6 +592,65 @@ struct Ended<'a> {
 }
 
 impl Ended<'_> {
+    /// Stores the new tokens (and a rotated refresh token) with their audit row, if the
+    /// claim still holds.
+    async fn store(&self, keyring: &Keyring, tokens: &oauth::Tokens) -> Attempt {
+        let id = self.id;
+        let seal = |value: &SecretString, column: &str| {
+            keyring.encrypt(
+                value.expose_secret(),
+                &sealed_aad("oauth_connections", column, id),
+            )
+        };
+        let access = seal(&tokens.access_token, "access_token_enc")?;
+        let rotated = tokens
+            .refresh_token
+            .as_ref()
+            .map(|r| seal(r, "refresh_token_enc"))
+            .transpose()?;
+        let mut tx = self.pool.begin().await?;
+        let stored = creds::store_refresh(
+            &mut tx,
+            id,
+            self.claim.claim,
+            &access,
+            rotated.as_deref(),
+            tokens.expires_at,
+            tokens.scopes.as_deref(),
+        )
+        .await?;
+        if !stored {
+            // another refresh took over after ours was considered dead
+            return Ok(Some(
+                serde_json::json!({ "connection_id": id, "skipped": "claim lost" }),
+            ));
+        }
+        creds::audit(
+            &mut *tx,
+            &AuditEvent {
+                event: "refreshed",
+                actor: self.actor,
+                subject_type: "oauth_connection",
+                subject_id: Some(id.to_string()),
+                tenant_id: Some(self.claim.tenant_id),
+                provider: Some(&self.claim.provider),
+                ok: true,
+                detail: serde_json::json!({
+                    "expires_at": tokens.expires_at,
+                    "refresh_token_rotated": rotated.is_some(),
+                }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(provider = %self.claim.provider, connection = %id, rotated = rotated.is_some(), "oauth tokens refreshed");
+        Ok(Some(serde_json::json!({
+            "connection_id": id,
+            "expires_at": tokens.expires_at,
+            "refresh_token_rotated": rotated.is_some(),
+        })))
+    }
+
     /// Back to `active` with the error; the job retries (or dead-letters, if `error` is fatal).
     async fn retry(&self, error: JobError) -> Attempt {
         let message = match &error {
@@ -701,9 +737,10 @@ impl Ended<'_> {
 
 // ---------------------------------------------------------------- oauth.refresh_sweep
 
-/// The `oauth.refresh_sweep` kind.
-#[derive(Clone)]
-pub struct Sweep(pub OAuthDeps);
+/// The `oauth.refresh_sweep` kind (no payload).
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub struct Sweep(NoPayload);
 
 /// Enqueues `oauth.refresh` for every connection due within `ahead` (unique per
 /// connection); returns how many jobs were created (not deduplicated).
@@ -727,41 +764,16 @@ pub async fn sweep(pool: &PgPool, ahead: Duration) -> Result<usize, queue::Error
     Ok(done.iter().filter(|e| e.created).count())
 }
 
-impl Handler for Sweep {
-    fn kind(&self) -> &'static str {
-        SWEEP
-    }
+impl Kind for Sweep {
+    const KIND: &'static str = SWEEP;
+    type Deps = OAuthDeps;
 
-    fn default_policy(&self) -> KindPolicy {
+    fn policy() -> KindPolicy {
         policy(3, Duration::from_secs(60))
     }
 
-    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
-        match payload.as_object() {
-            Some(o) if o.is_empty() => Ok(()),
-            _ => Err("takes no payload (use {})".into()),
-        }
+    async fn run(self, _ctx: &JobContext, deps: &OAuthDeps) -> Attempt {
+        let n = sweep(&deps.pool, deps.refresh_ahead).await?;
+        Ok(Some(serde_json::json!({ "enqueued": n })))
     }
-
-    fn run(&self, _ctx: JobContext, _payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        let deps = self.0.clone();
-        Box::pin(async move {
-            let pool = deps.pool()?;
-            let n = sweep(&pool, deps.refresh_ahead).await?;
-            Ok(Some(serde_json::json!({ "enqueued": n })))
-        })
-    }
-}
-
-/// The OAuth kinds of the registry.
-pub fn handlers(
-    config: &Config,
-    deps: &super::Deps,
-) -> Result<Vec<Arc<dyn Handler>>, super::RegistryError> {
-    let d = OAuthDeps::new(config, deps)?;
-    Ok(vec![
-        Arc::new(Exchange(d.clone())),
-        Arc::new(Refresh(d.clone())),
-        Arc::new(Sweep(d)),
-    ])
 }

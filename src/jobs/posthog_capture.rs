@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::future::BoxFuture;
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::outbound::Outbound;
-use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use super::{Attempt, JobContext, JobError, Kind, KindPolicy};
 use crate::error_class::ErrorClass;
 use crate::providers::posthog::{CaptureEvent, MAX_BATCH, Posthog};
 
@@ -27,16 +26,21 @@ const GATHER: Duration = Duration::from_millis(5);
 
 type Submission = (serde_json::Value, oneshot::Sender<Result<(), JobError>>);
 
-/// The `posthog.capture` kind.
-#[derive(Clone)]
-pub struct Capture {
+/// The `posthog.capture` kind: one event.
+#[derive(Debug, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Capture(CaptureEvent);
+
+/// What `posthog.capture` needs: the collector task that batches events (started by the
+/// first capture).
+pub struct Collector {
     posthog: Arc<Posthog>,
     http: reqwest::Client,
     outbound: Arc<Outbound>,
     collector: Arc<OnceCell<mpsc::Sender<Submission>>>,
 }
 
-impl Capture {
+impl Collector {
     pub fn new(posthog: Posthog, http: reqwest::Client, outbound: Arc<Outbound>) -> Self {
         Self {
             posthog: Arc::new(posthog),
@@ -134,12 +138,11 @@ async fn collect(
     }
 }
 
-impl Handler for Capture {
-    fn kind(&self) -> &'static str {
-        "posthog.capture"
-    }
+impl Kind for Capture {
+    const KIND: &'static str = "posthog.capture";
+    type Deps = Collector;
 
-    fn default_policy(&self) -> KindPolicy {
+    fn policy() -> KindPolicy {
         KindPolicy {
             queue: "default".into(),
             timeout: Duration::from_secs(30),
@@ -147,24 +150,18 @@ impl Handler for Capture {
         }
     }
 
-    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
-        CaptureEvent::from_payload(payload).map(|_| ())
+    fn validate(&self) -> Result<(), String> {
+        self.0.check()
     }
 
-    fn run(&self, ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        let this = self.clone();
-        Box::pin(async move {
-            let event = CaptureEvent::from_payload(&payload).map_err(JobError::bad_payload)?;
-            let item = event.to_batch_item(event_uuid(ctx.id), Utc::now());
-            this.submit(
-                item,
-                ctx.timeout
-                    .saturating_sub(Duration::from_secs(1))
-                    .max(Duration::from_secs(1)),
-            )
-            .await?;
-            Ok(Some(serde_json::json!({ "outcome": "captured" })))
-        })
+    async fn run(self, ctx: &JobContext, collector: &Collector) -> Attempt {
+        let item = self.0.to_batch_item(event_uuid(ctx.id), Utc::now());
+        let timeout = ctx
+            .timeout
+            .saturating_sub(Duration::from_secs(1))
+            .max(Duration::from_secs(1));
+        collector.submit(item, timeout).await?;
+        Ok(Some(serde_json::json!({ "outcome": "captured" })))
     }
 }
 

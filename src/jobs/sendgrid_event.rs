@@ -14,15 +14,31 @@
 
 use sqlx::PgPool;
 
-use super::inbound::{EmailWebhook, Parsed, address, id_at, str_at};
+use super::inbound::{
+    InboundEventRef, Parsed, address, email_webhook, id_at, str_at, webhook_policy,
+};
+use super::{Attempt, JobContext, Kind, KindPolicy};
 use crate::queue::email::{EmailEvent, EmailStatus, InboundEvent, SuppressionReason};
 
 /// The provider name in `penguin.inbound_events`.
 const PROVIDER: &str = "sendgrid";
 
-/// The `sendgrid.event` kind.
-pub fn handler(pool: Option<PgPool>) -> EmailWebhook {
-    EmailWebhook::new("sendgrid.event", PROVIDER, parse, pool)
+/// The `sendgrid.event` kind: one stored SendGrid event.
+#[derive(Debug, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SendgridEvent(InboundEventRef);
+
+impl Kind for SendgridEvent {
+    const KIND: &'static str = "sendgrid.event";
+    type Deps = PgPool;
+
+    fn policy() -> KindPolicy {
+        webhook_policy()
+    }
+
+    async fn run(self, ctx: &JobContext, pool: &PgPool) -> Attempt {
+        email_webhook(self.0, ctx, pool, PROVIDER, parse).await
+    }
 }
 
 /// Parses one SendGrid event object.

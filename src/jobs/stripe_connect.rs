@@ -10,14 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::outbound::Outbound;
-use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use super::{Attempt, JobContext, JobError, Kind, KindPolicy};
 use crate::error_class::ErrorClass;
-use crate::providers::http::configuration_error;
 use crate::providers::stripe::Stripe;
 use crate::queue::payments::record_created_account;
 
@@ -26,9 +24,10 @@ pub fn idempotency_key(kind: &str, job_id: i64) -> String {
     format!("penguin-jobs:{kind}:{job_id}")
 }
 
+/// `stripe.account.create`: an Express account for a tenant.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AccountPayload {
+pub struct CreateAccount {
     email: String,
     /// ISO 3166-1 alpha-2.
     country: String,
@@ -36,8 +35,7 @@ struct AccountPayload {
     tenant_id: Option<uuid::Uuid>,
 }
 
-fn account_payload(payload: &serde_json::Value) -> Result<AccountPayload, String> {
-    let p: AccountPayload = serde_json::from_value(payload.clone()).map_err(|e| e.to_string())?;
+fn check_account(p: &CreateAccount) -> Result<(), String> {
     if !(p.country.len() == 2 && p.country.bytes().all(|b| b.is_ascii_uppercase())) {
         return Err(format!(
             "country: {:?} is not a two-letter country code like \"US\"",
@@ -50,19 +48,19 @@ fn account_payload(payload: &serde_json::Value) -> Result<AccountPayload, String
     {
         return Err(format!("email: {:?} is not an email address", p.email));
     }
-    Ok(p)
+    Ok(())
 }
 
+/// `stripe.account_link.create`: the onboarding link of an account.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LinkPayload {
+pub struct CreateAccountLink {
     account: String,
     refresh_url: String,
     return_url: String,
 }
 
-fn link_payload(payload: &serde_json::Value) -> Result<LinkPayload, String> {
-    let p: LinkPayload = serde_json::from_value(payload.clone()).map_err(|e| e.to_string())?;
+fn check_link(p: &CreateAccountLink) -> Result<(), String> {
     if !p.account.starts_with("acct_") || p.account.len() < 6 {
         return Err(format!(
             "account: {:?} is not a Stripe account id (acct_...)",
@@ -78,114 +76,70 @@ fn link_payload(payload: &serde_json::Value) -> Result<LinkPayload, String> {
             _ => return Err(format!("{field}: {url:?} is not an http(s) URL")),
         }
     }
-    Ok(p)
+    Ok(())
 }
 
-/// `stripe.account.create`.
-#[derive(Clone)]
-pub struct CreateAccount {
-    stripe: Arc<Stripe>,
-    http: reqwest::Client,
-    pool: Option<sqlx::PgPool>,
-    outbound: Arc<Outbound>,
+/// What the Stripe Connect kinds need.
+pub struct StripeDeps {
+    pub stripe: Stripe,
+    pub http: reqwest::Client,
+    pub pool: sqlx::PgPool,
+    pub outbound: Arc<Outbound>,
 }
 
-impl CreateAccount {
-    pub fn new(
-        stripe: Arc<Stripe>,
-        http: reqwest::Client,
-        pool: Option<sqlx::PgPool>,
-        outbound: Arc<Outbound>,
-    ) -> Self {
-        Self {
-            stripe,
-            http,
-            pool,
-            outbound,
-        }
-    }
-}
+impl Kind for CreateAccount {
+    const KIND: &'static str = "stripe.account.create";
+    type Deps = StripeDeps;
 
-impl Handler for CreateAccount {
-    fn kind(&self) -> &'static str {
-        "stripe.account.create"
-    }
-
-    fn default_policy(&self) -> KindPolicy {
+    fn policy() -> KindPolicy {
         KindPolicy {
             timeout: Duration::from_secs(30),
             ..KindPolicy::default()
         }
     }
 
-    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
-        account_payload(payload).map(|_| ())
+    fn validate(&self) -> Result<(), String> {
+        check_account(self)
     }
 
-    fn run(&self, ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        let this = self.clone();
-        Box::pin(async move {
-            let p = account_payload(&payload).map_err(JobError::bad_payload)?;
-            let Some(pool) = &this.pool else {
-                return Err(configuration_error("this registry has no database").into());
-            };
-            let tenant = p.tenant_id.or(ctx.tenant_id);
-            let tenant_text = tenant.map(|t| t.to_string());
-            let form = Stripe::account_form(&p.email, &p.country, tenant_text.as_deref());
-            let key = idempotency_key("stripe.account.create", ctx.id);
-            let account = this
-                .outbound
-                .call(
-                    "stripe",
-                    "stripe.account.create",
-                    this.stripe.configured_key(),
-                    async |secret| {
-                        this.stripe
-                            .create_account(&this.http, secret, &form, &key, ctx.call_timeout())
-                            .await
-                    },
-                )
-                .await?;
-            record_created_account(pool, &account.id, tenant)
-                .await
-                .map_err(|e| JobError::Retryable {
-                    // the retry repeats the idempotency key: Stripe answers with the same account
-                    class: ErrorClass::Database,
-                    message: format!("account {} created but not stored: {e}", account.id),
-                    status: None,
-                    not_before: None,
-                })?;
-            Ok(Some(json!({ "account": account.id, "tenant_id": tenant })))
-        })
+    async fn run(self, ctx: &JobContext, deps: &StripeDeps) -> Attempt {
+        let tenant = self.tenant_id.or(ctx.tenant_id);
+        let tenant_text = tenant.map(|t| t.to_string());
+        let form = Stripe::account_form(&self.email, &self.country, tenant_text.as_deref());
+        let key = idempotency_key(Self::KIND, ctx.id);
+        let account = deps
+            .outbound
+            .call(
+                "stripe",
+                Self::KIND,
+                deps.stripe.configured_key(),
+                async |secret| {
+                    deps.stripe
+                        .create_account(&deps.http, secret, &form, &key, ctx.call_timeout())
+                        .await
+                },
+            )
+            .await?;
+        record_created_account(&deps.pool, &account.id, tenant)
+            .await
+            .map_err(|e| JobError::Retryable {
+                // the retry repeats the idempotency key: Stripe answers with the same account
+                class: ErrorClass::Database,
+                message: format!("account {} created but not stored: {e}", account.id),
+                status: None,
+                not_before: None,
+            })?;
+        Ok(Some(json!({ "account": account.id, "tenant_id": tenant })))
     }
 }
 
-/// `stripe.account_link.create`.
-#[derive(Clone)]
-pub struct CreateAccountLink {
-    stripe: Arc<Stripe>,
-    http: reqwest::Client,
-    outbound: Arc<Outbound>,
-}
-
-impl CreateAccountLink {
-    pub fn new(stripe: Arc<Stripe>, http: reqwest::Client, outbound: Arc<Outbound>) -> Self {
-        Self {
-            stripe,
-            http,
-            outbound,
-        }
-    }
-}
-
-impl Handler for CreateAccountLink {
-    fn kind(&self) -> &'static str {
-        "stripe.account_link.create"
-    }
+impl Kind for CreateAccountLink {
+    const KIND: &'static str = "stripe.account_link.create";
+    type Deps = StripeDeps;
 
     /// A user is waiting on the other end: runs before everything of default priority,
     /// with a short timeout and few attempts (a link is only useful for minutes).
-    fn default_policy(&self) -> KindPolicy {
+    fn policy() -> KindPolicy {
         KindPolicy {
             priority: -100,
             max_attempts: 5,
@@ -199,47 +153,46 @@ impl Handler for CreateAccountLink {
         }
     }
 
-    fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
-        link_payload(payload).map(|_| ())
+    fn validate(&self) -> Result<(), String> {
+        check_link(self)
     }
 
-    fn run(&self, ctx: JobContext, payload: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        let this = self.clone();
-        Box::pin(async move {
-            let p = link_payload(&payload).map_err(JobError::bad_payload)?;
-            let form = Stripe::account_link_form(&p.account, &p.refresh_url, &p.return_url);
-            let key = idempotency_key("stripe.account_link.create", ctx.id);
-            let link = this
-                .outbound
-                .call(
-                    "stripe",
-                    "stripe.account_link.create",
-                    this.stripe.configured_key(),
-                    async |secret| {
-                        this.stripe
-                            .create_account_link(
-                                &this.http,
-                                secret,
-                                &form,
-                                &key,
-                                ctx.call_timeout(),
-                            )
-                            .await
-                    },
-                )
-                .await?;
-            Ok(Some(json!({
-                "account": p.account,
-                "url": link.url,
-                "expires_at": link.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            })))
-        })
+    async fn run(self, ctx: &JobContext, deps: &StripeDeps) -> Attempt {
+        let form = Stripe::account_link_form(&self.account, &self.refresh_url, &self.return_url);
+        let key = idempotency_key(Self::KIND, ctx.id);
+        let link = deps
+            .outbound
+            .call(
+                "stripe",
+                Self::KIND,
+                deps.stripe.configured_key(),
+                async |secret| {
+                    deps.stripe
+                        .create_account_link(&deps.http, secret, &form, &key, ctx.call_timeout())
+                        .await
+                },
+            )
+            .await?;
+        Ok(Some(json!({
+            "account": self.account,
+            "url": link.url,
+            "expires_at": link.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::decode;
+
+    fn account_payload(p: &serde_json::Value) -> Result<CreateAccount, String> {
+        decode(p)
+    }
+
+    fn link_payload(p: &serde_json::Value) -> Result<CreateAccountLink, String> {
+        decode(p)
+    }
 
     #[test]
     fn payloads_are_checked() {

@@ -17,14 +17,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::inbound::{
-    ignore_unknown, inbound_event_id, load_inbound, require_pool, str_at, webhook_policy,
-};
-use super::{Attempt, Handler, JobContext, JobError, KindPolicy};
+use super::inbound::{InboundEventRef, ignore_unknown, load_inbound, str_at, webhook_policy};
+use super::{Attempt, JobContext, JobError, Kind, KindPolicy};
 use crate::queue::payments::{
     self, AccountFlags, AccountUpdate, InboundEvent, InvoiceUpdate, PaymentStatus, PaymentUpdate,
     SubscriptionStatus,
@@ -33,58 +30,42 @@ use crate::queue::payments::{
 /// The provider name in `penguin.inbound_events`.
 const PROVIDER: &str = "stripe";
 
-/// The `stripe.event` kind.
-#[derive(Debug, Clone)]
-pub struct StripeEvent {
-    pool: Option<PgPool>,
-}
+/// The `stripe.event` kind: one stored Stripe event.
+#[derive(Debug, serde::Deserialize)]
+#[serde(transparent)]
+pub struct StripeEvent(InboundEventRef);
 
-impl StripeEvent {
-    pub fn new(pool: Option<PgPool>) -> Self {
-        Self { pool }
-    }
-}
+impl Kind for StripeEvent {
+    const KIND: &'static str = "stripe.event";
+    type Deps = PgPool;
 
-impl Handler for StripeEvent {
-    fn kind(&self) -> &'static str {
-        "stripe.event"
-    }
-
-    fn default_policy(&self) -> KindPolicy {
+    fn policy() -> KindPolicy {
         webhook_policy()
     }
 
-    fn validate(&self, payload: &Value) -> Result<(), String> {
-        inbound_event_id(payload).map(|_| ())
-    }
-
-    fn run(&self, ctx: JobContext, payload: Value) -> BoxFuture<'static, Attempt> {
-        let pool = self.pool.clone();
-        Box::pin(async move {
-            let pool = require_pool(pool, PROVIDER)?;
-            let inbound = load_inbound(&pool, &payload, PROVIDER).await?;
-            let (effect, changed) = match parse(&inbound).map_err(JobError::bad_payload)? {
-                Parsed::Payment(p) => ("payment", payments::upsert_payment(&pool, &p).await?),
-                Parsed::Invoice(i) => ("invoice", payments::upsert_invoice(&pool, &i).await?),
-                Parsed::Account(a) => (
-                    "connect_account",
-                    payments::apply_account_update(&pool, &a).await?,
-                ),
-                Parsed::Unknown(event_type) => {
-                    return ignore_unknown(&pool, &ctx, PROVIDER, &event_type).await;
-                }
-            };
-            tracing::info!(
-                job.id = ctx.id, provider = PROVIDER, inbound_event_id = inbound.id,
-                event_type = ?inbound.event_type, effect, changed, "stripe event processed"
-            );
-            Ok(Some(if changed {
-                json!({ "effects": [effect] })
-            } else {
-                // an older event than the one stored, or this very event again
-                json!({ "effects": [], "skipped": "stale_or_duplicate" })
-            }))
-        })
+    async fn run(self, ctx: &JobContext, pool: &PgPool) -> Attempt {
+        let inbound = load_inbound(pool, self.0, PROVIDER).await?;
+        let (effect, changed) = match parse(&inbound).map_err(JobError::bad_payload)? {
+            Parsed::Payment(p) => ("payment", payments::upsert_payment(pool, &p).await?),
+            Parsed::Invoice(i) => ("invoice", payments::upsert_invoice(pool, &i).await?),
+            Parsed::Account(a) => (
+                "connect_account",
+                payments::apply_account_update(pool, &a).await?,
+            ),
+            Parsed::Unknown(event_type) => {
+                return ignore_unknown(pool, ctx, PROVIDER, &event_type).await;
+            }
+        };
+        tracing::info!(
+            job.id = ctx.id, provider = PROVIDER, inbound_event_id = inbound.id,
+            event_type = ?inbound.event_type, effect, changed, "stripe event processed"
+        );
+        Ok(Some(if changed {
+            json!({ "effects": [effect] })
+        } else {
+            // an older event than the one stored, or this very event again
+            json!({ "effects": [], "skipped": "stale_or_duplicate" })
+        }))
     }
 }
 

@@ -90,7 +90,7 @@ impl Email {
         }
     }
 
-    fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), String> {
         check_address("from", &self.from)?;
         if self.to.is_empty() {
             return Err("to: give at least one recipient".into());

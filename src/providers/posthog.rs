@@ -47,16 +47,22 @@ impl CaptureEvent {
     /// Parses and checks a job payload.
     pub fn from_payload(payload: &Value) -> Result<Self, String> {
         let e: CaptureEvent = serde_json::from_value(payload.clone()).map_err(|e| e.to_string())?;
-        if e.event.trim().is_empty() || e.event.len() > 200 {
+        e.check()?;
+        Ok(e)
+    }
+
+    /// Checks what the payload's shape does not: lengths and empty ids.
+    pub fn check(&self) -> Result<(), String> {
+        if self.event.trim().is_empty() || self.event.len() > 200 {
             return Err("event: give a name of 1-200 characters".into());
         }
-        if e.distinct_id.trim().is_empty() || e.distinct_id.len() > 200 {
+        if self.distinct_id.trim().is_empty() || self.distinct_id.len() > 200 {
             return Err("distinct_id: give an id of 1-200 characters".into());
         }
-        if e.organization_id.as_deref().is_some_and(str::is_empty) {
+        if self.organization_id.as_deref().is_some_and(str::is_empty) {
             return Err("organization_id must not be empty".into());
         }
-        Ok(e)
+        Ok(())
     }
 
     /// The event as PostHog's batch API takes it. `uuid` makes a resent event a duplicate

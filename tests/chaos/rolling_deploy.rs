@@ -7,26 +7,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
-use penguin_jobs::jobs::{Attempt, Handler, JobContext, Registry, noop::Noop};
+use penguin_jobs::jobs::{Attempt, JobContext, Kind, Registry, handler, noop::Noop};
 use penguin_jobs::queue::{self, NewJob};
 use serde_json::json;
 
 use crate::support;
 use crate::support::daemon::{config, count, start_runtime_with, wait_for};
 
-/// The kind only the new daemon knows.
-struct NewKind;
+/// The kind only the new daemon knows (a JSON object, ignored).
+#[derive(serde::Deserialize)]
+struct NewKind {}
 
-impl Handler for NewKind {
-    fn kind(&self) -> &'static str {
-        "deploy.new_kind"
-    }
-    fn validate(&self, _: &serde_json::Value) -> Result<(), String> {
-        Ok(())
-    }
-    fn run(&self, _: JobContext, _: serde_json::Value) -> BoxFuture<'static, Attempt> {
-        Box::pin(std::future::ready(Ok(None)))
+impl Kind for NewKind {
+    const KIND: &'static str = "deploy.new_kind";
+    type Deps = ();
+    async fn run(self, _: &JobContext, _: &()) -> Attempt {
+        Ok(None)
     }
 }
 
@@ -35,9 +31,13 @@ const CONFIG: &str = "[daemon]\npoll_interval = \"100ms\"\nlease = \"3s\"\nrescu
 #[tokio::test]
 async fn a_rolling_deploy_dead_letters_no_job_of_the_new_kind() {
     let db = support::test_db().await;
-    let old = Arc::new(Registry::new(vec![Arc::new(Noop)], &Default::default()).unwrap());
+    let old = Arc::new(Registry::new(vec![handler::<Noop>(())], &Default::default()).unwrap());
     let new = Arc::new(
-        Registry::new(vec![Arc::new(Noop), Arc::new(NewKind)], &Default::default()).unwrap(),
+        Registry::new(
+            vec![handler::<Noop>(()), handler::<NewKind>(())],
+            &Default::default(),
+        )
+        .unwrap(),
     );
     // the new release migrated first: its kinds are enqueueable
     queue::sync_kinds(&db.pool, &new.kind_defaults())

@@ -35,9 +35,8 @@ pub fn master_key_file(dir: &TempDir, name: &str) -> (MasterKey, String) {
 
 /// The built-in registry with the database and master keys, its kinds registered.
 pub async fn registry(pool: &PgPool, config: &Config, keyring: &Keyring) -> Arc<Registry> {
-    let deps = Deps::new()
+    let deps = Deps::new(pool.clone())
         .unwrap()
-        .with_pool(pool.clone())
         .with_keyring(Some(keyring.clone()));
     let registry = Registry::builtin(config, &deps).expect("registry");
     queue::sync_kinds(pool, &registry.kind_defaults())

@@ -23,7 +23,7 @@ pub fn config(toml: &str) -> Config {
 
 /// The built-in registry under `config`, with its kinds written to `penguin.kinds`.
 pub async fn register_kinds(pool: &PgPool, config: &Config) -> Arc<Registry> {
-    let deps = Deps::new().unwrap().with_pool(pool.clone());
+    let deps = Deps::new(pool.clone()).unwrap();
     let registry = Registry::builtin(config, &deps).expect("registry");
     queue::sync_kinds(pool, &registry.kind_defaults())
         .await
