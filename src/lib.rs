@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod embedded_pg;
 pub mod error_class;
 pub mod http;

@@ -7,8 +7,10 @@ mod support;
 use std::process::Output;
 use std::time::Duration;
 
-use penguin_jobs::jobs::apikey::{self, KeyMeta, active_key};
-use penguin_jobs::queue::{self, credentials as creds, credentials::Actor};
+use penguin_jobs::credentials::keys::{self as apikey, KeyMeta, active_key};
+use penguin_jobs::credentials::{self as creds, Actor};
+use penguin_jobs::jobs::apikey::sweep;
+use penguin_jobs::queue;
 use penguin_jobs::secrets::Keyring;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -465,18 +467,14 @@ async fn the_daily_sweep_enqueues_due_rotations_once_and_overdue_revocations() {
     .await
     .unwrap();
     support::credentials::registry(&w.db.pool, &support::daemon::config(&w.toml), &w.keyring).await;
-    assert_eq!(
-        apikey::sweep(&w.db.pool).await.unwrap(),
-        0,
-        "nothing due yet"
-    );
+    assert_eq!(sweep(&w.db.pool).await.unwrap(), 0, "nothing due yet");
     sqlx::query("update penguin.api_keys set rotate_after = now() - interval '1 minute' where provider = 'acme'")
         .execute(&w.db.pool)
         .await
         .unwrap();
-    assert_eq!(apikey::sweep(&w.db.pool).await.unwrap(), 1);
+    assert_eq!(sweep(&w.db.pool).await.unwrap(), 1);
     assert_eq!(
-        apikey::sweep(&w.db.pool).await.unwrap(),
+        sweep(&w.db.pool).await.unwrap(),
         0,
         "unique per provider and environment"
     );
@@ -495,7 +493,7 @@ async fn the_daily_sweep_enqueues_due_rotations_once_and_overdue_revocations() {
         .execute(&w.db.pool)
         .await
         .unwrap();
-    apikey::sweep(&w.db.pool).await.unwrap();
+    sweep(&w.db.pool).await.unwrap();
     assert_eq!(
         count(
             &w.db.pool,
@@ -519,7 +517,7 @@ async fn the_daily_sweep_enqueues_due_rotations_once_and_overdue_revocations() {
         .execute(&w.db.pool)
         .await
         .unwrap();
-    assert_eq!(apikey::sweep(&w.db.pool).await.unwrap(), 1);
+    assert_eq!(sweep(&w.db.pool).await.unwrap(), 1);
     assert_eq!(
         count(
             &w.db.pool,

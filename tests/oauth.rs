@@ -7,10 +7,11 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use penguin_jobs::credentials::connections::{access_token, begin_authorization};
+use penguin_jobs::credentials::{self as creds, Actor, sealed_aad};
 use penguin_jobs::http::{AppState, serve_on};
-use penguin_jobs::jobs::oauth::{self as oauth_jobs, begin_authorization};
+use penguin_jobs::jobs::oauth::sweep;
 use penguin_jobs::providers::oauth::Providers;
-use penguin_jobs::queue::credentials::{self as creds, Actor, sealed_aad};
 use penguin_jobs::secrets::{Keyring, sha256_hex};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
@@ -144,7 +145,7 @@ impl World {
     }
 
     async fn access_token(&self, id: Uuid) -> String {
-        oauth_jobs::access_token(&self.db.pool, &self.keyring, id)
+        access_token(&self.db.pool, &self.keyring, id)
             .await
             .unwrap()
             .unwrap()
@@ -386,15 +387,15 @@ async fn refresh_stores_a_rotated_refresh_token_and_keeps_the_old_one_when_none_
     let id = w.connect("acme", Uuid::new_v4()).await;
     let ahead = Duration::from_secs(600);
     // not due yet (the server issues one-hour tokens)
-    assert_eq!(oauth_jobs::sweep(&w.db.pool, ahead).await.unwrap(), 0);
+    assert_eq!(sweep(&w.db.pool, ahead).await.unwrap(), 0);
 
     // like Microsoft: every refresh rotates the refresh token
     let first_refresh = w.refresh_token(id).await;
     let first_access = w.access_token(id).await;
     w.make_due(id).await;
-    assert_eq!(oauth_jobs::sweep(&w.db.pool, ahead).await.unwrap(), 1);
+    assert_eq!(sweep(&w.db.pool, ahead).await.unwrap(), 1);
     assert_eq!(
-        oauth_jobs::sweep(&w.db.pool, ahead).await.unwrap(),
+        sweep(&w.db.pool, ahead).await.unwrap(),
         0,
         "unique per connection"
     );
@@ -437,7 +438,7 @@ async fn refresh_stores_a_rotated_refresh_token_and_keeps_the_old_one_when_none_
         .await;
     let access_before = w.access_token(id).await;
     w.make_due(id).await;
-    assert_eq!(oauth_jobs::sweep(&w.db.pool, ahead).await.unwrap(), 1);
+    assert_eq!(sweep(&w.db.pool, ahead).await.unwrap(), 1);
     wait_for_kind_finished(&w.db.pool, "oauth.refresh", 2, LIMIT).await;
     assert_eq!(w.refresh_token(id).await, second_refresh);
     assert_ne!(w.access_token(id).await, access_before);
@@ -468,9 +469,7 @@ async fn a_revoked_grant_requires_reauthorization_raises_an_alert_and_is_not_ret
         .control("revoke", serde_json::json!({"user": "user-1"}))
         .await;
     w.make_due(id).await;
-    oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
-        .await
-        .unwrap();
+    sweep(&w.db.pool, Duration::from_secs(600)).await.unwrap();
     wait_for_kind_finished(&w.db.pool, "oauth.refresh", 1, LIMIT).await;
 
     let c = creds::get_connection(&w.db.pool, id)
@@ -528,9 +527,7 @@ async fn a_revoked_grant_requires_reauthorization_raises_an_alert_and_is_not_ret
     );
     // the sweep leaves it alone from now on
     assert_eq!(
-        oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
-            .await
-            .unwrap(),
+        sweep(&w.db.pool, Duration::from_secs(600)).await.unwrap(),
         0
     );
     // connecting the account again makes it active
@@ -555,9 +552,7 @@ async fn outages_and_temporarily_unavailable_are_retried_until_the_refresh_succe
         )
         .await;
     w.make_due(id).await;
-    oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
-        .await
-        .unwrap();
+    sweep(&w.db.pool, Duration::from_secs(600)).await.unwrap();
     wait_for_kind_finished(&w.db.pool, "oauth.refresh", 1, LIMIT).await;
     let (state, attempt, errors): (String, i32, serde_json::Value) = sqlx::query_as(
         "select state, attempt, errors from penguin.jobs where kind = 'oauth.refresh'",
@@ -732,13 +727,11 @@ async fn a_disconnected_connection_is_no_longer_refreshed_and_old_states_are_for
     );
     w.make_due(id).await;
     assert_eq!(
-        oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
-            .await
-            .unwrap(),
+        sweep(&w.db.pool, Duration::from_secs(600)).await.unwrap(),
         0
     );
     assert!(
-        oauth_jobs::access_token(&w.db.pool, &w.keyring, id)
+        access_token(&w.db.pool, &w.keyring, id)
             .await
             .unwrap()
             .is_none()
@@ -753,9 +746,7 @@ async fn a_disconnected_connection_is_no_longer_refreshed_and_old_states_are_for
         .execute(&w.db.pool)
         .await
         .unwrap();
-    oauth_jobs::sweep(&w.db.pool, Duration::from_secs(600))
-        .await
-        .unwrap();
+    sweep(&w.db.pool, Duration::from_secs(600)).await.unwrap();
     assert_eq!(
         count(&w.db.pool, "select count(*) from penguin.oauth_states").await,
         0

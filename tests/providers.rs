@@ -963,15 +963,15 @@ async fn an_active_key_in_api_keys_is_used_instead_of_the_configured_one() {
     let keyring =
         penguin_jobs::secrets::Keyring::new(penguin_jobs::secrets::MasterKey::generate(), vec![]);
     let stored = secrecy::SecretString::from("SG.stored-and-rotated-key-9876543210".to_string());
-    penguin_jobs::jobs::apikey::set_key(
+    penguin_jobs::credentials::keys::set_key(
         &db.pool,
         &keyring,
         "sendgrid",
         "production",
         &stored,
-        &penguin_jobs::jobs::apikey::KeyMeta::default(),
+        &penguin_jobs::credentials::keys::KeyMeta::default(),
         Duration::from_secs(86_400),
-        penguin_jobs::queue::credentials::Actor::Cli,
+        penguin_jobs::credentials::Actor::Cli,
     )
     .await
     .unwrap();

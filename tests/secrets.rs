@@ -8,9 +8,11 @@ mod support;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use penguin_jobs::jobs::apikey::{self, KeyMeta};
-use penguin_jobs::jobs::oauth::{self as oauth_jobs, NewConnection, store_connection};
-use penguin_jobs::queue::credentials::{self as creds, Actor, AuditEvent, sealed_aad};
+use penguin_jobs::credentials::connections::{self as oauth_jobs, NewConnection, store_connection};
+use penguin_jobs::credentials::keys::{self as apikey, KeyMeta};
+use penguin_jobs::credentials::{
+    self as creds, Actor, AuditAction, AuditEvent, Subject, sealed_aad,
+};
 use penguin_jobs::secrets::{Keyring, SecretsError};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -82,7 +84,7 @@ async fn rotating_the_master_key_rewraps_every_secret_online_and_keeps_it_readab
             refresh_token: Some(&refresh),
             expires_at: None,
         },
-        "stored",
+        AuditAction::Stored,
         Actor::Cli,
     )
     .await
@@ -286,9 +288,9 @@ async fn without_a_master_key_credentials_are_refused_and_nothing_is_stored() {
 async fn the_audit_log_refuses_update_delete_and_truncate() {
     let db = support::test_db().await;
     let event = AuditEvent {
-        event: "stored",
+        event: AuditAction::Stored,
         actor: Actor::Cli,
-        subject_type: "api_key",
+        subject_type: Subject::ApiKey,
         subject_id: Some("k".into()),
         tenant_id: None,
         provider: Some("stripe"),

@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use super::{Embedded, connect, print_record, registry, user_error};
 use crate::config::Config;
-use crate::jobs::apikey::{self, DEFAULT_ENVIRONMENT};
+use crate::credentials::keys::{self as apikey, DEFAULT_ENVIRONMENT};
+use crate::credentials::{self as creds, Actor};
 use crate::providers::oauth::Providers;
-use crate::queue::credentials::{self as creds, Actor, AuditEvent, SEALED_COLUMNS};
 use crate::queue::{self};
 use crate::secrets::{self, Keyring, MasterKey, SecretsError};
 
@@ -159,7 +159,7 @@ pub(super) async fn oauth(config: &Config, cmd: OauthCommand) -> anyhow::Result<
             };
             let keyring = keyring(config)?;
             let (pool, _) = connect(config, Embedded::Attach).await?;
-            let url = crate::jobs::oauth::begin_authorization(
+            let url = crate::credentials::connections::begin_authorization(
                 &pool,
                 &keyring,
                 &p,
@@ -169,17 +169,17 @@ pub(super) async fn oauth(config: &Config, cmd: OauthCommand) -> anyhow::Result<
             )
             .await
             .map_err(|e| match e {
-                crate::jobs::oauth::StoreError::Queue(q) => user_error(q),
+                crate::credentials::connections::StoreError::Queue(q) => user_error(q),
                 other => other.into(),
             })?;
             println!("{url}");
         }
         OauthCommand::Disconnect { id } => {
             let (pool, _) = connect(config, Embedded::Attach).await?;
-            let done = crate::jobs::oauth::disconnect(&pool, id, Actor::Cli)
+            let done = crate::credentials::connections::disconnect(&pool, id, Actor::Cli)
                 .await
                 .map_err(|e| match e {
-                    crate::jobs::oauth::StoreError::Queue(q) => user_error(q),
+                    crate::credentials::connections::StoreError::Queue(q) => user_error(q),
                     other => other.into(),
                 })?;
             if !done {
@@ -397,49 +397,12 @@ pub(super) async fn secrets(config: &Config, cmd: SecretsCommand) -> anyhow::Res
             let keyring = keyring(config)?;
             let new = MasterKey::from_ref("--new-key", &new_key)?;
             let (pool, _) = connect(config, Embedded::Attach).await?;
-            let before = creds::sealed_key_ids(&pool).await.map_err(user_error)?;
-            let mut moved = 0u64;
-            for (table, column) in SEALED_COLUMNS {
-                // a ciphertext a refresh replaced meanwhile is read again on the next pass
-                for _pass in 0..1000 {
-                    let batch = creds::sealed_not_under(&pool, table, column, new.id(), 500)
-                        .await
-                        .map_err(user_error)?;
-                    if batch.is_empty() {
-                        break;
-                    }
-                    for sealed in &batch {
-                        let aad = creds::sealed_aad(table, column, sealed.id);
-                        let rewrapped = keyring.rewrap(&sealed.value, &aad, &new)?;
-                        if creds::replace_sealed(&pool, sealed, &rewrapped)
-                            .await
-                            .map_err(user_error)?
-                        {
-                            moved += 1;
-                        }
-                    }
-                }
-            }
-            let from: Vec<&str> = before
-                .iter()
-                .map(|(k, _)| k.as_str())
-                .filter(|k| *k != new.id())
-                .collect();
-            creds::audit(
-                &pool,
-                &AuditEvent {
-                    event: "master_key_rotated",
-                    actor: Actor::Cli,
-                    subject_type: "master_key",
-                    subject_id: Some(new.id().to_string()),
-                    tenant_id: None,
-                    provider: None,
-                    ok: true,
-                    detail: serde_json::json!({ "from": from, "to": new.id(), "rewrapped": moved }),
-                },
-            )
-            .await
-            .map_err(user_error)?;
+            let moved = creds::rewrap_all(&pool, &keyring, &new, Actor::Cli)
+                .await
+                .map_err(|e| match e {
+                    crate::credentials::connections::StoreError::Queue(q) => user_error(q),
+                    other => other.into(),
+                })?;
             println!(
                 "{moved} secrets re-wrapped under master key {}; set [secrets] master_key (or {}) to the new key, \
                  keeping the old one in [secrets] previous_master_keys until every daemon runs with the new one",

@@ -13,8 +13,9 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 
 use super::AppState;
+use crate::credentials::connections::seal_code;
+use crate::credentials::consume_state;
 use crate::queue::NewJob;
-use crate::queue::credentials::{consume_state, sealed_aad};
 
 /// The kind the callback enqueues.
 pub const EXCHANGE_KIND: &str = "oauth.exchange";
@@ -75,8 +76,7 @@ pub async fn callback(
         &provider,
         &state_hash,
         |state_id| match (code_kept, &keyring) {
-            (Some(code), Some(keyring)) => keyring
-                .encrypt(code, &sealed_aad("oauth_states", "code_enc", state_id))
+            (Some(code), Some(keyring)) => seal_code(keyring, state_id, code)
                 .map(Some)
                 .map_err(|e| e.to_string()),
             _ => Ok(None),

@@ -97,6 +97,18 @@ impl From<crate::secrets::SecretsError> for JobError {
     }
 }
 
+/// A credential that cannot be stored or opened: a database failure is retried, a sealing
+/// failure is our configuration's.
+impl From<crate::credentials::connections::StoreError> for JobError {
+    fn from(e: crate::credentials::connections::StoreError) -> Self {
+        use crate::credentials::connections::StoreError;
+        match e {
+            StoreError::Queue(q) => q.into(),
+            StoreError::Secrets(s) => s.into(),
+        }
+    }
+}
+
 impl From<CallError> for JobError {
     fn from(e: CallError) -> Self {
         if e.retryable {

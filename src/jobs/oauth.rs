@@ -13,18 +13,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{Attempt, JobContext, JobError, Kind, KindPolicy, NoPayload};
 use crate::config::{BackoffConfig, BackoffStrategy, Config};
+use crate::credentials::connections::{self, NewConnection};
+use crate::credentials::{self as creds, Actor, AuditAction};
 use crate::error_class::ErrorClass;
 use crate::providers::oauth::{self, Providers, TokenError};
-use crate::queue::credentials::{
-    self as creds, Actor, AuditEvent, ConnectionWrite, NewAlert, sealed_aad,
-};
 use crate::queue::{self, NewJob};
 use crate::secrets::{Keyring, SecretsError};
 
@@ -128,184 +127,6 @@ fn actor_of(payload: &serde_json::Value, default: Actor) -> Actor {
         .unwrap_or(default)
 }
 
-/// A connection to store directly (an import, or tests), tokens in plaintext here only.
-pub struct NewConnection<'a> {
-    pub tenant_id: Uuid,
-    pub provider: &'a str,
-    pub account_id: &'a str,
-    pub account_email: Option<&'a str>,
-    pub scopes: &'a [String],
-    pub access_token: &'a SecretString,
-    pub refresh_token: Option<&'a SecretString>,
-    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// Encrypts and stores a connection (insert, or replace the tokens of the same tenant,
-/// provider and account) with its audit row (`event`), in one transaction; returns its id.
-pub async fn store_connection(
-    pool: &PgPool,
-    keyring: &Keyring,
-    c: &NewConnection<'_>,
-    event: &str,
-    actor: Actor,
-) -> Result<Uuid, StoreError> {
-    let mut tx = pool.begin().await.map_err(queue::Error::from)?;
-    let id = creds::lock_connection_of(&mut tx, c.tenant_id, c.provider, c.account_id)
-        .await?
-        .unwrap_or_else(Uuid::new_v4);
-    let access = keyring.encrypt(
-        c.access_token.expose_secret(),
-        &sealed_aad("oauth_connections", "access_token_enc", id),
-    )?;
-    let refresh = c
-        .refresh_token
-        .map(|r| {
-            keyring.encrypt(
-                r.expose_secret(),
-                &sealed_aad("oauth_connections", "refresh_token_enc", id),
-            )
-        })
-        .transpose()?;
-    creds::upsert_connection(
-        &mut tx,
-        &ConnectionWrite {
-            id,
-            tenant_id: c.tenant_id,
-            provider: c.provider,
-            account_id: c.account_id,
-            account_email: c.account_email,
-            scopes: c.scopes,
-            access_token_enc: &access,
-            refresh_token_enc: refresh.as_deref(),
-            expires_at: c.expires_at,
-        },
-    )
-    .await?;
-    creds::audit(
-        &mut *tx,
-        &AuditEvent {
-            event,
-            actor,
-            subject_type: "oauth_connection",
-            subject_id: Some(id.to_string()),
-            tenant_id: Some(c.tenant_id),
-            provider: Some(c.provider),
-            ok: true,
-            detail: serde_json::json!({
-                "account_id": c.account_id,
-                "scopes": c.scopes,
-                "expires_at": c.expires_at,
-                "refresh_token": c.refresh_token.is_some(),
-            }),
-        },
-    )
-    .await?;
-    tx.commit().await.map_err(queue::Error::from)?;
-    Ok(id)
-}
-
-/// Why [`store_connection`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Secrets(#[from] SecretsError),
-    #[error(transparent)]
-    Queue(#[from] queue::Error),
-}
-
-/// The decrypted access token of a live connection, for jobs calling the provider's API.
-pub async fn access_token(
-    pool: &PgPool,
-    keyring: &Keyring,
-    connection_id: Uuid,
-) -> Result<Option<SecretString>, StoreError> {
-    let Some(enc) = creds::access_token_enc(pool, connection_id).await? else {
-        return Ok(None);
-    };
-    Ok(Some(keyring.decrypt(
-        &enc,
-        &sealed_aad("oauth_connections", "access_token_enc", connection_id),
-    )?))
-}
-
-/// Marks a connection `revoked` (the tenant disconnected it) with its audit row; the
-/// sweep no longer refreshes it. `false`: no such live connection.
-pub async fn disconnect(pool: &PgPool, id: Uuid, actor: Actor) -> Result<bool, StoreError> {
-    let mut tx = pool.begin().await.map_err(queue::Error::from)?;
-    if !creds::revoke_connection(&mut tx, id).await? {
-        return Ok(false);
-    }
-    let info = creds::get_connection_in(&mut tx, id).await?;
-    creds::audit(
-        &mut *tx,
-        &AuditEvent {
-            event: "connection_revoked",
-            actor,
-            subject_type: "oauth_connection",
-            subject_id: Some(id.to_string()),
-            tenant_id: info.as_ref().map(|c| c.tenant_id),
-            provider: info.as_ref().map(|c| c.provider.as_str()),
-            ok: true,
-            detail: serde_json::json!({}),
-        },
-    )
-    .await?;
-    tx.commit().await.map_err(queue::Error::from)?;
-    Ok(true)
-}
-
-/// How long an authorization link (its `state`) stays usable.
-pub const STATE_TTL: Duration = Duration::from_secs(600);
-
-/// Starts a connection: stores a single-use state (hashed; usable for [`STATE_TTL`]) with
-/// its encrypted PKCE verifier, and returns the URL to send the user to.
-pub async fn begin_authorization(
-    pool: &PgPool,
-    keyring: &Keyring,
-    provider: &oauth::Provider,
-    tenant_id: Uuid,
-    redirect_uri: &str,
-    actor: Actor,
-) -> Result<reqwest::Url, StoreError> {
-    let parsed = reqwest::Url::parse(redirect_uri).map_err(|e| {
-        StoreError::Queue(queue::Error::Invalid(format!(
-            "redirect URI {redirect_uri:?} is not a URL: {e}"
-        )))
-    })?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(StoreError::Queue(queue::Error::Invalid(format!(
-            "redirect URI {redirect_uri:?} must be http(s)"
-        ))));
-    }
-    let state = crate::secrets::random_token(32);
-    let verifier = crate::secrets::random_token(48);
-    let id = Uuid::new_v4();
-    let verifier_enc = keyring.encrypt(
-        verifier.expose_secret(),
-        &sealed_aad("oauth_states", "code_verifier_enc", id),
-    )?;
-    let hash = crate::secrets::sha256_hex(state.expose_secret());
-    creds::insert_state(
-        pool,
-        &creds::NewState {
-            id,
-            state_hash: &hash,
-            provider: &provider.name,
-            tenant_id,
-            redirect_uri,
-            code_verifier_enc: &verifier_enc,
-            ttl: STATE_TTL,
-        },
-        actor,
-    )
-    .await?;
-    Ok(provider.authorization_url(
-        redirect_uri,
-        &state,
-        &crate::secrets::pkce_challenge(&verifier),
-    ))
-}
-
 // ---------------------------------------------------------------- oauth.exchange
 
 /// The `oauth.exchange` kind: redeem the code stored with an authorization's state.
@@ -398,13 +219,8 @@ impl Exchanging<'_> {
                 ErrorClass::Configuration,
             )
         })?;
-        let open = |sealed: &str, column: &str| {
-            keyring
-                .decrypt(sealed, &sealed_aad("oauth_states", column, state.id))
-                .map_err(|e| Redeem::Spent(e.to_string(), ErrorClass::Configuration))
-        };
-        let verifier = open(&state.code_verifier_enc, "code_verifier_enc")?;
-        let code = open(code_enc, "code_enc")?;
+        let (verifier, code) = connections::open_authorization(&keyring, state, code_enc)
+            .map_err(|e| Redeem::Spent(e.to_string(), ErrorClass::Configuration))?;
         let tokens = match oauth::exchange_code(
             &deps.http,
             &provider,
@@ -436,14 +252,15 @@ impl Exchanging<'_> {
             refresh_token: tokens.refresh_token.as_ref(),
             expires_at: tokens.expires_at,
         };
-        store_connection(&deps.pool, &keyring, &connection, "exchanged", Actor::Api)
-            .await
-            .map_err(|e| {
-                Redeem::Retry(match e {
-                    StoreError::Secrets(s) => JobError::from(s),
-                    StoreError::Queue(q) => JobError::from(q),
-                })
-            })
+        connections::store_connection(
+            &deps.pool,
+            &keyring,
+            &connection,
+            AuditAction::Exchanged,
+            Actor::Api,
+        )
+        .await
+        .map_err(|e| Redeem::Retry(e.into()))
     }
 
     /// The account the tokens belong to. The code is spent: userinfo gets a few tries
@@ -477,24 +294,7 @@ impl Exchanging<'_> {
 
     /// Forgets the code, audits the failure, and dead-letters the job.
     async fn fail(&self, message: String, class: ErrorClass) -> Attempt {
-        let state = self.state;
-        let mut tx = self.deps.pool.begin().await?;
-        creds::finish_state(&mut *tx, state.id, None).await?;
-        creds::audit(
-            &mut *tx,
-            &AuditEvent {
-                event: "exchange_failed",
-                actor: Actor::Api,
-                subject_type: "oauth_state",
-                subject_id: Some(state.id.to_string()),
-                tenant_id: Some(state.tenant_id),
-                provider: Some(&state.provider),
-                ok: false,
-                detail: serde_json::json!({ "error": message }),
-            },
-        )
-        .await?;
-        tx.commit().await?;
+        connections::fail_exchange(&self.deps.pool, self.state, &message).await?;
         Err(JobError::Fatal {
             class,
             message,
@@ -554,19 +354,16 @@ impl Kind for Refresh {
                     .await;
             }
         };
-        let Some(refresh_enc) = &claim.refresh_token_enc else {
-            return ended
-                .permanent(
-                    "the connection has no refresh token".into(),
-                    ErrorClass::Authentication,
-                )
-                .await;
-        };
-        let refresh_token = match keyring.decrypt(
-            refresh_enc,
-            &sealed_aad("oauth_connections", "refresh_token_enc", id),
-        ) {
-            Ok(t) => t,
+        let refresh_token = match connections::refresh_token(&keyring, &claim, id) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return ended
+                    .permanent(
+                        "the connection has no refresh token".into(),
+                        ErrorClass::Authentication,
+                    )
+                    .await;
+            }
             Err(e) => return ended.retry(JobError::from(e)).await,
         };
         let tokens = match oauth::refresh(&deps.http, &provider, &refresh_token).await {
@@ -596,58 +393,26 @@ impl Ended<'_> {
     /// claim still holds.
     async fn store(&self, keyring: &Keyring, tokens: &oauth::Tokens) -> Attempt {
         let id = self.id;
-        let seal = |value: &SecretString, column: &str| {
-            keyring.encrypt(
-                value.expose_secret(),
-                &sealed_aad("oauth_connections", column, id),
-            )
+        let refreshed = connections::RefreshedTokens {
+            access_token: &tokens.access_token,
+            refresh_token: tokens.refresh_token.as_ref(),
+            expires_at: tokens.expires_at,
+            scopes: tokens.scopes.as_deref(),
         };
-        let access = seal(&tokens.access_token, "access_token_enc")?;
-        let rotated = tokens
-            .refresh_token
-            .as_ref()
-            .map(|r| seal(r, "refresh_token_enc"))
-            .transpose()?;
-        let mut tx = self.pool.begin().await?;
-        let stored = creds::store_refresh(
-            &mut tx,
-            id,
-            self.claim.claim,
-            &access,
-            rotated.as_deref(),
-            tokens.expires_at,
-            tokens.scopes.as_deref(),
-        )
-        .await?;
-        if !stored {
+        if !connections::store_refreshed(self.pool, keyring, id, self.claim, &refreshed, self.actor)
+            .await?
+        {
             // another refresh took over after ours was considered dead
             return Ok(Some(
                 serde_json::json!({ "connection_id": id, "skipped": "claim lost" }),
             ));
         }
-        creds::audit(
-            &mut *tx,
-            &AuditEvent {
-                event: "refreshed",
-                actor: self.actor,
-                subject_type: "oauth_connection",
-                subject_id: Some(id.to_string()),
-                tenant_id: Some(self.claim.tenant_id),
-                provider: Some(&self.claim.provider),
-                ok: true,
-                detail: serde_json::json!({
-                    "expires_at": tokens.expires_at,
-                    "refresh_token_rotated": rotated.is_some(),
-                }),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        tracing::info!(provider = %self.claim.provider, connection = %id, rotated = rotated.is_some(), "oauth tokens refreshed");
+        let rotated = tokens.refresh_token.is_some();
+        tracing::info!(provider = %self.claim.provider, connection = %id, rotated, "oauth tokens refreshed");
         Ok(Some(serde_json::json!({
             "connection_id": id,
             "expires_at": tokens.expires_at,
-            "refresh_token_rotated": rotated.is_some(),
+            "refresh_token_rotated": rotated,
         })))
     }
 
@@ -660,45 +425,17 @@ impl Ended<'_> {
             JobError::Cancel { message } => message.clone(),
             JobError::Snooze { .. } => String::new(),
         };
-        let mut tx = self.pool.begin().await?;
-        creds::end_refresh(&mut tx, self.id, self.claim.claim, "active", &message).await?;
-        self.audit(&mut tx, "refresh_failed", &message, true)
-            .await?;
-        tx.commit().await?;
+        connections::end_failed_refresh(
+            self.pool, self.id, self.claim, self.actor, &message, false,
+        )
+        .await?;
         Err(error)
     }
 
     /// `reauth_required`, an alert, and a dead letter: only the tenant can fix this.
     async fn permanent(&self, message: String, class: ErrorClass) -> Attempt {
-        let mut tx = self.pool.begin().await?;
-        creds::end_refresh(
-            &mut tx,
-            self.id,
-            self.claim.claim,
-            "reauth_required",
-            &message,
-        )
-        .await?;
-        self.audit(&mut tx, "refresh_failed", &message, false)
+        connections::end_failed_refresh(self.pool, self.id, self.claim, self.actor, &message, true)
             .await?;
-        self.audit(&mut tx, "reauth_required", &message, false)
-            .await?;
-        creds::raise_alert(
-            &mut *tx,
-            &NewAlert {
-                kind: "oauth_reauth_required",
-                subject_type: "oauth_connection",
-                subject_id: Some(self.id.to_string()),
-                tenant_id: Some(self.claim.tenant_id),
-                provider: Some(&self.claim.provider),
-                message: format!(
-                    "the {} connection {} must be authorized again: {message}",
-                    self.claim.provider, self.id
-                ),
-            },
-        )
-        .await?;
-        tx.commit().await?;
         tracing::warn!(
             provider = %self.claim.provider, connection = %self.id, error = %message,
             "oauth grant unusable: connection needs re-authorization"
@@ -708,30 +445,6 @@ impl Ended<'_> {
             message,
             status: None,
         })
-    }
-
-    async fn audit(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        event: &str,
-        message: &str,
-        retry: bool,
-    ) -> Result<(), JobError> {
-        creds::audit(
-            tx,
-            &AuditEvent {
-                event,
-                actor: self.actor,
-                subject_type: "oauth_connection",
-                subject_id: Some(self.id.to_string()),
-                tenant_id: Some(self.claim.tenant_id),
-                provider: Some(&self.claim.provider),
-                ok: false,
-                detail: serde_json::json!({ "error": message, "will_retry": retry }),
-            },
-        )
-        .await
-        .map_err(JobError::from)
     }
 }
 

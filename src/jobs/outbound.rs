@@ -215,11 +215,11 @@ impl Outbound {
         let stored = match cached {
             Some(key) => key,
             None => {
-                let key = match super::apikey::active_key(
+                let key = match crate::credentials::keys::active_key(
                     pool,
                     keyring,
                     provider,
-                    super::apikey::DEFAULT_ENVIRONMENT,
+                    crate::credentials::keys::DEFAULT_ENVIRONMENT,
                 )
                 .await
                 {

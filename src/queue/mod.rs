@@ -7,7 +7,6 @@
 
 pub mod admin;
 pub mod claim;
-pub mod credentials;
 pub mod daemons;
 pub mod email;
 pub mod enqueue;

@@ -5,9 +5,9 @@ use super::*;
 /// One audit log row to append. Never put a secret in `detail`.
 #[derive(Debug, Clone)]
 pub struct AuditEvent<'a> {
-    pub event: &'a str,
+    pub event: AuditAction,
     pub actor: Actor,
-    pub subject_type: &'a str,
+    pub subject_type: Subject,
     pub subject_id: Option<String>,
     pub tenant_id: Option<Uuid>,
     pub provider: Option<&'a str>,
@@ -23,9 +23,9 @@ pub async fn audit<'e>(executor: impl PgExecutor<'e>, e: &AuditEvent<'_>) -> Res
              (event, actor, subject_type, subject_id, tenant_id, provider, outcome, detail)
          values ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(e.event)
+    .bind(e.event.as_str())
     .bind(e.actor.as_str())
-    .bind(e.subject_type)
+    .bind(e.subject_type.as_str())
     .bind(&e.subject_id)
     .bind(e.tenant_id)
     .bind(e.provider)

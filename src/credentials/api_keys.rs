@@ -66,7 +66,7 @@ pub struct SealedApiKey {
 
 /// The active key of `provider` in `environment`, read at call time by provider jobs
 /// (decrypt it with [`crate::secrets::Keyring::decrypt`] and
-/// [`api_key_aad`], or use `jobs::apikey::active_key`).
+/// [`api_key_aad`], or use `credentials::keys::active_key`).
 pub async fn active_api_key<'e>(
     executor: impl PgExecutor<'e>,
     provider: &str,

@@ -5,8 +5,8 @@ use super::*;
 /// An alert for operators.
 #[derive(Debug, Clone)]
 pub struct NewAlert<'a> {
-    pub kind: &'a str,
-    pub subject_type: &'a str,
+    pub kind: AlertKind,
+    pub subject_type: Subject,
     pub subject_id: Option<String>,
     pub tenant_id: Option<Uuid>,
     pub provider: Option<&'a str>,
@@ -19,8 +19,8 @@ pub async fn raise_alert<'e>(executor: impl PgExecutor<'e>, a: &NewAlert<'_>) ->
         "insert into penguin.alerts (kind, subject_type, subject_id, tenant_id, provider, message)
          values ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(a.kind)
-    .bind(a.subject_type)
+    .bind(a.kind.as_str())
+    .bind(a.subject_type.as_str())
     .bind(&a.subject_id)
     .bind(a.tenant_id)
     .bind(a.provider)

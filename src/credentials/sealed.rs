@@ -94,3 +94,52 @@ pub async fn sealed_key_ids(pool: &PgPool) -> Result<Vec<(String, i64)>, Error> 
     .fetch_all(pool)
     .await?)
 }
+
+/// Re-wraps every secret not sealed under `new` (its data key is sealed again; the
+/// ciphertext of the secret itself is unchanged), then records it in the audit log;
+/// returns how many were re-wrapped. A ciphertext replaced meanwhile (a refresh) is read
+/// again on the next pass.
+pub async fn rewrap_all(
+    pool: &PgPool,
+    keyring: &crate::secrets::Keyring,
+    new: &crate::secrets::MasterKey,
+    actor: Actor,
+) -> Result<u64, super::connections::StoreError> {
+    let before = sealed_key_ids(pool).await?;
+    let mut moved = 0u64;
+    for (table, column) in SEALED_COLUMNS {
+        for _pass in 0..1000 {
+            let batch = sealed_not_under(pool, table, column, new.id(), 500).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for sealed in &batch {
+                let aad = sealed_aad(table, column, sealed.id);
+                let rewrapped = keyring.rewrap(&sealed.value, &aad, new)?;
+                if replace_sealed(pool, sealed, &rewrapped).await? {
+                    moved += 1;
+                }
+            }
+        }
+    }
+    let from: Vec<&str> = before
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| *k != new.id())
+        .collect();
+    audit(
+        pool,
+        &AuditEvent {
+            event: AuditAction::MasterKeyRotated,
+            actor,
+            subject_type: Subject::MasterKey,
+            subject_id: Some(new.id().to_string()),
+            tenant_id: None,
+            provider: None,
+            ok: true,
+            detail: serde_json::json!({ "from": from, "to": new.id(), "rewrapped": moved }),
+        },
+    )
+    .await?;
+    Ok(moved)
+}

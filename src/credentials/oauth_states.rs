@@ -34,9 +34,9 @@ pub async fn insert_state(pool: &PgPool, s: &NewState<'_>, actor: Actor) -> Resu
     audit(
         &mut *tx,
         &AuditEvent {
-            event: "authorization_started",
+            event: AuditAction::AuthorizationStarted,
             actor,
-            subject_type: "oauth_state",
+            subject_type: Subject::OauthState,
             subject_id: Some(s.id.to_string()),
             tenant_id: Some(s.tenant_id),
             provider: Some(s.provider),

@@ -1,0 +1,136 @@
+//! Credentials: OAuth connections and states, API keys, the audit log and alerts. One
+//! file per table (`oauth_connections`, `oauth_states`, `api_keys`, `audit`, `alerts`,
+//! `sealed` for master key rotation) holds its statements; [`connections`] and [`keys`]
+//! hold the operations that seal and open secrets (the additional data binding a
+//! ciphertext to its table, column and row is built here and nowhere else), write a change
+//! with its audit entry in one transaction, and raise alerts. Job kinds, the CLI and the
+//! OAuth callback call these; the provider calls stay in `jobs/`.
+//!
+//! The table files see ciphertexts only. Every state change of a credential takes a
+//! compare-and-set `update` (status, claim id or old ciphertext in its `where`), so two
+//! daemons never both act on one credential. Must never call a provider, log a secret,
+//! or put one in an audit entry's `detail`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::queue::{Error, NewJob, enqueue};
+
+mod alerts;
+mod api_keys;
+mod audit;
+pub mod connections;
+pub mod keys;
+mod oauth_connections;
+mod oauth_states;
+mod sealed;
+
+pub use alerts::*;
+pub use api_keys::*;
+pub use audit::*;
+pub use oauth_connections::*;
+pub use oauth_states::*;
+pub use sealed::*;
+
+/// Declares a closed set of stored words: the enum, and `as_str` giving each variant's
+/// stored string.
+macro_rules! stored_words {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+        }
+
+        impl $name {
+            /// Every variant.
+            pub const ALL: &[$name] = &[$($name::$variant,)*];
+
+            /// The stored string.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+    };
+}
+
+stored_words! {
+    /// What an audit log entry records (`penguin.audit_log.event`).
+    AuditAction {
+        AuthorizationStarted => "authorization_started",
+        Exchanged => "exchanged",
+        ExchangeFailed => "exchange_failed",
+        /// A connection stored directly (an import).
+        Stored => "stored",
+        Refreshed => "refreshed",
+        RefreshFailed => "refresh_failed",
+        ReauthRequired => "reauth_required",
+        ConnectionRevoked => "connection_revoked",
+        KeyStaged => "key_staged",
+        KeyActivated => "key_activated",
+        KeyTestFailed => "key_test_failed",
+        KeyRevoked => "key_revoked",
+        MasterKeyRotated => "master_key_rotated",
+    }
+}
+
+stored_words! {
+    /// What an audit entry or an alert is about (`subject_type`).
+    Subject {
+        OauthConnection => "oauth_connection",
+        OauthState => "oauth_state",
+        ApiKey => "api_key",
+        MasterKey => "master_key",
+    }
+}
+
+stored_words! {
+    /// What an alert says is wrong (`penguin.alerts.kind`).
+    AlertKind {
+        OauthReauthRequired => "oauth_reauth_required",
+        ApikeyRotationBlocked => "apikey_rotation_blocked",
+        ApikeyRotationFailed => "apikey_rotation_failed",
+        ApikeyTestFailed => "apikey_test_failed",
+    }
+}
+
+/// Who caused a credential event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Actor {
+    Cli,
+    Schedule,
+    Api,
+}
+
+impl Actor {
+    /// The stored string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Cli => "cli",
+            Actor::Schedule => "schedule",
+            Actor::Api => "api",
+        }
+    }
+
+    /// Parses the stored string (job payloads carry it).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cli" => Some(Actor::Cli),
+            "schedule" => Some(Actor::Schedule),
+            "api" => Some(Actor::Api),
+            _ => None,
+        }
+    }
+}
+
+/// `d` as a PostgreSQL interval literal, for `$n::interval`.
+fn interval(d: Duration) -> String {
+    format!("{} milliseconds", d.as_millis())
+}
