@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::jobs::Registry;
 use crate::queue;
+use crate::queue::daemons::WaitingKind;
 
 pub use pool::{PoolSettings, run_attempt};
 use supervisor::{DbHealth, Supervisor};
@@ -74,27 +75,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
     let id = daemon_id();
-    // Outcome writes get their own connections with generic plans: their statements
-    // probe the primary key whatever the statistics say (custom plans of an ack over a
-    // table whose `leased_by` was all NULL at ANALYZE time flipped to seq scans).
-    let flush_options = (*pool.connect_options())
-        .clone()
-        .options([("plan_cache_mode", "force_generic_plan")]);
-    let flush_pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(flush_options)
-        .await?;
-    // Heartbeats and start marks get their own two connections: handlers, the shim and
-    // OAuth share the main pool, and a starved heartbeat lets a live job be rescued.
-    let lease_pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with((*pool.connect_options()).clone())
-        .await?;
-    let conns = pool::Connections {
-        main: pool.clone(),
-        flush: flush_pool.clone(),
-        lease: lease_pool.clone(),
-    };
+    let conns = connect(&pool).await?;
 
     let d = &config.daemon;
     let kinds: Arc<[String]> = registry.kinds().iter().map(|k| k.to_string()).collect();
@@ -105,20 +86,8 @@ pub async fn run(
     let mut pools = Vec::new();
     let mut wakers: HashMap<String, Arc<Notify>> = HashMap::new();
     for queue_name in queues(config, &registry) {
-        let q = config.queue(&queue_name);
-        let settings = PoolSettings {
-            queue: queue_name.clone(),
-            concurrency: q.concurrency,
-            batch: q.batch_size(),
-            lease: d.lease,
-            poll_interval: d.poll_interval,
-            flush_batch: d.flush_batch,
-            shutdown_grace: d.shutdown_grace,
-            delete_completed: config.retention.completed.is_zero(),
-            kinds: kinds.clone(),
-        };
         let handle = pool::start(
-            settings,
+            pool_settings(config, &queue_name, kinds.clone()),
             conns.clone(),
             registry.clone(),
             format!("{id}/{queue_name}"),
@@ -152,6 +121,69 @@ pub async fn run(
         background.clone(),
     ));
 
+    wait_for_stop(&shutdown, &supervisor).await;
+    stop_pools.cancel();
+    for handle in pools {
+        let _ = handle.task.await;
+    }
+    background.cancel();
+    let _ = listener.await;
+    let _ = maintenance.await;
+    conns.flush.close().await;
+    conns.lease.close().await;
+    if let Some(reason) = supervisor.reason() {
+        return Err(RuntimeError::PoolFailed(reason));
+    }
+    tracing::info!("all pools drained");
+    Ok(())
+}
+
+/// The connections of every pool: `pool` for claims and releases, plus two pools of
+/// their own, for outcome writes and for leases.
+async fn connect(pool: &PgPool) -> Result<pool::Connections, RuntimeError> {
+    // Outcome writes get their own connections with generic plans: their statements
+    // probe the primary key whatever the statistics say (custom plans of an ack over a
+    // table whose `leased_by` was all NULL at ANALYZE time flipped to seq scans).
+    let flush_options = (*pool.connect_options())
+        .clone()
+        .options([("plan_cache_mode", "force_generic_plan")]);
+    let flush_pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(flush_options)
+        .await?;
+    // Heartbeats and start marks get their own two connections: handlers, the shim and
+    // OAuth share the main pool, and a starved heartbeat lets a live job be rescued.
+    let lease_pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with((*pool.connect_options()).clone())
+        .await?;
+    Ok(pool::Connections {
+        main: pool.clone(),
+        flush: flush_pool,
+        lease: lease_pool,
+    })
+}
+
+/// The settings of the pool of `queue_name`, from `[daemon]`, `[queues.NAME]` and
+/// `[retention]`.
+fn pool_settings(config: &Config, queue_name: &str, kinds: Arc<[String]>) -> PoolSettings {
+    let d = &config.daemon;
+    let q = config.queue(queue_name);
+    PoolSettings {
+        queue: queue_name.to_string(),
+        concurrency: q.concurrency,
+        batch: q.batch_size(),
+        lease: d.lease,
+        poll_interval: d.poll_interval,
+        flush_batch: d.flush_batch,
+        shutdown_grace: d.shutdown_grace,
+        delete_completed: config.retention.completed.is_zero(),
+        kinds,
+    }
+}
+
+/// Waits for a shutdown signal or for a pool to fail, and says which.
+async fn wait_for_stop(shutdown: &CancellationToken, supervisor: &Supervisor) {
     tokio::select! {
         () = shutdown.cancelled() => {
             tracing::info!("shutting down: no new claims; waiting for running jobs");
@@ -160,20 +192,6 @@ pub async fn run(
             tracing::error!("a pool failed: draining every pool before exiting");
         }
     }
-    stop_pools.cancel();
-    for handle in pools {
-        let _ = handle.task.await;
-    }
-    background.cancel();
-    let _ = listener.await;
-    let _ = maintenance.await;
-    flush_pool.close().await;
-    lease_pool.close().await;
-    if let Some(reason) = supervisor.reason() {
-        return Err(RuntimeError::PoolFailed(reason));
-    }
-    tracing::info!("all pools drained");
-    Ok(())
 }
 
 /// LISTENs on a dedicated connection and rings the pools named in each notification.
@@ -245,8 +263,6 @@ struct Maintenance {
 /// NOTIFY on their account; reports jobs whose kind no live daemon handles, and
 /// dead-letters those that waited longer than `unknown_kind_grace`.
 async fn maintain(m: Maintenance, stop: CancellationToken) {
-    const RESCUE_BATCH: i64 = 1000;
-    const BURY_BATCH: i64 = 1000;
     let stale = (m.poll_interval * 3).max(Duration::from_secs(60));
     let window = queue::daemons::liveness_window(m.every);
     let mut reported: HashMap<String, (i64, Instant)> = HashMap::new();
@@ -266,79 +282,104 @@ async fn maintain(m: Maintenance, stop: CancellationToken) {
             tracing::warn!(error = %e, "could not record this daemon as alive");
             continue;
         }
-        if m.health.settled(RESCUE_SETTLE) {
-            loop {
-                match queue::rescue_expired(&m.pool, RESCUE_BATCH).await {
-                    Ok(c) if c.requeued + c.dead == RESCUE_BATCH as u64 => continue,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "rescue failed");
-                        break;
-                    }
-                }
-            }
-        } else {
-            tracing::info!(
-                "database failures in the last seconds: rescue waits until this daemon's own writes are through"
-            );
-        }
+        rescue(&m).await;
         if let Err(e) = queue::forget_stale_idle_marks(&m.pool, stale).await {
             tracing::debug!(error = %e, "could not clean idle marks");
         }
         match queue::waiting_kinds(&m.pool, window).await {
             Ok(waiting) => {
-                reported.retain(|k, _| waiting.iter().any(|w| &w.kind == k));
-                for w in &waiting {
-                    let again = reported.get(&w.kind).is_none_or(|(n, at)| {
-                        *n != w.jobs || at.elapsed() >= Duration::from_secs(300)
-                    });
-                    if again {
-                        tracing::warn!(
-                            kind = %w.kind, jobs = w.jobs, oldest_due_secs = w.oldest_due_secs,
-                            grace = %humantime::format_duration(m.unknown_kind_grace),
-                            "{} jobs of kind {} wait for a daemon that handles it; they are dead-lettered as unknown_kind after the grace",
-                            w.jobs, w.kind
-                        );
-                        reported.insert(w.kind.clone(), (w.jobs, Instant::now()));
-                    }
-                }
-                let overdue: Vec<String> = waiting
-                    .iter()
-                    .filter(|w| w.oldest_due_secs as u64 >= m.unknown_kind_grace.as_secs())
-                    .map(|w| w.kind.clone())
-                    .collect();
-                loop {
-                    match queue::daemons::bury_unhandled(
-                        &m.pool,
-                        &overdue,
-                        m.unknown_kind_grace,
-                        window,
-                        BURY_BATCH,
-                    )
-                    .await
-                    {
-                        Ok(n) => {
-                            if n > 0 {
-                                tracing::error!(
-                                    jobs = n, kinds = ?overdue,
-                                    "jobs whose kind no daemon handled for longer than unknown_kind_grace moved to the dead letters"
-                                );
-                            }
-                            if n < BURY_BATCH as u64 {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not dead-letter jobs of unhandled kinds");
-                            break;
-                        }
-                    }
-                }
+                report_waiting(&m, &waiting, &mut reported);
+                bury_overdue(&m, &waiting, window).await;
             }
             Err(e) => tracing::debug!(error = %e, "could not look for jobs of unhandled kinds"),
         }
     }
     if let Err(e) = queue::unregister_daemon(&m.pool, &m.daemon, window).await {
         tracing::debug!(error = %e, "could not remove this daemon's row");
+    }
+}
+
+/// Rescues expired leases, a batch at a time until none is left, unless this daemon had
+/// database failures in the last seconds (its own writes get the first chance).
+async fn rescue(m: &Maintenance) {
+    const RESCUE_BATCH: i64 = 1000;
+    if m.health.settled(RESCUE_SETTLE) {
+        loop {
+            match queue::rescue_expired(&m.pool, RESCUE_BATCH).await {
+                Ok(c) if c.requeued + c.dead == RESCUE_BATCH as u64 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rescue failed");
+                    break;
+                }
+            }
+        }
+    } else {
+        tracing::info!(
+            "database failures in the last seconds: rescue waits until this daemon's own writes are through"
+        );
+    }
+}
+
+/// Warns about each kind whose jobs wait for a daemon that handles it: again when their
+/// number changed or five minutes after the last warning. `reported` remembers the last
+/// warning of each kind still waiting.
+fn report_waiting(
+    m: &Maintenance,
+    waiting: &[WaitingKind],
+    reported: &mut HashMap<String, (i64, Instant)>,
+) {
+    reported.retain(|k, _| waiting.iter().any(|w| &w.kind == k));
+    for w in waiting {
+        let again = reported
+            .get(&w.kind)
+            .is_none_or(|(n, at)| *n != w.jobs || at.elapsed() >= Duration::from_secs(300));
+        if again {
+            tracing::warn!(
+                kind = %w.kind, jobs = w.jobs, oldest_due_secs = w.oldest_due_secs,
+                grace = %humantime::format_duration(m.unknown_kind_grace),
+                "{} jobs of kind {} wait for a daemon that handles it; they are dead-lettered as unknown_kind after the grace",
+                w.jobs, w.kind
+            );
+            reported.insert(w.kind.clone(), (w.jobs, Instant::now()));
+        }
+    }
+}
+
+/// Dead-letters, a batch at a time, the jobs of the waiting kinds that waited longer than
+/// `unknown_kind_grace`.
+async fn bury_overdue(m: &Maintenance, waiting: &[WaitingKind], window: Duration) {
+    const BURY_BATCH: i64 = 1000;
+    let overdue: Vec<String> = waiting
+        .iter()
+        .filter(|w| w.oldest_due_secs as u64 >= m.unknown_kind_grace.as_secs())
+        .map(|w| w.kind.clone())
+        .collect();
+    loop {
+        match queue::daemons::bury_unhandled(
+            &m.pool,
+            &overdue,
+            m.unknown_kind_grace,
+            window,
+            BURY_BATCH,
+        )
+        .await
+        {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::error!(
+                        jobs = n, kinds = ?overdue,
+                        "jobs whose kind no daemon handled for longer than unknown_kind_grace moved to the dead letters"
+                    );
+                }
+                if n < BURY_BATCH as u64 {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not dead-letter jobs of unhandled kinds");
+                break;
+            }
+        }
     }
 }

@@ -1,0 +1,316 @@
+//! The claimer task of a pool: keeps a short buffer of claimed jobs ahead of the workers,
+//! sized by the rate at which they start jobs ([`WorkRate`], [`claim_size`]); marks the
+//! pool idle when the queue is empty and then waits for a notification, a job of its own
+//! that comes due, or the poll interval.
+//!
+//! Must never claim more than the room the pool has left (every claimed job keeps its
+//! unit of room until its outcome is written), and never claim after the pool was told to
+//! stop claiming.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{PoolSettings, Shared};
+use crate::queue::{self, ClaimedJob};
+
+/// How far ahead of its workers a pool claims, for jobs taking `job` on average: the
+/// jobs the workers will start within this time. 10 ms for jobs of 5 ms or more (a claimed
+/// job waits at most that long for a worker), up to 50 ms for jobs under a millisecond
+/// (where the wait is nothing next to the backlog it drains, and claims of a whole batch
+/// cost the database least per job).
+pub fn prefetch_horizon(job: Duration) -> Duration {
+    const SLOW: f64 = 0.005;
+    const FAST: f64 = 0.001;
+    let d = job.as_secs_f64();
+    let fastness = ((SLOW - d) / (SLOW - FAST)).clamp(0.0, 1.0);
+    Duration::from_secs_f64(0.010 + 0.040 * fastness)
+}
+
+/// The claimer's estimate of how fast the workers start jobs and how long a job takes.
+struct WorkRate {
+    per_sec: f64,
+    job_secs: f64,
+    last: (u64, u64, u64),
+    last_at: Instant,
+}
+
+impl WorkRate {
+    fn new() -> Self {
+        Self {
+            per_sec: 0.0,
+            // until measured, as if jobs were slow: claim only what the workers take
+            job_secs: 1.0,
+            last: (0, 0, 0),
+            last_at: Instant::now(),
+        }
+    }
+
+    /// Folds in the starts and ends since the last sample (samples closer than 10 ms are
+    /// skipped; a sample weighs its share of 100 ms, so a burst of starts does not read as
+    /// a rate). `now` is (started, ended, busy µs) so far.
+    fn sample(&mut self, now: (u64, u64, u64)) {
+        let elapsed = self.last_at.elapsed();
+        if elapsed < Duration::from_millis(10) {
+            return;
+        }
+        let weight = (elapsed.as_secs_f64() / 0.1).min(1.0);
+        let started = (now.0 - self.last.0) as f64 / elapsed.as_secs_f64();
+        self.per_sec += (started - self.per_sec) * weight;
+        let ended = now.1 - self.last.1;
+        if ended > 0 {
+            let job = (now.2 - self.last.2) as f64 / 1e6 / ended as f64;
+            self.job_secs += (job - self.job_secs) * weight;
+        }
+        self.last = now;
+        self.last_at = Instant::now();
+    }
+
+    /// Jobs the workers will start within the horizon for jobs of this length.
+    fn ahead(&self) -> usize {
+        (self.per_sec * prefetch_horizon(Duration::from_secs_f64(self.job_secs)).as_secs_f64())
+            as usize
+    }
+}
+
+/// How many jobs to claim now, given the free workers, the buffer and `ahead` (what the
+/// workers will start within the horizon): enough for every free worker plus `ahead`,
+/// with `ahead` at most two batches and a claim at most one batch and the room left;
+/// `None` while that is less than half of `ahead` (claiming in dribbles at a high rate
+/// would cost a statement per job or two). Also returns that half: the buffer level at
+/// which a start should wake the claimer.
+fn claim_size(
+    settings: &PoolSettings,
+    running: usize,
+    buffered: usize,
+    room: usize,
+    ahead: usize,
+) -> (Option<usize>, usize) {
+    let ahead = ahead.min(settings.batch * 2);
+    let free = settings.concurrency.saturating_sub(running);
+    let want = (free + ahead)
+        .saturating_sub(buffered)
+        .min(settings.batch)
+        .min(room);
+    let low_water = ahead / 2;
+    (
+        (want > 0 && want >= low_water.clamp(1, settings.batch)).then_some(want),
+        low_water,
+    )
+}
+
+/// Keeps the buffer filled (see [`claim_size`]), marks the pool idle (so inserts NOTIFY)
+/// when the queue is empty, and waits for a notification or the poll interval.
+pub(super) async fn claimer(shared: Arc<Shared>) {
+    let mut idle = false;
+    let mut failures: u32 = 0;
+    let mut rate = WorkRate::new();
+    loop {
+        if shared.stop_claiming.is_cancelled() {
+            break;
+        }
+        let Some(size) = next_claim_size(&shared, &mut rate) else {
+            if wait_for_signal(&shared).await.is_break() {
+                break;
+            }
+            continue;
+        };
+        // only this task takes room, and `claim_size` stayed within what is free
+        let Ok(room) = shared.room.try_acquire_many(size as u32) else {
+            tokio::task::yield_now().await;
+            continue;
+        };
+        let claimed = match claim(&shared, size, &mut failures).await {
+            Ok(c) => c,
+            Err(pause) => {
+                drop(room);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => continue,
+                    () = shared.stop_claiming.cancelled() => break,
+                }
+            }
+        };
+        if claimed.is_empty() {
+            drop(room);
+            if !idle {
+                // Mark first, then claim once more: a job inserted between the empty claim
+                // and the mark is caught by that claim instead of waiting a poll interval.
+                idle = mark_idle(&shared).await;
+                continue;
+            }
+            if wait_for_jobs(&shared).await.is_break() {
+                break;
+            }
+            continue;
+        }
+        if idle {
+            idle = false;
+            shared.clear_idle_mark().await;
+        }
+        // each claimed job keeps its unit of room until its outcome is written
+        room.forget();
+        shared.room.add_permits(size - claimed.len());
+        shared.hold(claimed.iter().map(|j| j.id));
+        shared.push_claimed(claimed);
+    }
+}
+
+/// Samples the work rate and returns how many jobs to claim now (see [`claim_size`]),
+/// setting the buffer level at which a start wakes the claimer.
+fn next_claim_size(shared: &Shared, rate: &mut WorkRate) -> Option<usize> {
+    rate.sample((
+        shared.started_total.load(Ordering::Relaxed),
+        shared.ended_total.load(Ordering::Relaxed),
+        shared.busy_micros.load(Ordering::Relaxed),
+    ));
+    let (size, low_water) = claim_size(
+        &shared.settings,
+        shared.running.load(Ordering::Relaxed),
+        shared.buffered(),
+        shared.room.available_permits(),
+        rate.ahead(),
+    );
+    shared.low_water.store(low_water, Ordering::Relaxed);
+    size
+}
+
+/// Waits until the claimer may want to claim more (or 50 ms); `Break` when claiming
+/// stops.
+async fn wait_for_signal(shared: &Shared) -> ControlFlow<()> {
+    tokio::select! {
+        () = shared.claim_signal.notified() => {}
+        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        () = shared.stop_claiming.cancelled() => return ControlFlow::Break(()),
+    }
+    ControlFlow::Continue(())
+}
+
+/// Claims up to `size` jobs. On failure, counts it in `failures` and returns how long to
+/// pause before the next claim.
+async fn claim(
+    shared: &Shared,
+    size: usize,
+    failures: &mut u32,
+) -> Result<Vec<ClaimedJob>, Duration> {
+    let s = &shared.settings;
+    let claimed = queue::claim(
+        &shared.conns.main,
+        &s.queue,
+        &s.kinds,
+        size as i64,
+        &shared.worker,
+        s.lease,
+    )
+    .await;
+    match claimed {
+        Ok(c) => {
+            *failures = 0;
+            Ok(c)
+        }
+        Err(e) => {
+            *failures += 1;
+            if e.is_transient() {
+                shared.health.failed();
+            }
+            let pause = Duration::from_millis(100 * 2u64.pow((*failures).min(6)))
+                .min(s.poll_interval * 5)
+                .max(Duration::from_millis(100));
+            tracing::warn!(queue = %s.queue, error = %e, retry_in = ?pause, "claim failed");
+            Err(pause)
+        }
+    }
+}
+
+/// Marks the pool idle, so inserts into its queue NOTIFY; whether that worked.
+async fn mark_idle(shared: &Shared) -> bool {
+    match queue::mark_idle(&shared.conns.main, &shared.worker, &shared.settings.queue).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not mark the pool idle");
+            false
+        }
+    }
+}
+
+/// Waits, with the queue empty and the pool marked idle, for a notification, for a job
+/// this pool wrote back to come due, or for the poll interval (then refreshes the idle
+/// mark); `Break` when claiming stops.
+async fn wait_for_jobs(shared: &Shared) -> ControlFlow<()> {
+    let s = &shared.settings;
+    let now = tokio::time::Instant::now();
+    let poll = now + s.poll_interval;
+    let due = {
+        let mut due = shared.due.lock().expect("due lock");
+        if due.is_some_and(|d| d <= now) {
+            *due = None;
+        }
+        *due
+    };
+    tokio::select! {
+        () = shared.wake.notified() => {}
+        () = tokio::time::sleep_until(due.map_or(poll, |d| d.min(poll))) => {
+            if due.is_none_or(|d| d >= poll) {
+                // refresh the mark, so maintenance can tell live idle workers from
+                // dead ones, and so it is back after a database restart (the table
+                // is unlogged)
+                let _ = queue::mark_idle(&shared.conns.main, &shared.worker, &s.queue).await;
+            }
+        }
+        () = shared.stop_claiming.cancelled() => return ControlFlow::Break(()),
+    }
+    ControlFlow::Continue(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(concurrency: usize, batch: usize) -> PoolSettings {
+        PoolSettings {
+            queue: "q".into(),
+            concurrency,
+            batch,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            flush_batch: 2000,
+            shutdown_grace: Duration::from_secs(30),
+            delete_completed: false,
+            kinds: Arc::from(vec!["noop".to_string()]),
+        }
+    }
+
+    #[test]
+    fn the_horizon_is_short_for_slow_jobs_and_longer_for_fast_ones() {
+        assert_eq!(
+            prefetch_horizon(Duration::from_millis(200)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            prefetch_horizon(Duration::from_millis(5)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            prefetch_horizon(Duration::from_micros(50)),
+            Duration::from_millis(50)
+        );
+        let mid = prefetch_horizon(Duration::from_millis(3));
+        assert!(mid > Duration::from_millis(10) && mid < Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_slow_queue_claims_for_free_workers_only_and_a_fast_one_whole_batches() {
+        let s = settings(64, 500);
+        // 200 ms jobs at 320/s: 3 ahead; every worker busy, 3 buffered: nothing to claim
+        assert_eq!(claim_size(&s, 64, 3, 10_000, 3).0, None);
+        // one worker free, nothing buffered: claim it and what 10 ms will start
+        assert_eq!(claim_size(&s, 63, 0, 10_000, 3).0, Some(4));
+        // no-op jobs at 30k/s: 1,500 ahead, capped at two batches; claims are whole batches
+        assert_eq!(claim_size(&s, 64, 400, 10_000, 1500), (Some(500), 500));
+        assert_eq!(claim_size(&s, 64, 900, 10_000, 1500).0, None);
+        // never more than the room left
+        assert_eq!(claim_size(&s, 0, 0, 10, 0).0, Some(10));
+        // a cold start claims for the workers it has
+        assert_eq!(claim_size(&s, 0, 0, 10_000, 0).0, Some(64));
+    }
+}

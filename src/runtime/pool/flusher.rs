@@ -1,0 +1,199 @@
+//! The flusher task of a pool: writes the outcomes its worker produces back to the
+//! database in batches (up to `flush_batch` per statement), gives the room of written jobs
+//! back to the claimer, and wakes the claimer for a snooze or retry that comes due before
+//! the next poll.
+//!
+//! One outcome the database refuses must never hold back the others: a refused batch is
+//! written row by row, and a row still refused goes to the dead letters. Never gives up
+//! on a batch while the pool runs; at shutdown, only after 10 failures to reach the
+//! database (the jobs are then rescued).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Shared;
+use crate::queue::{self, Outcome};
+
+/// Messages to the flusher.
+pub enum FlushMsg {
+    /// A job's outcome and when its handler started.
+    Outcome(i64, Outcome, Option<DateTime<Utc>>),
+    /// Everything sent before this is written when the sender is answered.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// One outcome on its way to the database.
+struct Pending {
+    id: i64,
+    outcome: Outcome,
+    started: Option<DateTime<Utc>>,
+}
+
+/// Writes outcomes back, as many as have accumulated (up to `flush_batch`) per statement.
+pub(super) async fn flusher(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedReceiver<FlushMsg>) {
+    let max = shared.settings.flush_batch;
+    let mut batch: Vec<Pending> = Vec::with_capacity(max);
+    let mut barriers: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        let first = tokio::select! {
+            msg = outcomes.recv() => msg,
+            () = shared.stop_background.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                FlushMsg::Outcome(id, outcome, started) => batch.push(Pending {
+                    id,
+                    outcome,
+                    started,
+                }),
+                FlushMsg::Barrier(tx) => barriers.push(tx),
+            }
+            if batch.len() >= max {
+                break;
+            }
+            next = outcomes.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            // one lock order for every writer of these rows
+            batch.sort_unstable_by_key(|p| p.id);
+            write_batch(&shared, &batch).await;
+            shared.unhold(batch.iter().map(|p| p.id));
+            note_soon_due(&shared, &batch);
+            batch.clear();
+        }
+        // every outcome sent before a barrier was received before it, so is written now
+        for b in barriers.drain(..) {
+            let _ = b.send(());
+        }
+    }
+}
+
+/// Remembers the earliest snooze or retry of `batch` due before the next poll, and wakes
+/// the claimer so it sleeps until then rather than a whole poll interval.
+fn note_soon_due(shared: &Shared, batch: &[Pending]) {
+    let now = Utc::now();
+    let earliest = batch
+        .iter()
+        .filter_map(|p| match &p.outcome {
+            Outcome::Retry { run_at, .. } | Outcome::Snooze { run_at } => Some(*run_at),
+            _ => None,
+        })
+        .min();
+    let Some(run_at) = earliest else { return };
+    let wait = (run_at - now).to_std().unwrap_or_default();
+    if wait >= shared.settings.poll_interval {
+        return;
+    }
+    // a few milliseconds late rather than early: claim only finds jobs whose run_at passed
+    let at = tokio::time::Instant::now() + wait + Duration::from_millis(5);
+    {
+        // a due time already passed is spent: it must not hide this later one
+        let mut due = shared.due.lock().expect("due lock");
+        *due = Some(match *due {
+            Some(d) if d > tokio::time::Instant::now() => d.min(at),
+            _ => at,
+        });
+    }
+    shared.wake.notify_one();
+}
+
+/// Writes `batch` in one statement. A failure to reach the database is retried as is
+/// (forever while running; a bounded number of times at shutdown, after which the jobs
+/// are rescued). Any other failure means some row cannot be stored: the batch is written
+/// row by row, and a row the database still refuses goes to the dead letters with the
+/// database's message ([`queue::bury_unwritable`]).
+async fn write_batch(shared: &Shared, batch: &[Pending]) {
+    match write_with_retries(shared, batch).await {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(
+                queue = %shared.queue, outcomes = batch.len(), error = %e,
+                "the database refused a batch of outcomes; writing them one by one"
+            );
+            for one in batch {
+                if let Err(e) = write_with_retries(shared, std::slice::from_ref(one)).await {
+                    bury(shared, one.id, &e).await;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `batch`, retrying while the database cannot be reached; returns the first error
+/// that is not about reaching it. Gives up (Ok) after 10 failures at shutdown.
+async fn write_with_retries(shared: &Shared, batch: &[Pending]) -> Result<(), queue::Error> {
+    let outcomes: Vec<(i64, Outcome)> = batch.iter().map(|p| (p.id, p.outcome.clone())).collect();
+    let started: Vec<Option<DateTime<Utc>>> = batch.iter().map(|p| p.started).collect();
+    let mut failures: u32 = 0;
+    let result = loop {
+        let written =
+            queue::write_outcomes_started(&shared.conns.flush, &shared.worker, &outcomes, &started)
+                .await;
+        match written {
+            Ok(counts) => {
+                if counts.dropped > 0 {
+                    tracing::warn!(
+                        queue = %shared.queue, dropped = counts.dropped,
+                        "outcomes dropped: those jobs' leases were lost (rescued or cancelled meanwhile)"
+                    );
+                }
+                break Ok(());
+            }
+            Err(e) if e.is_transient() => {
+                failures += 1;
+                if failures == 1 {
+                    shared.health.add_unwritten(batch.len());
+                }
+                shared.health.failed();
+                if shared.stop_claiming.is_cancelled() && failures >= 10 {
+                    tracing::error!(
+                        queue = %shared.queue, outcomes = batch.len(), error = %e,
+                        "giving up writing outcomes at shutdown; the jobs will be rescued and run again"
+                    );
+                    break Ok(());
+                }
+                let pause = Duration::from_millis(50 * 2u64.pow(failures.min(4)));
+                tracing::warn!(queue = %shared.queue, error = %e, retry_in = ?pause, "writing outcomes failed");
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    if failures > 0 {
+        shared.health.sub_unwritten(batch.len());
+    }
+    result
+}
+
+/// Moves a job whose outcome the database refused to the dead letters.
+async fn bury(shared: &Shared, id: i64, refused: &queue::Error) {
+    let message = format!("the outcome of this attempt could not be stored: {refused}");
+    let mut failures: u32 = 0;
+    loop {
+        match queue::bury_unwritable(&shared.conns.flush, &shared.worker, id, &message).await {
+            Ok(buried) => {
+                tracing::error!(
+                    queue = %shared.queue, job.id = id, buried, error = %refused,
+                    "outcome refused by the database; job moved to the dead letters (class internal)"
+                );
+                return;
+            }
+            Err(e) if e.is_transient() && failures < 10 => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures))).await;
+            }
+            Err(e) => {
+                tracing::error!(
+                    queue = %shared.queue, job.id = id, error = %e,
+                    "could not dead-letter a job whose outcome the database refused; it will be rescued when its lease expires"
+                );
+                return;
+            }
+        }
+    }
+}

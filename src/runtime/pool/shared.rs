@@ -1,0 +1,328 @@
+//! What a pool's tasks share ([`Shared`]): the jobs the pool holds, the priority-ordered
+//! buffer of claimed jobs the worker pops from, the counters the claimer estimates its
+//! rate from, the start times of running jobs, and the shutdown step ([`Shared::finish`])
+//! that writes back and releases whatever is still held.
+//!
+//! Must never lose track of a claimed job: an id leaves `held` only once its outcome is
+//! written or it is released, and its unit of room goes back with it. Never does I/O
+//! except in `finish`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::TaskId;
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Connections, FlushMsg, PoolSettings};
+use crate::queue::{self, ClaimedJob};
+use crate::runtime::backend::JobTask;
+use crate::runtime::supervisor::DbHealth;
+
+/// A claimed job waiting for a worker, ordered as claims are: priority, run_at, id.
+struct Prefetched {
+    key: (i16, DateTime<Utc>, i64),
+    job: ClaimedJob,
+}
+
+impl PartialEq for Prefetched {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+impl Eq for Prefetched {}
+impl PartialOrd for Prefetched {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Prefetched {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
+/// Claimed jobs not yet started; the backend pops the most urgent first.
+#[derive(Default)]
+struct Buffer {
+    heap: BinaryHeap<Reverse<Prefetched>>,
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+/// When a running job's handler started, and whether that start is recorded.
+pub(super) struct Start {
+    pub(super) at: DateTime<Utc>,
+    pub(super) since: Instant,
+    pub(super) marked: bool,
+}
+
+/// State shared by a pool's tasks.
+pub struct Shared {
+    pub queue: String,
+    /// Our `leased_by` identity.
+    pub worker: String,
+    pub settings: PoolSettings,
+    pub(super) conns: Connections,
+    pub(super) health: Arc<DbHealth>,
+    /// Claimed and not yet written back or released.
+    held: Mutex<HashSet<i64>>,
+    /// Bounds `held`: the claimer takes a permit per job it claims, the flusher gives it
+    /// back once the outcome is written. Without it, claims outrun write-back, leases pile
+    /// up unflushed, heartbeats grow to whole-table updates and leases expire.
+    pub(super) room: Semaphore,
+    buffer: Mutex<Buffer>,
+    /// Jobs handed to the worker whose outcome is not produced yet.
+    pub(super) running: AtomicUsize,
+    /// Jobs handed to the worker since the pool started (the claimer's rate estimate).
+    pub(super) started_total: AtomicU64,
+    /// Jobs whose handler ended since the pool started, and the time they took together
+    /// (the claimer's estimate of a job's duration).
+    pub(super) ended_total: AtomicU64,
+    pub(super) busy_micros: AtomicU64,
+    /// Rung when the claimer may want to claim more: the buffer fell to `low_water`, a job
+    /// ended with the buffer empty (a worker is free), or outcomes were written (room
+    /// freed). Not rung on every start and end: at tens of thousands of jobs a second, a
+    /// wake-up of the claimer per job costs the cores PostgreSQL needs.
+    pub(super) claim_signal: Notify,
+    /// Buffer level at or below which a start rings `claim_signal` (set by the claimer).
+    pub(super) low_water: AtomicUsize,
+    /// Jobs in the buffer (kept with it, readable without its lock).
+    buffered_len: AtomicUsize,
+    pub(super) starts: Mutex<HashMap<i64, Start>>,
+    /// Rung by the LISTEN task when jobs arrive in this queue.
+    pub wake: Arc<Notify>,
+    /// The earliest `run_at` this pool wrote back (a snooze or a quick retry) that comes
+    /// before the next poll: an idle claimer wakes for it instead of waiting a whole poll
+    /// interval (NOTIFY only announces inserts).
+    pub(super) due: Mutex<Option<tokio::time::Instant>>,
+    pub(super) stop_claiming: CancellationToken,
+    pub(super) stop_background: CancellationToken,
+    pub(super) claimer: Mutex<Option<JoinHandle<()>>>,
+    finished: tokio::sync::Mutex<bool>,
+}
+
+impl Shared {
+    /// The state of a new pool for `settings.queue` that claims as `worker`: nothing held,
+    /// buffered or running yet.
+    pub(super) fn new(
+        settings: PoolSettings,
+        conns: Connections,
+        worker: String,
+        health: Arc<DbHealth>,
+    ) -> Self {
+        Self {
+            queue: settings.queue.clone(),
+            worker,
+            room: Semaphore::new(settings.max_held()),
+            settings,
+            conns,
+            health,
+            held: Mutex::new(HashSet::new()),
+            buffer: Mutex::new(Buffer::default()),
+            running: AtomicUsize::new(0),
+            started_total: AtomicU64::new(0),
+            ended_total: AtomicU64::new(0),
+            busy_micros: AtomicU64::new(0),
+            claim_signal: Notify::new(),
+            low_water: AtomicUsize::new(0),
+            buffered_len: AtomicUsize::new(0),
+            starts: Mutex::new(HashMap::new()),
+            wake: Arc::new(Notify::new()),
+            due: Mutex::new(None),
+            stop_claiming: CancellationToken::new(),
+            stop_background: CancellationToken::new(),
+            claimer: Mutex::new(None),
+            finished: tokio::sync::Mutex::new(false),
+        }
+    }
+
+    pub(super) fn hold(&self, ids: impl IntoIterator<Item = i64>) {
+        self.held.lock().expect("held lock").extend(ids);
+    }
+
+    pub(super) fn unhold(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut removed = 0;
+        {
+            let mut held = self.held.lock().expect("held lock");
+            for id in ids {
+                removed += usize::from(held.remove(&id));
+            }
+        }
+        self.room.add_permits(removed);
+        self.claim_signal.notify_one();
+    }
+
+    pub(super) fn held_ids(&self) -> Vec<i64> {
+        self.held
+            .lock()
+            .expect("held lock")
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    pub(super) fn buffered(&self) -> usize {
+        self.buffered_len.load(Ordering::Relaxed)
+    }
+
+    /// Puts claimed jobs in the buffer and wakes the worker.
+    pub(super) fn push_claimed(&self, jobs: Vec<ClaimedJob>) {
+        let waker = {
+            let mut buffer = self.buffer.lock().expect("buffer lock");
+            for job in jobs {
+                let key = (job.priority, job.run_at, job.id);
+                buffer.heap.push(Reverse(Prefetched { key, job }));
+            }
+            self.buffered_len
+                .store(buffer.heap.len(), Ordering::Relaxed);
+            buffer.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The most urgent buffered job, as a task for the worker; `Pending` (with the waker
+    /// kept) when there is none.
+    pub(in crate::runtime) fn poll_next_job(&self, cx: &mut Context<'_>) -> Poll<JobTask> {
+        let (job, left) = {
+            let mut buffer = self.buffer.lock().expect("buffer lock");
+            match buffer.heap.pop() {
+                Some(Reverse(p)) => {
+                    let left = buffer.heap.len();
+                    self.buffered_len.store(left, Ordering::Relaxed);
+                    (p.job, left)
+                }
+                None => {
+                    buffer.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        };
+        self.running.fetch_add(1, Ordering::Relaxed);
+        self.started_total.fetch_add(1, Ordering::Relaxed);
+        if left <= self.low_water.load(Ordering::Relaxed) {
+            self.claim_signal.notify_one();
+        }
+        let id = job.id as u64;
+        Poll::Ready(TaskBuilder::new(job).task_id(TaskId::from_int(id)).build())
+    }
+
+    /// Empties the buffer for good (shutdown): its jobs stay held, and `finish` releases
+    /// them without spending an attempt.
+    pub(in crate::runtime) fn close_buffer(&self) {
+        let mut buffer = self.buffer.lock().expect("buffer lock");
+        buffer.closed = true;
+        buffer.heap.clear();
+        self.buffered_len.store(0, Ordering::Relaxed);
+    }
+
+    /// A job's handler starts now.
+    pub(in crate::runtime) fn started(&self, id: i64) {
+        self.starts.lock().expect("starts lock").insert(
+            id,
+            Start {
+                at: Utc::now(),
+                since: Instant::now(),
+                marked: false,
+            },
+        );
+    }
+
+    /// A job's outcome is produced: returns when its handler started.
+    pub(in crate::runtime) fn ended(&self, id: i64) -> Option<DateTime<Utc>> {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        if self.buffered() == 0 {
+            // a worker is free and nothing is buffered for it
+            self.claim_signal.notify_one();
+        }
+        let start = self.starts.lock().expect("starts lock").remove(&id)?;
+        let took = start.since.elapsed().as_micros() as u64;
+        self.busy_micros.fetch_add(took, Ordering::Relaxed);
+        self.ended_total.fetch_add(1, Ordering::Relaxed);
+        Some(start.at)
+    }
+
+    /// Clears this pool's idle mark (inserts into its queue stop paying NOTIFY for it).
+    pub(super) async fn clear_idle_mark(&self) {
+        if let Err(e) = queue::mark_busy(&self.conns.main, &self.worker).await {
+            tracing::debug!(error = %e, "could not clear the idle mark");
+        }
+    }
+
+    /// Stops claiming, writes every pending outcome, releases whatever is still held
+    /// (claimed but not started, or still running after the grace period) without
+    /// spending an attempt. Idempotent.
+    pub async fn finish(&self, outcomes: &mpsc::UnboundedSender<FlushMsg>) {
+        let mut finished = self.finished.lock().await;
+        if *finished {
+            return;
+        }
+        self.stop_claiming.cancel();
+        let claimer = self.claimer.lock().expect("claimer lock").take();
+        if let Some(claimer) = claimer {
+            let _ = claimer.await;
+        }
+        self.close_buffer();
+        let (tx, rx) = oneshot::channel();
+        if outcomes.send(FlushMsg::Barrier(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let rest = self.held_ids();
+        match queue::release(&self.conns.main, &self.queue, &self.worker, &rest).await {
+            Ok(n) => {
+                self.unhold(rest);
+                if n > 0 {
+                    tracing::info!(queue = %self.queue, released = n, "released unfinished jobs without spending an attempt");
+                }
+            }
+            Err(e) => tracing::error!(
+                queue = %self.queue, jobs = rest.len(), error = %e,
+                "could not release held jobs; they will be rescued when their lease expires"
+            ),
+        }
+        self.clear_idle_mark().await;
+        self.stop_background.cancel();
+        *finished = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffered_jobs_start_most_urgent_first() {
+        let now = Utc::now();
+        let job = |id, priority| ClaimedJob {
+            id,
+            kind: "noop".into(),
+            payload: serde_json::json!({}),
+            attempt: 1,
+            max_attempts: 1,
+            priority,
+            run_at: now,
+            tenant_id: None,
+            created_at: now,
+        };
+        let mut heap = BinaryHeap::new();
+        for (id, priority) in [(1, 0), (2, 0), (3, -100), (4, 5)] {
+            let j: ClaimedJob = job(id, priority);
+            heap.push(Reverse(Prefetched {
+                key: (j.priority, j.run_at, j.id),
+                job: j,
+            }));
+        }
+        let order: Vec<i64> =
+            std::iter::from_fn(|| heap.pop().map(|Reverse(p)| p.job.id)).collect();
+        assert_eq!(order, [3, 1, 2, 4]);
+    }
+}
