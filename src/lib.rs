@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod daemon;
 pub mod embedded_pg;
 pub mod error_class;
 pub mod http;

@@ -28,6 +28,15 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response {
     (status, Html(body)).into_response()
 }
 
+/// The answer to a link that is invalid, expired or used.
+fn invalid_link() -> Response {
+    page(
+        StatusCode::BAD_REQUEST,
+        "Authorization failed",
+        "This authorization link is invalid, has expired or was already used. Start the connection again.",
+    )
+}
+
 fn plain_word(s: &str) -> Option<&str> {
     (s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then_some(s)
 }
@@ -38,18 +47,11 @@ pub async fn callback(
     Path(provider): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let bad = || {
-        page(
-            StatusCode::BAD_REQUEST,
-            "Authorization failed",
-            "This authorization link is invalid, has expired or was already used. Start the connection again.",
-        )
-    };
     let Some(raw_state) = query
         .get("state")
         .filter(|s| !s.is_empty() && s.len() <= 512)
     else {
-        return bad();
+        return invalid_link();
     };
     let state_hash = crate::secrets::sha256_hex(raw_state);
     let code = query
@@ -59,7 +61,7 @@ pub async fn callback(
     // a refusal still uses the state up, so the link cannot be replayed
     let code_kept = if refused.is_some() { None } else { code };
     if refused.is_none() && code.is_none() {
-        return bad();
+        return invalid_link();
     }
     // the code is a credential until redeemed: it is only ever stored encrypted
     let keyring = state.keyring.clone();
@@ -90,10 +92,19 @@ pub async fn callback(
         },
     )
     .await;
+    answer(result, refused.map(String::as_str), &provider)
+}
+
+/// The page for what the callback did: consumed (`Some`), unknown (`None`), or failed.
+fn answer(
+    result: Result<Option<Option<i64>>, crate::queue::Error>,
+    refused: Option<&str>,
+    provider: &str,
+) -> Response {
     match result {
         Ok(None) => {
             tracing::info!(provider = %provider, "oauth callback with an unknown, expired or used state");
-            bad()
+            invalid_link()
         }
         Ok(Some(_)) if refused.is_some() => {
             let why = refused.and_then(|r| plain_word(r)).unwrap_or("refused");

@@ -506,25 +506,8 @@ pub async fn userinfo(
         status,
         not_before: None,
     };
-    let in_path = template.contains("{access_token}");
-    let url = template.replace("{access_token}", access_token.expose_secret());
-    let url = reqwest::Url::parse(&url).map_err(|_| {
-        fail(
-            ErrorClass::Configuration,
-            false,
-            format!(
-                "oauth.providers.{}.userinfo_url is not a URL",
-                provider.name
-            ),
-            None,
-        )
-    })?;
-    let mut request = client
-        .get(url)
-        .header(reqwest::header::ACCEPT, "application/json");
-    if !in_path {
-        request = request.bearer_auth(access_token.expose_secret());
-    }
+    let request = userinfo_request(client, provider, template, access_token)
+        .map_err(|message| fail(ErrorClass::Configuration, false, message, None))?;
     let response = request.send().await.map_err(|e| {
         let c = error_from_transport(&e);
         fail(
@@ -569,6 +552,32 @@ pub async fn userinfo(
             ),
             Some(status),
         )
+    })
+}
+
+/// The userinfo request: the token in the URL where the template asks for it, else as a
+/// bearer token.
+fn userinfo_request(
+    client: &reqwest::Client,
+    provider: &Provider,
+    template: &str,
+    access_token: &SecretString,
+) -> Result<reqwest::RequestBuilder, String> {
+    let in_path = template.contains("{access_token}");
+    let url = template.replace("{access_token}", access_token.expose_secret());
+    let url = reqwest::Url::parse(&url).map_err(|_| {
+        format!(
+            "oauth.providers.{}.userinfo_url is not a URL",
+            provider.name
+        )
+    })?;
+    let request = client
+        .get(url)
+        .header(reqwest::header::ACCEPT, "application/json");
+    Ok(if in_path {
+        request
+    } else {
+        request.bearer_auth(access_token.expose_secret())
     })
 }
 

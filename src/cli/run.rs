@@ -1,0 +1,69 @@
+//! `run` and `migrate`: the daemon (assembled by [`crate::daemon::Daemon`]) until a
+//! signal, and the migrations alone.
+//!
+//! Must never exit on the first signal without draining (the second one may).
+
+use super::*;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Do not apply migrations at start (the schema must already be current).
+    #[arg(long)]
+    pub no_migrate: bool,
+    /// Do not serve the HTTP shim ([http] listen): workers and schedules only.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Run no worker pools: the HTTP shim and the schedules only (jobs wait for another
+    /// daemon's workers).
+    #[arg(long, conflicts_with = "no_http")]
+    pub no_workers: bool,
+}
+
+pub(super) async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<()> {
+    crate::process::raise_open_files_limit_logged();
+    let roles = Roles {
+        migrate: !args.no_migrate,
+        http: !args.no_http,
+        workers: !args.no_workers,
+    };
+    let daemon = Daemon::build(config, roles).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    daemon.run_until_stopped(shutdown).await
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once (leases will expire and
+/// the jobs be rescued).
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting without waiting for running jobs");
+    std::process::exit(130);
+}
+
+/// `migrate`: the migrations and the kinds' defaults, nothing else.
+pub(super) async fn migrate_only(config: &Config) -> anyhow::Result<()> {
+    let (pool, _) = connect(config, Embedded::Attach).await?;
+    let kinds = registry(config)?;
+    migrate(&pool, &kinds).await?;
+    println!(
+        "migrations applied; {} kinds registered",
+        kinds.kinds().len()
+    );
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! The daemon, assembled: [`Daemon::build`] checks the configuration, connects (starting
+//! the embedded cluster when no database is configured), migrates, builds the registry
+//! and binds the shim's listener; [`Daemon::run_until_stopped`] serves the shim, runs the
+//! worker pools and the scheduler until the shutdown token is cancelled, drains, and
+//! closes the pool and the cluster. The CLI's `run` is these two calls and a signal
+//! handler; tests and embedders call them the same way.
+//!
+//! Must never exit the process (the caller decides), and never leave the embedded cluster
+//! running after a failed start.
+
+mod connect;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use connect::{Embedded, connect, migrate};
+
+use crate::config::Config;
+use crate::embedded_pg::EmbeddedPostgres;
+use crate::jobs::{Deps, Kinds, Registry};
+use crate::scheduler::{self, Schedule};
+
+/// After the workers drained, how long the shim may take to close its connections.
+const SHIM_DRAIN: Duration = Duration::from_secs(5);
+
+/// What one daemon process does (`run --no-migrate / --no-http / --no-workers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Apply the migrations at start (else only write the kinds' defaults).
+    pub migrate: bool,
+    /// Serve the HTTP shim on `[http] listen`.
+    pub http: bool,
+    /// Run the worker pools.
+    pub workers: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Self {
+            migrate: true,
+            http: true,
+            workers: true,
+        }
+    }
+}
+
+/// A daemon ready to run: connected, migrated, its listener bound.
+pub struct Daemon {
+    config: Config,
+    roles: Roles,
+    pool: PgPool,
+    cluster: Option<EmbeddedPostgres>,
+    registry: Arc<Registry>,
+    schedules: Vec<Schedule>,
+    listener: Option<TcpListener>,
+}
+
+impl Daemon {
+    /// Checks every part of `config` before anything starts, then connects, migrates and
+    /// binds. On a failure after the embedded cluster started, the cluster is stopped.
+    pub async fn build(config: Config, roles: Roles) -> anyhow::Result<Daemon> {
+        let schedules = scheduler::from_config(&config)?;
+        let keyring = crate::secrets::Keyring::from_config(&config)?;
+        crate::providers::oauth::Providers::from_config(&config)?.check_secrets()?;
+        let kinds = Kinds::builtin(&config)?;
+        for s in &schedules {
+            kinds
+                .check(&s.job)
+                .map_err(|e| anyhow::anyhow!("schedules.{}: {e}", s.name))?;
+        }
+        let (pool, cluster) = connect(&config, Embedded::Start).await?;
+        let deps = Deps::new(pool.clone()).map(|d| d.with_keyring(keyring));
+        let prepared = match deps {
+            Ok(deps) => prepare(&config, roles, &pool, &deps).await,
+            Err(e) => Err(e.into()),
+        };
+        match prepared {
+            Ok((registry, listener)) => Ok(Daemon {
+                config,
+                roles,
+                pool,
+                cluster,
+                registry,
+                schedules,
+                listener,
+            }),
+            Err(e) => {
+                close(pool, cluster).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The daemon's database pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The address the shim listens on (`None` without the `http` role).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains the workers, gives the shim's
+    /// clients [`SHIM_DRAIN`] to leave, and closes the pool and the embedded cluster.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Daemon {
+            config,
+            roles,
+            pool,
+            cluster,
+            registry,
+            schedules,
+            listener,
+        } = self;
+        let result = async {
+            let shim = match listener {
+                Some(listener) => Some(serve_shim(&config, &pool, &registry, listener, &shutdown)?),
+                None => None,
+            };
+            let cron = tokio::spawn(scheduler::run(pool.clone(), schedules, shutdown.clone()));
+            if roles.workers {
+                crate::runtime::run(&config, pool.clone(), registry, shutdown).await?;
+            } else {
+                tracing::info!("no worker pools (--no-workers)");
+                shutdown.cancelled().await;
+            }
+            let _ = cron.await;
+            if let Some(shim) = shim {
+                stop_shim(shim).await;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        close(pool, cluster).await;
+        result
+    }
+}
+
+/// The registry (with its kinds written to the database) and the shim's listener.
+async fn prepare(
+    config: &Config,
+    roles: Roles,
+    pool: &PgPool,
+    deps: &Deps,
+) -> anyhow::Result<(Arc<Registry>, Option<TcpListener>)> {
+    let registry = Arc::new(Registry::builtin(config, deps)?);
+    if roles.migrate {
+        migrate(pool, &registry).await?;
+    } else {
+        crate::queue::sync_kinds(pool, &registry.kind_defaults())
+            .await
+            .context("writing kind defaults to penguin.kinds (is the schema migrated?)")?;
+    }
+    let listener = if roles.http {
+        let listener = TcpListener::bind(&config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
+        Some(listener)
+    } else {
+        None
+    };
+    Ok((registry, listener))
+}
+
+/// Serves the shim on `listener` until `shutdown`.
+fn serve_shim(
+    config: &Config,
+    pool: &PgPool,
+    registry: &Arc<Registry>,
+    listener: TcpListener,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let state = crate::http::AppState::new(config, pool.clone(), registry.clone())?;
+    tracing::info!(listen = %config.http.listen, "HTTP shim listening");
+    let max_body = config.http.max_body;
+    let stop = shutdown.clone();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = crate::http::serve_on(listener, state, max_body, stop).await {
+            tracing::error!(error = %e, "HTTP shim stopped");
+        }
+    }))
+}
+
+/// Graceful shutdown waits for open connections to close; a slow or idle client must not
+/// hold the daemon's exit (systemd would SIGKILL it). In-flight requests had the whole
+/// drain of the workers to finish.
+async fn stop_shim(mut shim: JoinHandle<()>) {
+    if tokio::time::timeout(SHIM_DRAIN, &mut shim).await.is_err() {
+        tracing::warn!(
+            after = %humantime::format_duration(SHIM_DRAIN),
+            "HTTP clients still connected after shutdown; closing their connections"
+        );
+        shim.abort();
+    }
+}
+
+/// Closes the pool, then stops the embedded cluster if this process started it.
+async fn close(pool: PgPool, cluster: Option<EmbeddedPostgres>) {
+    pool.close().await;
+    if let Some(cluster) = cluster
+        && let Err(e) = cluster.stop().await
+    {
+        tracing::error!(error = %e, "could not stop the embedded PostgreSQL");
+    }
+}
+
+/// The shim checks jobs through the daemon's registry (the shim imports no kind).
+impl<H: ?Sized + crate::jobs::Describe> crate::http::EnqueueCheck for crate::jobs::Catalog<H> {
+    fn check(&self, job: &crate::queue::NewJob) -> Result<(), String> {
+        crate::jobs::Catalog::check(self, job).map_err(|e| e.to_string())
+    }
+}
