@@ -3,55 +3,16 @@
 
 mod support;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use penguin_jobs::queue::{self, NewJob};
+use penguin_jobs::queue::{JobState, NewJob};
 use serde_json::json;
-use support::daemon::{count, wait_for};
+use support::app::TestApp;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
-
-/// A scratch directory holding `jobs.toml`, from which daemons and commands run.
-struct Workdir(support::TempDir);
-
-impl Workdir {
-    fn new(config: &str) -> Self {
-        let dir = support::TempDir::new("daemon-test");
-        std::fs::write(dir.path().join("jobs.toml"), config).unwrap();
-        Self(dir)
-    }
-
-    fn command(&self, db_url: &str, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("--config")
-            .arg(self.0.path().join("jobs.toml"))
-            .args(args)
-            .current_dir(self.0.path())
-            .env("DATABASE_URL", db_url)
-            .env("RUST_LOG", "info");
-        cmd
-    }
-
-    fn spawn_daemon(&self, db_url: &str, log: &str) -> Child {
-        let log = std::fs::File::create(self.0.path().join(log)).unwrap();
-        self.command(db_url, &["run", "--no-http"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.0.path().join(name)).unwrap_or_default()
-    }
-
-    fn run(&self, db_url: &str, args: &[&str]) -> Output {
-        self.command(db_url, args).output().unwrap()
-    }
-}
 
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
@@ -62,17 +23,12 @@ fn signal(child: &Child, sig: &str) {
 }
 
 async fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("daemon did not exit within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let exited = support::poll_until(limit, async || child.try_wait().unwrap().is_some()).await;
+    if exited.is_none() {
+        let _ = child.kill();
+        panic!("daemon did not exit within {limit:?}");
     }
+    child.wait().unwrap()
 }
 
 /// The built-in prune schedule is off: its job would add to the counts these tests wait for.
@@ -80,21 +36,19 @@ const CONFIG: &str = "[daemon]\npoll_interval = \"100ms\"\nlease = \"3s\"\nrescu
 
 #[tokio::test]
 async fn sigkill_mid_batch_then_restart_completes_every_job() {
-    let db = support::test_db().await;
+    let app = TestApp::builder().config(CONFIG).build().await;
     let provider = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(20)))
         .mount(&provider)
         .await;
-    let work = Workdir::new(CONFIG);
-    let migrate = work.run(&db.url, &["migrate"]);
+    let migrate = app.cli(&["migrate"]);
     assert!(
         migrate.status.success(),
         "{}",
         String::from_utf8_lossy(&migrate.stderr)
     );
 
-    let mut conn = db.pool.acquire().await.unwrap();
     let url = format!("{}/hook", provider.uri());
     let jobs: Vec<NewJob> = (0..1500)
         .map(|n| {
@@ -104,11 +58,10 @@ async fn sigkill_mid_batch_then_restart_completes_every_job() {
             )
         })
         .collect();
-    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    app.enqueue_many(&jobs).await;
 
-    let mut daemon = work.spawn_daemon(&db.url, "first.log");
-    wait_for(
-        &db.pool,
+    let mut daemon = app.spawn_daemon("first.log");
+    app.wait_for(
         "select count(*) >= 100 from penguin.jobs where state = 'completed'",
         Duration::from_secs(60),
         "some jobs completed",
@@ -116,29 +69,21 @@ async fn sigkill_mid_batch_then_restart_completes_every_job() {
     .await;
     signal(&daemon, "-KILL");
     wait_exit(&mut daemon, Duration::from_secs(10)).await;
-    let held_at_kill = count(
-        &db.pool,
-        "select count(*) from penguin.jobs where state = 'running'",
-    )
-    .await;
+    let held_at_kill = app
+        .count("select count(*) from penguin.jobs where state = 'running'")
+        .await;
     assert!(held_at_kill > 0, "the kill caught jobs mid-batch");
-    let unstarted_at_kill = count(
-        &db.pool,
-        "select count(*) from penguin.jobs where state = 'running' and started_at is null",
-    )
-    .await;
+    let unstarted_at_kill = app
+        .count("select count(*) from penguin.jobs where state = 'running' and started_at is null")
+        .await;
     assert!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.jobs where state <> 'completed'"
-        )
-        .await
+        app.count("select count(*) from penguin.jobs where state <> 'completed'")
+            .await
             > 0
     );
 
-    let mut daemon = work.spawn_daemon(&db.url, "second.log");
-    wait_for(
-        &db.pool,
+    let mut daemon = app.spawn_daemon("second.log");
+    app.wait_for(
         "select count(*) = 1500 from penguin.jobs where state = 'completed'",
         Duration::from_secs(120),
         "every job completed after the restart",
@@ -146,84 +91,74 @@ async fn sigkill_mid_batch_then_restart_completes_every_job() {
     .await;
     signal(&daemon, "-TERM");
     let status = wait_exit(&mut daemon, Duration::from_secs(30)).await;
-    assert!(status.success(), "{status:?}\n{}", work.log("second.log"));
+    assert!(status.success(), "{status:?}\n{}", app.log("second.log"));
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.dead_letters").await,
+        app.count("select count(*) from penguin.dead_letters").await,
         0
     );
-    let rescued = count(
-        &db.pool,
-        "select count(*) from penguin.jobs where errors @> '[{\"class\": \"lease_expired\"}]'
+    let rescued = app
+        .count(
+            "select count(*) from penguin.jobs where errors @> '[{\"class\": \"lease_expired\"}]'
                                                or errors @> '[{\"class\": \"lease_expired_unstarted\"}]'",
-    )
-    .await;
+        )
+        .await;
     assert_eq!(
         rescued, held_at_kill,
         "every job held at the kill was rescued once"
     );
     // jobs claimed but never started are not charged for it
-    let refunded = count(
-        &db.pool,
-        "select count(*) from penguin.jobs
-          where errors @> '[{\"class\": \"lease_expired_unstarted\"}]' and attempt = 1",
-    )
-    .await;
+    let refunded = app
+        .count(
+            "select count(*) from penguin.jobs
+              where errors @> '[{\"class\": \"lease_expired_unstarted\"}]' and attempt = 1",
+        )
+        .await;
     assert_eq!(refunded, unstarted_at_kill);
 }
 
 #[tokio::test]
 async fn sigterm_drains_running_jobs_and_exits_zero() {
-    let db = support::test_db().await;
+    let app = TestApp::builder().config(CONFIG).build().await;
     let provider = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)))
         .expect(5)
         .mount(&provider)
         .await;
-    let work = Workdir::new(CONFIG);
-    let mut daemon = work.spawn_daemon(&db.url, "daemon.log");
-    wait_for(
-        &db.pool,
+    let mut daemon = app.spawn_daemon("daemon.log");
+    app.wait_for(
         "select exists (select 1 from penguin.idle_workers)",
         Duration::from_secs(30),
         "the daemon to start and idle",
     )
     .await;
-    let mut conn = db.pool.acquire().await.unwrap();
     let url = format!("{}/slow", provider.uri());
     let jobs: Vec<NewJob> = (0..5)
         .map(|_| NewJob::new("http.request", json!({ "method": "POST", "url": url })))
         .collect();
-    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
-    wait_for(
-        &db.pool,
+    app.enqueue_many(&jobs).await;
+    app.wait_for(
         "select count(*) = 5 from penguin.jobs where state = 'running'",
         Duration::from_secs(10),
         "the jobs to be claimed",
     )
     .await;
     // claimed is not started: signal only once all five reached the provider
-    let start = std::time::Instant::now();
-    while provider.received_requests().await.unwrap_or_default().len() < 5 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the jobs never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::poll_until(Duration::from_secs(10), async || {
+        provider.received_requests().await.unwrap_or_default().len() >= 5
+    })
+    .await
+    .expect("the jobs never started");
     signal(&daemon, "-TERM");
     let status = wait_exit(&mut daemon, Duration::from_secs(30)).await;
-    assert!(status.success(), "{status:?}\n{}", work.log("daemon.log"));
+    assert!(status.success(), "{status:?}\n{}", app.log("daemon.log"));
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.jobs where state = 'completed' and attempt = 1"
-        )
-        .await,
+        app.count("select count(*) from penguin.jobs where state = 'completed' and attempt = 1")
+            .await,
         5
     );
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.idle_workers").await,
+        app.count("select count(*) from penguin.idle_workers").await,
         0
     );
     provider.verify().await;
@@ -231,28 +166,24 @@ async fn sigterm_drains_running_jobs_and_exits_zero() {
 
 #[tokio::test]
 async fn the_cli_enqueues_inspects_and_refuses_bad_input_clearly() {
-    let db = support::test_db().await;
-    let work = Workdir::new("");
-    let out = work.run(&db.url, &["migrate"]);
+    let app = TestApp::new().await;
+    let out = app.cli(&["migrate"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let out = work.run(
-        &db.url,
-        &[
-            "enqueue",
-            "noop",
-            "--payload",
-            "{\"x\": 1}",
-            "--in",
-            "1h",
-            "--priority",
-            "-5",
-        ],
-    );
+    let out = app.cli(&[
+        "enqueue",
+        "noop",
+        "--payload",
+        "{\"x\": 1}",
+        "--in",
+        "1h",
+        "--priority",
+        "-5",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -263,14 +194,14 @@ async fn the_cli_enqueues_inspects_and_refuses_bad_input_clearly() {
         .trim()
         .parse()
         .unwrap();
-    let job = queue::get_job(&db.pool, id).await.unwrap();
-    assert_eq!((job.state.as_str(), job.priority), ("scheduled", -5));
+    let job = app.job(id).await;
+    assert_eq!((job.state, job.priority), (JobState::Scheduled, -5));
 
-    let out = work.run(&db.url, &["jobs", "show", &id.to_string(), "--json"]);
+    let out = app.cli(&["jobs", "show", &id.to_string(), "--json"]);
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["payload"], json!({"x": 1}));
 
-    let out = work.run(&db.url, &["stats", "--json"]);
+    let out = app.cli(&["stats", "--json"]);
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(stats[0]["scheduled"], 1);
 
@@ -291,22 +222,19 @@ async fn the_cli_enqueues_inspects_and_refuses_bad_input_clearly() {
         ),
     ];
     for (args, expected) in refusals {
-        let out = work.run(&db.url, args);
+        let out = app.cli(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
-    assert_eq!(
-        count(&db.pool, "select count(*) from penguin.jobs").await,
-        1
-    );
+    assert_eq!(app.count("select count(*) from penguin.jobs").await, 1);
 
-    let out = work.run(&db.url, &["jobs", "cancel", &id.to_string()]);
+    let out = app.cli(&["jobs", "cancel", &id.to_string()]);
     assert!(out.status.success());
-    let out = work.run(&db.url, &["jobs", "cancel", &id.to_string()]);
+    let out = app.cli(&["jobs", "cancel", &id.to_string()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is cancelled"));
-    let out = work.run(&db.url, &["dlq", "purge", "--older-than", "30d"]);
+    let out = app.cli(&["dlq", "purge", "--older-than", "30d"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "0 dead letters purged"
@@ -315,9 +243,10 @@ async fn the_cli_enqueues_inspects_and_refuses_bad_input_clearly() {
 
 #[tokio::test]
 async fn a_bad_config_stops_the_daemon_at_start_naming_the_key() {
-    let db = support::test_db().await;
-    let work = Workdir::new("[queues.email]\nconcurrency = 0\n");
-    let out = work.run(&db.url, &["run"]);
+    let app = TestApp::new().await;
+    let bad = app.dir.path().join("bad.toml");
+    std::fs::write(&bad, "[queues.email]\nconcurrency = 0\n").unwrap();
+    let out = support::daemon::cli(&bad, &app.url, &["run"], None);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -325,8 +254,8 @@ async fn a_bad_config_stops_the_daemon_at_start_naming_the_key() {
         "{stderr}"
     );
 
-    let work = Workdir::new("[kinds.\"mailgun.sned\"]\nmax_attempts = 3\n");
-    let out = work.run(&db.url, &["run"]);
+    std::fs::write(&bad, "[kinds.\"mailgun.sned\"]\nmax_attempts = 3\n").unwrap();
+    let out = support::daemon::cli(&bad, &app.url, &["run"], None);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("kinds.\"mailgun.sned\": not a known job kind"),
@@ -337,24 +266,26 @@ async fn a_bad_config_stops_the_daemon_at_start_naming_the_key() {
 #[tokio::test]
 async fn with_no_database_configured_run_starts_and_stops_its_own_postgres() {
     // the data directory must be reachable by the `postgres` user when tests run as root
-    let work = Workdir::new("");
-    let data_dir = work.0.path().join("state");
+    let work = support::TempDir::new("daemon-test");
+    let data_dir = work.path().join("state");
     std::fs::write(
-        work.0.path().join("jobs.toml"),
+        work.path().join("jobs.toml"),
         format!(
             "[daemon]\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n",
             data_dir.display()
         ),
     )
     .unwrap();
-    let mut perms = std::fs::metadata(work.0.path()).unwrap().permissions();
+    let mut perms = std::fs::metadata(work.path()).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(work.0.path(), perms).unwrap();
+    std::fs::set_permissions(work.path(), perms).unwrap();
 
+    let embedded_log =
+        || std::fs::read_to_string(work.path().join("embedded.log")).unwrap_or_default();
     let run = |args: &[&str]| {
         Command::new(BIN)
             .arg("--config")
-            .arg(work.0.path().join("jobs.toml"))
+            .arg(work.path().join("jobs.toml"))
             .args(args)
             .env_remove("DATABASE_URL")
             .output()
@@ -365,10 +296,10 @@ async fn with_no_database_configured_run_starts_and_stops_its_own_postgres() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no database configured"));
 
-    let log = std::fs::File::create(work.0.path().join("embedded.log")).unwrap();
+    let log = std::fs::File::create(work.path().join("embedded.log")).unwrap();
     let mut daemon = Command::new(BIN)
         .arg("--config")
-        .arg(work.0.path().join("jobs.toml"))
+        .arg(work.path().join("jobs.toml"))
         .args(["run", "--no-http"])
         .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
@@ -385,7 +316,7 @@ async fn with_no_database_configured_run_starts_and_stops_its_own_postgres() {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "{}",
-            work.log("embedded.log")
+            embedded_log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -398,17 +329,14 @@ async fn with_no_database_configured_run_starts_and_stops_its_own_postgres() {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "{}",
-            work.log("embedded.log")
+            embedded_log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     signal(&daemon, "-TERM");
     let status = wait_exit(&mut daemon, Duration::from_secs(30)).await;
-    assert!(status.success(), "{}", work.log("embedded.log"));
-    assert!(
-        work.log("embedded.log")
-            .contains("embedded PostgreSQL stopped")
-    );
+    assert!(status.success(), "{}", embedded_log());
+    assert!(embedded_log().contains("embedded PostgreSQL stopped"));
     assert!(
         !data_dir.join("postgres/postmaster.pid").exists(),
         "the cluster is down after the daemon exits"

@@ -8,33 +8,29 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use hmac::{Hmac, Mac};
 use p256::ecdsa::signature::Signer;
-use penguin_jobs::http::{AppState, serve_on};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use support::daemon::{config, count, register_kinds};
-use tokio_util::sync::CancellationToken;
+use support::app::{Builder, TestApp};
+use support::daemon::config;
 
 const TOKEN: &str = "test-api-token-0123456789";
 const STRIPE_SECRET: &str = "whsec_test_secret_for_the_shim";
 const MAILGUN_KEY: &str = "mailgun-signing-key-for-tests";
 
+/// The app serving the shim, with every provider's webhook secret and a clock the test
+/// moves.
 struct Shim {
-    base: String,
-    client: reqwest::Client,
+    app: TestApp,
     clock: Arc<AtomicI64>,
     sendgrid_key: p256::ecdsa::SigningKey,
-    _stop: tokio_util::sync::DropGuard,
-    _dir: support::TempDir,
 }
 
-async fn start(pool: &sqlx::PgPool, pool_for_shim: sqlx::PgPool) -> Shim {
-    start_with(pool, pool_for_shim, "").await
+async fn start() -> Shim {
+    start_with(TestApp::builder(), "").await
 }
 
 /// `extra` is appended to the shim's config (filters).
-async fn start_with(pool: &sqlx::PgPool, pool_for_shim: sqlx::PgPool, extra: &str) -> Shim {
-    let scratch = support::TempDir::new("http");
-    let dir = scratch.path();
+async fn start_with(app: Builder, extra: &str) -> Shim {
     let sendgrid_key = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
     // SubjectPublicKeyInfo DER of a P-256 key: the fixed algorithm header, then the point
     let mut public = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
@@ -45,54 +41,40 @@ async fn start_with(pool: &sqlx::PgPool, pool_for_shim: sqlx::PgPool, extra: &st
             .as_bytes(),
     );
     use base64::Engine;
-    let files = [
-        ("token", TOKEN.to_string()),
-        ("stripe", STRIPE_SECRET.to_string()),
-        ("mailgun", MAILGUN_KEY.to_string()),
-        (
-            "sendgrid",
-            base64::engine::general_purpose::STANDARD.encode(&public),
-        ),
-    ];
-    for (name, value) in &files {
-        std::fs::write(dir.join(name), value).unwrap();
-    }
-    let f = |name: &str| format!("file:{}", dir.join(name).display());
-    let cfg = config(&format!(
+    let dir = app.dir();
+    let toml = format!(
         "[http]\napi_tokens = [\"{}\"]\nmax_body = 4096\n\
          [providers.stripe]\nwebhook_secret = \"{}\"\n\
          [providers.mailgun]\nwebhook_signing_key = \"{}\"\n\
          [providers.sendgrid]\nwebhook_public_key = \"{}\"\n{extra}",
-        f("token"),
-        f("stripe"),
-        f("mailgun"),
-        f("sendgrid")
-    ));
-    let registry = register_kinds(pool, &cfg).await;
+        dir.secret_file("token", TOKEN),
+        dir.secret_file("stripe", STRIPE_SECRET),
+        dir.secret_file("mailgun", MAILGUN_KEY),
+        dir.secret_file(
+            "sendgrid",
+            &base64::engine::general_purpose::STANDARD.encode(&public)
+        ),
+    );
     let clock = Arc::new(AtomicI64::new(chrono::Utc::now().timestamp()));
     let c = clock.clone();
-    let state = AppState::new(&cfg, pool_for_shim, registry)
-        .unwrap()
-        .with_clock(move || c.load(Ordering::SeqCst));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(serve_on(listener, state, 4096, stop.clone()));
+    let app = app
+        .config(&toml)
+        .shim_clock(move || c.load(Ordering::SeqCst))
+        .build()
+        .await;
     Shim {
-        base,
-        client: reqwest::Client::new(),
+        app,
         clock,
         sendgrid_key,
-        _stop: stop.drop_guard(),
-        _dir: scratch,
     }
 }
 
 impl Shim {
     async fn post_job(&self, token: Option<&str>, body: &str) -> (u16, Value) {
-        let mut req = self
+        let shim = self.app.shim();
+        let mut req = shim
             .client
-            .post(format!("{}/v1/jobs", self.base))
+            .post(shim.url("/v1/jobs"))
             .body(body.to_string());
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -108,9 +90,10 @@ impl Shim {
         headers: &[(&str, String)],
         body: &[u8],
     ) -> (u16, Value) {
-        let mut req = self
+        let shim = self.app.shim();
+        let mut req = shim
             .client
-            .post(format!("{}/webhooks/{provider}", self.base))
+            .post(shim.url(&format!("/webhooks/{provider}")))
             .body(body.to_vec());
         for (k, v) in headers {
             req = req.header(*k, v);
@@ -147,8 +130,7 @@ fn stripe_signature(t: i64, body: &[u8]) -> String {
 
 #[tokio::test]
 async fn post_jobs_answers_every_status_the_contract_names() {
-    let db = support::test_db().await;
-    let shim = start(&db.pool, db.pool.clone()).await;
+    let shim = start().await;
 
     assert_eq!(shim.post_job(None, r#"{"kind": "noop"}"#).await.0, 401);
     assert_eq!(
@@ -211,16 +193,12 @@ async fn post_jobs_answers_every_status_the_contract_names() {
         "{answer}"
     );
 
-    assert_eq!(
-        count(&db.pool, "select count(*) from penguin.jobs").await,
-        1
-    );
+    assert_eq!(shim.app.count("select count(*) from penguin.jobs").await, 1);
 }
 
 #[tokio::test]
 async fn concurrent_posts_share_commits_and_each_gets_its_own_job() {
-    let db = support::test_db().await;
-    let shim = Arc::new(start(&db.pool, db.pool.clone()).await);
+    let shim = Arc::new(start().await);
     let mut tasks = Vec::new();
     for n in 0..200 {
         let shim = shim.clone();
@@ -242,15 +220,14 @@ async fn concurrent_posts_share_commits_and_each_gets_its_own_job() {
     ids.dedup();
     assert_eq!(ids.len(), 200);
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.jobs").await,
+        shim.app.count("select count(*) from penguin.jobs").await,
         200
     );
 }
 
 #[tokio::test]
 async fn a_stripe_event_is_stored_with_its_job_once_and_forgeries_are_refused() {
-    let db = support::test_db().await;
-    let shim = start(&db.pool, db.pool.clone()).await;
+    let shim = start().await;
     let body = stripe_event("evt_shim_1");
     let sig = stripe_signature(shim.now(), &body);
 
@@ -270,21 +247,23 @@ async fn a_stripe_event_is_stored_with_its_job_once_and_forgeries_are_refused() 
         (200, json!({"stored": 0, "duplicates": 1}))
     );
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.inbound_events").await,
+        shim.app
+            .count("select count(*) from penguin.inbound_events")
+            .await,
         1
     );
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.jobs j join penguin.inbound_events e
+        shim.app
+            .count(
+                "select count(*) from penguin.jobs j join penguin.inbound_events e
                 on (j.payload->>'inbound_event_id')::bigint = e.id
              where j.kind = 'stripe.event' and e.event_id = 'evt_shim_1'"
-        )
-        .await,
+            )
+            .await,
         1
     );
     let raw: Vec<u8> = sqlx::query_scalar("select raw from penguin.inbound_events")
-        .fetch_one(&db.pool)
+        .fetch_one(&shim.app.pool)
         .await
         .unwrap();
     assert_eq!(raw, body, "the raw body is stored exactly as received");
@@ -318,7 +297,9 @@ async fn a_stripe_event_is_stored_with_its_job_once_and_forgeries_are_refused() 
         400
     );
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.inbound_events").await,
+        shim.app
+            .count("select count(*) from penguin.inbound_events")
+            .await,
         1
     );
     assert_eq!(shim.post_webhook("paypal", &[], b"{}").await.0, 404);
@@ -336,15 +317,16 @@ async fn a_stripe_event_is_stored_with_its_job_once_and_forgeries_are_refused() 
         .await;
     assert!(answer["error"].is_string(), "{answer}");
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.inbound_events").await,
+        shim.app
+            .count("select count(*) from penguin.inbound_events")
+            .await,
         1
     );
 }
 
 #[tokio::test]
 async fn a_sendgrid_batch_stores_each_event_once() {
-    let db = support::test_db().await;
-    let shim = start(&db.pool, db.pool.clone()).await;
+    let shim = start().await;
     let body = serde_json::to_vec(&json!([
         {"email": "ada@example.com", "timestamp": 1_700_000_000, "event": "delivered", "sg_event_id": "sg-1", "sg_message_id": "m1.filter", "campaignId": "cmp_42"},
         {"email": "bob@example.com", "timestamp": 1_700_000_001, "event": "bounce", "type": "bounce", "sg_event_id": "sg-2", "sg_message_id": "m2.filter"}
@@ -371,17 +353,15 @@ async fn a_sendgrid_batch_stores_each_event_once() {
         (200, json!({"stored": 0, "duplicates": 2}))
     );
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.jobs where kind = 'sendgrid.event'"
-        )
-        .await,
+        shim.app
+            .count("select count(*) from penguin.jobs where kind = 'sendgrid.event'")
+            .await,
         2
     );
     // each event keeps its own bytes of the batch, not the whole batch again
     let raws: Vec<Vec<u8>> =
         sqlx::query_scalar("select raw from penguin.inbound_events order by event_id")
-            .fetch_all(&db.pool)
+            .fetch_all(&shim.app.pool)
             .await
             .unwrap();
     let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&body).unwrap();
@@ -399,8 +379,7 @@ async fn a_sendgrid_batch_stores_each_event_once() {
 
 #[tokio::test]
 async fn a_mailgun_token_cannot_be_replayed() {
-    let db = support::test_db().await;
-    let shim = start(&db.pool, db.pool.clone()).await;
+    let shim = start().await;
     let ts = shim.now();
     let token = "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6aa";
     let body = |id: &str| {
@@ -422,7 +401,9 @@ async fn a_mailgun_token_cannot_be_replayed() {
         401
     );
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.inbound_events").await,
+        shim.app
+            .count("select count(*) from penguin.inbound_events")
+            .await,
         1
     );
 }
@@ -440,7 +421,11 @@ async fn a_stopped_database_answers_503_so_the_provider_retries() {
         .await
         .unwrap();
     penguin_jobs::queue::migrate(&pool).await.unwrap();
-    let shim = start(&pool, pool.clone()).await;
+    let shim = start_with(
+        TestApp::builder().database(pool, &cluster.url("postgres")),
+        "",
+    )
+    .await;
     let body = stripe_event("evt_up");
     let sig = stripe_signature(shim.now(), &body);
     assert_eq!(
@@ -465,11 +450,10 @@ async fn a_stopped_database_answers_503_so_the_provider_retries() {
 
 #[tokio::test]
 async fn one_bad_request_in_a_group_commit_does_not_fail_its_neighbours() {
-    let db = support::test_db().await;
-    let shim = Arc::new(start(&db.pool, db.pool.clone()).await);
+    let shim = Arc::new(start().await);
     // known to this daemon's registry, but gone from penguin.kinds: the SQL refuses it
     sqlx::query("delete from penguin.kinds where kind = 'http.request'")
-        .execute(&db.pool)
+        .execute(&shim.app.pool)
         .await
         .unwrap();
     let mut tasks = Vec::new();
@@ -497,17 +481,15 @@ async fn one_bad_request_in_a_group_commit_does_not_fail_its_neighbours() {
         }
     }
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.jobs").await,
+        shim.app.count("select count(*) from penguin.jobs").await,
         59
     );
 }
 
 #[tokio::test]
 async fn filtered_events_are_stored_and_counted_but_get_no_job() {
-    let db = support::test_db().await;
     let shim = start_with(
-        &db.pool,
-        db.pool.clone(),
+        TestApp::builder(),
         "[[providers.stripe.filters]]\nevent = \"payment_intent.succeeded\"\nconditions = { \"data.object.currency\" = \"usd\" }\n",
     )
     .await;
@@ -538,27 +520,26 @@ async fn filtered_events_are_stored_and_counted_but_get_no_job() {
         200
     );
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.inbound_events").await,
+        shim.app
+            .count("select count(*) from penguin.inbound_events")
+            .await,
         2
     );
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.jobs where kind = 'stripe.event'"
-        )
-        .await,
+        shim.app
+            .count("select count(*) from penguin.jobs where kind = 'stripe.event'")
+            .await,
         1
     );
     assert_eq!(
-        count(&db.pool, "select count from penguin.webhook_counters where provider = 'stripe' and reason = 'filtered'").await,
+        shim.app.count("select count from penguin.webhook_counters where provider = 'stripe' and reason = 'filtered'").await,
         1
     );
 }
 
 #[tokio::test]
 async fn a_stored_stripe_event_is_processed_end_to_end() {
-    let db = support::test_db().await;
-    let shim = start(&db.pool, db.pool.clone()).await;
+    let shim = start().await;
     let body = stripe_event("evt_e2e");
     let sig = stripe_signature(shim.now(), &body);
     assert_eq!(
@@ -570,13 +551,13 @@ async fn a_stored_stripe_event_is_processed_end_to_end() {
 
     let registry = penguin_jobs::jobs::Registry::builtin(
         &config(""),
-        &penguin_jobs::jobs::Deps::new(db.pool.clone()).unwrap(),
+        &penguin_jobs::jobs::Deps::new(shim.app.pool.clone()).unwrap(),
     )
     .unwrap();
     let claimed = penguin_jobs::queue::claim(
-        &db.pool,
+        &shim.app.pool,
         "default",
-        &support::daemon::known_kinds(&db.pool).await,
+        &support::daemon::known_kinds(&shim.app.pool).await,
         10,
         "w",
         std::time::Duration::from_secs(30),
@@ -591,19 +572,18 @@ async fn a_stored_stripe_event_is_processed_end_to_end() {
         "{outcome:?}"
     );
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.payments where id = 'pi_1' and status = 'succeeded'"
-        )
-        .await,
+        shim.app
+            .count(
+                "select count(*) from penguin.payments where id = 'pi_1' and status = 'succeeded'"
+            )
+            .await,
         1
     );
 }
 
 #[tokio::test]
 async fn a_job_with_text_the_database_cannot_store_is_refused_with_422_naming_the_field() {
-    let db = support::test_db().await;
-    let shim = start(&db.pool, db.pool.clone()).await;
+    let shim = start().await;
     // `\u0000` inside JSON is a NUL, which neither jsonb nor text can hold
     for (body, names) in [
         (
@@ -649,10 +629,7 @@ async fn a_job_with_text_the_database_cannot_store_is_refused_with_422_naming_th
         assert_eq!(status, 422, "{}: {answer}", &body[..body.len().min(120)]);
         assert!(answer["error"].is_string(), "{answer}");
     }
-    assert_eq!(
-        count(&db.pool, "select count(*) from penguin.jobs").await,
-        0
-    );
+    assert_eq!(shim.app.count("select count(*) from penguin.jobs").await, 0);
     // the largest values the columns hold are taken
     let (status, answer) = shim
         .post_job(
@@ -714,8 +691,7 @@ async fn process_all(pool: &sqlx::PgPool, kind: &str) {
 
 #[tokio::test]
 async fn a_signed_webhook_with_nul_in_its_text_is_stored_and_processed() {
-    let db = support::test_db().await;
-    let shim = start(&db.pool, db.pool.clone()).await;
+    let shim = start().await;
 
     // a bounce reason is written by a remote mail server: it can hold anything
     let body = br#"[{"email": "ada@example.com", "timestamp": 1700000000, "event": "bounce", "type": "bounce", "reason": "550 user\u0000unknown", "sg_event_id": "sg-nul\u0000", "sg_message_id": "m1.filter", "campaignId": "cmp_42", "recipientId": "r\u0000"},
@@ -760,49 +736,48 @@ async fn a_signed_webhook_with_nul_in_its_text_is_stored_and_processed() {
     let raw: Vec<u8> = sqlx::query_scalar(
         "select raw from penguin.inbound_events where event_id = 'sg-nul\u{fffd}'",
     )
-    .fetch_one(&db.pool)
+    .fetch_one(&shim.app.pool)
     .await
     .unwrap();
     assert!(raw.windows(6).any(|w| w == br"\u0000"));
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.inbound_events
+        shim.app
+            .count(
+                "select count(*) from penguin.inbound_events
               where payload->>'reason' = E'550 user\\uFFFDunknown'
                  or payload#>>'{delivery-status,message}' = E'mailbox \\uFFFD gone'
                  or payload#>>'{data,object,last_payment_error,message}' = E'declined\\uFFFD'"
-        )
-        .await,
+            )
+            .await,
         3
     );
 
     for kind in ["sendgrid.event", "mailgun.event", "stripe.event"] {
-        process_all(&db.pool, kind).await;
+        process_all(&shim.app.pool, kind).await;
     }
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.email_events
+        shim.app
+            .count(
+                "select count(*) from penguin.email_events
               where recipient in ('ada@example.com', 'bob@example.com', 'carol@example.com')"
-        )
-        .await,
+            )
+            .await,
         3
     );
     assert_eq!(
-        count(
-            &db.pool,
+        shim.app.count(
             "select count(*) from penguin.suppressions where address in ('ada@example.com', 'carol@example.com')"
         )
         .await,
         2
     );
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.payments where id = 'pi_nul' and status = 'failed'
+        shim.app
+            .count(
+                "select count(*) from penguin.payments where id = 'pi_nul' and status = 'failed'
                 and last_error = E'declined\\uFFFD'"
-        )
-        .await,
+            )
+            .await,
         1
     );
 }

@@ -14,27 +14,23 @@ use penguin_jobs::queue;
 use penguin_jobs::secrets::Keyring;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
-use support::TempDir;
-use support::credentials::{cli, master_key_file, start_runtime};
-use support::daemon::{count, wait_for, wait_for_finished};
+use support::app::TestApp;
+use support::credentials::master_key_file;
+use support::daemon::cli;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 struct World {
-    db: support::TestDb,
-    dir: TempDir,
-    keyring: Keyring,
-    toml: String,
+    app: TestApp,
     api: MockServer,
 }
 
 /// A database, a master key and a fake provider whose valid keys are `valid`.
 async fn world(valid: &[&str]) -> World {
-    let db = support::test_db().await;
-    let dir = TempDir::new("keys");
-    let (key, master_ref) = master_key_file(&dir, "master.key");
+    let app = TestApp::builder();
+    let (key, master_ref) = master_key_file(app.dir(), "master.key");
     let api = MockServer::start().await;
     for k in valid {
         Mock::given(method("GET"))
@@ -61,29 +57,31 @@ async fn world(valid: &[&str]) -> World {
          [api_keys.providers.plain]\ntest_url = \"{b}/v1/me\"\n",
         b = api.uri()
     );
-    std::fs::write(dir.0.join("jobs.toml"), &toml).unwrap();
-    World {
-        db,
-        dir,
-        keyring: Keyring::new(key, Vec::new()),
-        toml,
-        api,
-    }
+    let app = app
+        .config(&toml)
+        .keyring(Keyring::new(key, Vec::new()))
+        .build()
+        .await;
+    World { app, api }
 }
 
 impl World {
+    fn keyring(&self) -> &Keyring {
+        self.app.keyring.as_ref().unwrap()
+    }
+
     fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        self.cli_with(&self.dir.0.join("jobs.toml"), args, stdin)
+        self.cli_with(&self.app.config_path(), args, stdin)
     }
 
     fn cli_with(&self, config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
-        cli(config, &self.db.url, args, stdin)
+        cli(config, &self.app.url, args, stdin)
     }
 
     async fn set(&self, provider: &str, key: &str) {
         apikey::set_key(
-            &self.db.pool,
-            &self.keyring,
+            &self.app.pool,
+            self.keyring(),
             provider,
             "production",
             &SecretString::from(key.to_string()),
@@ -96,7 +94,7 @@ impl World {
     }
 
     async fn active(&self, provider: &str) -> (i32, String) {
-        let k = active_key(&self.db.pool, &self.keyring, provider, "production")
+        let k = active_key(&self.app.pool, self.keyring(), provider, "production")
             .await
             .unwrap()
             .expect("an active key");
@@ -105,7 +103,7 @@ impl World {
 
     async fn rotate(&self, provider: &str) -> i64 {
         queue::enqueue(
-            &self.db.pool,
+            &self.app.pool,
             &apikey::rotation_job(provider, "production", Actor::Cli),
         )
         .await
@@ -144,7 +142,7 @@ async fn events_of(pool: &PgPool, provider: &str, version: i32) -> Vec<String> {
 
 #[tokio::test]
 async fn rotation_through_the_key_api_tests_activates_retires_then_revokes() {
-    let w = world(&["initial-key-1", "generated-key-2", "generated-key-3"]).await;
+    let mut w = world(&["initial-key-1", "generated-key-2", "generated-key-3"]).await;
     // the key API creates the next key, authenticated with the active one
     for (auth, secret, id) in [
         ("initial-key-1", "generated-key-2", "k2"),
@@ -169,15 +167,14 @@ async fn rotation_through_the_key_api_tests_activates_retires_then_revokes() {
         .mount(&w.api)
         .await;
     w.set("acme", "initial-key-1").await;
-    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    w.app.start_runtime();
 
     let job = w.rotate("acme").await;
-    wait_for_finished(&w.db.pool, job, LIMIT).await;
+    w.app.wait_for_finished(job, LIMIT).await;
     assert_eq!(w.active("acme").await, (2, "generated-key-2".into()));
-    assert_eq!(status_of(&w.db.pool, "acme", 1).await, "retiring");
+    assert_eq!(status_of(&w.app.pool, "acme", 1).await, "retiring");
     // the old key stays valid for the overlap, then the revocation job retires it
-    wait_for(
-        &w.db.pool,
+    w.app.wait_for(
         "select status = 'revoked' from penguin.api_keys where provider = 'acme' and version = 1",
         LIMIT,
         "version 1 revoked after the overlap",
@@ -191,7 +188,7 @@ async fn rotation_through_the_key_api_tests_activates_retires_then_revokes() {
         "select o.retire_at, o.revoked_at, n.rotate_after from penguin.api_keys o, penguin.api_keys n
           where o.provider = 'acme' and o.version = 1 and n.provider = 'acme' and n.version = 2",
     )
-    .fetch_one(&w.db.pool)
+    .fetch_one(&w.app.pool)
     .await
     .unwrap();
     assert!(revoked_at >= retire_at, "revoked only after the overlap");
@@ -199,24 +196,23 @@ async fn rotation_through_the_key_api_tests_activates_retires_then_revokes() {
 
     // the next rotation revokes version 2 at the provider too (it has a provider id)
     let job = w.rotate("acme").await;
-    wait_for_finished(&w.db.pool, job, LIMIT).await;
+    w.app.wait_for_finished(job, LIMIT).await;
     assert_eq!(w.active("acme").await, (3, "generated-key-3".into()));
-    wait_for(
-        &w.db.pool,
+    w.app.wait_for(
         "select status = 'revoked' from penguin.api_keys where provider = 'acme' and version = 2",
         LIMIT,
         "version 2 revoked",
     )
     .await;
-    runtime.stop().await;
+    w.app.stop().await;
     assert_eq!(
-        events_of(&w.db.pool, "acme", 2).await,
+        events_of(&w.app.pool, "acme", 2).await,
         vec!["key_staged:ok", "key_activated:ok", "key_revoked:ok"]
     );
     let detail: serde_json::Value = sqlx::query_scalar(
         "select detail from penguin.audit_log where event = 'key_revoked' order by id desc limit 1",
     )
-    .fetch_one(&w.db.pool)
+    .fetch_one(&w.app.pool)
     .await
     .unwrap();
     assert_eq!(detail["revoked_at_provider"], true);
@@ -224,7 +220,7 @@ async fn rotation_through_the_key_api_tests_activates_retires_then_revokes() {
     let rows: String = sqlx::query_scalar(
         "select coalesce(string_agg(payload::text || coalesce(result::text, '') || errors::text, ' '), '') from penguin.jobs",
     )
-    .fetch_one(&w.db.pool)
+    .fetch_one(&w.app.pool)
     .await
     .unwrap();
     for k in ["initial-key-1", "generated-key-2", "generated-key-3"] {
@@ -235,9 +231,9 @@ async fn rotation_through_the_key_api_tests_activates_retires_then_revokes() {
 
 #[tokio::test]
 async fn a_staged_key_that_fails_its_test_leaves_the_old_key_active_and_raises_an_alert() {
-    let w = world(&["plain-key-1", "plain-key-3"]).await;
+    let mut w = world(&["plain-key-1", "plain-key-3"]).await;
     w.set("plain", "plain-key-1").await;
-    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    w.app.start_runtime();
 
     let out = w.cli(&["keys", "stage", "plain"], Some("wrong-key-2\n"));
     assert!(
@@ -256,35 +252,35 @@ async fn a_staged_key_that_fails_its_test_leaves_the_old_key_active_and_raises_a
         .trim()
         .parse()
         .unwrap();
-    wait_for_finished(&w.db.pool, job, LIMIT).await;
+    w.app.wait_for_finished(job, LIMIT).await;
 
     assert_eq!(w.active("plain").await, (1, "plain-key-1".into()));
-    assert_eq!(status_of(&w.db.pool, "plain", 2).await, "revoked");
+    assert_eq!(status_of(&w.app.pool, "plain", 2).await, "revoked");
     let (reason, errors): (String, serde_json::Value) =
         sqlx::query_as("select reason, errors from penguin.dead_letters where job_id = $1")
             .bind(job)
-            .fetch_one(&w.db.pool)
+            .fetch_one(&w.app.pool)
             .await
             .unwrap();
     assert!(!reason.is_empty());
     assert_eq!(errors[0]["class"], "authentication");
     assert!(!errors.to_string().contains("wrong-key-2"));
-    let alerts = creds::open_alerts(&w.db.pool).await.unwrap();
+    let alerts = creds::open_alerts(&w.app.pool).await.unwrap();
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].kind, "apikey_test_failed");
     assert!(alerts[0].message.contains("the current key stays active"));
     assert_eq!(
-        events_of(&w.db.pool, "plain", 2).await,
+        events_of(&w.app.pool, "plain", 2).await,
         vec!["key_staged:ok", "key_test_failed:failed"]
     );
 
     // nothing staged and no key API: the rotation says what to do
     let job = w.rotate("plain").await;
-    wait_for_finished(&w.db.pool, job, LIMIT).await;
+    w.app.wait_for_finished(job, LIMIT).await;
     let errors: serde_json::Value =
         sqlx::query_scalar("select errors from penguin.dead_letters where job_id = $1")
             .bind(job)
-            .fetch_one(&w.db.pool)
+            .fetch_one(&w.app.pool)
             .await
             .unwrap();
     assert!(
@@ -295,7 +291,7 @@ async fn a_staged_key_that_fails_its_test_leaves_the_old_key_active_and_raises_a
         "{errors}"
     );
     assert_eq!(
-        creds::open_alerts(&w.db.pool).await.unwrap()[0].kind,
+        creds::open_alerts(&w.app.pool).await.unwrap()[0].kind,
         "apikey_rotation_blocked"
     );
 
@@ -303,10 +299,10 @@ async fn a_staged_key_that_fails_its_test_leaves_the_old_key_active_and_raises_a
     let out = w.cli(&["keys", "stage", "plain"], Some("plain-key-3"));
     assert!(out.status.success());
     let job = w.rotate("plain").await;
-    wait_for_finished(&w.db.pool, job, LIMIT).await;
+    w.app.wait_for_finished(job, LIMIT).await;
     assert_eq!(w.active("plain").await, (3, "plain-key-3".into()));
-    assert_eq!(status_of(&w.db.pool, "plain", 1).await, "retiring");
-    runtime.stop().await;
+    assert_eq!(status_of(&w.app.pool, "plain", 1).await, "retiring");
+    w.app.stop().await;
 }
 
 #[tokio::test]
@@ -378,12 +374,12 @@ async fn keys_are_read_from_standard_input_stored_encrypted_and_never_listed() {
     assert!(table.contains("sendgrid") && !table.contains("very-secret"));
     let (id, enc): (uuid::Uuid, String) =
         sqlx::query_as("select id, key_enc from penguin.api_keys where version = 1")
-            .fetch_one(&w.db.pool)
+            .fetch_one(&w.app.pool)
             .await
             .unwrap();
     assert!(enc.starts_with("pj1.") && !enc.contains("very-secret"));
     assert_eq!(
-        w.keyring
+        w.keyring()
             .decrypt(&enc, &creds::api_key_aad(id))
             .unwrap()
             .expose_secret(),
@@ -391,7 +387,7 @@ async fn keys_are_read_from_standard_input_stored_encrypted_and_never_listed() {
     );
 
     // refusals: one clear line each, nothing stored
-    let no_master = w.dir.0.join("no-master.toml");
+    let no_master = w.app.dir.0.join("no-master.toml");
     std::fs::write(&no_master, "").unwrap();
     for (config, args, stdin, expected) in [
         (
@@ -444,7 +440,7 @@ async fn keys_are_read_from_standard_input_stored_encrypted_and_never_listed() {
         );
     }
     assert_eq!(
-        count(&w.db.pool, "select count(*) from penguin.api_keys").await,
+        w.app.count("select count(*) from penguin.api_keys").await,
         2
     );
 }
@@ -455,8 +451,8 @@ async fn the_daily_sweep_enqueues_due_rotations_once_and_overdue_revocations() {
     w.set("acme", "a1").await;
     w.set("plain", "p1").await;
     apikey::set_key(
-        &w.db.pool,
-        &w.keyring,
+        &w.app.pool,
+        w.keyring(),
         "forever",
         "production",
         &SecretString::from("f1".to_string()),
@@ -466,21 +462,20 @@ async fn the_daily_sweep_enqueues_due_rotations_once_and_overdue_revocations() {
     )
     .await
     .unwrap();
-    support::credentials::registry(&w.db.pool, &support::daemon::config(&w.toml), &w.keyring).await;
-    assert_eq!(sweep(&w.db.pool).await.unwrap(), 0, "nothing due yet");
+    assert_eq!(sweep(&w.app.pool).await.unwrap(), 0, "nothing due yet");
     sqlx::query("update penguin.api_keys set rotate_after = now() - interval '1 minute' where provider = 'acme'")
-        .execute(&w.db.pool)
+        .execute(&w.app.pool)
         .await
         .unwrap();
-    assert_eq!(sweep(&w.db.pool).await.unwrap(), 1);
+    assert_eq!(sweep(&w.app.pool).await.unwrap(), 1);
     assert_eq!(
-        sweep(&w.db.pool).await.unwrap(),
+        sweep(&w.app.pool).await.unwrap(),
         0,
         "unique per provider and environment"
     );
     let payload: serde_json::Value =
         sqlx::query_scalar("select payload from penguin.jobs where kind = 'apikey.rotate'")
-            .fetch_one(&w.db.pool)
+            .fetch_one(&w.app.pool)
             .await
             .unwrap();
     assert_eq!(
@@ -490,37 +485,32 @@ async fn the_daily_sweep_enqueues_due_rotations_once_and_overdue_revocations() {
     // a retiring key whose overlap is over gets its revocation
     w.set("plain", "p2").await;
     sqlx::query("update penguin.api_keys set retire_at = now() - interval '1 second' where status = 'retiring'")
-        .execute(&w.db.pool)
+        .execute(&w.app.pool)
         .await
         .unwrap();
-    sweep(&w.db.pool).await.unwrap();
+    sweep(&w.app.pool).await.unwrap();
     assert_eq!(
-        count(
-            &w.db.pool,
-            "select count(*) from penguin.jobs where kind = 'apikey.revoke'"
-        )
-        .await,
+        w.app
+            .count("select count(*) from penguin.jobs where kind = 'apikey.revoke'")
+            .await,
         1,
         "the rotation's own revocation job and the sweep's are one"
     );
     assert_eq!(
-        count(
-            &w.db.pool,
-            "select count(*) from penguin.jobs where kind = 'apikey.rotate'"
-        )
-        .await,
+        w.app
+            .count("select count(*) from penguin.jobs where kind = 'apikey.rotate'")
+            .await,
         1,
         "a 'never' key is not rotated"
     );
     // a key the provider expires within a day is due whatever its schedule
     sqlx::query("update penguin.api_keys set expires_at = now() + interval '2 hours' where provider = 'forever'")
-        .execute(&w.db.pool)
+        .execute(&w.app.pool)
         .await
         .unwrap();
-    assert_eq!(sweep(&w.db.pool).await.unwrap(), 1);
+    assert_eq!(sweep(&w.app.pool).await.unwrap(), 1);
     assert_eq!(
-        count(
-            &w.db.pool,
+        w.app.count(
             "select count(*) from penguin.jobs where kind = 'apikey.rotate' and payload->>'provider' = 'forever'"
         )
         .await,

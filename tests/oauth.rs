@@ -9,17 +9,14 @@ use std::time::Duration;
 
 use penguin_jobs::credentials::connections::{access_token, begin_authorization};
 use penguin_jobs::credentials::{self as creds, Actor, sealed_aad};
-use penguin_jobs::http::{AppState, serve_on};
 use penguin_jobs::jobs::oauth::sweep;
 use penguin_jobs::providers::oauth::Providers;
 use penguin_jobs::secrets::{Keyring, sha256_hex};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
-use support::TempDir;
-use support::credentials::{OAuthServer, master_key_file, registry, start_runtime};
-use support::daemon::stop_daemon;
-use support::daemon::{config, count, wait_for, wait_for_kind_finished};
-use tokio_util::sync::CancellationToken;
+use support::app::TestApp;
+use support::credentials::{OAuthServer, master_key_file};
+use support::daemon::{config, stop_daemon};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
@@ -28,23 +25,17 @@ const CLIENT_SECRET: &str = "client-secret-for-the-oauth-tests";
 const LIMIT: Duration = Duration::from_secs(60);
 
 struct World {
-    db: support::TestDb,
-    dir: TempDir,
+    app: TestApp,
     server: OAuthServer,
-    keyring: Keyring,
-    toml: String,
-    shim: String,
-    _shim: tokio_util::sync::DropGuard,
 }
 
 /// A database, an authorization server for `provider` accepting client authentication
 /// `auth`, a master key, and the shim serving the callback.
 async fn world(provider: &str, auth: &str) -> World {
-    let db = support::test_db().await;
-    let dir = TempDir::new("oauth");
+    let app = TestApp::builder();
     let server = OAuthServer::start(CLIENT_ID, CLIENT_SECRET, auth);
-    let (key, master_ref) = master_key_file(&dir, "master.key");
-    let secret_ref = dir.secret_file("client.secret", CLIENT_SECRET);
+    let (key, master_ref) = master_key_file(app.dir(), "master.key");
+    let secret_ref = app.dir().secret_file("client.secret", CLIENT_SECRET);
     let toml = format!(
         "[daemon]\npoll_interval = \"100ms\"\n[maintenance]\nprune = false\n\
          [secrets]\nmaster_key = \"{master_ref}\"\n\
@@ -52,34 +43,27 @@ async fn world(provider: &str, auth: &str) -> World {
          {}",
         server.provider_toml(provider, CLIENT_ID, &secret_ref, auth)
     );
-    std::fs::write(dir.0.join("jobs.toml"), &toml).unwrap();
-    let cfg = config(&toml);
-    let keyring = Keyring::new(key, Vec::new());
-    let registry = registry(&db.pool, &cfg, &keyring).await;
-    let state = AppState::new(&cfg, db.pool.clone(), registry).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let shim = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(serve_on(listener, state, 1 << 20, stop.clone()));
-    World {
-        db,
-        dir,
-        server,
-        keyring,
-        toml,
-        shim,
-        _shim: stop.drop_guard(),
-    }
+    let app = app
+        .config(&toml)
+        .keyring(Keyring::new(key, Vec::new()))
+        .shim()
+        .build()
+        .await;
+    World { app, server }
 }
 
 impl World {
+    fn keyring(&self) -> &Keyring {
+        self.app.keyring.as_ref().unwrap()
+    }
+
     /// Starts an authorization for a new tenant and consents: the callback URL the
     /// provider sends the browser to.
     async fn consent_as_a_new_tenant(&self, provider: &str) -> String {
-        let providers = Providers::from_config(&config(&self.toml)).unwrap();
+        let providers = Providers::from_config(&config(&self.app.toml)).unwrap();
         let url = begin_authorization(
-            &self.db.pool,
-            &self.keyring,
+            &self.app.pool,
+            self.keyring(),
             &providers.get(provider).unwrap(),
             Uuid::new_v4(),
             &self.redirect_uri(provider),
@@ -91,15 +75,15 @@ impl World {
     }
 
     fn redirect_uri(&self, provider: &str) -> String {
-        format!("{}/oauth/callback/{provider}", self.shim)
+        self.app.shim().url(&format!("/oauth/callback/{provider}"))
     }
 
     /// Connects `tenant` through the whole flow (the runtime must be running).
     async fn connect(&self, provider: &str, tenant: Uuid) -> Uuid {
-        let providers = Providers::from_config(&config(&self.toml)).unwrap();
+        let providers = Providers::from_config(&config(&self.app.toml)).unwrap();
         let url = begin_authorization(
-            &self.db.pool,
-            &self.keyring,
+            &self.app.pool,
+            self.keyring(),
             &providers.get(provider).unwrap(),
             tenant,
             &self.redirect_uri(provider),
@@ -110,8 +94,8 @@ impl World {
         let back = self.server.consent(url.as_str()).await;
         let page = reqwest::get(&back).await.unwrap();
         assert_eq!(page.status().as_u16(), 200);
-        wait_for(
-            &self.db.pool,
+        self.app
+            .wait_for(
             &format!(
                 "select exists (select 1 from penguin.oauth_connections where tenant_id = '{tenant}' and status = 'active')"
             ),
@@ -121,7 +105,7 @@ impl World {
         .await;
         sqlx::query_scalar("select id from penguin.oauth_connections where tenant_id = $1")
             .bind(tenant)
-            .fetch_one(&self.db.pool)
+            .fetch_one(&self.app.pool)
             .await
             .unwrap()
     }
@@ -131,10 +115,10 @@ impl World {
             "select refresh_token_enc from penguin.oauth_connections where id = $1",
         )
         .bind(id)
-        .fetch_one(&self.db.pool)
+        .fetch_one(&self.app.pool)
         .await
         .unwrap();
-        self.keyring
+        self.keyring()
             .decrypt(
                 &enc,
                 &sealed_aad("oauth_connections", "refresh_token_enc", id),
@@ -145,7 +129,7 @@ impl World {
     }
 
     async fn access_token(&self, id: Uuid) -> String {
-        access_token(&self.db.pool, &self.keyring, id)
+        access_token(&self.app.pool, self.keyring(), id)
             .await
             .unwrap()
             .unwrap()
@@ -156,7 +140,7 @@ impl World {
     async fn make_due(&self, id: Uuid) {
         sqlx::query("update penguin.oauth_connections set expires_at = now() + interval '1 minute' where id = $1")
             .bind(id)
-            .execute(&self.db.pool)
+            .execute(&self.app.pool)
             .await
             .unwrap();
     }
@@ -174,14 +158,14 @@ async fn audit_events(pool: &PgPool, subject: Uuid) -> Vec<String> {
 
 #[tokio::test]
 async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_encrypted_tokens() {
-    let w = world("google", "body").await;
-    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let mut w = world("google", "body").await;
+    w.app.start_runtime();
     let tenant = Uuid::new_v4();
 
     // the CLI prints the authorization URL
     let out = Command::new(BIN)
         .arg("--config")
-        .arg(w.dir.0.join("jobs.toml"))
+        .arg(w.app.dir.0.join("jobs.toml"))
         .args([
             "oauth",
             "authorize",
@@ -190,7 +174,7 @@ async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_en
             &tenant.to_string(),
         ])
         .args(["--redirect-uri", &w.redirect_uri("google")])
-        .env("DATABASE_URL", &w.db.url)
+        .env("DATABASE_URL", &w.app.url)
         .output()
         .unwrap();
     assert!(
@@ -205,19 +189,17 @@ async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_en
     assert_eq!(q["access_type"], "offline", "Google's built-in parameters");
     // the state is stored hashed, never as itself
     let stored: String = sqlx::query_scalar("select state_hash from penguin.oauth_states")
-        .fetch_one(&w.db.pool)
+        .fetch_one(&w.app.pool)
         .await
         .unwrap();
     assert_eq!(stored, sha256_hex(&q["state"]));
     assert_eq!(
-        count(
-            &w.db.pool,
-            &format!(
+        w.app
+            .count(&format!(
                 "select count(*) from penguin.oauth_states where state_hash = '{}'",
                 q["state"]
-            )
-        )
-        .await,
+            ))
+            .await,
         0
     );
 
@@ -227,9 +209,11 @@ async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_en
     let page = reqwest::get(&back).await.unwrap();
     assert_eq!(page.status().as_u16(), 200);
     assert!(page.text().await.unwrap().contains("Connected"));
-    wait_for_kind_finished(&w.db.pool, "oauth.exchange", 1, LIMIT).await;
+    w.app
+        .wait_for_kind_finished("oauth.exchange", 1, LIMIT)
+        .await;
 
-    let c = creds::list_connections(&w.db.pool, Some(tenant))
+    let c = creds::list_connections(&w.app.pool, Some(tenant))
         .await
         .unwrap();
     assert_eq!(c.len(), 1, "{c:?}");
@@ -252,7 +236,7 @@ async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_en
     // tokens are ciphertexts at rest, and decrypt to the token the server issued
     let (access_enc, refresh_enc): (String, String) =
         sqlx::query_as("select access_token_enc, refresh_token_enc from penguin.oauth_connections")
-            .fetch_one(&w.db.pool)
+            .fetch_one(&w.app.pool)
             .await
             .unwrap();
     assert!(access_enc.starts_with("pj1.") && refresh_enc.starts_with("pj1."));
@@ -262,7 +246,7 @@ async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_en
     // the job carried the state id only; the code is gone from the state row
     let payload: serde_json::Value =
         sqlx::query_scalar("select payload from penguin.jobs where kind = 'oauth.exchange'")
-            .fetch_one(&w.db.pool)
+            .fetch_one(&w.app.pool)
             .await
             .unwrap();
     assert_eq!(
@@ -270,11 +254,9 @@ async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_en
         vec!["state_id"]
     );
     assert_eq!(
-        count(
-            &w.db.pool,
-            "select count(*) from penguin.oauth_states where code_enc is not null"
-        )
-        .await,
+        w.app
+            .count("select count(*) from penguin.oauth_states where code_enc is not null")
+            .await,
         0
     );
 
@@ -294,23 +276,21 @@ async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_en
         400
     );
     assert_eq!(
-        count(
-            &w.db.pool,
-            "select count(*) from penguin.jobs where kind = 'oauth.exchange'"
-        )
-        .await,
+        w.app
+            .count("select count(*) from penguin.jobs where kind = 'oauth.exchange'")
+            .await,
         1
     );
     let state_id: Uuid = sqlx::query_scalar("select id from penguin.oauth_states")
-        .fetch_one(&w.db.pool)
+        .fetch_one(&w.app.pool)
         .await
         .unwrap();
     assert_eq!(
-        audit_events(&w.db.pool, state_id).await,
+        audit_events(&w.app.pool, state_id).await,
         vec!["authorization_started:ok"]
     );
-    assert_eq!(audit_events(&w.db.pool, c.id).await, vec!["exchanged:ok"]);
-    runtime.stop().await;
+    assert_eq!(audit_events(&w.app.pool, c.id).await, vec!["exchanged:ok"]);
+    w.app.stop().await;
 }
 
 fn urlencode(s: &str) -> String {
@@ -324,11 +304,11 @@ fn urlencode(s: &str) -> String {
 #[tokio::test]
 async fn an_expired_state_or_a_refused_consent_answers_400_and_enqueues_nothing() {
     let w = world("acme", "basic").await;
-    let providers = Providers::from_config(&config(&w.toml)).unwrap();
+    let providers = Providers::from_config(&config(&w.app.toml)).unwrap();
     let p = providers.get("acme").unwrap();
     let url = begin_authorization(
-        &w.db.pool,
-        &w.keyring,
+        &w.app.pool,
+        w.keyring(),
         &p,
         Uuid::new_v4(),
         &w.redirect_uri("acme"),
@@ -338,14 +318,14 @@ async fn an_expired_state_or_a_refused_consent_answers_400_and_enqueues_nothing(
     .unwrap();
     let back = w.server.consent(url.as_str()).await;
     sqlx::query("update penguin.oauth_states set expires_at = now() - interval '1 second'")
-        .execute(&w.db.pool)
+        .execute(&w.app.pool)
         .await
         .unwrap();
     assert_eq!(reqwest::get(&back).await.unwrap().status().as_u16(), 400);
 
     let url = begin_authorization(
-        &w.db.pool,
-        &w.keyring,
+        &w.app.pool,
+        w.keyring(),
         &p,
         Uuid::new_v4(),
         &w.redirect_uri("acme"),
@@ -374,36 +354,35 @@ async fn an_expired_state_or_a_refused_consent_answers_400_and_enqueues_nothing(
         urlencode(&state)
     );
     assert_eq!(reqwest::get(&replay).await.unwrap().status().as_u16(), 400);
-    assert_eq!(
-        count(&w.db.pool, "select count(*) from penguin.jobs").await,
-        0
-    );
+    assert_eq!(w.app.count("select count(*) from penguin.jobs").await, 0);
 }
 
 #[tokio::test]
 async fn refresh_stores_a_rotated_refresh_token_and_keeps_the_old_one_when_none_is_returned() {
-    let w = world("acme", "basic").await;
-    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let mut w = world("acme", "basic").await;
+    w.app.start_runtime();
     let id = w.connect("acme", Uuid::new_v4()).await;
     let ahead = Duration::from_secs(600);
     // not due yet (the server issues one-hour tokens)
-    assert_eq!(sweep(&w.db.pool, ahead).await.unwrap(), 0);
+    assert_eq!(sweep(&w.app.pool, ahead).await.unwrap(), 0);
 
     // like Microsoft: every refresh rotates the refresh token
     let first_refresh = w.refresh_token(id).await;
     let first_access = w.access_token(id).await;
     w.make_due(id).await;
-    assert_eq!(sweep(&w.db.pool, ahead).await.unwrap(), 1);
+    assert_eq!(sweep(&w.app.pool, ahead).await.unwrap(), 1);
     assert_eq!(
-        sweep(&w.db.pool, ahead).await.unwrap(),
+        sweep(&w.app.pool, ahead).await.unwrap(),
         0,
         "unique per connection"
     );
-    wait_for_kind_finished(&w.db.pool, "oauth.refresh", 1, LIMIT).await;
+    w.app
+        .wait_for_kind_finished("oauth.refresh", 1, LIMIT)
+        .await;
     let second_refresh = w.refresh_token(id).await;
     assert_ne!(second_refresh, first_refresh);
     assert_ne!(w.access_token(id).await, first_access);
-    let c = creds::get_connection(&w.db.pool, id)
+    let c = creds::get_connection(&w.app.pool, id)
         .await
         .unwrap()
         .unwrap();
@@ -438,30 +417,32 @@ async fn refresh_stores_a_rotated_refresh_token_and_keeps_the_old_one_when_none_
         .await;
     let access_before = w.access_token(id).await;
     w.make_due(id).await;
-    assert_eq!(sweep(&w.db.pool, ahead).await.unwrap(), 1);
-    wait_for_kind_finished(&w.db.pool, "oauth.refresh", 2, LIMIT).await;
+    assert_eq!(sweep(&w.app.pool, ahead).await.unwrap(), 1);
+    w.app
+        .wait_for_kind_finished("oauth.refresh", 2, LIMIT)
+        .await;
     assert_eq!(w.refresh_token(id).await, second_refresh);
     assert_ne!(w.access_token(id).await, access_before);
 
     let results: Vec<serde_json::Value> = sqlx::query_scalar(
         "select result from penguin.jobs where kind = 'oauth.refresh' order by id",
     )
-    .fetch_all(&w.db.pool)
+    .fetch_all(&w.app.pool)
     .await
     .unwrap();
     assert_eq!(results[0]["refresh_token_rotated"], true);
     assert_eq!(results[1]["refresh_token_rotated"], false);
     assert_eq!(
-        audit_events(&w.db.pool, id).await,
+        audit_events(&w.app.pool, id).await,
         vec!["exchanged:ok", "refreshed:ok", "refreshed:ok"]
     );
-    runtime.stop().await;
+    w.app.stop().await;
 }
 
 #[tokio::test]
 async fn a_revoked_grant_requires_reauthorization_raises_an_alert_and_is_not_retried() {
-    let w = world("acme", "basic").await;
-    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let mut w = world("acme", "basic").await;
+    w.app.start_runtime();
     let tenant = Uuid::new_v4();
     let id = w.connect("acme", tenant).await;
     let refresh = w.refresh_token(id).await;
@@ -469,10 +450,12 @@ async fn a_revoked_grant_requires_reauthorization_raises_an_alert_and_is_not_ret
         .control("revoke", serde_json::json!({"user": "user-1"}))
         .await;
     w.make_due(id).await;
-    sweep(&w.db.pool, Duration::from_secs(600)).await.unwrap();
-    wait_for_kind_finished(&w.db.pool, "oauth.refresh", 1, LIMIT).await;
+    sweep(&w.app.pool, Duration::from_secs(600)).await.unwrap();
+    w.app
+        .wait_for_kind_finished("oauth.refresh", 1, LIMIT)
+        .await;
 
-    let c = creds::get_connection(&w.db.pool, id)
+    let c = creds::get_connection(&w.app.pool, id)
         .await
         .unwrap()
         .unwrap();
@@ -486,23 +469,23 @@ async fn a_revoked_grant_requires_reauthorization_raises_an_alert_and_is_not_ret
     let (attempt, errors): (i32, serde_json::Value) = sqlx::query_as(
         "select attempt, errors from penguin.dead_letters where kind = 'oauth.refresh'",
     )
-    .fetch_one(&w.db.pool)
+    .fetch_one(&w.app.pool)
     .await
     .unwrap();
     assert_eq!(attempt, 1);
     assert_eq!(errors[0]["class"], "authentication");
     assert!(!errors.to_string().contains(&refresh));
-    let alerts = creds::open_alerts(&w.db.pool).await.unwrap();
+    let alerts = creds::open_alerts(&w.app.pool).await.unwrap();
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].kind, "oauth_reauth_required");
     assert_eq!(alerts[0].tenant_id, Some(tenant));
     let alerts_cli = |args: &[&str]| {
         Command::new(BIN)
             .arg("--config")
-            .arg(w.dir.0.join("jobs.toml"))
+            .arg(w.app.dir.0.join("jobs.toml"))
             .arg("alerts")
             .args(args)
-            .env("DATABASE_URL", &w.db.url)
+            .env("DATABASE_URL", &w.app.url)
             .output()
             .unwrap()
     };
@@ -514,11 +497,11 @@ async fn a_revoked_grant_requires_reauthorization_raises_an_alert_and_is_not_ret
         "{}",
         String::from_utf8_lossy(&acked.stderr)
     );
-    assert!(creds::open_alerts(&w.db.pool).await.unwrap().is_empty());
+    assert!(creds::open_alerts(&w.app.pool).await.unwrap().is_empty());
     let again = alerts_cli(&["--ack", &alerts[0].id.to_string()]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("no open alert"));
     assert_eq!(
-        audit_events(&w.db.pool, id).await,
+        audit_events(&w.app.pool, id).await,
         vec![
             "exchanged:ok",
             "refresh_failed:failed",
@@ -527,19 +510,19 @@ async fn a_revoked_grant_requires_reauthorization_raises_an_alert_and_is_not_ret
     );
     // the sweep leaves it alone from now on
     assert_eq!(
-        sweep(&w.db.pool, Duration::from_secs(600)).await.unwrap(),
+        sweep(&w.app.pool, Duration::from_secs(600)).await.unwrap(),
         0
     );
     // connecting the account again makes it active
     let again = w.connect("acme", tenant).await;
     assert_eq!(again, id);
-    runtime.stop().await;
+    w.app.stop().await;
 }
 
 #[tokio::test]
 async fn outages_and_temporarily_unavailable_are_retried_until_the_refresh_succeeds() {
-    let w = world("acme", "basic").await;
-    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let mut w = world("acme", "basic").await;
+    w.app.start_runtime();
     let id = w.connect("acme", Uuid::new_v4()).await;
     // a 503, then an OAuth error answer that says "later", then the real server
     w.server
@@ -552,12 +535,14 @@ async fn outages_and_temporarily_unavailable_are_retried_until_the_refresh_succe
         )
         .await;
     w.make_due(id).await;
-    sweep(&w.db.pool, Duration::from_secs(600)).await.unwrap();
-    wait_for_kind_finished(&w.db.pool, "oauth.refresh", 1, LIMIT).await;
+    sweep(&w.app.pool, Duration::from_secs(600)).await.unwrap();
+    w.app
+        .wait_for_kind_finished("oauth.refresh", 1, LIMIT)
+        .await;
     let (state, attempt, errors): (String, i32, serde_json::Value) = sqlx::query_as(
         "select state, attempt, errors from penguin.jobs where kind = 'oauth.refresh'",
     )
-    .fetch_one(&w.db.pool)
+    .fetch_one(&w.app.pool)
     .await
     .unwrap();
     assert_eq!((state.as_str(), attempt), ("completed", 3));
@@ -573,7 +558,7 @@ async fn outages_and_temporarily_unavailable_are_retried_until_the_refresh_succe
     );
     assert_eq!(w.server.stats().await["token_requests"]["refresh_token"], 3);
     assert_eq!(
-        creds::get_connection(&w.db.pool, id)
+        creds::get_connection(&w.app.pool, id)
             .await
             .unwrap()
             .unwrap()
@@ -581,7 +566,7 @@ async fn outages_and_temporarily_unavailable_are_retried_until_the_refresh_succe
         "active"
     );
     assert_eq!(
-        audit_events(&w.db.pool, id).await,
+        audit_events(&w.app.pool, id).await,
         vec![
             "exchanged:ok",
             "refresh_failed:failed",
@@ -589,32 +574,32 @@ async fn outages_and_temporarily_unavailable_are_retried_until_the_refresh_succe
             "refreshed:ok"
         ]
     );
-    runtime.stop().await;
+    w.app.stop().await;
 }
 
 fn spawn_daemon(w: &World, log: &str) -> Child {
     Command::new(BIN)
         .arg("--config")
-        .arg(w.dir.0.join("daemons.toml"))
+        .arg(w.app.dir.0.join("daemons.toml"))
         .args(["run", "--no-http"])
-        .env("DATABASE_URL", &w.db.url)
+        .env("DATABASE_URL", &w.app.url)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(w.dir.0.join(log)).unwrap())
+        .stderr(std::fs::File::create(w.app.dir.0.join(log)).unwrap())
         .spawn()
         .unwrap()
 }
 
 #[tokio::test]
 async fn two_daemons_sweeping_at_once_refresh_a_connection_once() {
-    let w = world("acme", "basic").await;
-    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let mut w = world("acme", "basic").await;
+    w.app.start_runtime();
     let id = w.connect("acme", Uuid::new_v4()).await;
-    runtime.stop().await;
+    w.app.stop().await;
     // both daemons sweep every second
     std::fs::write(
-        w.dir.0.join("daemons.toml"),
-        format!("{}[oauth]\nrefresh_cron = \"* * * * * *\"\n", w.toml),
+        w.app.dir.0.join("daemons.toml"),
+        format!("{}[oauth]\nrefresh_cron = \"* * * * * *\"\n", w.app.toml),
     )
     .unwrap();
     w.make_due(id).await;
@@ -623,14 +608,13 @@ async fn two_daemons_sweeping_at_once_refresh_a_connection_once() {
     for _ in 0..2 {
         sqlx::query("select penguin.enqueue('oauth.refresh', jsonb_build_object('connection_id', $1::text))")
             .bind(id.to_string())
-            .execute(&w.db.pool)
+            .execute(&w.app.pool)
             .await
             .unwrap();
     }
     let mut a = spawn_daemon(&w, "a.log");
     let mut b = spawn_daemon(&w, "b.log");
-    wait_for(
-        &w.db.pool,
+    w.app.wait_for(
         "select (select count(*) from penguin.jobs where kind = 'oauth.refresh' and state = 'completed')
               + (select count(*) from penguin.dead_letters where kind = 'oauth.refresh') >= 2",
         LIMIT,
@@ -639,11 +623,10 @@ async fn two_daemons_sweeping_at_once_refresh_a_connection_once() {
     .await;
     // three more sweeps after that
     let t: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()")
-        .fetch_one(&w.db.pool)
+        .fetch_one(&w.app.pool)
         .await
         .unwrap();
-    wait_for(
-        &w.db.pool,
+    w.app.wait_for(
         &format!(
             "select count(*) >= 3 from penguin.jobs where kind = 'oauth.refresh_sweep' and state = 'completed' and created_at > '{}'",
             t.to_rfc3339()
@@ -656,13 +639,13 @@ async fn two_daemons_sweeping_at_once_refresh_a_connection_once() {
     stop_daemon(&mut b);
     assert_eq!(w.server.stats().await["token_requests"]["refresh_token"], 1);
     assert_eq!(
-        audit_events(&w.db.pool, id).await,
+        audit_events(&w.app.pool, id).await,
         vec!["exchanged:ok", "refreshed:ok"]
     );
     let results: Vec<serde_json::Value> = sqlx::query_scalar(
         "select result from penguin.jobs where kind = 'oauth.refresh' and state = 'completed' order by id",
     )
-    .fetch_all(&w.db.pool)
+    .fetch_all(&w.app.pool)
     .await
     .unwrap();
     assert_eq!(
@@ -674,24 +657,26 @@ async fn two_daemons_sweeping_at_once_refresh_a_connection_once() {
         "{results:?}"
     );
     assert_eq!(
-        count(&w.db.pool, "select count(*) from penguin.dead_letters").await,
+        w.app
+            .count("select count(*) from penguin.dead_letters")
+            .await,
         0
     );
 }
 
 #[tokio::test]
 async fn a_disconnected_connection_is_no_longer_refreshed_and_old_states_are_forgotten() {
-    let w = world("acme", "basic").await;
-    let runtime = start_runtime(&w.db.pool, &w.toml, &w.keyring).await;
+    let mut w = world("acme", "basic").await;
+    w.app.start_runtime();
     let id = w.connect("acme", Uuid::new_v4()).await;
-    runtime.stop().await;
+    w.app.stop().await;
     let access = w.access_token(id).await;
     let run = |args: &[&str]| {
         Command::new(BIN)
             .arg("--config")
-            .arg(w.dir.0.join("jobs.toml"))
+            .arg(w.app.dir.0.join("jobs.toml"))
             .args(args)
-            .env("DATABASE_URL", &w.db.url)
+            .env("DATABASE_URL", &w.app.url)
             .output()
             .unwrap()
     };
@@ -714,7 +699,7 @@ async fn a_disconnected_connection_is_no_longer_refreshed_and_old_states_are_for
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("no live oauth connection"));
     assert_eq!(
-        creds::get_connection(&w.db.pool, id)
+        creds::get_connection(&w.app.pool, id)
             .await
             .unwrap()
             .unwrap()
@@ -722,16 +707,16 @@ async fn a_disconnected_connection_is_no_longer_refreshed_and_old_states_are_for
         "revoked"
     );
     assert_eq!(
-        audit_events(&w.db.pool, id).await,
+        audit_events(&w.app.pool, id).await,
         vec!["exchanged:ok", "connection_revoked:ok"]
     );
     w.make_due(id).await;
     assert_eq!(
-        sweep(&w.db.pool, Duration::from_secs(600)).await.unwrap(),
+        sweep(&w.app.pool, Duration::from_secs(600)).await.unwrap(),
         0
     );
     assert!(
-        access_token(&w.db.pool, &w.keyring, id)
+        access_token(&w.app.pool, w.keyring(), id)
             .await
             .unwrap()
             .is_none()
@@ -739,16 +724,20 @@ async fn a_disconnected_connection_is_no_longer_refreshed_and_old_states_are_for
 
     // the sweep forgets states a day after they expired
     assert_eq!(
-        count(&w.db.pool, "select count(*) from penguin.oauth_states").await,
+        w.app
+            .count("select count(*) from penguin.oauth_states")
+            .await,
         1
     );
     sqlx::query("update penguin.oauth_states set expires_at = now() - interval '25 hours'")
-        .execute(&w.db.pool)
+        .execute(&w.app.pool)
         .await
         .unwrap();
-    sweep(&w.db.pool, Duration::from_secs(600)).await.unwrap();
+    sweep(&w.app.pool, Duration::from_secs(600)).await.unwrap();
     assert_eq!(
-        count(&w.db.pool, "select count(*) from penguin.oauth_states").await,
+        w.app
+            .count("select count(*) from penguin.oauth_states")
+            .await,
         0
     );
 }
@@ -766,20 +755,22 @@ async fn an_exchange_without_a_master_key_dead_letters_and_forgets_the_code() {
         .map(|(_, v)| v.into_owned())
         .unwrap();
     let kept: String = sqlx::query_scalar("select code_enc from penguin.oauth_states")
-        .fetch_one(&w.db.pool)
+        .fetch_one(&w.app.pool)
         .await
         .unwrap();
     assert!(kept.starts_with("pj1.") && !kept.contains(&code), "{kept}");
     // a daemon started without its master key
-    let cfg = config(&w.toml);
-    let deps = penguin_jobs::jobs::Deps::new(w.db.pool.clone()).unwrap();
+    let cfg = config(&w.app.toml);
+    let deps = penguin_jobs::jobs::Deps::new(w.app.pool.clone()).unwrap();
     let registry = std::sync::Arc::new(penguin_jobs::jobs::Registry::builtin(&cfg, &deps).unwrap());
-    let runtime = support::daemon::start_runtime_with(&w.db.pool, cfg, registry);
-    wait_for_kind_finished(&w.db.pool, "oauth.exchange", 1, LIMIT).await;
+    let runtime = support::daemon::start_runtime(&w.app.pool, cfg, registry);
+    w.app
+        .wait_for_kind_finished("oauth.exchange", 1, LIMIT)
+        .await;
     runtime.stop().await;
     let errors: serde_json::Value =
         sqlx::query_scalar("select errors from penguin.dead_letters where kind = 'oauth.exchange'")
-            .fetch_one(&w.db.pool)
+            .fetch_one(&w.app.pool)
             .await
             .unwrap();
     assert_eq!(errors[0]["class"], "configuration");
@@ -790,15 +781,15 @@ async fn an_exchange_without_a_master_key_dead_letters_and_forgets_the_code() {
             .contains("no master key configured")
     );
     assert_eq!(
-        count(
-            &w.db.pool,
-            "select count(*) from penguin.oauth_states where code_enc is not null"
-        )
-        .await,
+        w.app
+            .count("select count(*) from penguin.oauth_states where code_enc is not null")
+            .await,
         0
     );
     assert_eq!(
-        count(&w.db.pool, "select count(*) from penguin.oauth_connections").await,
+        w.app
+            .count("select count(*) from penguin.oauth_connections")
+            .await,
         0
     );
     assert!(
@@ -807,11 +798,9 @@ async fn an_exchange_without_a_master_key_dead_letters_and_forgets_the_code() {
             .is_none()
     );
     assert_eq!(
-        count(
-            &w.db.pool,
-            "select count(*) from penguin.audit_log where event = 'exchange_failed'"
-        )
-        .await,
+        w.app
+            .count("select count(*) from penguin.audit_log where event = 'exchange_failed'")
+            .await,
         1
     );
 }
@@ -822,32 +811,24 @@ async fn a_callback_to_a_shim_without_a_master_key_keeps_nothing_and_leaves_the_
     let back = w.consent_as_a_new_tenant("acme").await;
     // the same configuration without [secrets]: the code could only be kept in plaintext
     let without_key: String = w
+        .app
         .toml
         .lines()
         .filter(|l| *l != "[secrets]" && !l.starts_with("master_key ="))
         .map(|l| format!("{l}\n"))
         .collect();
-    let cfg = config(&without_key);
-    let registry = std::sync::Arc::new(
-        penguin_jobs::jobs::Registry::builtin(
-            &cfg,
-            &penguin_jobs::jobs::Deps::new(w.db.pool.clone()).unwrap(),
-        )
-        .unwrap(),
-    );
-    let state = AppState::new(&cfg, w.db.pool.clone(), registry).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let shim = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(serve_on(listener, state, 1 << 20, stop.clone()));
-    let _stop = stop.drop_guard();
-    let answer = reqwest::get(back.replacen(&w.shim, &shim, 1))
+    let other = TestApp::builder()
+        .database(w.app.pool.clone(), &w.app.url)
+        .config(&without_key)
+        .shim()
+        .build()
+        .await;
+    let answer = reqwest::get(back.replacen(&w.app.shim().base, &other.shim().base, 1))
         .await
         .unwrap();
     assert_eq!(answer.status().as_u16(), 503);
     assert_eq!(
-        count(
-            &w.db.pool,
+        w.app.count(
             "select count(*) from penguin.oauth_states where used_at is null and code_enc is null"
         )
         .await,
@@ -855,11 +836,9 @@ async fn a_callback_to_a_shim_without_a_master_key_keeps_nothing_and_leaves_the_
         "the state is not used up and no code is kept"
     );
     assert_eq!(
-        count(
-            &w.db.pool,
-            "select count(*) from penguin.jobs where kind = 'oauth.exchange'"
-        )
-        .await,
+        w.app
+            .count("select count(*) from penguin.jobs where kind = 'oauth.exchange'")
+            .await,
         0
     );
     // the configured shim then takes the same callback

@@ -4,26 +4,24 @@
 
 mod support;
 
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use penguin_jobs::queue::{self, JobState, NewJob};
 use serde_json::{Value, json};
 use support::TempDir;
-use support::daemon::{
-    config, count, register_kinds, start_runtime, wait_for, wait_for_dead_letter, wait_for_state,
-};
+use support::app::{Builder, Shim, TestApp};
 use support::fake_provider::{FakeProvider, Recorded, Reply};
 
 const MAILGUN_KEY: &str = "key-test-mailgun-0123456789";
 const SENDGRID_KEY: &str = "SG.test-sendgrid-key-0123456789";
 const STRIPE_KEY: &str = "sk_test_stripe_key_0123456789";
 const POSTHOG_KEY: &str = "phc_test_posthog_key_0123456789";
+const API_TOKEN: &str = "test-api-token-for-wait-0123456789";
 
-/// A temporary directory with the provider keys in files (`dir.file_ref("mailgun")`).
-fn key_dir() -> TempDir {
-    let dir = TempDir::new("providers");
+/// Writes the provider keys and the shim's API token to files in `dir`
+/// (`dir.file_ref("mailgun")`).
+fn write_keys(dir: &TempDir) {
     for (name, key) in [
         ("mailgun", MAILGUN_KEY),
         ("sendgrid", SENDGRID_KEY),
@@ -32,12 +30,39 @@ fn key_dir() -> TempDir {
     ] {
         dir.secret_file(name, &format!("{key}\n"));
     }
-    dir
+    dir.secret_file("token", API_TOKEN);
 }
 
-/// A config with every provider pointing at `fake`, quick polling and quick retries;
-/// `extra` is appended (it may add tables such as `[providers.mailgun.circuit_breaker]`
-/// or `[kinds."mailgun.send"]`).
+/// An app whose config points every provider at a fake provider (`app.fake()`), with the
+/// keys in the app's scratch directory: `config(&fake, dir)` writes the config.
+async fn builder_with(config: impl FnOnce(&FakeProvider, &TempDir) -> String) -> Builder {
+    let fake = FakeProvider::start().await;
+    let app = TestApp::builder();
+    write_keys(app.dir());
+    let toml = config(&fake, app.dir());
+    app.config(&toml).fake_provider(fake)
+}
+
+/// [`builder_with`] the usual config ([`toml`]) with `extra` appended; nothing runs yet.
+async fn set_up(extra: &str) -> TestApp {
+    builder_with(|fake, dir| toml(fake, dir, extra))
+        .await
+        .build()
+        .await
+}
+
+/// [`set_up`] with the runtime running.
+async fn running(extra: &str) -> TestApp {
+    builder_with(|fake, dir| toml(fake, dir, extra))
+        .await
+        .runtime()
+        .build()
+        .await
+}
+
+/// A config with every provider pointing at `fake`, quick polling and quick retries, and
+/// the shim's API token; `extra` is appended (it may add tables such as
+/// `[providers.mailgun.circuit_breaker]` or `[kinds."mailgun.send"]`).
 fn toml(fake: &FakeProvider, dir: &TempDir, extra: &str) -> String {
     let quick = "strategy = \"fixed\"\nbase = \"100ms\"\nmax = \"100ms\"\njitter = false\n";
     let mut text = format!(
@@ -45,11 +70,13 @@ fn toml(fake: &FakeProvider, dir: &TempDir, extra: &str) -> String {
          [providers.mailgun]\napi_key = \"{mg}\"\ndomain = \"mg.example.com\"\nbase_url = \"{url}\"\n\
          [providers.sendgrid]\napi_key = \"{sg}\"\nbase_url = \"{url}\"\nip_pool = \"marketing\"\n\
          [providers.stripe]\nsecret_key = \"{st}\"\nbase_url = \"{url}\"\n\
-         [providers.posthog]\napi_key = \"{ph}\"\nhost = \"{url}\"\n",
+         [providers.posthog]\napi_key = \"{ph}\"\nhost = \"{url}\"\n\
+         [http]\napi_tokens = [\"{token}\"]\n",
         mg = dir.file_ref("mailgun"),
         sg = dir.file_ref("sendgrid"),
         st = dir.file_ref("stripe"),
         ph = dir.file_ref("posthog"),
+        token = dir.file_ref("token"),
         url = fake.url,
     );
     for kind in [
@@ -86,14 +113,12 @@ fn basic(user: &str, password: &str) -> String {
 
 #[tokio::test]
 async fn mailgun_send_posts_the_exact_form_and_records_the_message_as_sent() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
-    let id = enqueue(&db.pool, "mailgun.send", email()).await;
-    wait_for_state(&db.pool, id, JobState::Completed).await;
-    rt.stop().await;
+    let mut app = running("").await;
+    let id = enqueue(&app.pool, "mailgun.send", email()).await;
+    app.wait_for_state(id, JobState::Completed).await;
+    app.stop().await;
 
-    let requests = fake.requests();
+    let requests = app.fake().requests();
     assert_eq!(requests.len(), 1);
     let r = &requests[0];
     assert_eq!(r.method, "POST");
@@ -126,7 +151,7 @@ async fn mailgun_send_posts_the_exact_form_and_records_the_message_as_sent() {
     expected.sort();
     assert_eq!(form, expected);
 
-    let job = queue::get_job(&db.pool, id).await.unwrap();
+    let job = app.job(id).await;
     let result = job.result.unwrap();
     assert_eq!(result["outcome"], "sent");
     assert_eq!(result["message_id"], "20261126.1@mg.example.com");
@@ -134,7 +159,7 @@ async fn mailgun_send_posts_the_exact_form_and_records_the_message_as_sent() {
         "select status, provider_message_id from penguin.email_status
           where campaign_id = 'cmp_42' and recipient = 'ada@example.com'",
     )
-    .fetch_one(&db.pool)
+    .fetch_one(&app.pool)
     .await
     .unwrap();
     assert_eq!(
@@ -145,22 +170,20 @@ async fn mailgun_send_posts_the_exact_form_and_records_the_message_as_sent() {
 
 #[tokio::test]
 async fn sendgrid_send_posts_the_exact_json_and_keeps_the_x_message_id() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
-    let id = enqueue(&db.pool, "sendgrid.send", email()).await;
+    let mut app = running("").await;
+    let id = enqueue(&app.pool, "sendgrid.send", email()).await;
     let template = enqueue(
-        &db.pool,
+        &app.pool,
         "sendgrid.send",
         json!({"from": "news@example.com", "to": ["bob@example.com"], "template_id": "d-123",
                "template_data": {"first_name": "Bob"}, "campaign_id": "cmp_42"}),
     )
     .await;
-    wait_for_state(&db.pool, id, JobState::Completed).await;
-    wait_for_state(&db.pool, template, JobState::Completed).await;
-    rt.stop().await;
+    app.wait_for_state(id, JobState::Completed).await;
+    app.wait_for_state(template, JobState::Completed).await;
+    app.stop().await;
 
-    let requests = fake.requests_to("/v3/mail/send");
+    let requests = app.fake().requests_to("/v3/mail/send");
     assert_eq!(requests.len(), 2);
     for r in &requests {
         assert_eq!(r.method, "POST");
@@ -200,7 +223,7 @@ async fn sendgrid_send_posts_the_exact_json_and_keeps_the_x_message_id() {
             "ip_pool_name": "marketing"
         })
     );
-    let result = queue::get_job(&db.pool, id).await.unwrap().result.unwrap();
+    let result = app.job(id).await.result.unwrap();
     assert!(
         result["message_id"]
             .as_str()
@@ -208,35 +231,34 @@ async fn sendgrid_send_posts_the_exact_json_and_keeps_the_x_message_id() {
             .starts_with("sg-message-")
     );
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.email_status where status = 'sent' and provider = 'sendgrid'").await,
+        app.count("select count(*) from penguin.email_status where status = 'sent' and provider = 'sendgrid'").await,
         2
     );
 }
 
 #[tokio::test]
 async fn stripe_account_create_sends_the_connect_form_with_a_stable_idempotency_key() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
+    let mut app = set_up("").await;
     // the first answer is lost in a 500: the retry must carry the same key
-    fake.push(
+    app.fake().push(
         "/v1/accounts",
         Reply::status(
             500,
             json!({"error": {"message": "boom", "type": "api_error"}}),
         ),
     );
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    app.start_runtime();
     let tenant = uuid::Uuid::from_u128(rand::random::<u128>());
     let id = enqueue(
-        &db.pool,
+        &app.pool,
         "stripe.account.create",
         json!({"email": "owner@example.com", "country": "US", "tenant_id": tenant}),
     )
     .await;
-    wait_for_state(&db.pool, id, JobState::Completed).await;
-    rt.stop().await;
+    app.wait_for_state(id, JobState::Completed).await;
+    app.stop().await;
 
-    let requests = fake.requests_to("/v1/accounts");
+    let requests = app.fake().requests_to("/v1/accounts");
     assert_eq!(requests.len(), 2);
     let key = format!("penguin-jobs:stripe.account.create:{id}");
     for r in &requests {
@@ -263,13 +285,13 @@ async fn stripe_account_create_sends_the_connect_form_with_a_stable_idempotency_
             ]
         );
     }
-    let result = queue::get_job(&db.pool, id).await.unwrap().result.unwrap();
+    let result = app.job(id).await.result.unwrap();
     let account = result["account"].as_str().unwrap().to_string();
     assert!(account.starts_with("acct_"));
     let stored: Option<uuid::Uuid> =
         sqlx::query_scalar("select tenant_id from penguin.connect_accounts where id = $1")
             .bind(&account)
-            .fetch_one(&db.pool)
+            .fetch_one(&app.pool)
             .await
             .unwrap();
     assert_eq!(stored, Some(tenant));
@@ -287,34 +309,21 @@ fn capture_job(i: usize, properties: Value) -> NewJob {
 
 #[tokio::test]
 async fn posthog_capture_jobs_ready_together_share_batch_calls() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    register_kinds(&db.pool, &config(&toml(&fake, &dir, ""))).await;
+    let mut app = set_up("[queues.default]\nconcurrency = 200\nbatch = 200\n").await;
     let jobs: Vec<NewJob> = (0..150)
         .map(|i| capture_job(i, json!({"campaign": "cmp_42"})))
         .collect();
-    let mut conn = db.pool.acquire().await.unwrap();
-    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
-    drop(conn);
-    let rt = start_runtime(
-        &db.pool,
-        &toml(
-            &fake,
-            &dir,
-            "[queues.default]\nconcurrency = 200\nbatch = 200\n",
-        ),
-    )
-    .await;
-    wait_for(
-        &db.pool,
+    app.enqueue_many(&jobs).await;
+    app.start_runtime();
+    app.wait_for(
         "select count(*) = 150 from penguin.jobs where state = 'completed' and kind = 'posthog.capture'",
         Duration::from_secs(30),
         "150 captures",
     )
     .await;
-    rt.stop().await;
+    app.stop().await;
 
-    let calls = fake.requests_to("/batch/");
+    let calls = app.fake().requests_to("/batch/");
     assert!(
         calls.len() < 150 / 10,
         "{} calls for 150 events",
@@ -341,16 +350,16 @@ async fn posthog_capture_jobs_ready_together_share_batch_calls() {
 
 #[tokio::test]
 async fn a_500_then_200_is_retried_and_completes() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    fake.push("/v3/", Reply::status(500, json!({"message": "internal"})));
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
-    let id = enqueue(&db.pool, "mailgun.send", email()).await;
-    wait_for_state(&db.pool, id, JobState::Completed).await;
-    rt.stop().await;
+    let mut app = set_up("").await;
+    app.fake()
+        .push("/v3/", Reply::status(500, json!({"message": "internal"})));
+    app.start_runtime();
+    let id = enqueue(&app.pool, "mailgun.send", email()).await;
+    app.wait_for_state(id, JobState::Completed).await;
+    app.stop().await;
 
-    assert_eq!(fake.requests().len(), 2);
-    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!(app.fake().requests().len(), 2);
+    let job = app.job(id).await;
     assert_eq!(job.attempt, 2);
     assert_eq!(job.errors[0]["class"], "api");
     assert_eq!(job.errors[0]["status"], 500);
@@ -358,19 +367,18 @@ async fn a_500_then_200_is_retried_and_completes() {
 
 #[tokio::test]
 async fn a_429_with_retry_after_runs_again_no_earlier_than_it_says() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    fake.push(
+    let mut app = set_up("").await;
+    app.fake().push(
         "/v3/mail/send",
         Reply::status(429, json!({"errors": [{"message": "too many requests"}]}))
             .with_header("retry-after", "2"),
     );
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
-    let id = enqueue(&db.pool, "sendgrid.send", email()).await;
-    wait_for_state(&db.pool, id, JobState::Completed).await;
-    rt.stop().await;
+    app.start_runtime();
+    let id = enqueue(&app.pool, "sendgrid.send", email()).await;
+    app.wait_for_state(id, JobState::Completed).await;
+    app.stop().await;
 
-    let requests = fake.requests();
+    let requests = app.fake().requests();
     assert_eq!(
         requests.len(),
         2,
@@ -378,28 +386,27 @@ async fn a_429_with_retry_after_runs_again_no_earlier_than_it_says() {
     );
     let gap = requests[1].at - requests[0].at;
     assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
-    let job = queue::get_job(&db.pool, id).await.unwrap();
+    let job = app.job(id).await;
     assert_eq!(job.attempt, 2);
     assert_eq!(job.errors[0]["class"], "rate_limit");
 }
 
 #[tokio::test]
 async fn a_400_is_dead_lettered_at_once_with_the_providers_message() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    fake.push(
+    let mut app = set_up("").await;
+    app.fake().push(
         "/v3/",
         Reply::status(
             400,
             json!({"message": "'to' parameter is not a valid address. please check documentation"}),
         ),
     );
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
-    let id = enqueue(&db.pool, "mailgun.send", email()).await;
-    let dead = wait_for_dead_letter(&db.pool, id).await;
-    rt.stop().await;
+    app.start_runtime();
+    let id = enqueue(&app.pool, "mailgun.send", email()).await;
+    let dead = app.wait_for_dead_letter(id).await;
+    app.stop().await;
 
-    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(app.fake().requests().len(), 1);
     assert_eq!(dead.reason, "permanent_error");
     let last = dead.errors.as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["class"], "data");
@@ -415,21 +422,17 @@ async fn a_400_is_dead_lettered_at_once_with_the_providers_message() {
 
 #[tokio::test]
 async fn a_timeout_and_a_dropped_connection_are_retried() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    fake.push("/v3/", Reply::Delay(Duration::from_secs(5)));
-    fake.push("/v3/", Reply::Reset);
-    let rt = start_runtime(
-        &db.pool,
-        &toml(&fake, &dir, "[kinds.\"mailgun.send\"]\ntimeout = \"1s\"\n"),
-    )
-    .await;
-    let id = enqueue(&db.pool, "mailgun.send", email()).await;
-    wait_for_state(&db.pool, id, JobState::Completed).await;
-    rt.stop().await;
+    let mut app = set_up("[kinds.\"mailgun.send\"]\ntimeout = \"1s\"\n").await;
+    app.fake()
+        .push("/v3/", Reply::Delay(Duration::from_secs(5)));
+    app.fake().push("/v3/", Reply::Reset);
+    app.start_runtime();
+    let id = enqueue(&app.pool, "mailgun.send", email()).await;
+    app.wait_for_state(id, JobState::Completed).await;
+    app.stop().await;
 
-    assert_eq!(fake.requests().len(), 3);
-    let job = queue::get_job(&db.pool, id).await.unwrap();
+    assert_eq!(app.fake().requests().len(), 3);
+    let job = app.job(id).await;
     assert_eq!(job.attempt, 3);
     assert_eq!(job.errors[0]["class"], "timeout");
     assert_eq!(job.errors[1]["class"], "network");
@@ -437,24 +440,23 @@ async fn a_timeout_and_a_dropped_connection_are_retried() {
 
 #[tokio::test]
 async fn a_401_is_dead_lettered_and_marks_the_integration_error() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    fake.push("/v1/accounts", Reply::status(401, json!({"error": {"message": "Invalid API Key provided: sk_test_****6789", "type": "invalid_request_error"}})));
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let mut app = set_up("").await;
+    app.fake().push("/v1/accounts", Reply::status(401, json!({"error": {"message": "Invalid API Key provided: sk_test_****6789", "type": "invalid_request_error"}})));
+    app.start_runtime();
     let id = enqueue(
-        &db.pool,
+        &app.pool,
         "stripe.account.create",
         json!({"email": "owner@example.com", "country": "US"}),
     )
     .await;
-    let dead = wait_for_dead_letter(&db.pool, id).await;
-    rt.stop().await;
+    let dead = app.wait_for_dead_letter(id).await;
+    app.stop().await;
 
-    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(app.fake().requests().len(), 1);
     let last = dead.errors.as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["class"], "authentication");
     assert!(!dead.errors.to_string().contains(STRIPE_KEY));
-    let integration = queue::integrations::get_integration(&db.pool, "stripe")
+    let integration = queue::integrations::get_integration(&app.pool, "stripe")
         .await
         .unwrap()
         .expect("a stripe row");
@@ -466,8 +468,8 @@ async fn a_401_is_dead_lettered_and_marks_the_integration_error() {
     // operators see it from the CLI
     let shown = std::process::Command::new(env!("CARGO_BIN_EXE_penguin-jobs"))
         .args(["integrations"])
-        .env("DATABASE_URL", &db.url)
-        .current_dir(&dir.0)
+        .env("DATABASE_URL", &app.url)
+        .current_dir(&app.dir.0)
         .output()
         .unwrap();
     assert!(
@@ -489,39 +491,34 @@ async fn a_401_is_dead_lettered_and_marks_the_integration_error() {
 
 #[tokio::test]
 async fn a_409_idempotency_conflict_is_not_retried_unless_stripe_says_so() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    fake.push("/v1/accounts", Reply::status(409, json!({"error": {"message": "Keys for idempotent requests can only be used with the same parameters they were first used with.", "type": "idempotency_error"}})));
-    fake.push(
+    let mut app = set_up("").await;
+    app.fake().push("/v1/accounts", Reply::status(409, json!({"error": {"message": "Keys for idempotent requests can only be used with the same parameters they were first used with.", "type": "idempotency_error"}})));
+    app.fake().push(
         "/v1/account_links",
         Reply::status(409, json!({"error": {"message": "There is currently another in-progress request using this Idempotent Key", "type": "invalid_request_error"}}))
             .with_header("stripe-should-retry", "true"),
     );
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    app.start_runtime();
     let conflict = enqueue(
-        &db.pool,
+        &app.pool,
         "stripe.account.create",
         json!({"email": "owner@example.com", "country": "US"}),
     )
     .await;
     let in_flight = enqueue(
-        &db.pool,
+        &app.pool,
         "stripe.account_link.create",
         json!({"account": "acct_1", "refresh_url": "https://app.example.com/r", "return_url": "https://app.example.com/d"}),
     )
     .await;
-    let dead = wait_for_dead_letter(&db.pool, conflict).await;
-    wait_for_state(&db.pool, in_flight, JobState::Completed).await;
-    rt.stop().await;
+    let dead = app.wait_for_dead_letter(conflict).await;
+    app.wait_for_state(in_flight, JobState::Completed).await;
+    app.stop().await;
 
-    assert_eq!(fake.requests_to("/v1/accounts").len(), 1);
+    assert_eq!(app.fake().requests_to("/v1/accounts").len(), 1);
     assert!(dead.errors.to_string().contains("idempotency conflict"));
-    assert_eq!(fake.requests_to("/v1/account_links").len(), 2);
-    let result = queue::get_job(&db.pool, in_flight)
-        .await
-        .unwrap()
-        .result
-        .unwrap();
+    assert_eq!(app.fake().requests_to("/v1/account_links").len(), 2);
+    let result = app.job(in_flight).await.result.unwrap();
     assert!(
         result["url"]
             .as_str()
@@ -532,19 +529,17 @@ async fn a_409_idempotency_conflict_is_not_retried_unless_stripe_says_so() {
 
 #[tokio::test]
 async fn a_bad_payload_enqueued_through_sql_is_dead_lettered_as_data_without_a_call() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
+    let mut app = running("").await;
     let id: i64 = sqlx::query_scalar(
         "select penguin.enqueue('mailgun.send', '{\"from\": \"a@example.com\", \"to\": []}')",
     )
-    .fetch_one(&db.pool)
+    .fetch_one(&app.pool)
     .await
     .unwrap();
-    let dead = wait_for_dead_letter(&db.pool, id).await;
-    rt.stop().await;
+    let dead = app.wait_for_dead_letter(id).await;
+    app.stop().await;
 
-    assert!(fake.requests().is_empty());
+    assert!(app.fake().requests().is_empty());
     assert_eq!(dead.attempt, 1);
     let last = dead.errors.as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["class"], "data");
@@ -553,42 +548,35 @@ async fn a_bad_payload_enqueued_through_sql_is_dead_lettered_as_data_without_a_c
 
 #[tokio::test]
 async fn suppressed_recipients_are_skipped_and_a_fully_suppressed_send_makes_no_call() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
+    let mut app = set_up("").await;
     sqlx::query("insert into penguin.suppressions (address, reason, provider) values ('ada@example.com', 'hard_bounce', 'mailgun')")
-        .execute(&db.pool)
+        .execute(&app.pool)
         .await
         .unwrap();
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
-    let only_ada = enqueue(&db.pool, "mailgun.send", email()).await;
+    app.start_runtime();
+    let only_ada = enqueue(&app.pool, "mailgun.send", email()).await;
     let mut both = email();
     both["to"] = json!(["Ada <ADA@example.com>", "bob@example.com"]);
-    let both = enqueue(&db.pool, "mailgun.send", both).await;
-    wait_for_state(&db.pool, only_ada, JobState::Completed).await;
-    wait_for_state(&db.pool, both, JobState::Completed).await;
-    rt.stop().await;
+    let both = enqueue(&app.pool, "mailgun.send", both).await;
+    app.wait_for_state(only_ada, JobState::Completed).await;
+    app.wait_for_state(both, JobState::Completed).await;
+    app.stop().await;
 
-    let result = queue::get_job(&db.pool, only_ada)
-        .await
-        .unwrap()
-        .result
-        .unwrap();
+    let result = app.job(only_ada).await.result.unwrap();
     assert_eq!(result["outcome"], "suppressed");
     assert_eq!(result["suppressed"], json!(["ada@example.com"]));
-    let requests = fake.requests();
+    let requests = app.fake().requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].field("to"), vec!["bob@example.com"]);
 }
 
 #[tokio::test]
 async fn a_send_the_provider_already_accepted_is_not_sent_again() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    register_kinds(&db.pool, &config(&toml(&fake, &dir, ""))).await;
+    let mut app = set_up("").await;
     // as if the daemon died after the provider's answer, before the job's outcome
-    let id = enqueue(&db.pool, "mailgun.send", email()).await;
+    let id = enqueue(&app.pool, "mailgun.send", email()).await;
     queue::email::record_send(
-        &db.pool,
+        &app.pool,
         &queue::email::AcceptedSend {
             job_id: id,
             provider: "mailgun",
@@ -601,39 +589,32 @@ async fn a_send_the_provider_already_accepted_is_not_sent_again() {
     )
     .await
     .unwrap();
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
-    wait_for_state(&db.pool, id, JobState::Completed).await;
-    rt.stop().await;
+    app.start_runtime();
+    app.wait_for_state(id, JobState::Completed).await;
+    app.stop().await;
 
-    assert!(fake.requests().is_empty());
-    let result = queue::get_job(&db.pool, id).await.unwrap().result.unwrap();
+    assert!(app.fake().requests().is_empty());
+    let result = app.job(id).await.result.unwrap();
     assert_eq!(result["deduplicated"], true);
     assert_eq!(result["message_id"], "earlier@mg.example.com");
 }
 
 #[tokio::test]
 async fn the_breaker_opens_after_the_threshold_and_a_probe_closes_it_after_recovery() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
+    let mut app = set_up(
+        "[providers.mailgun.circuit_breaker]\nfailure_threshold = 3\nrecovery_timeout = \"1s\"\nmonitoring_period = \"1m\"\n",
+    )
+    .await;
     for _ in 0..3 {
-        fake.push(
+        app.fake().push(
             "/v3/",
             Reply::status(503, json!({"message": "unavailable"})),
         );
     }
-    let rt = start_runtime(
-        &db.pool,
-        &toml(
-            &fake,
-            &dir,
-            "[providers.mailgun.circuit_breaker]\nfailure_threshold = 3\nrecovery_timeout = \"1s\"\nmonitoring_period = \"1m\"\n",
-        ),
-    )
-    .await;
+    app.start_runtime();
     // three failing attempts open the breaker
-    let first = enqueue(&db.pool, "mailgun.send", email()).await;
-    wait_for(
-        &db.pool,
+    let first = enqueue(&app.pool, "mailgun.send", email()).await;
+    app.wait_for(
         "select exists (select 1 from penguin.integrations where provider = 'mailgun' and breaker = 'open')",
         Duration::from_secs(20),
         "breaker open",
@@ -641,13 +622,14 @@ async fn the_breaker_opens_after_the_threshold_and_a_probe_closes_it_after_recov
     .await;
     // jobs arriving while it is open wait without calling
     let later: Vec<i64> =
-        futures::future::join_all((0..3).map(|_| enqueue(&db.pool, "mailgun.send", email()))).await;
+        futures::future::join_all((0..3).map(|_| enqueue(&app.pool, "mailgun.send", email())))
+            .await;
     for id in later.iter().chain([&first]) {
-        wait_for_state(&db.pool, *id, JobState::Completed).await;
+        app.wait_for_state(*id, JobState::Completed).await;
     }
-    rt.stop().await;
+    app.stop().await;
 
-    let requests = fake.requests();
+    let requests = app.fake().requests();
     assert_eq!(
         requests.len(),
         3 + 4,
@@ -658,7 +640,7 @@ async fn the_breaker_opens_after_the_threshold_and_a_probe_closes_it_after_recov
         closed_gap >= Duration::from_millis(950),
         "no call while open: probe after {closed_gap:?}"
     );
-    let integration = queue::integrations::get_integration(&db.pool, "mailgun")
+    let integration = queue::integrations::get_integration(&app.pool, "mailgun")
         .await
         .unwrap()
         .unwrap();
@@ -667,7 +649,7 @@ async fn the_breaker_opens_after_the_threshold_and_a_probe_closes_it_after_recov
         ("closed", 0)
     );
     for id in later {
-        let job = queue::get_job(&db.pool, id).await.unwrap();
+        let job = app.job(id).await;
         assert_eq!(job.attempt, 1, "waiting for the breaker spends no attempt");
         assert_eq!(job.errors, json!([]));
     }
@@ -675,27 +657,26 @@ async fn the_breaker_opens_after_the_threshold_and_a_probe_closes_it_after_recov
 
 #[tokio::test]
 async fn calls_are_counted_per_minute_provider_kind_and_status_class() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    fake.push("/v3/mail/send", Reply::status(500, json!({})));
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
-    let a = enqueue(&db.pool, "sendgrid.send", email()).await;
-    let b = enqueue(&db.pool, "sendgrid.send", email()).await;
-    wait_for_state(&db.pool, a, JobState::Completed).await;
-    wait_for_state(&db.pool, b, JobState::Completed).await;
-    wait_for(
-        &db.pool,
+    let mut app = set_up("").await;
+    app.fake()
+        .push("/v3/mail/send", Reply::status(500, json!({})));
+    app.start_runtime();
+    let a = enqueue(&app.pool, "sendgrid.send", email()).await;
+    let b = enqueue(&app.pool, "sendgrid.send", email()).await;
+    app.wait_for_state(a, JobState::Completed).await;
+    app.wait_for_state(b, JobState::Completed).await;
+    app.wait_for(
         "select coalesce(sum(calls), 0) = 3 from penguin.integration_metrics where provider = 'sendgrid'",
         Duration::from_secs(10),
         "three calls counted",
     )
     .await;
-    rt.stop().await;
+    app.stop().await;
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
         "select kind, status_class, sum(calls)::bigint from penguin.integration_metrics
           group by 1, 2 order by 2",
     )
-    .fetch_all(&db.pool)
+    .fetch_all(&app.pool)
     .await
     .unwrap();
     assert_eq!(
@@ -707,38 +688,27 @@ async fn calls_are_counted_per_minute_provider_kind_and_status_class() {
     );
 }
 
-fn spawn_daemon(dir: &TempDir, config: &str, url: &str, log: &str) -> Child {
-    let path = dir.0.join(format!("{log}.toml"));
-    std::fs::write(&path, config).unwrap();
-    support::daemon::spawn_daemon(&path, url, &dir.0.join(log))
-}
-
 #[tokio::test]
 async fn the_rate_limit_holds_for_two_daemon_processes_together() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    let config = toml(
-        &fake,
-        &dir,
+    let app = set_up(
         "[queues.default]\nconcurrency = 4\nbatch = 2\n\
          [providers.sendgrid.rate_limit]\nper_second = 5\nburst = 1\n",
-    );
-    register_kinds(&db.pool, &support::daemon::config(&config)).await;
+    )
+    .await;
     let jobs: Vec<NewJob> = (0..20)
         .map(|_| NewJob::new("sendgrid.send", email()))
         .collect();
-    let mut conn = db.pool.acquire().await.unwrap();
-    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
-    drop(conn);
-    let mut a = spawn_daemon(&dir, &config, &db.url, "a.log");
-    let mut b = spawn_daemon(&dir, &config, &db.url, "b.log");
+    app.enqueue_many(&jobs).await;
+    let mut a = app.spawn_daemon("a.log");
+    let mut b = app.spawn_daemon("b.log");
     let mut workers = std::collections::BTreeSet::new();
-    let start = Instant::now();
-    loop {
+    let done =
+        "select count(*) from penguin.jobs where state = 'completed' and kind = 'sendgrid.send'";
+    let sent = support::poll_until(Duration::from_secs(30), async || {
         let running: Vec<String> = sqlx::query_scalar(
             "select distinct leased_by from penguin.jobs where leased_by is not null",
         )
-        .fetch_all(&db.pool)
+        .fetch_all(&app.pool)
         .await
         .unwrap();
         workers.extend(
@@ -746,30 +716,29 @@ async fn the_rate_limit_holds_for_two_daemon_processes_together() {
                 .into_iter()
                 .map(|w| w.split('/').next().unwrap_or("").to_string()),
         );
-        let done = count(
-            &db.pool,
-            "select count(*) from penguin.jobs where state = 'completed' and kind = 'sendgrid.send'",
-        )
-        .await;
-        if done == 20 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "20 sends within 30 s ({done} done)"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        app.count(done).await == 20
+    })
+    .await;
+    assert!(
+        sent.is_some(),
+        "20 sends within 30 s ({} done)",
+        app.count(done).await
+    );
     support::daemon::stop_daemon(&mut a);
     support::daemon::stop_daemon(&mut b);
 
-    let times: Vec<Instant> = fake.requests().iter().map(|r: &Recorded| r.at).collect();
+    let times: Vec<Instant> = app
+        .fake()
+        .requests()
+        .iter()
+        .map(|r: &Recorded| r.at)
+        .collect();
     assert_eq!(
         times.len(),
         20,
         "one call per job; daemon logs:\n{}\n{}",
-        std::fs::read_to_string(dir.0.join("a.log")).unwrap_or_default(),
-        std::fs::read_to_string(dir.0.join("b.log")).unwrap_or_default()
+        app.log("a.log"),
+        app.log("b.log")
     );
     // a bucket of 1 refilled at 5/s: any n calls span at least (n - 1) / 5 seconds (a
     // little slack for the time between the bucket's clock and the fake's)
@@ -788,46 +757,26 @@ async fn the_rate_limit_holds_for_two_daemon_processes_together() {
     assert!(workers.len() >= 2, "both daemons worked: {workers:?}");
 }
 
-/// The shim on port 0 with `toml` plus an API token; returns its base URL and the token.
-async fn start_shim(
-    pool: &sqlx::PgPool,
-    dir: &TempDir,
-    toml: &str,
-) -> (String, String, tokio_util::sync::DropGuard) {
-    let token = "test-api-token-for-wait-0123456789".to_string();
-    std::fs::write(dir.0.join("token"), &token).unwrap();
-    let cfg = config(&format!(
-        "{toml}[http]\napi_tokens = [\"file:{}\"]\n",
-        dir.0.join("token").display()
-    ));
-    let registry = register_kinds(pool, &cfg).await;
-    let state = penguin_jobs::http::AppState::new(&cfg, pool.clone(), registry).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(penguin_jobs::http::serve_on(
-        listener,
-        state,
-        64 * 1024,
-        stop.clone(),
-    ));
-    (base, token, stop.drop_guard())
+/// [`set_up`] serving the shim too (its API token is [`API_TOKEN`]).
+async fn serving() -> TestApp {
+    builder_with(|fake, dir| toml(fake, dir, ""))
+        .await
+        .shim()
+        .build()
+        .await
 }
 
 /// The shim's job API as the backend calls it.
-struct Api {
-    client: reqwest::Client,
-    base: String,
-    token: String,
-}
+struct Api<'a>(&'a Shim);
 
-impl Api {
+impl Api<'_> {
     /// `POST /v1/jobs`: status and JSON answer.
     async fn post(&self, body: &Value) -> (u16, Value) {
         let answer = self
+            .0
             .client
-            .post(format!("{}/v1/jobs", self.base))
-            .bearer_auth(&self.token)
+            .post(self.0.url("/v1/jobs"))
+            .bearer_auth(API_TOKEN)
             .json(body)
             .send()
             .await
@@ -837,9 +786,9 @@ impl Api {
 
     /// `GET path`, with the token or without.
     async fn get(&self, path: &str, authenticated: bool) -> (u16, Value) {
-        let mut request = self.client.get(format!("{}{path}", self.base));
+        let mut request = self.0.client.get(self.0.url(path));
         if authenticated {
-            request = request.bearer_auth(&self.token);
+            request = request.bearer_auth(API_TOKEN);
         }
         let answer = request.send().await.unwrap();
         (answer.status().as_u16(), answer.json().await.unwrap())
@@ -848,16 +797,9 @@ impl Api {
 
 #[tokio::test]
 async fn an_account_link_enqueued_with_wait_comes_back_in_the_answer() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    let toml = toml(&fake, &dir, "");
-    let (base, token, _shim) = start_shim(&db.pool, &dir, &toml).await;
-    let rt = start_runtime(&db.pool, &toml).await;
-    let api = Api {
-        client: reqwest::Client::new(),
-        base,
-        token,
-    };
+    let mut app = serving().await;
+    app.start_runtime();
+    let api = Api(app.shim());
     let link = json!({"kind": "stripe.account_link.create", "wait": "10s",
                       "payload": {"account": "acct_1", "refresh_url": "https://app.example.com/r",
                                   "return_url": "https://app.example.com/d"}});
@@ -871,7 +813,7 @@ async fn an_account_link_enqueued_with_wait_comes_back_in_the_answer() {
             .starts_with("https://connect.stripe.com/setup/e/acct_1/")
     );
     assert!(body["result"]["expires_at"].is_string());
-    let sent = &fake.requests_to("/v1/account_links")[0];
+    let sent = &app.fake().requests_to("/v1/account_links")[0];
     assert_eq!(
         sent.form(),
         vec![
@@ -886,13 +828,14 @@ async fn an_account_link_enqueued_with_wait_comes_back_in_the_answer() {
     assert_eq!(sent.header("idempotency-key"), Some(key.as_str()));
     let priority: i16 = sqlx::query_scalar("select priority from penguin.jobs where id = $1")
         .bind(id)
-        .fetch_one(&db.pool)
+        .fetch_one(&app.pool)
         .await
         .unwrap();
     assert!(priority < 0, "account links jump the queue: {priority}");
 
     // a slow provider: the answer comes at the timeout with the id to poll
-    fake.push("/v1/account_links", Reply::Delay(Duration::from_secs(2)));
+    app.fake()
+        .push("/v1/account_links", Reply::Delay(Duration::from_secs(2)));
     let mut slow = link.clone();
     slow["wait"] = json!("300ms");
     let (status, body) = api.post(&slow).await;
@@ -902,7 +845,7 @@ async fn an_account_link_enqueued_with_wait_comes_back_in_the_answer() {
         ["available", "running"].contains(&body["state"].as_str().unwrap()),
         "{body}"
     );
-    wait_for_state(&db.pool, id, JobState::Completed).await;
+    app.wait_for_state(id, JobState::Completed).await;
     let (status, polled) = api.get(&format!("/v1/jobs/{id}"), true).await;
     assert_eq!(status, 200);
     assert_eq!(polled["state"], "completed");
@@ -922,29 +865,22 @@ async fn an_account_link_enqueued_with_wait_comes_back_in_the_answer() {
         message["error"].as_str().unwrap().contains("to:"),
         "{message}"
     );
-    rt.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn a_job_that_fails_for_good_is_reported_dead_to_the_waiting_caller() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    fake.push("/v1/account_links", Reply::status(400, json!({"error": {"message": "No such account: 'acct_gone'", "type": "invalid_request_error", "code": "resource_missing"}})));
-    let toml = toml(&fake, &dir, "");
-    let (base, token, _shim) = start_shim(&db.pool, &dir, &toml).await;
-    let rt = start_runtime(&db.pool, &toml).await;
-    let api = Api {
-        client: reqwest::Client::new(),
-        base,
-        token,
-    };
+    let mut app = serving().await;
+    app.fake().push("/v1/account_links", Reply::status(400, json!({"error": {"message": "No such account: 'acct_gone'", "type": "invalid_request_error", "code": "resource_missing"}})));
+    app.start_runtime();
+    let api = Api(app.shim());
     let (status, answer) = api
         .post(&json!({"kind": "stripe.account_link.create", "wait": "10s",
                        "payload": {"account": "acct_gone", "refresh_url": "https://app.example.com/r",
                                    "return_url": "https://app.example.com/d"}}))
         .await;
     assert_eq!(status, 200);
-    rt.stop().await;
+    app.stop().await;
     assert_eq!(answer["state"], "dead");
     assert_eq!(answer["dead_reason"], "permanent_error");
     assert!(
@@ -958,13 +894,16 @@ async fn a_job_that_fails_for_good_is_reported_dead_to_the_waiting_caller() {
 
 #[tokio::test]
 async fn an_active_key_in_api_keys_is_used_instead_of_the_configured_one() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
     let keyring =
         penguin_jobs::secrets::Keyring::new(penguin_jobs::secrets::MasterKey::generate(), vec![]);
+    let mut app = builder_with(|fake, dir| toml(fake, dir, ""))
+        .await
+        .keyring(keyring.clone())
+        .build()
+        .await;
     let stored = secrecy::SecretString::from("SG.stored-and-rotated-key-9876543210".to_string());
     penguin_jobs::credentials::keys::set_key(
-        &db.pool,
+        &app.pool,
         &keyring,
         "sendgrid",
         "production",
@@ -975,20 +914,20 @@ async fn an_active_key_in_api_keys_is_used_instead_of_the_configured_one() {
     )
     .await
     .unwrap();
-    let rt = support::credentials::start_runtime(&db.pool, &toml(&fake, &dir, ""), &keyring).await;
-    let sendgrid = enqueue(&db.pool, "sendgrid.send", email()).await;
-    let mailgun = enqueue(&db.pool, "mailgun.send", email()).await;
-    wait_for_state(&db.pool, sendgrid, JobState::Completed).await;
-    wait_for_state(&db.pool, mailgun, JobState::Completed).await;
-    rt.stop().await;
+    app.start_runtime();
+    let sendgrid = enqueue(&app.pool, "sendgrid.send", email()).await;
+    let mailgun = enqueue(&app.pool, "mailgun.send", email()).await;
+    app.wait_for_state(sendgrid, JobState::Completed).await;
+    app.wait_for_state(mailgun, JobState::Completed).await;
+    app.stop().await;
 
-    let sent = &fake.requests_to("/v3/mail/send")[0];
+    let sent = &app.fake().requests_to("/v3/mail/send")[0];
     assert_eq!(
         sent.header("authorization"),
         Some("Bearer SG.stored-and-rotated-key-9876543210")
     );
     // no key stored for Mailgun: the configured one
-    let sent = &fake.requests_to("/v3/mg.example.com")[0];
+    let sent = &app.fake().requests_to("/v3/mg.example.com")[0];
     assert_eq!(
         sent.header("authorization"),
         Some(basic("api", MAILGUN_KEY).as_str())
@@ -997,7 +936,7 @@ async fn an_active_key_in_api_keys_is_used_instead_of_the_configured_one() {
 
 #[tokio::test]
 async fn sends_recorded_together_never_hide_a_webhook_status_and_never_collide() {
-    let db = support::test_db().await;
+    let app = TestApp::new().await;
     sqlx::query(
         "with ev as (
              insert into penguin.email_events (provider, event_type, status, campaign_id, recipient, occurred_at)
@@ -1006,7 +945,7 @@ async fn sends_recorded_together_never_hide_a_webhook_status_and_never_collide()
          insert into penguin.email_status (campaign_id, recipient, status, provider, occurred_at, email_event_id)
          select 'cmp_1', 'ada@example.com', 'delivered', 'mailgun', now(), id from ev",
     )
-    .execute(&db.pool)
+    .execute(&app.pool)
     .await
     .unwrap();
     let send = |job_id: i64, to: &str, message: &str| queue::email::AcceptedSend {
@@ -1024,12 +963,12 @@ async fn sends_recorded_together_never_hide_a_webhook_status_and_never_collide()
         send(2, "bob@example.com", "m2"),
         send(3, "ada@example.com", "m3"),
     ];
-    queue::email::record_sends(&db.pool, &batch).await.unwrap();
-    queue::email::record_sends(&db.pool, &batch).await.unwrap();
+    queue::email::record_sends(&app.pool, &batch).await.unwrap();
+    queue::email::record_sends(&app.pool, &batch).await.unwrap();
     let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "select recipient, status, provider_message_id from penguin.email_status order by recipient",
     )
-    .fetch_all(&db.pool)
+    .fetch_all(&app.pool)
     .await
     .unwrap();
     assert_eq!(
@@ -1041,16 +980,13 @@ async fn sends_recorded_together_never_hide_a_webhook_status_and_never_collide()
         ("bob@example.com", "sent")
     );
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.email_events where event_type = 'sent'"
-        )
-        .await,
+        app.count("select count(*) from penguin.email_events where event_type = 'sent'")
+            .await,
         3,
         "recording the same sends again adds nothing"
     );
     let checks = queue::email::check_sends(
-        &db.pool,
+        &app.pool,
         &[(2, vec!["bob@example.com".into()]), (99, vec![])],
     )
     .await
@@ -1061,37 +997,40 @@ async fn sends_recorded_together_never_hide_a_webhook_status_and_never_collide()
 
 #[tokio::test]
 async fn a_job_snoozed_by_the_rate_limit_runs_when_a_token_is_free_not_at_the_next_poll() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
     // polling every 30 s: only the claimer's own wake-up can run the snoozed job sooner
-    let toml = toml(
-        &fake,
-        &dir,
-        "[providers.sendgrid.rate_limit]\nper_second = 2\nburst = 1\n",
-    )
-    .replace("poll_interval = \"50ms\"", "poll_interval = \"30s\"");
-    let rt = start_runtime(&db.pool, &toml).await;
+    let mut app = builder_with(|fake, dir| {
+        toml(
+            fake,
+            dir,
+            "[providers.sendgrid.rate_limit]\nper_second = 2\nburst = 1\n",
+        )
+        .replace("poll_interval = \"50ms\"", "poll_interval = \"30s\"")
+    })
+    .await
+    .runtime()
+    .build()
+    .await;
     let started = Instant::now();
-    let first = enqueue(&db.pool, "sendgrid.send", email()).await;
-    let second = enqueue(&db.pool, "sendgrid.send", email()).await;
-    let third = enqueue(&db.pool, "sendgrid.send", email()).await;
+    let first = enqueue(&app.pool, "sendgrid.send", email()).await;
+    let second = enqueue(&app.pool, "sendgrid.send", email()).await;
+    let third = enqueue(&app.pool, "sendgrid.send", email()).await;
     for id in [first, second, third] {
-        wait_for_state(&db.pool, id, JobState::Completed).await;
+        app.wait_for_state(id, JobState::Completed).await;
     }
     let took = started.elapsed();
-    rt.stop().await;
+    app.stop().await;
     assert!(
         took < Duration::from_secs(10),
         "three sends at 2/s took {took:?}: snoozed jobs waited for the 30 s poll"
     );
-    let times: Vec<Instant> = fake.requests().iter().map(|r| r.at).collect();
+    let times: Vec<Instant> = app.fake().requests().iter().map(|r| r.at).collect();
     assert_eq!(times.len(), 3);
     assert!(
         times[2] - times[0] >= Duration::from_millis(900),
         "the limit held"
     );
     for id in [first, second, third] {
-        assert_eq!(queue::get_job(&db.pool, id).await.unwrap().attempt, 1);
+        assert_eq!(app.job(id).await.attempt, 1);
     }
 }
 
@@ -1114,21 +1053,21 @@ fn assert_clean_errors(errors: &Value, expected: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn a_provider_answering_nul_bytes_or_megabytes_is_retried_with_clean_short_errors() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
+    let mut app = set_up("").await;
     // Mailgun: a JSON `\u0000`, a raw NUL and invalid UTF-8, then 1 MB; then it recovers
-    fake.push("/v3/mg", Reply::status(500, json!({"message": "bad\u{0}"})));
-    fake.push(
+    app.fake()
+        .push("/v3/mg", Reply::status(500, json!({"message": "bad\u{0}"})));
+    app.fake().push(
         "/v3/mg",
         Reply::raw(500, "text/plain", &b"bad\x00gateway\xff\xfe"[..]),
     );
-    fake.push(
+    app.fake().push(
         "/v3/mg",
         Reply::raw(500, "text/plain", vec![b'x'; 1024 * 1024]),
     );
     // SendGrid: NUL in its error list until the job runs out of attempts
     for _ in 0..2 {
-        fake.push(
+        app.fake().push(
             "/v3/mail/send",
             Reply::status(
                 500,
@@ -1136,10 +1075,10 @@ async fn a_provider_answering_nul_bytes_or_megabytes_is_retried_with_clean_short
             ),
         );
     }
-    let rt = start_runtime(&db.pool, &toml(&fake, &dir, "")).await;
-    let sent = enqueue(&db.pool, "mailgun.send", email()).await;
+    app.start_runtime();
+    let sent = enqueue(&app.pool, "mailgun.send", email()).await;
     let dead = queue::enqueue(
-        &db.pool,
+        &app.pool,
         &NewJob {
             max_attempts: Some(2),
             ..NewJob::new("sendgrid.send", email())
@@ -1147,11 +1086,11 @@ async fn a_provider_answering_nul_bytes_or_megabytes_is_retried_with_clean_short
     )
     .await
     .unwrap();
-    wait_for_state(&db.pool, sent, JobState::Completed).await;
-    let dead = wait_for_dead_letter(&db.pool, dead).await;
-    rt.stop().await;
+    app.wait_for_state(sent, JobState::Completed).await;
+    let dead = app.wait_for_dead_letter(dead).await;
+    app.stop().await;
 
-    let job = queue::get_job(&db.pool, sent).await.unwrap();
+    let job = app.job(sent).await;
     assert_eq!(job.attempt, 4);
     let messages = assert_clean_errors(&job.errors, 3);
     assert_eq!(messages[0], "HTTP 500: bad\u{fffd}");
@@ -1163,46 +1102,34 @@ async fn a_provider_answering_nul_bytes_or_megabytes_is_retried_with_clean_short
     let messages = assert_clean_errors(&dead.errors, 2);
     assert_eq!(messages[1], "HTTP 500: to\u{fffd}: down\u{fffd}");
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.jobs where state not in ('completed')"
-        )
-        .await,
+        app.count("select count(*) from penguin.jobs where state not in ('completed')")
+            .await,
         0
     );
 }
 
 #[tokio::test]
 async fn a_posthog_batch_refused_for_one_bad_event_is_resent_event_by_event() {
-    let db = support::test_db().await;
-    let (fake, dir) = (FakeProvider::start().await, key_dir());
-    register_kinds(&db.pool, &config(&toml(&fake, &dir, ""))).await;
+    let mut app = set_up("[queues.default]\nconcurrency = 100\n").await;
     let jobs: Vec<NewJob> = (0..40)
         .map(|i| capture_job(i, json!({"refuse_me": i == 7})))
         .collect();
-    let mut conn = db.pool.acquire().await.unwrap();
-    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
-    drop(conn);
-    let rt = start_runtime(
-        &db.pool,
-        &toml(&fake, &dir, "[queues.default]\nconcurrency = 100\n"),
-    )
-    .await;
-    wait_for(
-        &db.pool,
+    app.enqueue_many(&jobs).await;
+    app.start_runtime();
+    app.wait_for(
         "select (select count(*) = 39 from penguin.jobs where state = 'completed' and kind = 'posthog.capture')
             and (select count(*) = 1 from penguin.dead_letters)",
         Duration::from_secs(30),
         "39 captures and one dead letter",
     )
     .await;
-    rt.stop().await;
-    let dead = &queue::list_dead_letters(&db.pool, None, 1).await.unwrap()[0];
+    app.stop().await;
+    let dead = &queue::list_dead_letters(&app.pool, None, 1).await.unwrap()[0];
     assert_eq!(dead.payload["distinct_id"], "user_7");
     assert_eq!(dead.reason, "permanent_error");
     assert_eq!(dead.errors[0]["status"], 400);
     // some batch held the bad event with others, and those others were sent again alone
-    let calls = fake.requests_to("/batch/");
+    let calls = app.fake().requests_to("/batch/");
     assert!(
         calls
             .iter()

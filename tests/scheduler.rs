@@ -3,16 +3,14 @@
 
 mod support;
 
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use penguin_jobs::config::{MissedFires, ScheduleConfig};
 use penguin_jobs::queue;
 use penguin_jobs::scheduler::{self, Schedule};
-use support::daemon::{config, count, register_kinds};
-
-const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
+use support::app::TestApp;
+use support::daemon::stop_daemon;
 
 fn per_second(name: &str, missed: MissedFires, max_catch_up: u32) -> Schedule {
     let cfg = ScheduleConfig {
@@ -57,27 +55,26 @@ async fn registered_at(pool: &sqlx::PgPool, s: &Schedule, last: &str) {
 
 #[tokio::test]
 async fn after_downtime_skip_enqueues_only_the_current_fire() {
-    let db = support::test_db().await;
-    register_kinds(&db.pool, &config("")).await;
+    let app = TestApp::new().await;
     let s = per_second("skip", MissedFires::Skip, 1);
-    registered_at(&db.pool, &s, "2026-01-01T00:00:00Z").await;
+    registered_at(&app.pool, &s, "2026-01-01T00:00:00Z").await;
 
-    let ids = scheduler::fire_due(&db.pool, &s, at("2026-01-01T00:00:10.300Z"))
+    let ids = scheduler::fire_due(&app.pool, &s, at("2026-01-01T00:00:10.300Z"))
         .await
         .unwrap();
     assert_eq!(ids.len(), 1);
     assert_eq!(
-        keys(&db.pool, "skip").await,
+        keys(&app.pool, "skip").await,
         vec!["schedule:skip:2026-01-01T00:00:10Z"]
     );
     // the same instant again, as a second daemon would see it: nothing more
     assert!(
-        scheduler::fire_due(&db.pool, &s, at("2026-01-01T00:00:10.400Z"))
+        scheduler::fire_due(&app.pool, &s, at("2026-01-01T00:00:10.400Z"))
             .await
             .unwrap()
             .is_empty()
     );
-    let row = &scheduler::list(&db.pool).await.unwrap()[0];
+    let row = &scheduler::list(&app.pool).await.unwrap()[0];
     assert_eq!(row.last_fire_at, Some(at("2026-01-01T00:00:10Z")));
     assert_eq!(row.next_fire_at, Some(at("2026-01-01T00:00:11Z")));
     assert_eq!(row.last_job_id, Some(ids[0]));
@@ -85,17 +82,16 @@ async fn after_downtime_skip_enqueues_only_the_current_fire() {
 
 #[tokio::test]
 async fn after_downtime_catch_up_enqueues_at_most_max_catch_up_missed_fires() {
-    let db = support::test_db().await;
-    register_kinds(&db.pool, &config("")).await;
+    let app = TestApp::new().await;
     let s = per_second("catchup", MissedFires::CatchUp, 3);
-    registered_at(&db.pool, &s, "2026-01-01T00:00:00Z").await;
+    registered_at(&app.pool, &s, "2026-01-01T00:00:00Z").await;
 
-    let ids = scheduler::fire_due(&db.pool, &s, at("2026-01-01T00:00:10.300Z"))
+    let ids = scheduler::fire_due(&app.pool, &s, at("2026-01-01T00:00:10.300Z"))
         .await
         .unwrap();
     assert_eq!(ids.len(), 4);
     assert_eq!(
-        keys(&db.pool, "catchup").await,
+        keys(&app.pool, "catchup").await,
         vec![
             "schedule:catchup:2026-01-01T00:00:07Z",
             "schedule:catchup:2026-01-01T00:00:08Z",
@@ -107,78 +103,63 @@ async fn after_downtime_catch_up_enqueues_at_most_max_catch_up_missed_fires() {
 
 #[tokio::test]
 async fn a_paused_schedule_passes_its_fires_over_and_resumes_without_catching_up() {
-    let db = support::test_db().await;
-    register_kinds(&db.pool, &config("")).await;
+    let app = TestApp::new().await;
     let s = per_second("paused", MissedFires::CatchUp, 5);
-    registered_at(&db.pool, &s, "2026-01-01T00:00:00Z").await;
-    scheduler::set_enabled(&db.pool, "paused", false)
+    registered_at(&app.pool, &s, "2026-01-01T00:00:00Z").await;
+    scheduler::set_enabled(&app.pool, "paused", false)
         .await
         .unwrap();
     assert!(
-        scheduler::fire_due(&db.pool, &s, at("2026-01-01T00:00:03.100Z"))
+        scheduler::fire_due(&app.pool, &s, at("2026-01-01T00:00:03.100Z"))
             .await
             .unwrap()
             .is_empty()
     );
-    scheduler::set_enabled(&db.pool, "paused", true)
+    scheduler::set_enabled(&app.pool, "paused", true)
         .await
         .unwrap();
-    scheduler::fire_due(&db.pool, &s, at("2026-01-01T00:00:04.100Z"))
+    scheduler::fire_due(&app.pool, &s, at("2026-01-01T00:00:04.100Z"))
         .await
         .unwrap();
     assert_eq!(
-        keys(&db.pool, "paused").await,
+        keys(&app.pool, "paused").await,
         vec!["schedule:paused:2026-01-01T00:00:04Z"]
     );
-    let err = scheduler::set_enabled(&db.pool, "nope", false)
+    let err = scheduler::set_enabled(&app.pool, "nope", false)
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "schedule \"nope\" not found");
 }
 
-fn spawn_daemon(dir: &std::path::Path, url: &str, log: &str) -> Child {
-    support::daemon::spawn_daemon(&dir.join("jobs.toml"), url, &dir.join(log))
-}
-
-fn stop(child: &mut Child) {
-    support::daemon::stop_daemon(child)
-}
-
 #[tokio::test]
 async fn two_daemons_enqueue_each_tick_of_a_per_second_schedule_exactly_once() {
-    let db = support::test_db().await;
-    let dir = std::env::temp_dir().join(format!(
-        "penguin-jobs-sched-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("jobs.toml"),
-        "[daemon]\npoll_interval = \"100ms\"\n[maintenance]\nprune = false\n\
-         [oauth]\nrefresh = false\n[api_keys]\nrotation = false\n\
-         [schedules.tick]\ncron = \"* * * * * *\"\nkind = \"noop\"\n",
-    )
-    .unwrap();
-    let migrate = Command::new(BIN)
-        .arg("--config")
-        .arg(dir.join("jobs.toml"))
-        .arg("migrate")
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .unwrap();
+    let app = TestApp::builder()
+        .config(
+            "[daemon]\npoll_interval = \"100ms\"\n[maintenance]\nprune = false\n\
+             [oauth]\nrefresh = false\n[api_keys]\nrotation = false\n\
+             [schedules.tick]\ncron = \"* * * * * *\"\nkind = \"noop\"\n",
+        )
+        .build()
+        .await;
+    let migrate = app.cli(&["migrate"]);
     assert!(
         migrate.status.success(),
         "{}",
         String::from_utf8_lossy(&migrate.stderr)
     );
-    let mut a = spawn_daemon(&dir, &db.url, "a.log");
-    let mut b = spawn_daemon(&dir, &db.url, "b.log");
-    tokio::time::sleep(Duration::from_millis(5500)).await;
-    stop(&mut a);
-    stop(&mut b);
+    let mut a = app.spawn_daemon("a.log");
+    let mut b = app.spawn_daemon("b.log");
+    // five ticks enqueued (what a 5.5 s window used to allow for)
+    app.wait_for(
+        "select count(*) >= 5 from penguin.jobs where unique_key like 'schedule:tick:%'",
+        Duration::from_secs(30),
+        "five ticks of the schedule",
+    )
+    .await;
+    stop_daemon(&mut a);
+    stop_daemon(&mut b);
 
-    let keys = keys(&db.pool, "tick").await;
+    let keys = keys(&app.pool, "tick").await;
     let fires: Vec<DateTime<Utc>> = keys
         .iter()
         .map(|k| at(k.trim_start_matches("schedule:tick:")))
@@ -188,39 +169,24 @@ async fn two_daemons_enqueue_each_tick_of_a_per_second_schedule_exactly_once() {
     let span = (*fires.last().unwrap() - fires[0]).num_seconds() + 1;
     assert_eq!(span as usize, fires.len(), "{keys:?}");
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.jobs where kind = 'noop'"
-        )
-        .await as usize,
+        app.count("select count(*) from penguin.jobs where kind = 'noop'")
+            .await as usize,
         fires.len()
     );
 
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(dir.join("jobs.toml"))
-        .args(["schedules", "list", "--json"])
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .unwrap();
+    let out = app.cli(&["schedules", "list", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["name"], "tick");
     assert_eq!(
         rows[0]["last_fire_at"],
         serde_json::json!(fires.last().unwrap())
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn bad_schedules_stop_the_daemon_at_start_naming_the_schedule() {
-    let db = support::test_db().await;
-    let dir = std::env::temp_dir().join(format!(
-        "penguin-jobs-sched-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let app = TestApp::new().await;
+    let bad = app.dir.path().join("bad.toml");
     for (toml, expected) in [
         (
             "[schedules.refresh]\ncron = \"*/5 * * *\"\nkind = \"noop\"\n",
@@ -235,25 +201,17 @@ async fn bad_schedules_stop_the_daemon_at_start_naming_the_schedule() {
             "schedules.refresh: unknown job kind",
         ),
     ] {
-        std::fs::write(dir.join("jobs.toml"), toml).unwrap();
-        let out = Command::new(BIN)
-            .arg("--config")
-            .arg(dir.join("jobs.toml"))
-            .arg("run")
-            .env("DATABASE_URL", &db.url)
-            .output()
-            .unwrap();
+        std::fs::write(&bad, toml).unwrap();
+        let out = support::daemon::cli(&bad, &app.url, &["run"], None);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(stderr.contains(expected), "{stderr}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn pruning_removes_exactly_what_the_retention_says() {
-    let db = support::test_db().await;
-    register_kinds(&db.pool, &config("")).await;
+    let app = TestApp::new().await;
     // 5 old completed, 2 old cancelled, 3 recent completed, 2 old but live, 1 old running
     sqlx::query(
         "insert into penguin.jobs (queue, kind, state, max_attempts, finished_at, leased_by, lease_expires_at)
@@ -272,11 +230,11 @@ async fn pruning_removes_exactly_what_the_retention_says() {
                         ('retryable', null, null),
                         ('running', null, 'w')) as t(s, f, l)",
     )
-    .execute(&db.pool)
+    .execute(&app.pool)
     .await
     .unwrap();
     sqlx::query("update penguin.jobs set created_at = now() - interval '5 days'")
-        .execute(&db.pool)
+        .execute(&app.pool)
         .await
         .unwrap();
     sqlx::query(
@@ -285,39 +243,35 @@ async fn pruning_removes_exactly_what_the_retention_says() {
                 case when g <= 4 then now() - interval '31 days' else now() - interval '29 days' end
            from generate_series(1, 6) g",
     )
-    .execute(&db.pool)
+    .execute(&app.pool)
     .await
     .unwrap();
 
     let day = Duration::from_secs(86_400);
     // dead letters kept forever ("0s"): only jobs go, in batches of 2
-    let pruned = queue::prune(&db.pool, day, None, 2).await.unwrap();
+    let pruned = queue::prune(&app.pool, day, None, 2).await.unwrap();
     assert_eq!((pruned.jobs, pruned.dead_letters), (7, 0));
-    let pruned = queue::prune(&db.pool, day, Some(30 * day), 2)
+    let pruned = queue::prune(&app.pool, day, Some(30 * day), 2)
         .await
         .unwrap();
     assert_eq!((pruned.jobs, pruned.dead_letters), (0, 4));
+    assert_eq!(app.count("select count(*) from penguin.jobs").await, 6);
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.jobs").await,
-        6
-    );
-    assert_eq!(
-        count(
-            &db.pool,
+        app.count(
             "select count(*) from penguin.jobs where state in ('available', 'retryable', 'running')"
         )
         .await,
         3
     );
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.dead_letters").await,
+        app.count("select count(*) from penguin.dead_letters").await,
         2
     );
 }
 
 #[tokio::test]
 async fn stored_webhooks_are_pruned_after_their_retention_and_what_came_from_them_stays() {
-    let db = support::test_db().await;
+    let app = TestApp::new().await;
     // 3 webhooks received 31 days ago (one of them behind an email event and a
     // suppression), 2 received yesterday
     sqlx::query(
@@ -326,7 +280,7 @@ async fn stored_webhooks_are_pruned_after_their_retention_and_what_came_from_the
                 case when g <= 3 then now() - interval '31 days' else now() - interval '1 day' end
            from generate_series(1, 5) g",
     )
-    .execute(&db.pool)
+    .execute(&app.pool)
     .await
     .unwrap();
     sqlx::query(
@@ -334,7 +288,7 @@ async fn stored_webhooks_are_pruned_after_their_retention_and_what_came_from_the
          select 'mailgun', 'failed', 'bounced', 'ada@example.com', now(), id
            from penguin.inbound_events where event_id = 'evt_1'",
     )
-    .execute(&db.pool)
+    .execute(&app.pool)
     .await
     .unwrap();
     sqlx::query(
@@ -342,21 +296,21 @@ async fn stored_webhooks_are_pruned_after_their_retention_and_what_came_from_the
          select 'ada@example.com', 'hard_bounce', 'mailgun', id
            from penguin.inbound_events where event_id = 'evt_1'",
     )
-    .execute(&db.pool)
+    .execute(&app.pool)
     .await
     .unwrap();
 
-    let pruned = queue::prune_inbound_events(&db.pool, Duration::from_secs(30 * 86_400), 2)
+    let pruned = queue::prune_inbound_events(&app.pool, Duration::from_secs(30 * 86_400), 2)
         .await
         .unwrap();
     assert_eq!(pruned, 3);
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.inbound_events").await,
+        app.count("select count(*) from penguin.inbound_events")
+            .await,
         2
     );
     assert_eq!(
-        count(
-            &db.pool,
+        app.count(
             "select count(*) from penguin.suppressions where address = 'ada@example.com' and inbound_event_id is null"
         )
         .await,
@@ -364,11 +318,8 @@ async fn stored_webhooks_are_pruned_after_their_retention_and_what_came_from_the
         "the suppression stays"
     );
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.email_events where inbound_event_id is null"
-        )
-        .await,
+        app.count("select count(*) from penguin.email_events where inbound_event_id is null")
+            .await,
         1,
         "the email event stays"
     );
@@ -389,34 +340,50 @@ async fn stored_webhooks_are_pruned_after_their_retention_and_what_came_from_the
 
 #[tokio::test]
 async fn a_restart_after_downtime_honours_skip_and_catch_up() {
-    let db = support::test_db().await;
-    let dir = std::env::temp_dir().join(format!(
-        "penguin-jobs-sched-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("jobs.toml"),
-        "[daemon]\npoll_interval = \"100ms\"\n[maintenance]\nprune = false\n\
-         [schedules.skipper]\ncron = \"* * * * * *\"\nkind = \"noop\"\nmissed = \"skip\"\n\
-         [schedules.catcher]\ncron = \"* * * * * *\"\nkind = \"noop\"\nmissed = \"catch_up\"\nmax_catch_up = 2\n",
+    let app = TestApp::builder()
+        .config(
+            "[daemon]\npoll_interval = \"100ms\"\n[maintenance]\nprune = false\n\
+             [schedules.skipper]\ncron = \"* * * * * *\"\nkind = \"noop\"\nmissed = \"skip\"\n\
+             [schedules.catcher]\ncron = \"* * * * * *\"\nkind = \"noop\"\nmissed = \"catch_up\"\nmax_catch_up = 2\n",
+        )
+        .build()
+        .await;
+    let mut daemon = app.spawn_daemon("first.log");
+    app.wait_for(
+        "select count(*) = 2 from penguin.schedules
+          where name in ('skipper', 'catcher') and last_fire_at is not null",
+        Duration::from_secs(30),
+        "both schedules fired once",
     )
-    .unwrap();
-    let mut daemon = spawn_daemon(&dir, &db.url, "first.log");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    stop(&mut daemon);
+    .await;
+    stop_daemon(&mut daemon);
     let before: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
         "select name, last_fire_at from penguin.schedules where name in ('skipper', 'catcher')",
     )
-    .fetch_all(&db.pool)
+    .fetch_all(&app.pool)
     .await
     .unwrap();
-    // four seconds without a daemon
+    // four seconds without a daemon: not a wait on anything, the downtime under test
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut daemon = spawn_daemon(&dir, &db.url, "second.log");
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    stop(&mut daemon);
+    let mut daemon = app.spawn_daemon("second.log");
+    // the restart's first pass: for each schedule, a fire after its last before the downtime
+    let first_pass_done = before
+        .iter()
+        .map(|(name, last_before)| {
+            format!(
+                "exists (select 1 from penguin.jobs where unique_key like 'schedule:{name}:%' and unique_key > '{}')",
+                fire_key(name, *last_before)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" and ");
+    app.wait_for(
+        &format!("select {first_pass_done}"),
+        Duration::from_secs(30),
+        "the restart's first pass of both schedules",
+    )
+    .await;
+    stop_daemon(&mut daemon);
 
     for (name, last_before) in before {
         // the restart's first pass enqueues its fires in one transaction: one created_at
@@ -428,11 +395,8 @@ async fn a_restart_after_downtime_honours_skip_and_catch_up() {
               order by unique_key",
         )
         .bind(format!("schedule:{name}:%"))
-        .bind(format!(
-            "schedule:{name}:{}",
-            last_before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        ))
-        .fetch_all(&db.pool)
+        .bind(fire_key(&name, last_before))
+        .fetch_all(&app.pool)
         .await
         .unwrap();
         let expected = if name == "catcher" { 3 } else { 1 };
@@ -443,5 +407,12 @@ async fn a_restart_after_downtime_honours_skip_and_catch_up() {
             "{name}: the missed fires before the catch-up window were not enqueued: {first_pass:?} after {last_before}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The unique key of schedule `name`'s fire at `at`.
+fn fire_key(name: &str, at: DateTime<Utc>) -> String {
+    format!(
+        "schedule:{name}:{}",
+        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
 }

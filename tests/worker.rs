@@ -5,9 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use penguin_jobs::queue::{self, NewJob};
+use penguin_jobs::queue::{self, JobState, NewJob};
 use serde_json::json;
-use support::daemon::{config, count, register_kinds, start_runtime, wait_for};
+use support::app::TestApp;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -27,53 +27,44 @@ const QUICK_RETRIES: &str = "[kinds.\"http.request\"]\nbackoff = { strategy = \"
 
 #[tokio::test]
 async fn pools_drain_every_job_and_keep_completed_rows() {
-    let db = support::test_db().await;
-    let rt = start_runtime(&db.pool, FAST).await;
-    let mut conn = db.pool.acquire().await.unwrap();
+    let mut app = TestApp::running(FAST).await;
     let jobs: Vec<NewJob> = (0..3000)
         .map(|n| NewJob::new("noop", json!({ "n": n })))
         .collect();
-    for chunk in jobs.chunks(1000) {
-        queue::enqueue_many(&mut conn, chunk).await.unwrap();
-    }
-    wait_for(
-        &db.pool,
+    app.enqueue_many(&jobs).await;
+    app.wait_for(
         "select count(*) = 3000 from penguin.jobs where state = 'completed'",
         Duration::from_secs(60),
         "3000 completed jobs",
     )
     .await;
-    rt.stop().await;
+    app.stop().await;
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.jobs where attempt <> 1 or finished_at is null or leased_by is not null").await,
+        app.count("select count(*) from penguin.jobs where attempt <> 1 or finished_at is null or leased_by is not null").await,
         0
     );
 }
 
 #[tokio::test]
 async fn a_commit_wakes_an_idle_worker_well_before_the_poll_interval() {
-    let db = support::test_db().await;
-    let rt = start_runtime(&db.pool, "[daemon]\npoll_interval = \"30s\"\n").await;
+    let mut app = TestApp::running("[daemon]\npoll_interval = \"30s\"\n").await;
     // the pool marks itself idle once it found the queue empty
-    wait_for(
-        &db.pool,
+    app.wait_for(
         "select exists (select 1 from penguin.idle_workers where queue = 'default')",
         Duration::from_secs(10),
         "an idle mark",
     )
     .await;
-    let id = queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
-        .await
-        .unwrap();
+    let id = app.enqueue(&NewJob::new("noop", json!({}))).await;
     // a limit below the 30 s poll, so that the assertion below can fail on its own
-    let waited = wait_for(
-        &db.pool,
-        &format!("select state = 'completed' from penguin.jobs where id = {id}"),
-        Duration::from_secs(25),
-        "the job to complete",
-    )
-    .await;
-    rt.stop().await;
+    let waited = app
+        .wait_for(
+            &format!("select state = 'completed' from penguin.jobs where id = {id}"),
+            Duration::from_secs(25),
+            "the job to complete",
+        )
+        .await;
+    app.stop().await;
     assert!(
         waited < Duration::from_secs(10),
         "woken by NOTIFY, not by the 30s poll: took {waited:?}"
@@ -82,16 +73,14 @@ async fn a_commit_wakes_an_idle_worker_well_before_the_poll_interval() {
 
 #[tokio::test]
 async fn a_busy_queue_does_not_notify_on_each_insert() {
-    let db = support::test_db().await;
-    register_kinds(&db.pool, &config("")).await;
+    let app = TestApp::new().await;
     // nobody idles: the trigger must not send anything
-    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
         .await
         .unwrap();
     listener.listen(queue::NOTIFY_CHANNEL).await.unwrap();
-    queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
-        .await
-        .unwrap();
+    app.enqueue(&NewJob::new("noop", json!({}))).await;
+    // a negative: no NOTIFY can be awaited, so a bounded window stands for "never"
     assert!(
         tokio::time::timeout(Duration::from_millis(300), listener.recv())
             .await
@@ -99,15 +88,15 @@ async fn a_busy_queue_does_not_notify_on_each_insert() {
         "no NOTIFY while no worker idles"
     );
     // one idle worker: one NOTIFY per statement, even for many rows
-    queue::mark_idle(&db.pool, "w1", "default").await.unwrap();
-    let mut conn = db.pool.acquire().await.unwrap();
+    queue::mark_idle(&app.pool, "w1", "default").await.unwrap();
     let many: Vec<NewJob> = (0..50).map(|_| NewJob::new("noop", json!({}))).collect();
-    queue::enqueue_many(&mut conn, &many).await.unwrap();
+    app.enqueue_many(&many).await;
     let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(n.payload(), "default");
+    // a negative again: no second NOTIFY within a bounded window
     assert!(
         tokio::time::timeout(Duration::from_millis(300), listener.recv())
             .await
@@ -117,7 +106,6 @@ async fn a_busy_queue_does_not_notify_on_each_insert() {
 
 #[tokio::test]
 async fn retries_exhausted_land_in_dead_letters_with_every_error() {
-    let db = support::test_db().await;
     let provider = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/hook"))
@@ -125,27 +113,14 @@ async fn retries_exhausted_land_in_dead_letters_with_every_error() {
         .expect(3)
         .mount(&provider)
         .await;
-    let rt = start_runtime(&db.pool, &format!("{FAST}{QUICK_RETRIES}")).await;
-    let id = queue::enqueue(&db.pool, &http_job(format!("{}/hook", provider.uri()), 3))
-        .await
-        .unwrap();
-    wait_for(
-        &db.pool,
-        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
-        Duration::from_secs(30),
-        "the dead letter",
-    )
-    .await;
-    rt.stop().await;
-    assert_eq!(
-        count(
-            &db.pool,
-            &format!("select count(*) from penguin.jobs where id = {id}")
-        )
-        .await,
-        0
-    );
-    let dead = &queue::list_dead_letters(&db.pool, None, 10).await.unwrap()[0];
+    let mut app = TestApp::running(&format!("{FAST}{QUICK_RETRIES}")).await;
+    let id = app
+        .enqueue(&http_job(format!("{}/hook", provider.uri()), 3))
+        .await;
+    app.wait_for_dead_letter(id).await;
+    app.stop().await;
+    assert!(app.try_job(id).await.is_none());
+    let dead = &app.dead_letter(id).await;
     assert_eq!(dead.reason, "attempts_exhausted");
     assert_eq!(dead.attempt, 3);
     let errors = dead.errors.as_array().unwrap();
@@ -160,26 +135,19 @@ async fn retries_exhausted_land_in_dead_letters_with_every_error() {
 
 #[tokio::test]
 async fn a_4xx_goes_to_the_dead_letters_at_once() {
-    let db = support::test_db().await;
     let provider = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(422))
         .expect(1)
         .mount(&provider)
         .await;
-    let rt = start_runtime(&db.pool, &format!("{FAST}{QUICK_RETRIES}")).await;
-    let id = queue::enqueue(&db.pool, &http_job(format!("{}/hook", provider.uri()), 10))
-        .await
-        .unwrap();
-    wait_for(
-        &db.pool,
-        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
-        Duration::from_secs(30),
-        "the dead letter",
-    )
-    .await;
-    rt.stop().await;
-    let dead = &queue::list_dead_letters(&db.pool, None, 10).await.unwrap()[0];
+    let mut app = TestApp::running(&format!("{FAST}{QUICK_RETRIES}")).await;
+    let id = app
+        .enqueue(&http_job(format!("{}/hook", provider.uri()), 10))
+        .await;
+    app.wait_for_dead_letter(id).await;
+    app.stop().await;
+    let dead = &app.dead_letter(id).await;
     assert_eq!(dead.reason, "permanent_error");
     assert_eq!(dead.attempt, 1);
     assert_eq!(dead.errors[0]["class"], "data");
@@ -188,25 +156,18 @@ async fn a_4xx_goes_to_the_dead_letters_at_once() {
 
 #[tokio::test]
 async fn a_429_retry_after_sets_the_earliest_next_run() {
-    let db = support::test_db().await;
     let provider = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "120"))
         .mount(&provider)
         .await;
-    let rt = start_runtime(&db.pool, &format!("{FAST}{QUICK_RETRIES}")).await;
-    let id = queue::enqueue(&db.pool, &http_job(format!("{}/hook", provider.uri()), 10))
-        .await
-        .unwrap();
-    wait_for(
-        &db.pool,
-        &format!("select state = 'retryable' from penguin.jobs where id = {id}"),
-        Duration::from_secs(30),
-        "the retry",
-    )
-    .await;
-    rt.stop().await;
-    let job = queue::get_job(&db.pool, id).await.unwrap();
+    let mut app = TestApp::running(&format!("{FAST}{QUICK_RETRIES}")).await;
+    let id = app
+        .enqueue(&http_job(format!("{}/hook", provider.uri()), 10))
+        .await;
+    app.wait_for_state(id, JobState::Retryable).await;
+    app.stop().await;
+    let job = app.job(id).await;
     let wait = job.run_at
         - job.errors[0]["at"]
             .as_str()
@@ -222,22 +183,15 @@ async fn a_429_retry_after_sets_the_earliest_next_run() {
 
 #[tokio::test]
 async fn a_network_error_is_retried() {
-    let db = support::test_db().await;
     // a port nobody listens on: connection refused
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", closed.local_addr().unwrap());
     drop(closed);
-    let rt = start_runtime(&db.pool, &format!("{FAST}{QUICK_RETRIES}")).await;
-    let id = queue::enqueue(&db.pool, &http_job(url, 2)).await.unwrap();
-    wait_for(
-        &db.pool,
-        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
-        Duration::from_secs(30),
-        "the dead letter",
-    )
-    .await;
-    rt.stop().await;
-    let dead = &queue::list_dead_letters(&db.pool, None, 1).await.unwrap()[0];
+    let mut app = TestApp::running(&format!("{FAST}{QUICK_RETRIES}")).await;
+    let id = app.enqueue(&http_job(url, 2)).await;
+    app.wait_for_dead_letter(id).await;
+    app.stop().await;
+    let dead = &app.dead_letter(id).await;
     assert_eq!(dead.reason, "attempts_exhausted");
     assert_eq!(dead.errors[0]["class"], "network");
     assert_eq!(dead.errors.as_array().unwrap().len(), 2);
@@ -245,31 +199,26 @@ async fn a_network_error_is_retried() {
 
 #[tokio::test]
 async fn a_job_of_a_kind_no_daemon_handles_waits_and_is_dead_lettered_only_after_the_grace() {
-    let db = support::test_db().await;
+    let mut app = TestApp::builder()
+        .config(&format!("{FAST}unknown_kind_grace = \"3s\"\n"))
+        .build()
+        .await;
     // a newer daemon registered the kind and enqueued a job of it, then went away
     sqlx::query(
         "insert into penguin.kinds (kind, queue, max_attempts, priority) values ('from.the.future', 'default', 5, 0)",
     )
-    .execute(&db.pool)
+    .execute(&app.pool)
     .await
     .unwrap();
     let id: i64 = sqlx::query_scalar("select penguin.enqueue('from.the.future', '{}')")
-        .fetch_one(&db.pool)
+        .fetch_one(&app.pool)
         .await
         .unwrap();
-    let rt = start_runtime(&db.pool, &format!("{FAST}unknown_kind_grace = \"3s\"\n")).await;
+    app.start_runtime();
     // it is not claimed: it waits, untouched, while the grace runs
-    let noop = queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
-        .await
-        .unwrap();
-    wait_for(
-        &db.pool,
-        &format!("select state = 'completed' from penguin.jobs where id = {noop}"),
-        Duration::from_secs(10),
-        "a known kind to run meanwhile",
-    )
-    .await;
-    let waiting = queue::waiting_kinds(&db.pool, Duration::from_secs(60))
+    let noop = app.enqueue(&NewJob::new("noop", json!({}))).await;
+    app.wait_for_state(noop, JobState::Completed).await;
+    let waiting = queue::waiting_kinds(&app.pool, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(waiting.len(), 1, "{waiting:?}");
@@ -277,17 +226,11 @@ async fn a_job_of_a_kind_no_daemon_handles_waits_and_is_dead_lettered_only_after
         (waiting[0].kind.as_str(), waiting[0].jobs),
         ("from.the.future", 1)
     );
-    let job = queue::get_job(&db.pool, id).await.unwrap();
-    assert_eq!((job.state.as_str(), job.attempt), ("available", 0));
-    wait_for(
-        &db.pool,
-        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
-        Duration::from_secs(30),
-        "the dead letter after the grace",
-    )
-    .await;
-    rt.stop().await;
-    let dead = &queue::list_dead_letters(&db.pool, None, 1).await.unwrap()[0];
+    let job = app.job(id).await;
+    assert_eq!((job.state, job.attempt), (JobState::Available, 0));
+    app.wait_for_dead_letter(id).await;
+    app.stop().await;
+    let dead = &app.dead_letter(id).await;
     assert_eq!(dead.reason, "unknown_kind");
     assert_eq!(dead.attempt, 0, "no attempt was spent on it");
     assert_eq!(dead.errors[0]["class"], "unknown_kind");
@@ -303,7 +246,7 @@ async fn a_job_of_a_kind_no_daemon_handles_waits_and_is_dead_lettered_only_after
         "select extract(epoch from dead_at - created_at)::float8 from penguin.dead_letters where job_id = $1",
     )
     .bind(id)
-    .fetch_one(&db.pool)
+    .fetch_one(&app.pool)
     .await
     .unwrap();
     assert!(
@@ -314,7 +257,6 @@ async fn a_job_of_a_kind_no_daemon_handles_waits_and_is_dead_lettered_only_after
 
 #[tokio::test]
 async fn a_job_running_longer_than_the_lease_is_not_rescued_while_its_worker_lives() {
-    let db = support::test_db().await;
     let provider = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(7)))
@@ -322,19 +264,13 @@ async fn a_job_running_longer_than_the_lease_is_not_rescued_while_its_worker_liv
         .mount(&provider)
         .await;
     // lease 3s (heartbeat every 1s), rescue every 200ms, the job takes 7s
-    let rt = start_runtime(&db.pool, FAST).await;
-    let id = queue::enqueue(&db.pool, &http_job(format!("{}/slow", provider.uri()), 5))
-        .await
-        .unwrap();
-    wait_for(
-        &db.pool,
-        &format!("select state = 'completed' from penguin.jobs where id = {id}"),
-        Duration::from_secs(30),
-        "the slow job to complete",
-    )
-    .await;
-    rt.stop().await;
-    let job = queue::get_job(&db.pool, id).await.unwrap();
+    let mut app = TestApp::running(FAST).await;
+    let id = app
+        .enqueue(&http_job(format!("{}/slow", provider.uri()), 5))
+        .await;
+    app.wait_for_state(id, JobState::Completed).await;
+    app.stop().await;
+    let job = app.job(id).await;
     assert_eq!(job.attempt, 1);
     assert_eq!(job.errors, json!([]), "never rescued");
     provider.verify().await;
@@ -342,19 +278,14 @@ async fn a_job_running_longer_than_the_lease_is_not_rescued_while_its_worker_liv
 
 #[tokio::test]
 async fn a_job_whose_lease_expired_is_rescued_and_charged_only_if_it_had_started() {
-    let db = support::test_db().await;
-    register_kinds(&db.pool, &config("")).await;
-    let started = queue::enqueue(&db.pool, &NewJob::new("noop", json!({"n": 1})))
-        .await
-        .unwrap();
-    let unstarted = queue::enqueue(&db.pool, &NewJob::new("noop", json!({"n": 2})))
-        .await
-        .unwrap();
+    let mut app = TestApp::builder().config(FAST).build().await;
+    let started = app.enqueue(&NewJob::new("noop", json!({"n": 1}))).await;
+    let unstarted = app.enqueue(&NewJob::new("noop", json!({"n": 2}))).await;
     // a worker claimed both, started one, and died
     let claimed = queue::claim(
-        &db.pool,
+        &app.pool,
         "default",
-        &support::daemon::known_kinds(&db.pool).await,
+        &support::daemon::known_kinds(&app.pool).await,
         10,
         "dead-worker",
         Duration::from_secs(3),
@@ -362,23 +293,22 @@ async fn a_job_whose_lease_expired_is_rescued_and_charged_only_if_it_had_started
     .await
     .unwrap();
     assert_eq!(claimed.len(), 2);
-    queue::mark_started(&db.pool, "dead-worker", &[started], &[chrono::Utc::now()])
+    queue::mark_started(&app.pool, "dead-worker", &[started], &[chrono::Utc::now()])
         .await
         .unwrap();
     sqlx::query("update penguin.jobs set lease_expires_at = now() - interval '1 second'")
-        .execute(&db.pool)
+        .execute(&app.pool)
         .await
         .unwrap();
-    let rt = start_runtime(&db.pool, FAST).await;
-    wait_for(
-        &db.pool,
+    app.start_runtime();
+    app.wait_for(
         "select count(*) = 2 from penguin.jobs where state = 'completed'",
         Duration::from_secs(30),
         "the rescued jobs to complete",
     )
     .await;
-    rt.stop().await;
-    let job = queue::get_job(&db.pool, started).await.unwrap();
+    app.stop().await;
+    let job = app.job(started).await;
     assert_eq!(job.attempt, 2);
     assert_eq!(job.errors[0]["class"], "lease_expired");
     assert!(
@@ -387,7 +317,7 @@ async fn a_job_whose_lease_expired_is_rescued_and_charged_only_if_it_had_started
             .unwrap()
             .contains("dead-worker")
     );
-    let job = queue::get_job(&db.pool, unstarted).await.unwrap();
+    let job = app.job(unstarted).await;
     assert_eq!(
         job.attempt, 1,
         "the attempt it never started is not charged"
@@ -397,22 +327,18 @@ async fn a_job_whose_lease_expired_is_rescued_and_charged_only_if_it_had_started
 
 #[tokio::test]
 async fn a_job_that_kills_its_daemon_before_its_start_is_recorded_still_reaches_the_dead_letters() {
-    let db = support::test_db().await;
-    register_kinds(&db.pool, &config("")).await;
-    let id = queue::enqueue(
-        &db.pool,
-        &NewJob {
+    let app = TestApp::new().await;
+    let id = app
+        .enqueue(&NewJob {
             max_attempts: Some(2),
             ..NewJob::new("noop", json!({}))
-        },
-    )
-    .await
-    .unwrap();
-    let kinds = support::daemon::known_kinds(&db.pool).await;
+        })
+        .await;
+    let kinds = support::daemon::known_kinds(&app.pool).await;
     // each round: claimed, the daemon dies before any start mark, the lease expires
     for round in 1..=10 {
         let claimed = queue::claim(
-            &db.pool,
+            &app.pool,
             "default",
             &kinds,
             1,
@@ -426,16 +352,16 @@ async fn a_job_that_kills_its_daemon_before_its_start_is_recorded_still_reaches_
             break;
         }
         sqlx::query("update penguin.jobs set lease_expires_at = now() - interval '1 second'")
-            .execute(&db.pool)
+            .execute(&app.pool)
             .await
             .unwrap();
         sqlx::query("update penguin.jobs set run_at = now() where state = 'retryable'")
-            .execute(&db.pool)
+            .execute(&app.pool)
             .await
             .unwrap();
-        queue::rescue_expired(&db.pool, 10).await.unwrap();
+        queue::rescue_expired(&app.pool, 10).await.unwrap();
     }
-    let dead = &queue::list_dead_letters(&db.pool, None, 1).await.unwrap()[0];
+    let dead = &queue::list_dead_letters(&app.pool, None, 1).await.unwrap()[0];
     assert_eq!(dead.job_id, id);
     assert_eq!(dead.reason, "attempts_exhausted");
     let classes: Vec<&str> = dead
@@ -459,24 +385,21 @@ async fn a_job_that_kills_its_daemon_before_its_start_is_recorded_still_reaches_
 
 #[tokio::test]
 async fn an_outcome_from_a_worker_that_lost_its_lease_is_dropped() {
-    let db = support::test_db().await;
-    register_kinds(&db.pool, &config("")).await;
-    let id = queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
-        .await
-        .unwrap();
+    let app = TestApp::new().await;
+    let id = app.enqueue(&NewJob::new("noop", json!({}))).await;
     queue::claim(
-        &db.pool,
+        &app.pool,
         "default",
-        &support::daemon::known_kinds(&db.pool).await,
+        &support::daemon::known_kinds(&app.pool).await,
         1,
         "w-old",
         Duration::from_secs(3),
     )
     .await
     .unwrap();
-    queue::cancel_job(&db.pool, id).await.unwrap();
+    queue::cancel_job(&app.pool, id).await.unwrap();
     let counts = queue::write_outcomes(
-        &db.pool,
+        &app.pool,
         "w-old",
         &[(
             id,
@@ -489,121 +412,87 @@ async fn an_outcome_from_a_worker_that_lost_its_lease_is_dropped() {
     .await
     .unwrap();
     assert_eq!((counts.applied, counts.dropped), (0, 1));
-    assert_eq!(
-        queue::get_job(&db.pool, id).await.unwrap().state,
-        "cancelled"
-    );
+    assert_eq!(app.job(id).await.state, JobState::Cancelled);
 }
 
 #[tokio::test]
 async fn a_slow_queue_claims_only_what_its_workers_start_and_shutdown_spends_no_attempt_on_the_rest()
  {
-    let db = support::test_db().await;
     let provider = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)))
         .mount(&provider)
         .await;
     // one job at a time, claims of up to 4: a 1.5 s job leaves nothing to claim ahead
-    let rt = start_runtime(
-        &db.pool,
-        &format!("{FAST}[queues.default]\nconcurrency = 1\nbatch = 4\n"),
-    )
+    let mut app = TestApp::running(&format!(
+        "{FAST}[queues.default]\nconcurrency = 1\nbatch = 4\n"
+    ))
     .await;
-    let mut conn = db.pool.acquire().await.unwrap();
     let jobs: Vec<NewJob> = (0..4)
         .map(|_| http_job(format!("{}/slow", provider.uri()), 5))
         .collect();
-    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
-    let start = std::time::Instant::now();
-    while provider
-        .received_requests()
-        .await
-        .unwrap_or_default()
-        .is_empty()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the first job never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    app.enqueue_many(&jobs).await;
+    support::poll_until(Duration::from_secs(10), async || {
+        !provider
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    })
+    .await
+    .expect("the first job never started");
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.jobs where state = 'running'"
-        )
-        .await,
+        app.count("select count(*) from penguin.jobs where state = 'running'")
+            .await,
         1,
         "only the job a worker runs is claimed"
     );
-    rt.stop().await;
+    app.stop().await;
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.jobs where state = 'completed' and attempt = 1"
-        )
-        .await,
+        app.count("select count(*) from penguin.jobs where state = 'completed' and attempt = 1")
+            .await,
         1
     );
     assert_eq!(
-        count(&db.pool, "select count(*) from penguin.jobs where state = 'available' and attempt = 0 and leased_by is null").await,
+        app.count("select count(*) from penguin.jobs where state = 'available' and attempt = 0 and leased_by is null").await,
         3
     );
 }
 
 #[tokio::test]
 async fn shutdown_after_the_grace_period_releases_jobs_still_running() {
-    let db = support::test_db().await;
     let provider = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
         .mount(&provider)
         .await;
-    let rt = start_runtime(
-        &db.pool,
-        "[daemon]\npoll_interval = \"100ms\"\nshutdown_grace = \"500ms\"\n",
-    )
-    .await;
-    let id = queue::enqueue(&db.pool, &http_job(format!("{}/stuck", provider.uri()), 5))
-        .await
-        .unwrap();
-    wait_for(
-        &db.pool,
-        &format!("select state = 'running' from penguin.jobs where id = {id}"),
-        Duration::from_secs(10),
-        "the job to start",
-    )
-    .await;
-    rt.stop().await;
-    let job = queue::get_job(&db.pool, id).await.unwrap();
-    assert_eq!((job.state.as_str(), job.attempt), ("available", 0));
+    let mut app =
+        TestApp::running("[daemon]\npoll_interval = \"100ms\"\nshutdown_grace = \"500ms\"\n").await;
+    let id = app
+        .enqueue(&http_job(format!("{}/stuck", provider.uri()), 5))
+        .await;
+    app.wait_for_state(id, JobState::Running).await;
+    app.stop().await;
+    let job = app.job(id).await;
+    assert_eq!((job.state, job.attempt), (JobState::Available, 0));
 }
 
 #[tokio::test]
 async fn completed_jobs_are_deleted_at_once_with_zero_retention() {
-    let db = support::test_db().await;
-    let rt = start_runtime(
-        &db.pool,
-        &format!("{FAST}[retention]\ncompleted = \"0s\"\n"),
-    )
-    .await;
-    let mut conn = db.pool.acquire().await.unwrap();
+    let mut app = TestApp::running(&format!("{FAST}[retention]\ncompleted = \"0s\"\n")).await;
     let jobs: Vec<NewJob> = (0..100).map(|_| NewJob::new("noop", json!({}))).collect();
-    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
-    wait_for(
-        &db.pool,
+    app.enqueue_many(&jobs).await;
+    app.wait_for(
         "select count(*) = 0 from penguin.jobs",
         Duration::from_secs(30),
         "every job deleted",
     )
     .await;
-    rt.stop().await;
+    app.stop().await;
 }
 
 #[tokio::test]
 async fn replay_enqueues_a_dead_letter_again_with_fresh_attempts() {
-    let db = support::test_db().await;
     let provider = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(400))
@@ -614,38 +503,25 @@ async fn replay_enqueues_a_dead_letter_again_with_fresh_attempts() {
         .respond_with(ResponseTemplate::new(204))
         .mount(&provider)
         .await;
-    let rt = start_runtime(&db.pool, FAST).await;
-    let id = queue::enqueue(&db.pool, &http_job(format!("{}/hook", provider.uri()), 5))
-        .await
-        .unwrap();
-    wait_for(
-        &db.pool,
-        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
-        Duration::from_secs(30),
-        "the dead letter",
-    )
-    .await;
-    let dead = queue::list_dead_letters(&db.pool, None, 1).await.unwrap()[0].clone();
-    let replayed = queue::replay_dead_letters(&db.pool, Some(&[dead.id]), None)
+    let mut app = TestApp::running(FAST).await;
+    let id = app
+        .enqueue(&http_job(format!("{}/hook", provider.uri()), 5))
+        .await;
+    let dead = app.wait_for_dead_letter(id).await;
+    let replayed = queue::replay_dead_letters(&app.pool, Some(&[dead.id]), None)
         .await
         .unwrap();
     assert_eq!(replayed.len(), 1);
     let new_id = replayed[0].job;
-    wait_for(
-        &db.pool,
-        &format!("select state = 'completed' from penguin.jobs where id = {new_id}"),
-        Duration::from_secs(30),
-        "the replayed job to complete",
-    )
-    .await;
-    rt.stop().await;
-    let letter = queue::get_dead_letter(&db.pool, dead.id).await.unwrap();
+    app.wait_for_state(new_id, JobState::Completed).await;
+    app.stop().await;
+    let letter = queue::get_dead_letter(&app.pool, dead.id).await.unwrap();
     assert_eq!(letter.replayed_as, Some(new_id));
     assert!(letter.replayed_at.is_some());
-    let job = queue::get_job(&db.pool, new_id).await.unwrap();
+    let job = app.job(new_id).await;
     assert_eq!((job.attempt, job.payload), (1, dead.payload));
     // a second replay of the same letter is refused
-    let err = queue::replay_dead_letters(&db.pool, Some(&[dead.id]), None)
+    let err = queue::replay_dead_letters(&app.pool, Some(&[dead.id]), None)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("already replayed"), "{err}");
@@ -666,7 +542,6 @@ impl penguin_jobs::jobs::Kind for UnstorableResult {
 
 #[tokio::test]
 async fn an_outcome_the_database_refuses_is_dead_lettered_and_holds_back_nothing_else() {
-    let db = support::test_db().await;
     let registry = penguin_jobs::jobs::Registry::new(
         vec![
             penguin_jobs::jobs::handler::<penguin_jobs::jobs::noop::Noop>(()),
@@ -675,33 +550,29 @@ async fn an_outcome_the_database_refuses_is_dead_lettered_and_holds_back_nothing
         &Default::default(),
     )
     .unwrap();
-    queue::sync_kinds(&db.pool, &registry.kind_defaults())
-        .await
-        .unwrap();
-    let mut conn = db.pool.acquire().await.unwrap();
+    let mut app = TestApp::builder()
+        .config(&format!(
+            "{FAST}[queues.default]\nconcurrency = 20\nbatch = 50\n"
+        ))
+        .registry(registry)
+        .build()
+        .await;
     let mut jobs: Vec<NewJob> = (0..500)
         .map(|n| NewJob::new("noop", json!({ "n": n })))
         .collect();
     jobs.insert(100, NewJob::new("test.unstorable", json!({})));
     jobs.insert(300, NewJob::new("test.unstorable", json!({})));
-    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
-    let rt = support::daemon::start_runtime_with(
-        &db.pool,
-        config(&format!(
-            "{FAST}[queues.default]\nconcurrency = 20\nbatch = 50\n"
-        )),
-        std::sync::Arc::new(registry),
-    );
-    wait_for(
-        &db.pool,
+    app.enqueue_many(&jobs).await;
+    app.start_runtime();
+    app.wait_for(
         "select (select count(*) = 500 from penguin.jobs where state = 'completed')
             and (select count(*) = 2 from penguin.dead_letters)",
         Duration::from_secs(30),
         "every noop completed and both unstorable outcomes dead-lettered",
     )
     .await;
-    rt.stop().await;
-    let dead = queue::list_dead_letters(&db.pool, None, 10).await.unwrap();
+    app.stop().await;
+    let dead = queue::list_dead_letters(&app.pool, None, 10).await.unwrap();
     for d in &dead {
         assert_eq!(d.kind, "test.unstorable");
         assert_eq!(d.reason, "outcome_unwritable");
@@ -716,11 +587,8 @@ async fn an_outcome_the_database_refuses_is_dead_lettered_and_holds_back_nothing
         );
     }
     assert_eq!(
-        count(
-            &db.pool,
-            "select count(*) from penguin.jobs where state <> 'completed'"
-        )
-        .await,
+        app.count("select count(*) from penguin.jobs where state <> 'completed'")
+            .await,
         0
     );
 }

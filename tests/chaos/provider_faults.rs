@@ -19,8 +19,8 @@ use penguin_jobs::text::MAX_MESSAGE;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::support;
-use crate::support::daemon::{count, start_runtime, wait_for};
+use crate::support::app::TestApp;
+use crate::support::daemon::count;
 use crate::support::fake_provider::{FakeProvider, Reply};
 
 /// How many jobs of each sort one run enqueues.
@@ -178,15 +178,9 @@ async fn enqueue_all(pool: &PgPool, jobs: &[NewJob]) {
 /// and every poisoned job is dead-lettered. Checks the guarantees on the way.
 async fn run(with_poison: bool) -> f64 {
     let sizes = sizes();
-    let db = support::test_db().await;
+    let app = TestApp::builder();
     let fake = provider().await;
-    let dir = std::env::temp_dir().join(format!(
-        "penguin-jobs-chaos-c-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key_file = dir.join("mailgun");
+    let key_file = app.dir().path().join("mailgun");
     std::fs::write(&key_file, "key-chaos-mailgun-0123456789\n").unwrap();
 
     let healthy = healthy_jobs(&fake, &sizes);
@@ -197,18 +191,13 @@ async fn run(with_poison: bool) -> f64 {
         Vec::new()
     };
     let total_poison = poison.len() as i64;
-    // the kinds must be known before jobs of theirs are enqueued: register them by
-    // starting (and at once stopping) a runtime on the empty database
-    start_runtime(&db.pool, &toml(&fake, &key_file))
-        .await
-        .stop()
-        .await;
-    enqueue_all(&db.pool, &interleave(healthy, poison)).await;
+    // the kinds must be known before jobs of theirs are enqueued: the app registers them
+    let mut app = app.config(&toml(&fake, &key_file)).build().await;
+    enqueue_all(&app.pool, &interleave(healthy, poison)).await;
 
-    let rt = start_runtime(&db.pool, &toml(&fake, &key_file)).await;
+    app.start_runtime();
     let started = Instant::now();
-    wait_for(
-        &db.pool,
+    app.wait_for(
         &format!(
             "select count(*) = {total_healthy} from penguin.jobs where state = 'completed' and {HEALTHY}"
         ),
@@ -217,20 +206,18 @@ async fn run(with_poison: bool) -> f64 {
     )
     .await;
     let drained = started.elapsed();
-    wait_for(
-        &db.pool,
+    app.wait_for(
         &format!("select count(*) = {total_poison} from penguin.dead_letters"),
         LIMIT,
         "every poisoned job dead-lettered",
     )
     .await;
     let poison_done = started.elapsed();
-    rt.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
 
     assert_eq!(
         count(
-            &db.pool,
+            &app.pool,
             "select count(*) from penguin.jobs where state <> 'completed'"
         )
         .await,
@@ -239,7 +226,7 @@ async fn run(with_poison: bool) -> f64 {
     );
     assert_eq!(
         count(
-            &db.pool,
+            &app.pool,
             &format!("select count(*) from penguin.dead_letters where {HEALTHY}")
         )
         .await,
@@ -247,7 +234,7 @@ async fn run(with_poison: bool) -> f64 {
         "no healthy job dead-lettered"
     );
     if with_poison {
-        check_dead_letters(&db.pool, total_poison).await;
+        check_dead_letters(&app.pool, total_poison).await;
     }
     let rate = total_healthy as f64 / drained.as_secs_f64();
     println!(

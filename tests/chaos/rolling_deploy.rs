@@ -12,7 +12,7 @@ use penguin_jobs::queue::{self, NewJob};
 use serde_json::json;
 
 use crate::support;
-use crate::support::daemon::{config, count, start_runtime_with, wait_for};
+use crate::support::daemon::{config, count, start_runtime, wait_for};
 
 /// The kind only the new daemon knows (a JSON object, ignored).
 #[derive(serde::Deserialize)]
@@ -43,7 +43,7 @@ async fn a_rolling_deploy_dead_letters_no_job_of_the_new_kind() {
     queue::sync_kinds(&db.pool, &new.kind_defaults())
         .await
         .unwrap();
-    let old_daemon = start_runtime_with(&db.pool, config(CONFIG), old);
+    let old_daemon = start_runtime(&db.pool, config(CONFIG), old);
 
     let jobs = if crate::long_mode() { 20_000 } else { 2_000 };
     let mut batch: Vec<NewJob> = Vec::with_capacity(jobs);
@@ -68,7 +68,8 @@ async fn a_rolling_deploy_dead_letters_no_job_of_the_new_kind() {
         "the old daemon to work every job of the kinds it knows",
     )
     .await;
-    // give the old daemon a few more claim rounds and maintenance passes to do harm
+    // a negative (nothing may happen), so a bounded window: a few more claim rounds and
+    // maintenance passes in which the old daemon could do harm
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         count(&db.pool, "select count(*) from penguin.dead_letters").await,
@@ -109,7 +110,7 @@ async fn a_rolling_deploy_dead_letters_no_job_of_the_new_kind() {
     assert_eq!(replayed.len(), 1);
 
     let started = Instant::now();
-    let new_daemon = start_runtime_with(&db.pool, config(CONFIG), new);
+    let new_daemon = start_runtime(&db.pool, config(CONFIG), new);
     wait_for(
         &db.pool,
         &format!(

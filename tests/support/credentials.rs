@@ -1,5 +1,6 @@
-//! Credential test helpers: master key files, a runtime with the database and the master
-//! keys, and a real OAuth 2.0 authorization server (oauthlib, in Python) on a local port.
+//! Credential test helpers: master key files (an app whose kinds use them is
+//! `TestApp::builder().keyring(..)`), and a real OAuth 2.0
+//! authorization server (oauthlib, in Python) on a local port.
 //!
 //! The server needs Python 3 with `oauthlib`. It is looked for in a virtualenv under the
 //! target directory, then `PENGUIN_JOBS_TEST_PYTHON`, then `python3`; when none has it, the
@@ -8,20 +9,15 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
-use penguin_jobs::config::Config;
-use penguin_jobs::jobs::{Deps, Registry};
-use penguin_jobs::queue;
-use penguin_jobs::secrets::{Keyring, MasterKey};
+use penguin_jobs::secrets::MasterKey;
 use secrecy::ExposeSecret;
-use sqlx::PgPool;
 
 use super::TempDir;
-use super::daemon::{RunningRuntime, config, start_runtime_with};
 
 /// The oauthlib version the test server is written against.
 pub const OAUTHLIB: &str = "oauthlib==3.2.2";
@@ -31,47 +27,6 @@ pub fn master_key_file(dir: &TempDir, name: &str) -> (MasterKey, String) {
     let key = MasterKey::generate();
     let reference = dir.secret_file(name, key.to_base64().expose_secret());
     (key, reference)
-}
-
-/// The built-in registry with the database and master keys, its kinds registered.
-pub async fn registry(pool: &PgPool, config: &Config, keyring: &Keyring) -> Arc<Registry> {
-    let deps = Deps::new(pool.clone())
-        .unwrap()
-        .with_keyring(Some(keyring.clone()));
-    let registry = Registry::builtin(config, &deps).expect("registry");
-    queue::sync_kinds(pool, &registry.kind_defaults())
-        .await
-        .expect("sync kinds");
-    Arc::new(registry)
-}
-
-/// Starts the worker runtime (all kinds, with the database and `keyring`).
-pub async fn start_runtime(pool: &PgPool, toml: &str, keyring: &Keyring) -> RunningRuntime {
-    let config = config(toml);
-    let registry = registry(pool, &config, keyring).await;
-    start_runtime_with(pool, config, registry)
-}
-
-/// Runs the `penguin-jobs` binary with `config` against `database_url`, writing `stdin`
-/// (if any) to its standard input; the master key comes from the config only.
-pub fn cli(config: &Path, database_url: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_penguin-jobs"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("DATABASE_URL", database_url)
-        .env_remove("PENGUIN_JOBS_MASTER_KEY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
 }
 
 /// A running oauthlib authorization server.

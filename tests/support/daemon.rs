@@ -1,11 +1,14 @@
-//! Runs the worker runtime in-process against a test database, and waits on database
-//! conditions without sleeping blindly.
+//! The pieces below [`super::app::TestApp`]: test configs, the built-in kinds registered,
+//! the worker runtime in-process, a wait on a SQL condition, and the daemon as a process
+//! (spawned, stopped with SIGTERM).
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use penguin_jobs::config::Config;
 use penguin_jobs::jobs::{Deps, Registry};
@@ -48,19 +51,10 @@ impl RunningRuntime {
     }
 }
 
-/// Starts the runtime with `toml` as its config.
-pub async fn start_runtime(pool: &PgPool, toml: &str) -> RunningRuntime {
-    let config = config(toml);
-    let registry = register_kinds(pool, &config).await;
-    start_runtime_with(pool, config, registry)
-}
-
-/// Starts the runtime with `config` and an already registered `registry`.
-pub fn start_runtime_with(
-    pool: &PgPool,
-    config: Config,
-    registry: Arc<Registry>,
-) -> RunningRuntime {
+/// Starts the runtime with `config` and an already registered `registry`. Most tests
+/// let [`super::app::TestApp`] do this; here for two runtimes side by side, or one with
+/// other dependencies than the app's.
+pub fn start_runtime(pool: &PgPool, config: Config, registry: Arc<Registry>) -> RunningRuntime {
     let token = CancellationToken::new();
     let pool = pool.clone();
     let stop = token.clone();
@@ -73,81 +67,16 @@ pub fn start_runtime_with(
 }
 
 /// Waits until `sql` (a boolean query) is true; panics with `what` after `limit`.
+/// Returns how long it waited.
 pub async fn wait_for(pool: &PgPool, sql: &str, limit: Duration, what: &str) -> Duration {
-    let start = Instant::now();
-    loop {
-        let done: bool = sqlx::query_scalar(sql)
+    super::poll_until(limit, async || {
+        sqlx::query_scalar(sql)
             .fetch_one(pool)
             .await
-            .expect("wait query runs");
-        if done {
-            return start.elapsed();
-        }
-        if start.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until job `id` is in `state`; panics after 20 s with the job's status.
-pub async fn wait_for_state(pool: &PgPool, id: i64, state: queue::JobState) {
-    let start = Instant::now();
-    loop {
-        let status = queue::job_status(pool, id).await.unwrap();
-        if status.as_ref().is_some_and(|s| s.state == state.as_str()) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "job {id} is not {state} after 20 s: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until job `id` is dead-lettered (20 s at most) and returns its dead letter.
-pub async fn wait_for_dead_letter(pool: &PgPool, id: i64) -> queue::DeadLetter {
-    wait_for(
-        pool,
-        &format!("select exists (select 1 from penguin.dead_letters where job_id = {id})"),
-        Duration::from_secs(20),
-        &format!("job {id} dead-lettered"),
-    )
-    .await;
-    sqlx::query_as("select * from penguin.dead_letters where job_id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-/// Waits until job `id` finished: completed, or dead-lettered.
-pub async fn wait_for_finished(pool: &PgPool, id: i64, limit: Duration) {
-    wait_for(
-        pool,
-        &format!(
-            "select exists (select 1 from penguin.jobs where id = {id} and state = 'completed')
-                 or exists (select 1 from penguin.dead_letters where job_id = {id})"
-        ),
-        limit,
-        &format!("job {id} finished"),
-    )
-    .await;
-}
-
-/// Waits until at least `n` jobs of `kind` finished: completed, cancelled or dead-lettered.
-pub async fn wait_for_kind_finished(pool: &PgPool, kind: &str, n: i64, limit: Duration) {
-    wait_for(
-        pool,
-        &format!(
-            "select (select count(*) from penguin.jobs where kind = '{kind}' and state in ('completed', 'cancelled'))
-                  + (select count(*) from penguin.dead_letters where kind = '{kind}') >= {n}"
-        ),
-        limit,
-        &format!("{n} {kind} job(s) finished"),
-    )
-    .await;
+            .expect("wait query runs")
+    })
+    .await
+    .unwrap_or_else(|| panic!("timed out after {limit:?} waiting for: {what}"))
 }
 
 /// Counts rows of a query returning one bigint.
@@ -170,6 +99,28 @@ pub fn spawn_daemon(config_path: &Path, url: &str, log_path: &Path) -> std::proc
         .stderr(std::fs::File::create(log_path).unwrap())
         .spawn()
         .unwrap()
+}
+
+/// Runs the `penguin-jobs` binary with `config` against `database_url`, writing `stdin`
+/// (if any) to its standard input; the master key comes from the config only.
+pub fn cli(config: &Path, database_url: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_penguin-jobs"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env_remove("PENGUIN_JOBS_MASTER_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
 }
 
 /// SIGTERM, then waits: the daemon must exit cleanly.

@@ -16,19 +16,41 @@
 //! the same time serialise on advisory locks: exclusive while (re)building a
 //! template, shared while cloning it. A template built by the same test binary
 //! build (path, size and mtime recorded in the database comment) is reused.
+//!
+//! Most tests set up through [`app::TestApp`] (database, runtime, shim, fake provider,
+//! typed reads and waits); [`daemon`] holds the lower-level pieces (configs, the runtime
+//! alone, daemon processes), [`credentials`] master keys and the OAuth server,
+//! [`fake_provider`] the local stand-in for HTTP providers.
 
 #![allow(dead_code)]
 
+pub mod app;
 pub mod credentials;
 pub mod daemon;
 pub mod fake_provider;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use penguin_jobs::embedded_pg::EmbeddedPostgres;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
+
+/// Calls `check` every 20 ms until it is true: how long that took, or `None` once
+/// `limit` has passed without it.
+pub async fn poll_until(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// A scratch directory under the system's temp directory, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
