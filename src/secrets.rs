@@ -30,7 +30,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, ConfigError, resolve_secret_ref};
+use crate::config::{Config, ConfigError, SecretRef, resolve_secret_ref};
 
 /// The environment variable holding the master key (base64 of 32 bytes).
 pub const MASTER_KEY_ENV: &str = "PENGUIN_JOBS_MASTER_KEY";
@@ -120,6 +120,12 @@ impl MasterKey {
         Self::from_base64(text.expose_secret(), key)
     }
 
+    /// Reads a key the config names.
+    pub fn from_secret(secret: &SecretRef) -> Result<Self, SecretsError> {
+        let text = secret.resolve()?;
+        Self::from_base64(text.expose_secret(), secret.key())
+    }
+
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new(&self.key)
     }
@@ -144,7 +150,7 @@ impl Keyring {
         let current = match std::env::var(MASTER_KEY_ENV) {
             Ok(v) if !v.trim().is_empty() => Some(MasterKey::from_base64(&v, MASTER_KEY_ENV)?),
             _ => match &config.secrets.master_key {
-                Some(r) => Some(MasterKey::from_ref("secrets.master_key", r)?),
+                Some(r) => Some(MasterKey::from_secret(r)?),
                 None => None,
             },
         };
@@ -155,7 +161,7 @@ impl Keyring {
             .secrets
             .previous_master_keys
             .iter()
-            .map(|r| MasterKey::from_ref("secrets.previous_master_keys", r))
+            .map(MasterKey::from_secret)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(Self::new(current, previous)))
     }

@@ -35,7 +35,7 @@ use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, WebhookFilter, resolve_secret_ref};
+use crate::config::{Config, ConfigError, SecretRef, WebhookFilter};
 use crate::queue::{NewInboundEvent, NewJob};
 use crate::webhooks::{self, Rejection};
 pub use error::ApiError;
@@ -99,13 +99,11 @@ impl AppState {
             .http
             .api_tokens
             .iter()
-            .map(|t| resolve_secret_ref("http.api_tokens", t))
+            .map(SecretRef::resolve)
             .collect::<Result<Vec<_>, _>>()?;
         let p = &config.providers;
-        let secret =
-            |key: &str, r: Option<&String>| r.map(|r| resolve_secret_ref(key, r)).transpose();
+        let secret = |r: Option<&SecretRef>| r.map(SecretRef::resolve).transpose();
         let sendgrid = match secret(
-            "providers.sendgrid.webhook_public_key",
             p.sendgrid
                 .as_ref()
                 .and_then(|s| s.webhook_public_key.as_ref()),
@@ -119,16 +117,12 @@ impl AppState {
         };
         let keys = Keys {
             mailgun: secret(
-                "providers.mailgun.webhook_signing_key",
                 p.mailgun
                     .as_ref()
                     .and_then(|m| m.webhook_signing_key.as_ref()),
             )?,
             sendgrid,
-            stripe: secret(
-                "providers.stripe.webhook_secret",
-                p.stripe.as_ref().and_then(|s| s.webhook_secret.as_ref()),
-            )?,
+            stripe: secret(p.stripe.as_ref().and_then(|s| s.webhook_secret.as_ref()))?,
             filters: HashMap::from([
                 (
                     WebhookProvider::Mailgun,

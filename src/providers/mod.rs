@@ -28,13 +28,13 @@ const SECRET_CACHE: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct SecretSource {
     key: &'static str,
-    reference: Option<String>,
+    reference: Option<crate::config::SecretRef>,
     cached: Mutex<Option<(Instant, SecretString)>>,
 }
 
 impl SecretSource {
     /// `key` is the setting's name (`providers.mailgun.api_key`) for error messages.
-    pub fn new(key: &'static str, reference: Option<String>) -> Self {
+    pub fn new(key: &'static str, reference: Option<crate::config::SecretRef>) -> Self {
         Self {
             key,
             reference,
@@ -56,7 +56,8 @@ impl SecretSource {
         {
             return Ok(secret.clone());
         }
-        let secret = crate::config::resolve_secret_ref(self.key, reference)
+        let secret = reference
+            .resolve()
             .map_err(|e| http::configuration_error(e.to_string()))?;
         *cached = Some((Instant::now(), secret.clone()));
         Ok(secret)

@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::http::{CallError, error_from_transport, parse_retry_after, read_body};
-use crate::config::{ClientAuth, Config, ConfigError, OAuthProviderConfig, resolve_secret_ref};
+use crate::config::{ClientAuth, Config, ConfigError, OAuthProviderConfig, SecretRef};
 use crate::error_class::ErrorClass;
 use crate::secrets::scrub;
 use crate::text;
@@ -44,7 +44,7 @@ const MAX_SCOPES: usize = 100;
 pub struct Provider {
     pub name: String,
     pub client_id: String,
-    client_secret_ref: String,
+    client_secret_ref: SecretRef,
     pub auth_url: reqwest::Url,
     pub token_url: reqwest::Url,
     pub userinfo_url: Option<String>,
@@ -225,10 +225,7 @@ impl Providers {
 impl Provider {
     /// The client secret, read from its `env:` / `file:` reference.
     pub fn client_secret(&self) -> Result<SecretString, ConfigError> {
-        resolve_secret_ref(
-            &format!("oauth.providers.{}.client_secret", self.name),
-            &self.client_secret_ref,
-        )
+        self.client_secret_ref.resolve()
     }
 
     /// The URL to send the user to: code flow with `state` and a PKCE S256 `challenge`.

@@ -3,7 +3,9 @@
 //! Layering: built-in defaults, then the file (`--config PATH`, default `./jobs.toml`; a
 //! missing *default* file means built-in defaults, a missing *named* file is an error),
 //! then the environment (`DATABASE_URL` overrides `[database] url`). Secrets are written
-//! as `"env:NAME"` or `"file:PATH"` and resolved here into [`SecretString`]s.
+//! as `"env:NAME"` or `"file:PATH"`: each is a [`SecretRef`] that knows its key, checked
+//! for its form when the config is loaded and resolved into a [`SecretString`] when used.
+//! Sections live in `providers` and `credentials`, duration ranges in `durations`.
 //!
 //! This module must never log or echo a secret value, and never reach the database:
 //! it only reads files and the environment.
@@ -14,6 +16,80 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+mod credentials;
+mod durations;
+mod providers;
+mod secret_ref;
+
+pub use credentials::*;
+pub use durations::*;
+pub use providers::*;
+pub use secret_ref::*;
+
+/// Calls `$f(key, secret_ref)` for every secret the config names, through `$iter` /
+/// `$as` (`iter`/`as_ref` or `iter_mut`/`as_mut`).
+macro_rules! each_secret_ref {
+    ($config:expr, $f:expr, $iter:ident, $as:ident) => {{
+        let config = $config;
+        let f = &mut $f;
+        for r in config.http.api_tokens.$iter() {
+            f("http.api_tokens".to_string(), r);
+        }
+        if let Some(m) = config.providers.mailgun.$as() {
+            if let Some(r) = m.webhook_signing_key.$as() {
+                f("providers.mailgun.webhook_signing_key".to_string(), r);
+            }
+            if let Some(r) = m.api_key.$as() {
+                f("providers.mailgun.api_key".to_string(), r);
+            }
+        }
+        if let Some(s) = config.providers.sendgrid.$as() {
+            if let Some(r) = s.webhook_public_key.$as() {
+                f("providers.sendgrid.webhook_public_key".to_string(), r);
+            }
+            if let Some(r) = s.api_key.$as() {
+                f("providers.sendgrid.api_key".to_string(), r);
+            }
+        }
+        if let Some(s) = config.providers.stripe.$as() {
+            if let Some(r) = s.webhook_secret.$as() {
+                f("providers.stripe.webhook_secret".to_string(), r);
+            }
+            if let Some(r) = s.secret_key.$as() {
+                f("providers.stripe.secret_key".to_string(), r);
+            }
+        }
+        if let Some(p) = config.providers.posthog.$as() {
+            if let Some(r) = p.api_key.$as() {
+                f("providers.posthog.api_key".to_string(), r);
+            }
+        }
+        if let Some(r) = config.secrets.master_key.$as() {
+            f("secrets.master_key".to_string(), r);
+        }
+        for r in config.secrets.previous_master_keys.$iter() {
+            f("secrets.previous_master_keys".to_string(), r);
+        }
+        for (name, p) in config.oauth.providers.$iter() {
+            if let Some(r) = p.client_secret.$as() {
+                f(format!("oauth.providers.{name}.client_secret"), r);
+            }
+        }
+    }};
+}
+
+/// `[http] listen`: an address like `127.0.0.1:8080`; the error names the key.
+fn listen_address<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::net::SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "http.listen: {text:?} is not an address like 127.0.0.1:8080"
+        ))
+    })
+}
 
 /// The default config file, read when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "jobs.toml";
@@ -69,10 +145,11 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address the shim listens on.
-    pub listen: String,
+    #[serde(deserialize_with = "listen_address")]
+    pub listen: std::net::SocketAddr,
     /// Bearer tokens accepted by `POST /v1/jobs`, each `"env:NAME"` or `"file:PATH"`.
     /// Empty: `/v1/jobs` answers 401 to everyone.
-    pub api_tokens: Vec<String>,
+    pub api_tokens: Vec<SecretRef>,
     /// Largest request body in bytes; larger requests get 413.
     pub max_body: usize,
 }
@@ -80,308 +157,10 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8080".into(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_tokens: Vec::new(),
             max_body: 1024 * 1024,
         }
-    }
-}
-
-/// `[providers.*]`: one table per provider. A provider without its table has its webhook
-/// route answer 404, and its outbound jobs fail with a `configuration` error.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProvidersConfig {
-    pub mailgun: Option<MailgunConfig>,
-    pub sendgrid: Option<SendgridConfig>,
-    pub stripe: Option<StripeConfig>,
-    pub posthog: Option<PosthogConfig>,
-}
-
-/// One `[[providers.NAME.filters]]` entry: an event gets a processing job when its type
-/// is `event` (`"*"`: any) and every condition holds. With filters configured, an event
-/// no filter matches is stored but gets no job, and is counted in
-/// `penguin.webhook_counters` (reason `filtered`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookFilter {
-    /// Event type (`payment_intent.succeeded`, `bounce`, `failed`, ...) or `"*"`.
-    pub event: String,
-    /// Dot-separated field path in the event (`data.object.currency`) → required JSON value.
-    #[serde(default)]
-    pub conditions: BTreeMap<String, serde_json::Value>,
-}
-
-/// `[providers.NAME.rate_limit]`: calls to the provider allowed across every daemon on the
-/// database (a token bucket per window, kept in `penguin.rate_limits`). Unset windows do
-/// not limit; no table at all: no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitConfig {
-    pub per_second: Option<f64>,
-    pub per_minute: Option<f64>,
-    pub per_hour: Option<f64>,
-    /// Calls allowed at once (the bucket's size): any one second then sees at most
-    /// `per_second + burst` calls. Default: a tenth of `per_second` (at least 1), else 1.
-    pub burst: Option<f64>,
-}
-
-impl RateLimitConfig {
-    /// `(window name, capacity, refill per second)` of each configured window.
-    pub fn windows(&self) -> Vec<(&'static str, f64, f64)> {
-        let burst = self
-            .burst
-            .unwrap_or_else(|| self.per_second.map_or(1.0, |r| (r / 10.0).max(1.0)));
-        let mut windows = Vec::new();
-        if let Some(r) = self.per_second {
-            windows.push(("second", burst, r));
-        }
-        if let Some(r) = self.per_minute {
-            windows.push(("minute", burst.min(r).max(1.0), r / 60.0));
-        }
-        if let Some(r) = self.per_hour {
-            windows.push(("hour", burst.min(r).max(1.0), r / 3600.0));
-        }
-        windows
-    }
-
-    fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        for (name, v) in [
-            ("per_second", self.per_second),
-            ("per_minute", self.per_minute),
-            ("per_hour", self.per_hour),
-            ("burst", self.burst),
-        ] {
-            if let Some(v) = v
-                && !(v.is_finite() && v > 0.0 && v <= 1e9)
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "{key}.rate_limit.{name} must be a number > 0"
-                )));
-            }
-        }
-        if self.burst.is_some_and(|b| b < 1.0) {
-            return Err(ConfigError::Invalid(format!(
-                "{key}.rate_limit.burst must be at least 1"
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// `[providers.NAME.circuit_breaker]`: after `failure_threshold` failures (5xx, timeouts,
-/// network errors) within `monitoring_period`, the provider's jobs wait `recovery_timeout`
-/// without calling it; then one probe call decides. Shared by all daemons through
-/// `penguin.integrations`.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CircuitBreakerConfig {
-    pub failure_threshold: u32,
-    #[serde(with = "humantime_serde")]
-    pub recovery_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub monitoring_period: Duration,
-}
-
-impl Default for CircuitBreakerConfig {
-    fn default() -> Self {
-        Self {
-            failure_threshold: 5,
-            recovery_timeout: Duration::from_secs(30),
-            monitoring_period: Duration::from_secs(60),
-        }
-    }
-}
-
-impl CircuitBreakerConfig {
-    fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        if self.failure_threshold == 0 || self.failure_threshold > 10_000 {
-            return Err(ConfigError::Invalid(format!(
-                "{key}.circuit_breaker.failure_threshold must be between 1 and 10000"
-            )));
-        }
-        check_duration(
-            &format!("{key}.circuit_breaker.recovery_timeout"),
-            self.recovery_timeout,
-            BREAKER_RANGE,
-        )?;
-        check_duration(
-            &format!("{key}.circuit_breaker.monitoring_period"),
-            self.monitoring_period,
-            BREAKER_RANGE,
-        )
-    }
-}
-
-/// Mailgun's API region: the base URL of its REST API.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MailgunRegion {
-    #[default]
-    Us,
-    Eu,
-}
-
-/// `[providers.mailgun]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MailgunConfig {
-    /// HTTP webhook signing key (`"env:NAME"` / `"file:PATH"`).
-    pub webhook_signing_key: Option<String>,
-    /// Which events get a processing job (`[[providers.NAME.filters]]`); none: all do.
-    #[serde(default)]
-    pub filters: Vec<WebhookFilter>,
-    /// Sending API key (`"env:NAME"` / `"file:PATH"`), for `mailgun.send`.
-    pub api_key: Option<String>,
-    /// Sending domain (`mg.example.com`).
-    pub domain: Option<String>,
-    /// `us` (api.mailgun.net) or `eu` (api.eu.mailgun.net).
-    #[serde(default)]
-    pub region: MailgunRegion,
-    /// Overrides the region's URL (tests, proxies).
-    pub base_url: Option<String>,
-    pub rate_limit: Option<RateLimitConfig>,
-    #[serde(default)]
-    pub circuit_breaker: CircuitBreakerConfig,
-}
-
-/// `[providers.sendgrid]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SendgridConfig {
-    /// Event Webhook verification key: base64 DER public key (`"env:NAME"` / `"file:PATH"`).
-    pub webhook_public_key: Option<String>,
-    /// Which events get a processing job (`[[providers.NAME.filters]]`); none: all do.
-    #[serde(default)]
-    pub filters: Vec<WebhookFilter>,
-    /// API key (`"env:NAME"` / `"file:PATH"`), for `sendgrid.send`.
-    pub api_key: Option<String>,
-    /// IP pool every send goes through (`ip_pool_name`), unless the job names one.
-    pub ip_pool: Option<String>,
-    /// Default `https://api.sendgrid.com`.
-    pub base_url: Option<String>,
-    pub rate_limit: Option<RateLimitConfig>,
-    #[serde(default)]
-    pub circuit_breaker: CircuitBreakerConfig,
-}
-
-/// `[providers.stripe]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StripeConfig {
-    /// Endpoint signing secret `whsec_...` (`"env:NAME"` / `"file:PATH"`).
-    pub webhook_secret: Option<String>,
-    /// Which events get a processing job (`[[providers.NAME.filters]]`); none: all do.
-    #[serde(default)]
-    pub filters: Vec<WebhookFilter>,
-    /// Platform secret key `sk_...` (`"env:NAME"` / `"file:PATH"`), for the Connect kinds.
-    pub secret_key: Option<String>,
-    /// The platform's fee on connected accounts' payments, in percent (0-100). Stored for
-    /// the payment kinds; the onboarding kinds do not use it.
-    pub application_fee_percent: Option<f64>,
-    /// Default `https://api.stripe.com`.
-    pub base_url: Option<String>,
-    pub rate_limit: Option<RateLimitConfig>,
-    #[serde(default)]
-    pub circuit_breaker: CircuitBreakerConfig,
-}
-
-/// `[providers.posthog]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PosthogConfig {
-    /// Project API key `phc_...` (`"env:NAME"` / `"file:PATH"`).
-    pub api_key: Option<String>,
-    /// Default `https://us.i.posthog.com`.
-    pub host: Option<String>,
-    pub rate_limit: Option<RateLimitConfig>,
-    #[serde(default)]
-    pub circuit_breaker: CircuitBreakerConfig,
-}
-
-impl ProvidersConfig {
-    /// `(provider, rate limit, breaker)` of every configured provider table.
-    pub fn limits(&self) -> Vec<(&'static str, Option<RateLimitConfig>, CircuitBreakerConfig)> {
-        let mut limits = Vec::new();
-        if let Some(c) = &self.mailgun {
-            limits.push(("mailgun", c.rate_limit, c.circuit_breaker));
-        }
-        if let Some(c) = &self.sendgrid {
-            limits.push(("sendgrid", c.rate_limit, c.circuit_breaker));
-        }
-        if let Some(c) = &self.stripe {
-            limits.push(("stripe", c.rate_limit, c.circuit_breaker));
-        }
-        if let Some(c) = &self.posthog {
-            limits.push(("posthog", c.rate_limit, c.circuit_breaker));
-        }
-        limits
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
-        let secret = |key: &str, v: &Option<String>| -> Result<(), ConfigError> {
-            match v {
-                Some(r) if !(r.starts_with("env:") || r.starts_with("file:")) => {
-                    Err(ConfigError::Invalid(format!(
-                        "{key}: write the secret as \"env:NAME\" or \"file:PATH\", not the value itself"
-                    )))
-                }
-                _ => Ok(()),
-            }
-        };
-        let url = |key: &str, v: &Option<String>| -> Result<(), ConfigError> {
-            match v {
-                Some(u) => match reqwest::Url::parse(u) {
-                    Ok(p) if matches!(p.scheme(), "http" | "https") => Ok(()),
-                    _ => Err(ConfigError::Invalid(format!(
-                        "{key}: {u:?} is not an http(s) URL"
-                    ))),
-                },
-                None => Ok(()),
-            }
-        };
-        for (provider, rate_limit, breaker) in self.limits() {
-            let key = format!("providers.{provider}");
-            if let Some(r) = rate_limit {
-                r.validate(&key)?;
-            }
-            breaker.validate(&key)?;
-        }
-        if let Some(m) = &self.mailgun {
-            secret("providers.mailgun.api_key", &m.api_key)?;
-            url("providers.mailgun.base_url", &m.base_url)?;
-            if m.api_key.is_some() && m.domain.as_deref().is_none_or(str::is_empty) {
-                return invalid(
-                    "providers.mailgun.domain is needed to send (mg.example.com)".into(),
-                );
-            }
-            if let Some(d) = &m.domain
-                && (d.is_empty() || d.contains(['/', '?', '#', ' ']))
-            {
-                return invalid(format!("providers.mailgun.domain: {d:?} is not a domain"));
-            }
-        }
-        if let Some(s) = &self.sendgrid {
-            secret("providers.sendgrid.api_key", &s.api_key)?;
-            url("providers.sendgrid.base_url", &s.base_url)?;
-        }
-        if let Some(s) = &self.stripe {
-            secret("providers.stripe.secret_key", &s.secret_key)?;
-            url("providers.stripe.base_url", &s.base_url)?;
-            if let Some(f) = s.application_fee_percent
-                && !(0.0..=100.0).contains(&f)
-            {
-                return invalid(
-                    "providers.stripe.application_fee_percent must be between 0 and 100".into(),
-                );
-            }
-        }
-        if let Some(p) = &self.posthog {
-            secret("providers.posthog.api_key", &p.api_key)?;
-            url("providers.posthog.host", &p.host)?;
-        }
-        Ok(())
     }
 }
 
@@ -679,15 +458,17 @@ impl Config {
                 ),
             });
         }
-        let config = toml::from_str(text).map_err(parse_error)?;
         // no setting takes a NUL (names, URLs, paths, cron, payloads: PostgreSQL stores
         // none of them); refused here once, naming the key, instead of failing at run time
+        // (and before typed settings such as addresses refuse it less clearly)
         let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
         if let Some(key) = find_nul(&toml::Value::Table(table), "") {
             return Err(ConfigError::Invalid(format!(
                 "{key}: contains a NUL character (\\u0000), which no setting accepts"
             )));
         }
+        let mut config: Config = toml::from_str(text).map_err(parse_error)?;
+        config.name_secret_refs();
         Ok(config)
     }
 
@@ -707,7 +488,27 @@ impl Config {
         self.validate_retention()?;
         self.validate_schedules()?;
         self.validate_kinds()?;
-        self.validate_credentials()
+        self.validate_credentials()?;
+        self.secret_refs()
+            .into_iter()
+            .try_for_each(SecretRef::check)
+    }
+
+    /// Every secret the config names.
+    fn secret_refs(&self) -> Vec<&SecretRef> {
+        let mut refs = Vec::new();
+        each_secret_ref!(self, |_key: String, r| refs.push(r), iter, as_ref);
+        refs
+    }
+
+    /// Names every secret with the key it is set under, for error messages.
+    fn name_secret_refs(&mut self) {
+        each_secret_ref!(
+            self,
+            |key: String, r: &mut SecretRef| r.bind(key),
+            iter_mut,
+            as_mut
+        );
     }
 
     /// `[database]`, `[daemon]` and `[queues.*]`.
@@ -758,12 +559,6 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.http.max_body < 1024 || self.http.max_body > 64 * 1024 * 1024 {
             return invalid("http.max_body must be between 1024 and 67108864 bytes".into());
-        }
-        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            return invalid(format!(
-                "http.listen: {:?} is not an address like 127.0.0.1:8080",
-                self.http.listen
-            ));
         }
         Ok(())
     }
@@ -854,100 +649,6 @@ impl Config {
     }
 }
 
-/// A year as humantime reads `"1y"` (365.25 days).
-pub const YEAR: Duration = Duration::from_secs(31_557_600);
-/// A day.
-pub const DAY: Duration = Duration::from_secs(86_400);
-const HOUR: Duration = Duration::from_secs(3600);
-const MS: Duration = Duration::from_millis(1);
-
-/// The inclusive range a duration key accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationRange {
-    pub min: Duration,
-    pub max: Duration,
-}
-
-const fn range(min: Duration, max: Duration) -> DurationRange {
-    DurationRange { min, max }
-}
-
-// The range of every duration key. Upper bounds keep every value far inside what
-// `Instant`, chrono, PostgreSQL's `interval`/`timestamptz` and sqlx can hold, so that no
-// arithmetic on a configured value can overflow at run time.
-/// `daemon.poll_interval`.
-pub const POLL_INTERVAL_RANGE: DurationRange = range(MS, HOUR);
-/// `daemon.lease`: at least 3s (a heartbeat every lease/3 must fit a few round trips).
-pub const LEASE_RANGE: DurationRange = range(Duration::from_secs(3), HOUR);
-/// `daemon.rescue_interval`.
-pub const RESCUE_INTERVAL_RANGE: DurationRange = range(Duration::from_millis(10), HOUR);
-/// `daemon.shutdown_grace` (`"0s"`: release running jobs at once).
-pub const SHUTDOWN_GRACE_RANGE: DurationRange = range(Duration::ZERO, DAY);
-/// `daemon.unknown_kind_grace` (`"0s"`: dead-letter at once).
-pub const UNKNOWN_KIND_GRACE_RANGE: DurationRange = range(Duration::ZERO, DAY.saturating_mul(365));
-/// `kinds.X.timeout`.
-pub const TIMEOUT_RANGE: DurationRange = range(MS, DAY);
-/// `kinds.X.backoff.base` and `.max`.
-pub const BACKOFF_RANGE: DurationRange = range(MS, DAY.saturating_mul(365));
-/// `retention.*` (`"0s"` has each key's own meaning).
-pub const RETENTION_RANGE: DurationRange = range(Duration::ZERO, YEAR.saturating_mul(100));
-/// `providers.X.circuit_breaker.recovery_timeout` and `.monitoring_period`.
-pub const BREAKER_RANGE: DurationRange = range(MS, DAY.saturating_mul(7));
-/// `oauth.refresh_ahead`.
-pub const REFRESH_AHEAD_RANGE: DurationRange =
-    range(Duration::from_secs(1), DAY.saturating_mul(30));
-/// `api_keys.overlap`.
-pub const OVERLAP_RANGE: DurationRange = range(Duration::from_secs(1), DAY.saturating_mul(365));
-/// Delays and ages given on the command line (`enqueue --in`, `dlq purge --older-than`).
-pub const CLI_DELAY_RANGE: DurationRange = range(Duration::ZERO, YEAR.saturating_mul(100));
-
-/// `Ok` if `value` lies in `range`, else the message
-/// `KEY must be between MIN and MAX, got VALUE`.
-pub fn check_duration_range(
-    key: &str,
-    value: Duration,
-    range: DurationRange,
-) -> Result<(), String> {
-    if (range.min..=range.max).contains(&value) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{key} must be between {} and {}, got {}",
-            format_duration(range.min),
-            format_duration(range.max),
-            format_duration(value)
-        ))
-    }
-}
-
-fn check_duration(key: &str, value: Duration, range: DurationRange) -> Result<(), ConfigError> {
-    check_duration_range(key, value, range).map_err(ConfigError::Invalid)
-}
-
-/// A duration in the largest humantime unit that holds it exactly (`"365d"`, `"1000000y"`,
-/// `"90s"`), so that an error quotes a value as it was written.
-pub fn format_duration(d: Duration) -> String {
-    let nanos = d.as_nanos();
-    if nanos == 0 {
-        return "0s".into();
-    }
-    const UNITS: [(&str, u128); 8] = [
-        ("y", 31_557_600 * 1_000_000_000),
-        ("d", 86_400 * 1_000_000_000),
-        ("h", 3_600 * 1_000_000_000),
-        ("m", 60 * 1_000_000_000),
-        ("s", 1_000_000_000),
-        ("ms", 1_000_000),
-        ("us", 1_000),
-        ("ns", 1),
-    ];
-    let (unit, size) = UNITS
-        .into_iter()
-        .find(|(_, size)| nanos % size == 0)
-        .unwrap_or(("ns", 1));
-    format!("{}{unit}", nanos / size)
-}
-
 /// The dotted key of the first string (or table key) holding a NUL, if any.
 fn find_nul(value: &toml::Value, key: &str) -> Option<String> {
     let join = |name: &str| {
@@ -996,217 +697,6 @@ fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
         Err(ConfigError::Invalid(format!(
             "{key}: name {name:?} must be 1-64 characters of a-z, A-Z, 0-9, '_', '-', '.'"
         )))
-    }
-}
-
-/// Resolves `"env:NAME"` and `"file:PATH"`; any other value is taken literally (convenient
-/// for a local database URL without password). The error names the reference, never the value.
-pub fn resolve_secret(reference: &str) -> Result<SecretString, ConfigError> {
-    let fail = |message: String| ConfigError::Secret {
-        reference: reference.to_string(),
-        message,
-    };
-    if let Some(name) = reference.strip_prefix("env:") {
-        match std::env::var(name) {
-            Ok(v) if !v.is_empty() => Ok(SecretString::from(v)),
-            Ok(_) => Err(fail("the environment variable is empty".into())),
-            Err(_) => Err(fail("the environment variable is not set".into())),
-        }
-    } else if let Some(path) = reference.strip_prefix("file:") {
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        let value = text.trim_end_matches(['\n', '\r']).to_string();
-        if value.is_empty() {
-            return Err(fail("the file is empty".into()));
-        }
-        Ok(SecretString::from(value))
-    } else {
-        Ok(SecretString::from(reference.to_string()))
-    }
-}
-
-/// Like [`resolve_secret`], but only `"env:NAME"` and `"file:PATH"` are accepted: tokens
-/// and signing keys must not sit in the config file itself.
-pub fn resolve_secret_ref(key: &str, reference: &str) -> Result<SecretString, ConfigError> {
-    if reference.starts_with("env:") || reference.starts_with("file:") {
-        resolve_secret(reference)
-    } else {
-        Err(ConfigError::Invalid(format!(
-            "{key}: write the secret as \"env:NAME\" or \"file:PATH\", not the value itself"
-        )))
-    }
-}
-
-/// A database URL with its password replaced, for logs and errors.
-pub fn redact_url(url: &SecretString) -> String {
-    let raw = url.expose_secret();
-    match (raw.find("://"), raw.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let creds = &raw[scheme_end + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}://{}:***@{}", &raw[..scheme_end], user, &raw[at + 1..])
-        }
-        _ => raw.split('?').next().unwrap_or("").to_string(),
-    }
-}
-
-/// `[secrets]`: the master key that encrypts credentials at rest.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SecretsConfig {
-    /// The master key (base64 of 32 bytes) as `"env:NAME"` or `"file:PATH"`. The
-    /// `PENGUIN_JOBS_MASTER_KEY` environment variable overrides it. Unset: storing a
-    /// credential is refused.
-    pub master_key: Option<String>,
-    /// Older master keys, accepted for decryption only (`"env:NAME"` / `"file:PATH"`):
-    /// keep the old key here while `secrets rotate-master` moves ciphertexts to the new one.
-    pub previous_master_keys: Vec<String>,
-}
-
-/// `[oauth]`: OAuth connections and their scheduled refresh.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OAuthConfig {
-    /// Run the built-in `oauth-refresh-sweep` schedule.
-    pub refresh: bool,
-    /// When the sweep runs (cron, UTC).
-    pub refresh_cron: String,
-    /// Refresh connections whose access token expires within this.
-    #[serde(with = "humantime_serde")]
-    pub refresh_ahead: Duration,
-    /// Redirect URI `oauth authorize` uses without `--redirect-uri`: the shim's
-    /// `/oauth/callback/{provider}` as the provider reaches it (`{provider}` is replaced).
-    pub redirect_uri: Option<String>,
-    /// `[oauth.providers.NAME]`: client credentials of the built-in providers (`google`,
-    /// `microsoft`, `hubspot`), overrides of their URLs, and more providers.
-    pub providers: BTreeMap<String, OAuthProviderConfig>,
-}
-
-impl Default for OAuthConfig {
-    fn default() -> Self {
-        Self {
-            refresh: true,
-            refresh_cron: "* * * * *".into(),
-            refresh_ahead: Duration::from_secs(600),
-            redirect_uri: None,
-            providers: BTreeMap::new(),
-        }
-    }
-}
-
-/// How the client authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientAuth {
-    /// HTTP Basic with client id and secret (`client_secret_basic`).
-    Basic,
-    /// `client_id` and `client_secret` in the form body (`client_secret_post`).
-    Body,
-}
-
-/// `[oauth.providers.NAME]`. For a built-in provider every field but the client
-/// credentials has a default; another provider needs them all but `userinfo_url`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OAuthProviderConfig {
-    /// The client id the provider issued (not a secret).
-    pub client_id: Option<String>,
-    /// The client secret, `"env:NAME"` or `"file:PATH"`.
-    pub client_secret: Option<String>,
-    /// Authorization endpoint.
-    pub auth_url: Option<String>,
-    /// Token endpoint.
-    pub token_url: Option<String>,
-    /// Userinfo endpoint (GET with the new access token); `{access_token}` in it is
-    /// replaced by the token (HubSpot's token info). Unset: accounts are named by the
-    /// token answer alone.
-    pub userinfo_url: Option<String>,
-    /// Scopes asked for.
-    pub scopes: Option<Vec<String>>,
-    /// `"basic"` or `"body"`.
-    pub client_auth: Option<ClientAuth>,
-    /// Extra query parameters of the authorization URL (Google: `access_type = "offline"`).
-    pub auth_params: Option<BTreeMap<String, String>>,
-}
-
-/// `[api_keys]`: provider API keys and their scheduled rotation.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiKeysConfig {
-    /// Run the built-in `apikey-rotation` schedule.
-    pub rotation: bool,
-    /// When it runs (cron, UTC).
-    pub rotation_cron: String,
-    /// How long a replaced key stays `retiring` (valid, for in-flight work) before it is revoked.
-    #[serde(with = "humantime_serde")]
-    pub overlap: Duration,
-    /// `[api_keys.providers.NAME]`: how to test a key and, where the provider has a key
-    /// API, how to create and revoke keys.
-    pub providers: BTreeMap<String, ApiKeyProviderConfig>,
-}
-
-impl Default for ApiKeysConfig {
-    fn default() -> Self {
-        Self {
-            rotation: true,
-            rotation_cron: "0 3 * * *".into(),
-            overlap: Duration::from_secs(24 * 3600),
-            providers: BTreeMap::new(),
-        }
-    }
-}
-
-/// `[api_keys.providers.NAME]`: overrides of a built-in provider's key hooks
-/// (`mailgun`, `sendgrid`, `stripe`, `posthog`), or the hooks of another provider.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeyProviderConfig {
-    /// A cheap authenticated GET that succeeds only with a valid key.
-    pub test_url: Option<String>,
-    /// How a key is sent: `"bearer"`, `"basic:USER"` (key as the password) or `"header:NAME"`.
-    pub auth: Option<String>,
-    /// Key API: POST here, authenticated with the active key, to create the next key.
-    /// Unset: rotation uses the key an operator staged (`keys stage`).
-    pub create_url: Option<String>,
-    /// JSON body of the create call.
-    pub create_body: Option<serde_json::Value>,
-    /// Dot-separated path of the new key in the create answer (default `key`).
-    pub key_field: Option<String>,
-    /// Dot-separated path of the new key's provider id in the create answer (default `id`).
-    pub id_field: Option<String>,
-    /// Key API: DELETE here (`{id}`: the provider's key id) when a retired key is revoked.
-    pub revoke_url: Option<String>,
-}
-
-impl Config {
-    fn validate_credentials(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
-        check_duration(
-            "oauth.refresh_ahead",
-            self.oauth.refresh_ahead,
-            REFRESH_AHEAD_RANGE,
-        )?;
-        for (name, p) in &self.oauth.providers {
-            check_name("oauth.providers", name)?;
-            if let Some(s) = &p.client_secret
-                && !(s.starts_with("env:") || s.starts_with("file:"))
-            {
-                return invalid(format!(
-                    "oauth.providers.{name}.client_secret: write the secret as \"env:NAME\" or \"file:PATH\", not the value itself"
-                ));
-            }
-        }
-        check_duration("api_keys.overlap", self.api_keys.overlap, OVERLAP_RANGE)?;
-        for (name, p) in &self.api_keys.providers {
-            check_name("api_keys.providers", name)?;
-            if let Some(a) = &p.auth
-                && !(a == "bearer" || a.starts_with("basic:") || a.starts_with("header:"))
-            {
-                return invalid(format!(
-                    "api_keys.providers.{name}.auth: {a:?} is not \"bearer\", \"basic:USER\" or \"header:NAME\""
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -1319,6 +809,60 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("per_second")
+        );
+    }
+
+    #[test]
+    fn every_secret_is_a_reference_named_by_its_key_when_loaded() {
+        let c = Config::from_toml(
+            "[http]\napi_tokens = [\"env:PENGUIN_JOBS_TEST_UNSET_TOKEN\"]\n\
+             [providers.stripe]\nsecret_key = \"file:/nonexistent/penguin\"\n\
+             [oauth.providers.acme]\nclient_id = \"c\"\nclient_secret = \"env:X\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(c.http.api_tokens[0].key(), "http.api_tokens");
+        let stripe = c.providers.stripe.as_ref().unwrap();
+        assert_eq!(
+            stripe.secret_key.as_ref().unwrap().key(),
+            "providers.stripe.secret_key"
+        );
+        assert_eq!(
+            c.oauth.providers["acme"]
+                .client_secret
+                .as_ref()
+                .unwrap()
+                .key(),
+            "oauth.providers.acme.client_secret"
+        );
+        let unreadable = stripe.secret_key.as_ref().unwrap().resolve().unwrap_err();
+        assert!(
+            unreadable.to_string().contains("file:/nonexistent/penguin"),
+            "{unreadable}"
+        );
+        // a value in place of a reference is refused when the config is loaded
+        assert!(
+            invalid("[http]\napi_tokens = [\"s3cr3t-token\"]\n")
+                .starts_with("http.api_tokens: write the secret as"),
+        );
+        assert!(!invalid("[http]\napi_tokens = [\"s3cr3t-token\"]\n").contains("s3cr3t"));
+        assert!(
+            invalid("[secrets]\nmaster_key = \"c2VjcmV0\"\n")
+                .starts_with("secrets.master_key: write the secret as")
+        );
+    }
+
+    #[test]
+    fn the_listen_address_is_a_socket_address_and_a_bad_one_names_the_key() {
+        let c = Config::from_toml("[http]\nlisten = \"0.0.0.0:9000\"\n", Path::new("x")).unwrap();
+        assert_eq!(
+            c.http.listen,
+            std::net::SocketAddr::from(([0, 0, 0, 0], 9000))
+        );
+        let e = invalid("[http]\nlisten = \"localhost\"\n");
+        assert!(
+            e.contains("http.listen: \"localhost\" is not an address like 127.0.0.1:8080"),
+            "{e}"
         );
     }
 
