@@ -129,6 +129,51 @@ fn stripe_signature(t: i64, body: &[u8]) -> String {
 }
 
 #[tokio::test]
+async fn a_job_declared_as_anything_but_json_is_refused_with_415_in_json() {
+    let shim = start().await;
+    let s = shim.app.shim();
+    let post = |content_type: &'static str| {
+        s.client
+            .post(s.url("/v1/jobs"))
+            .bearer_auth(TOKEN)
+            .header("content-type", content_type)
+            .body(r#"{"kind": "noop", "payload": {}}"#)
+            .send()
+    };
+    for refused in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ] {
+        let resp = post(refused).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 415, "{refused}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("application/json"),
+            "{body}"
+        );
+    }
+    for accepted in [
+        "application/json",
+        "Application/JSON; charset=utf-8",
+        "application/vnd.penguin+json",
+    ] {
+        assert_eq!(
+            post(accepted).await.unwrap().status().as_u16(),
+            202,
+            "{accepted}"
+        );
+    }
+    assert_eq!(
+        shim.app
+            .count("select count(*) from penguin.jobs where kind = 'noop'")
+            .await,
+        3,
+        "only the accepted requests left jobs"
+    );
+}
+
+#[tokio::test]
 async fn post_jobs_answers_every_status_the_contract_names() {
     let shim = start().await;
 

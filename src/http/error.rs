@@ -25,6 +25,8 @@ pub enum ApiError {
     NotFound(String),
     /// 422: a well-formed request the queue cannot take (unknown kind, bad field).
     Invalid(String),
+    /// 415: a body declared as something other than JSON.
+    UnsupportedMediaType(String),
     /// Any other status axum chose while reading the body (413 over `max_body`, ...).
     Body(StatusCode, String),
     /// 503: the database is away; the client should retry.
@@ -40,6 +42,7 @@ impl ApiError {
             ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Body(status, _) => *status,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -53,6 +56,7 @@ impl ApiError {
             | ApiError::Malformed(m)
             | ApiError::NotFound(m)
             | ApiError::Invalid(m)
+            | ApiError::UnsupportedMediaType(m)
             | ApiError::Body(_, m) => m,
             ApiError::Unavailable => "database unavailable, retry later",
             ApiError::Internal => "internal error",
@@ -118,6 +122,11 @@ mod tests {
                 ApiError::Unavailable,
                 503,
                 "database unavailable, retry later",
+            ),
+            (
+                ApiError::UnsupportedMediaType("send the job as JSON".into()),
+                415,
+                "send the job as JSON",
             ),
             (ApiError::Internal, 500, "internal error"),
         ] {

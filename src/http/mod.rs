@@ -223,6 +223,30 @@ fn bearer_ok(state: &AppState, headers: &HeaderMap) -> bool {
     ok.into()
 }
 
+/// A body declared as anything but JSON (`application/json`, `application/*+json`) is
+/// refused with 415; a body without a `Content-Type` is read as JSON.
+fn json_or_undeclared(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(declared) = headers.get(axum::http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let media = declared
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media == "application/json"
+        || (media.starts_with("application/") && media.ends_with("+json"))
+    {
+        return Ok(());
+    }
+    Err(ApiError::UnsupportedMediaType(
+        "send the job as JSON (Content-Type: application/json)".into(),
+    ))
+}
+
 /// Longest `"wait"` a request may ask for.
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -239,6 +263,7 @@ async fn create_job(
     if !bearer_ok(&state, &headers) {
         return Err(ApiError::Unauthorized);
     }
+    json_or_undeclared(&headers)?;
     let body = body?;
     let mut value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Invalid(format!("invalid job: {e}")))?;
