@@ -13,6 +13,7 @@ pub mod embedded_pg;
 pub mod error_class;
 pub mod http;
 pub mod jobs;
+pub mod kind_names;
 pub mod process;
 pub mod providers;
 pub mod queue;

@@ -36,6 +36,7 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, SecretRef, WebhookFilter};
+use crate::kind_names;
 use crate::queue::{NewInboundEvent, NewJob};
 use crate::webhooks::{self, Rejection};
 pub use error::ApiError;
@@ -395,9 +396,9 @@ impl WebhookProvider {
     /// The job kind that processes a stored event.
     pub fn job_kind(self) -> &'static str {
         match self {
-            WebhookProvider::Mailgun => "mailgun.event",
-            WebhookProvider::Sendgrid => "sendgrid.event",
-            WebhookProvider::Stripe => "stripe.event",
+            WebhookProvider::Mailgun => kind_names::MAILGUN_EVENT,
+            WebhookProvider::Sendgrid => kind_names::SENDGRID_EVENT,
+            WebhookProvider::Stripe => kind_names::STRIPE_EVENT,
         }
     }
 

@@ -18,7 +18,7 @@ use crate::credentials::consume_state;
 use crate::queue::NewJob;
 
 /// The kind the callback enqueues.
-pub const EXCHANGE_KIND: &str = "oauth.exchange";
+pub const EXCHANGE_KIND: &str = crate::kind_names::OAUTH_EXCHANGE;
 
 fn page(status: StatusCode, title: &str, text: &str) -> Response {
     let body = format!(

@@ -31,7 +31,7 @@ const PROVIDER: &str = "mailgun";
 pub struct MailgunEvent(InboundEventRef);
 
 impl Kind for MailgunEvent {
-    const KIND: &'static str = "mailgun.event";
+    const KIND: &'static str = crate::kind_names::MAILGUN_EVENT;
     type Deps = PgPool;
 
     fn policy() -> KindPolicy {

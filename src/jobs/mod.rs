@@ -1,6 +1,13 @@
 //! Job kinds: one module per kind, and the registry that maps the stable kind string to
 //! its handler and its policy (queue, attempts, priority, timeout, backoff).
 //!
+//! A kind is its payload type: it implements [`Kind`] (its name, the dependencies it
+//! runs with, its policy, extra checks, and `run`). One adapter turns a kind into the
+//! runtime's [`Handler`]: it decodes and checks the payload by the same code at enqueue
+//! time and before every attempt. [`Kinds`] describes the built-in kinds without running
+//! anything (to check jobs and write `penguin.kinds`); [`Registry`] runs them, each with
+//! its dependencies, checked when it is built.
+//!
 //! A handler does one attempt of one job and says how it went: a result, a retryable
 //! error, a fatal error, a snooze or a cancel. It must never decide retry timing, write
 //! job rows, or know about the worker runtime or the HTTP shim.
@@ -153,6 +160,25 @@ impl JobContext {
             .saturating_sub(self.started.elapsed())
             .saturating_sub(margin)
             .max(Duration::from_millis(10))
+    }
+}
+
+#[cfg(test)]
+mod kind_name_tests {
+    use crate::kind_names;
+
+    #[test]
+    fn the_kinds_the_shim_enqueues_are_built_in() {
+        let config = crate::config::Config::default();
+        let kinds = super::Kinds::builtin(&config).unwrap();
+        for name in [
+            kind_names::STRIPE_EVENT,
+            kind_names::SENDGRID_EVENT,
+            kind_names::MAILGUN_EVENT,
+            kind_names::OAUTH_EXCHANGE,
+        ] {
+            assert!(kinds.get(name).is_some(), "{name} is not a built-in kind");
+        }
     }
 }
 

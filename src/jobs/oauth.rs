@@ -28,7 +28,7 @@ use crate::queue::{self, NewJob};
 use crate::secrets::{Keyring, SecretsError};
 
 /// Kind names.
-pub const EXCHANGE: &str = "oauth.exchange";
+pub const EXCHANGE: &str = crate::kind_names::OAUTH_EXCHANGE;
 pub const REFRESH: &str = "oauth.refresh";
 pub const SWEEP: &str = "oauth.refresh_sweep";
 

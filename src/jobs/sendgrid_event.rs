@@ -29,7 +29,7 @@ const PROVIDER: &str = "sendgrid";
 pub struct SendgridEvent(InboundEventRef);
 
 impl Kind for SendgridEvent {
-    const KIND: &'static str = "sendgrid.event";
+    const KIND: &'static str = crate::kind_names::SENDGRID_EVENT;
     type Deps = PgPool;
 
     fn policy() -> KindPolicy {

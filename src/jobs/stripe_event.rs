@@ -36,7 +36,7 @@ const PROVIDER: &str = "stripe";
 pub struct StripeEvent(InboundEventRef);
 
 impl Kind for StripeEvent {
-    const KIND: &'static str = "stripe.event";
+    const KIND: &'static str = crate::kind_names::STRIPE_EVENT;
     type Deps = PgPool;
 
     fn policy() -> KindPolicy {

@@ -3,7 +3,7 @@
 //! worker runtime), with typed reads of the queue (`job`, `dead_letter`) and waits on a
 //! condition (`wait_for_state`, `wait_for_dead_letter`, `drain`, ...) instead of sleeps.
 //!
-//! ```ignore
+//! ```text
 //! let app = TestApp::builder().config(FAST).runtime().build().await;
 //! let id = app.enqueue(&NewJob::new("noop", json!({}))).await;
 //! app.wait_for_state(id, JobState::Completed).await;
