@@ -39,7 +39,7 @@ async fn world(provider: &str, auth: &str) -> World {
     let toml = format!(
         "[daemon]\npoll_interval = \"100ms\"\n[maintenance]\nprune = false\n\
          [secrets]\nmaster_key = \"{master_ref}\"\n\
-         [kinds.\"oauth.refresh\"]\nbackoff = {{ strategy = \"fixed\", base = \"100ms\", max = \"100ms\", jitter = false }}\n\
+         [kinds.\"oauth.refresh\"]\nmax_attempts = 30\nbackoff = {{ strategy = \"fixed\", base = \"100ms\", max = \"100ms\", jitter = false }}\n\
          {}",
         server.provider_toml(provider, CLIENT_ID, &secret_ref, auth)
     );
@@ -437,6 +437,56 @@ async fn refresh_stores_a_rotated_refresh_token_and_keeps_the_old_one_when_none_
         vec!["exchanged:ok", "refreshed:ok", "refreshed:ok"]
     );
     w.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_client_secret_keeps_connections_active_raises_one_alert_and_retries() {
+    let mut w = world("acme", "basic").await;
+    w.app.start_runtime();
+    let id = w.connect("acme", Uuid::new_v4()).await;
+    // an operator mistypes the client secret: the provider answers invalid_client
+    w.app
+        .dir
+        .secret_file("client.secret", "not-the-client-secret");
+    w.make_due(id).await;
+    sweep(&w.app.pool, Duration::from_secs(600)).await.unwrap();
+    let refused_twice = support::poll_until(LIMIT, async || {
+        w.server.stats().await["token_requests"]["refresh_token"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 2
+    })
+    .await;
+    assert!(refused_twice.is_some(), "the refresh was not retried");
+    let c = creds::get_connection(&w.app.pool, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(c.status, "reauth_required", "{c:?}");
+    let alerts = creds::open_alerts(&w.app.pool).await.unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].kind, "oauth_client_refused");
+    assert_eq!(alerts[0].provider.as_deref(), Some("acme"));
+    assert!(!alerts[0].message.contains("not-the-client-secret"));
+    // the secret is fixed: the next retry refreshes, and no tenant had to consent again
+    w.app.dir.secret_file("client.secret", CLIENT_SECRET);
+    w.app
+        .wait_for_kind_finished("oauth.refresh", 1, LIMIT)
+        .await;
+    let (state, attempt): (String, i32) = sqlx::query_as(
+        "select state::text, attempt from penguin.jobs where kind = 'oauth.refresh'",
+    )
+    .fetch_one(&w.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(state, "completed");
+    assert!(attempt >= 3, "{attempt}");
+    let c = creds::get_connection(&w.app.pool, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.status, "active");
+    assert_eq!(creds::open_alerts(&w.app.pool).await.unwrap().len(), 1);
 }
 
 #[tokio::test]

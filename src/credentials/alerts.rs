@@ -30,6 +30,43 @@ pub async fn raise_alert<'e>(executor: impl PgExecutor<'e>, a: &NewAlert<'_>) ->
     Ok(())
 }
 
+/// Raises `a` unless an open (unacknowledged) alert of the same kind about the same
+/// provider and subject exists: one alert per condition, not one per attempt, however
+/// many daemons see it. `true` when raised.
+pub async fn raise_alert_once(pool: &PgPool, a: &NewAlert<'_>) -> Result<bool, Error> {
+    let mut tx = pool.begin().await?;
+    let condition = format!(
+        "penguin.alert:{}:{}:{}",
+        a.kind.as_str(),
+        a.provider.unwrap_or(""),
+        a.subject_id.as_deref().unwrap_or("")
+    );
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(condition)
+        .execute(&mut *tx)
+        .await?;
+    let raised = sqlx::query(
+        "insert into penguin.alerts (kind, subject_type, subject_id, tenant_id, provider, message)
+         select $1, $2, $3, $4, $5, $6
+          where not exists (
+                select 1 from penguin.alerts
+                 where kind = $1 and provider is not distinct from $5
+                   and subject_id is not distinct from $3 and acknowledged_at is null)",
+    )
+    .bind(a.kind.as_str())
+    .bind(a.subject_type.as_str())
+    .bind(&a.subject_id)
+    .bind(a.tenant_id)
+    .bind(a.provider)
+    .bind(&a.message)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    tx.commit().await?;
+    Ok(raised)
+}
+
 /// One alert row.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct AlertRow {

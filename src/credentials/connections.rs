@@ -380,3 +380,31 @@ pub async fn end_failed_refresh(
     tx.commit().await?;
     Ok(())
 }
+
+/// The provider refused our OAuth client (`invalid_client`, `unauthorized_client`): one
+/// open alert for the operators, however many refreshes and exchanges see it. Nothing
+/// happens to the connections: their grants are still good.
+pub async fn client_refused(
+    pool: &PgPool,
+    provider: &str,
+    message: &str,
+) -> Result<(), queue::Error> {
+    let raised = raise_alert_once(
+        pool,
+        &NewAlert {
+            kind: AlertKind::OauthClientRefused,
+            subject_type: Subject::OauthClient,
+            subject_id: Some(provider.to_string()),
+            tenant_id: None,
+            provider: Some(provider),
+            message: format!(
+                "{provider} refuses our OAuth client ({message}): check [oauth.providers.{provider}] client_id and client_secret; connections stay active and their refreshes are retried"
+            ),
+        },
+    )
+    .await?;
+    if raised {
+        tracing::error!(provider, error = %message, "the provider refuses our OAuth client: check its client_id and client_secret");
+    }
+    Ok(())
+}

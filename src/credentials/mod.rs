@@ -87,6 +87,8 @@ stored_words! {
         OauthState => "oauth_state",
         ApiKey => "api_key",
         MasterKey => "master_key",
+        /// Our OAuth client at a provider (the subject id is the provider's name).
+        OauthClient => "oauth_client",
     }
 }
 
@@ -97,6 +99,8 @@ stored_words! {
         ApikeyRotationBlocked => "apikey_rotation_blocked",
         ApikeyRotationFailed => "apikey_rotation_failed",
         ApikeyTestFailed => "apikey_test_failed",
+        /// The provider refuses our OAuth client (`invalid_client`, `unauthorized_client`).
+        OauthClientRefused => "oauth_client_refused",
     }
 }
 

@@ -231,6 +231,12 @@ impl Exchanging<'_> {
         .await
         {
             Ok(t) => t,
+            Err(TokenError::Call(c)) if c.class == ErrorClass::Configuration => {
+                connections::client_refused(&deps.pool, &state.provider, &c.message)
+                    .await
+                    .map_err(|e| Redeem::Retry(e.into()))?;
+                return Err(Redeem::Retry(c.into()));
+            }
             Err(TokenError::Call(c)) if c.retryable => return Err(Redeem::Retry(c.into())),
             Err(TokenError::Call(c)) => return Err(Redeem::Spent(c.message, c.class)),
             Err(TokenError::Reauthorize { message }) => {
@@ -370,6 +376,10 @@ impl Kind for Refresh {
             Ok(t) => t,
             Err(TokenError::Reauthorize { message }) => {
                 return ended.permanent(message, ErrorClass::Authentication).await;
+            }
+            Err(TokenError::Call(c)) if c.class == ErrorClass::Configuration => {
+                connections::client_refused(pool, &claim.provider, &c.message).await?;
+                return ended.retry(c.into()).await;
             }
             Err(TokenError::Call(c)) if c.retryable => {
                 return ended.retry(c.into()).await;

@@ -3,8 +3,10 @@
 //! needs: the authorization URL (PKCE S256), the token endpoint (code exchange and refresh,
 //! client authenticated by HTTP Basic or in the body) and userinfo.
 //!
-//! Token endpoint answers are classified here: `invalid_grant` and `invalid_client` mean
-//! the grant is gone and only a new authorization helps ([`TokenError::Reauthorize`]);
+//! Token endpoint answers are classified here: only `invalid_grant` means the grant is
+//! gone and a new authorization is needed ([`TokenError::Reauthorize`]); `invalid_client`
+//! and `unauthorized_client` refuse *our* client (a mistyped secret, a disabled app): a
+//! `configuration` error, retried, which no tenant can fix by consenting again;
 //! 5xx, 429, `temporarily_unavailable`, `server_error` and network errors are worth a retry;
 //! anything else is a permanent error. Must never touch the queue, and never put a token,
 //! code, verifier or client secret into an error message (every message is scrubbed).
@@ -267,8 +269,8 @@ pub struct Tokens {
 /// A failed token endpoint call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
-    /// `invalid_grant` / `invalid_client`: the grant was revoked or expired, or the client
-    /// is refused; retrying cannot help, the tenant must authorize again.
+    /// `invalid_grant`: the grant was revoked or expired; retrying cannot help, the tenant
+    /// must authorize again.
     Reauthorize { message: String },
     /// Anything else, classified (retryable or not).
     Call(CallError),
@@ -459,9 +461,13 @@ pub fn classify_token_error(
         })
     };
     match code {
-        Some("invalid_grant") | Some("invalid_client") => TokenError::Reauthorize {
+        Some("invalid_grant") => TokenError::Reauthorize {
             message: message.clone(),
         },
+        // our client is refused: the operators' to fix, while every grant stays valid
+        Some("invalid_client") | Some("unauthorized_client") => {
+            call(ErrorClass::Configuration, true)
+        }
         Some("temporarily_unavailable") | Some("server_error") => call(ErrorClass::Api, true),
         Some("slow_down") => call(ErrorClass::RateLimit, true),
         _ => match status {
@@ -623,10 +629,17 @@ mod tests {
             ),
             TokenError::Reauthorize { .. }
         ));
-        assert!(matches!(
+        for refused in [
             c(401, r#"{"error":"invalid_client"}"#),
-            TokenError::Reauthorize { .. }
-        ));
+            c(400, r#"{"error":"unauthorized_client"}"#),
+        ] {
+            match refused {
+                TokenError::Call(e) => {
+                    assert!(e.retryable && e.class == ErrorClass::Configuration, "{e:?}")
+                }
+                other => panic!("a refused client is not a revoked grant: {other:?}"),
+            }
+        }
         for (status, body) in [
             (503, "<html>down</html>"),
             (500, r#"{"error":"server_error"}"#),
