@@ -39,6 +39,17 @@ pub fn clean_bytes(bytes: &[u8], max: usize) -> String {
     out
 }
 
+/// A name operators write (queues, schedules, providers): 1-64 characters of a-z, A-Z,
+/// 0-9, `_`, `-`, `.`. One rule for the config and for jobs callers enqueue, so the queue
+/// a job names can be configured and served.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// Whether `text` can be stored as is (no NUL).
 pub fn is_storable(text: &str) -> bool {
     !text.contains('\0')

@@ -129,6 +129,27 @@ fn stripe_signature(t: i64, body: &[u8]) -> String {
 }
 
 #[tokio::test]
+async fn a_queue_name_the_config_could_not_name_is_refused_with_422() {
+    let shim = start().await;
+    let (status, body) = shim
+        .post_job(
+            Some(TOKEN),
+            r#"{"kind": "noop", "payload": {}, "queue": "d\u00e9fault"}"#,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("queue: "),
+        "{body}"
+    );
+    assert_eq!(
+        shim.app.count("select count(*) from penguin.jobs").await,
+        0,
+        "nothing enqueued"
+    );
+}
+
+#[tokio::test]
 async fn a_job_declared_as_anything_but_json_is_refused_with_415_in_json() {
     let shim = start().await;
     let s = shim.app.shim();

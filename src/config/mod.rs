@@ -686,12 +686,7 @@ fn find_nul(value: &toml::Value, key: &str) -> Option<String> {
 }
 
 fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
+    if crate::text::is_plain_name(name) {
         Ok(())
     } else {
         Err(ConfigError::Invalid(format!(

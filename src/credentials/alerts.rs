@@ -15,16 +15,11 @@ pub struct NewAlert<'a> {
 
 /// Raises an alert (a row in `penguin.alerts`).
 pub async fn raise_alert<'e>(executor: impl PgExecutor<'e>, a: &NewAlert<'_>) -> Result<(), Error> {
-    sqlx::query(
+    with_alert(
         "insert into penguin.alerts (kind, subject_type, subject_id, tenant_id, provider, message)
          values ($1, $2, $3, $4, $5, $6)",
+        a,
     )
-    .bind(a.kind.as_str())
-    .bind(a.subject_type.as_str())
-    .bind(&a.subject_id)
-    .bind(a.tenant_id)
-    .bind(a.provider)
-    .bind(&a.message)
     .execute(executor)
     .await?;
     Ok(())
@@ -45,26 +40,36 @@ pub async fn raise_alert_once(pool: &PgPool, a: &NewAlert<'_>) -> Result<bool, E
         .bind(condition)
         .execute(&mut *tx)
         .await?;
-    let raised = sqlx::query(
+    let raised = with_alert(
         "insert into penguin.alerts (kind, subject_type, subject_id, tenant_id, provider, message)
          select $1, $2, $3, $4, $5, $6
           where not exists (
                 select 1 from penguin.alerts
                  where kind = $1 and provider is not distinct from $5
                    and subject_id is not distinct from $3 and acknowledged_at is null)",
+        a,
     )
-    .bind(a.kind.as_str())
-    .bind(a.subject_type.as_str())
-    .bind(&a.subject_id)
-    .bind(a.tenant_id)
-    .bind(a.provider)
-    .bind(&a.message)
     .execute(&mut *tx)
     .await?
     .rows_affected()
         == 1;
     tx.commit().await?;
     Ok(raised)
+}
+
+/// `sql` with the alert's kind, subject type, subject id, tenant, provider and message
+/// bound as `$1`..`$6`.
+fn with_alert<'q>(
+    sql: &'q str,
+    a: &'q NewAlert<'q>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(a.kind.as_str())
+        .bind(a.subject_type.as_str())
+        .bind(&a.subject_id)
+        .bind(a.tenant_id)
+        .bind(a.provider)
+        .bind(&a.message)
 }
 
 /// One alert row.

@@ -94,6 +94,13 @@ impl NewJob {
         if self.queue.as_ref().is_some_and(|q| q.len() > MAX_QUEUE) {
             return Err(format!("queue: at most {MAX_QUEUE} bytes"));
         }
+        if let Some(q) = &self.queue
+            && !crate::text::is_plain_name(q)
+        {
+            return Err(format!(
+                "queue: {q:?} must be 1-64 characters of a-z, A-Z, 0-9, '_', '-', '.' (as queue names in the config)"
+            ));
+        }
         if self
             .unique_key
             .as_ref()
@@ -320,6 +327,24 @@ async fn enqueue_many_without_keys(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_queue_is_named_as_the_config_names_queues() {
+        let with_queue = |q: &str| NewJob {
+            queue: Some(q.into()),
+            ..NewJob::new("noop", json!({}))
+        };
+        for ok in ["default", "email.v2", "bulk_sends-1"] {
+            assert_eq!(with_queue(ok).check(), Ok(()), "{ok}");
+        }
+        for refused in ["défault", "a b", "emails/1", &"q".repeat(65)] {
+            let e = with_queue(refused).check().unwrap_err();
+            assert!(
+                e.starts_with("queue: ") && e.contains("1-64 characters"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn jobs_the_database_would_refuse_are_refused_naming_the_field() {
