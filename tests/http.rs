@@ -443,20 +443,23 @@ async fn a_sendgrid_batch_stores_each_event_once() {
     );
 }
 
+/// A Mailgun delivery signed at `ts` with `token`, around event `id`.
+fn mailgun_body(ts: i64, token: &str, id: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "signature": {"timestamp": ts.to_string(), "token": token,
+                      "signature": hmac_hex(MAILGUN_KEY.as_bytes(), format!("{ts}{token}").as_bytes())},
+        "event-data": {"id": id, "event": "delivered", "recipient": "ada@example.com", "timestamp": ts as f64,
+                       "user-variables": {"campaign-id": "cmp_42", "recipient-id": "rcp_7"}}
+    }))
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_mailgun_token_cannot_be_replayed() {
     let shim = start().await;
     let ts = shim.now();
     let token = "a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6a1b2c3d4e5f6aa";
-    let body = |id: &str| {
-        serde_json::to_vec(&json!({
-            "signature": {"timestamp": ts.to_string(), "token": token,
-                          "signature": hmac_hex(MAILGUN_KEY.as_bytes(), format!("{ts}{token}").as_bytes())},
-            "event-data": {"id": id, "event": "delivered", "recipient": "ada@example.com", "timestamp": ts as f64,
-                           "user-variables": {"campaign-id": "cmp_42", "recipient-id": "rcp_7"}}
-        }))
-        .unwrap()
-    };
+    let body = |id: &str| mailgun_body(ts, token, id);
     assert_eq!(
         shim.post_webhook("mailgun", &[], &body("mg-1")).await.0,
         200
@@ -468,6 +471,52 @@ async fn a_mailgun_token_cannot_be_replayed() {
     );
     assert_eq!(
         shim.app
+            .count("select count(*) from penguin.inbound_events")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_mailgun_token_is_refused_by_every_shim_and_only_once_its_delivery_is_stored() {
+    let first = start().await;
+    let second = start_with(
+        TestApp::builder().database(first.app.pool.clone(), &first.app.url),
+        "",
+    )
+    .await;
+    let ts = first.now();
+    let token = "f6e5d4c3b2a1f6e5d4c3b2a1f6e5d4c3b2a1f6e5d4c3b2a1ff";
+    // a delivery whose storing failed (answered 503, its transaction rolled back) leaves
+    // no token behind, so Mailgun's redelivery is taken
+    let seen = penguin_jobs::queue::ReplayToken {
+        provider: "mailgun",
+        token: token.into(),
+    };
+    let mut tx = first.app.pool.begin().await.unwrap();
+    let fresh = penguin_jobs::queue::remember_replay_tokens(&mut tx, &[&seen])
+        .await
+        .unwrap();
+    assert!(fresh.contains(&seen));
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        first
+            .post_webhook("mailgun", &[], &mailgun_body(ts, token, "mg-1"))
+            .await
+            .0,
+        200
+    );
+    // the same token at another shim on the same database: refused there too
+    assert_eq!(
+        second
+            .post_webhook("mailgun", &[], &mailgun_body(ts, token, "mg-forged"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        first
+            .app
             .count("select count(*) from penguin.inbound_events")
             .await,
         1

@@ -12,7 +12,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::queue::{self, Enqueued, NewInboundEvent, NewJob};
+use crate::queue::{self, Enqueued, NewInboundEvent, NewJob, ReplayToken};
 
 /// Most requests written in one transaction.
 const MAX_BATCH: usize = 512;
@@ -20,7 +20,8 @@ const MAX_BATCH: usize = 512;
 /// What a request asks to write.
 pub enum Work {
     Job(NewJob),
-    Events(Vec<NewInboundEvent>),
+    /// A delivery's events, with the token it must not share with an earlier delivery.
+    Events(Vec<NewInboundEvent>, Option<ReplayToken>),
 }
 
 /// What was written for it.
@@ -29,6 +30,8 @@ pub enum Done {
     Job(Enqueued),
     /// Per event: the new row's id, or `None` for a redelivery.
     Events(Vec<Option<i64>>),
+    /// The delivery's token was seen before: nothing was written.
+    Replayed,
 }
 
 /// Why a request could not be written.
@@ -174,21 +177,39 @@ fn drain(rx: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>) {
     }
 }
 
-/// One transaction: every job in one statement, every event (and its job) in another.
+/// One transaction: every job in one statement, the deliveries' replay tokens in
+/// another, every event (and its job) of a delivery whose token is new in a third.
 async fn write(pool: &PgPool, works: &[&Work]) -> Result<Vec<Done>, IngestError> {
-    let mut jobs = Vec::new();
-    let mut events = Vec::new();
-    for work in works {
-        match work {
-            Work::Job(job) => jobs.push(job.clone()),
-            Work::Events(evs) => events.extend(evs.iter().cloned()),
-        }
-    }
     let mut tx = tokio::time::timeout(Duration::from_secs(5), pool.begin())
         .await
         .map_err(|_| {
             IngestError::Unavailable("timed out waiting for a database connection".into())
         })??;
+    let tokens: Vec<&ReplayToken> = works
+        .iter()
+        .filter_map(|w| match w {
+            Work::Events(_, token) => token.as_ref(),
+            Work::Job(_) => None,
+        })
+        .collect();
+    let mut fresh = queue::remember_replay_tokens(&mut tx, &tokens).await?;
+    // the first delivery of a token in this batch takes it; a second one is a replay
+    let taken: Vec<bool> = works
+        .iter()
+        .map(|w| match w {
+            Work::Events(_, Some(token)) => fresh.remove(token),
+            _ => true,
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    let mut events = Vec::new();
+    for (work, taken) in works.iter().zip(&taken) {
+        match work {
+            Work::Job(job) => jobs.push(job.clone()),
+            Work::Events(evs, _) if *taken => events.extend(evs.iter().cloned()),
+            Work::Events(..) => {}
+        }
+    }
     let enqueued = queue::enqueue_many_reporting(&mut tx, &jobs).await?;
     let stored = queue::store_inbound(&mut tx, &events).await?;
     tx.commit().await?;
@@ -197,9 +218,13 @@ async fn write(pool: &PgPool, works: &[&Work]) -> Result<Vec<Done>, IngestError>
     let mut stored = stored.into_iter();
     Ok(works
         .iter()
-        .map(|work| match work {
+        .zip(taken)
+        .map(|(work, taken)| match work {
             Work::Job(_) => Done::Job(enqueued.next().expect("one result per job")),
-            Work::Events(evs) => Done::Events(stored.by_ref().take(evs.len()).collect()),
+            Work::Events(evs, _) if taken => {
+                Done::Events(stored.by_ref().take(evs.len()).collect())
+            }
+            Work::Events(..) => Done::Replayed,
         })
         .collect())
 }

@@ -20,7 +20,7 @@ pub mod oauth;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, SecretRef, WebhookFilter};
 use crate::kind_names;
-use crate::queue::{NewInboundEvent, NewJob};
+use crate::queue::{NewInboundEvent, NewJob, ReplayToken};
 use crate::webhooks::{self, Rejection};
 pub use error::ApiError;
 use ingest::{Done, Ingest, IngestError, Work};
@@ -81,8 +81,6 @@ pub struct AppState {
     tokens: Arc<Vec<SecretString>>,
     keys: Arc<Keys>,
     ingest: Ingest,
-    /// Mailgun tokens seen in the last replay window, with their timestamps.
-    mailgun_tokens: Arc<Mutex<SeenTokens>>,
     /// Unix seconds now; a function so tests can move the clock.
     clock: Arc<dyn Fn() -> i64 + Send + Sync>,
     /// Seals the OAuth callback's authorization code; `None` without a master key.
@@ -154,7 +152,6 @@ impl AppState {
             keys: Arc::new(keys),
             ingest: Ingest::start(pool.clone(), 6),
             pool,
-            mailgun_tokens: Arc::new(Mutex::new(SeenTokens::default())),
             clock: Arc::new(|| chrono::Utc::now().timestamp()),
             keyring: crate::secrets::Keyring::from_config(config)
                 .map_err(|e| HttpError::Key(e.to_string()))?
@@ -422,14 +419,15 @@ impl WebhookProvider {
     }
 }
 
-/// Checks the request's signature (and, for Mailgun, that its token is fresh) at `now`.
+/// Checks the request's signature at `now`; returns the token the delivery must not share
+/// with an earlier one (Mailgun's), recorded when its events are stored.
 fn verify_webhook(
     state: &AppState,
     provider: WebhookProvider,
     headers: &HeaderMap,
     body: &[u8],
     now: i64,
-) -> Result<(), ApiError> {
+) -> Result<Option<ReplayToken>, ApiError> {
     let not_configured =
         || ApiError::NotFound(format!("{} webhooks are not configured", provider.name()));
     let verdict = match provider {
@@ -441,6 +439,7 @@ fn verify_webhook(
                 secret.expose_secret().as_bytes(),
                 now,
             )
+            .map(|()| None)
         }
         WebhookProvider::Sendgrid => {
             let key = state.keys.sendgrid.as_ref().ok_or_else(not_configured)?;
@@ -451,11 +450,16 @@ fn verify_webhook(
                 key,
                 now,
             )
+            .map(|()| None)
         }
         WebhookProvider::Mailgun => {
             let key = state.keys.mailgun.as_ref().ok_or_else(not_configured)?;
-            webhooks::mailgun::verify(body, key.expose_secret().as_bytes(), now)
-                .and_then(|token| remember_mailgun_token(state, token.token, token.timestamp, now))
+            webhooks::mailgun::verify(body, key.expose_secret().as_bytes(), now).map(|t| {
+                Some(ReplayToken {
+                    provider: provider.name(),
+                    token: t.token,
+                })
+            })
         }
     };
     verdict.map_err(|r| rejection(provider, r))
@@ -518,10 +522,12 @@ async fn webhook(
     let provider = WebhookProvider::from_path(&provider)
         .ok_or_else(|| ApiError::NotFound("unknown provider".into()))?;
     let body = body?;
-    verify_webhook(&state, provider, &headers, &body, (state.clock)())?;
+    let token = verify_webhook(&state, provider, &headers, &body, (state.clock)())?;
     let rows = inbound_rows(&state, provider, &headers, &body)?;
-    let Done::Events(stored) = state.ingest.submit(Work::Events(rows)).await? else {
-        return Err(ApiError::Internal);
+    let stored = match state.ingest.submit(Work::Events(rows, token)).await? {
+        Done::Events(stored) => stored,
+        Done::Replayed => return Err(rejection(provider, Rejection::Replayed)),
+        Done::Job(_) => return Err(ApiError::Internal),
     };
     let new = stored.iter().filter(|s| s.is_some()).count();
     Ok((
@@ -545,59 +551,5 @@ fn raw_per_event(body: &[u8], n: usize) -> Vec<Vec<u8>> {
             .collect(),
         // the parser that found the events disagrees: keep the whole body on each
         _ => vec![body.to_vec(); n],
-    }
-}
-
-/// Refuses a Mailgun token already seen within the replay window (the signature covers
-/// timestamp and token only, so a captured request could otherwise be replayed).
-fn remember_mailgun_token(
-    state: &AppState,
-    token: String,
-    timestamp: i64,
-    now: i64,
-) -> Result<(), Rejection> {
-    let mut seen = state.mailgun_tokens.lock().expect("token cache lock");
-    seen.forget_older_than(now - webhooks::REPLAY_WINDOW_SECS);
-    if seen.by_token.contains_key(&token) {
-        return Err(Rejection::Replayed);
-    }
-    seen.by_token.insert(token.clone(), timestamp);
-    seen.in_order.push_back((timestamp, token));
-    Ok(())
-}
-
-/// Mailgun tokens seen within the replay window: a map to look them up, and a queue in
-/// arrival order to forget the old ones without scanning the map on every request.
-#[derive(Default)]
-struct SeenTokens {
-    by_token: HashMap<String, i64>,
-    in_order: std::collections::VecDeque<(i64, String)>,
-}
-
-impl SeenTokens {
-    fn forget_older_than(&mut self, cutoff: i64) {
-        while self.in_order.front().is_some_and(|(ts, _)| *ts < cutoff) {
-            if let Some((_, token)) = self.in_order.pop_front() {
-                self.by_token.remove(&token);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seen_tokens_are_forgotten_once_out_of_the_window() {
-        let mut seen = SeenTokens::default();
-        for (ts, token) in [(100, "a"), (200, "b"), (300, "c")] {
-            seen.by_token.insert(token.into(), ts);
-            seen.in_order.push_back((ts, token.into()));
-        }
-        seen.forget_older_than(200);
-        assert!(!seen.by_token.contains_key("a"));
-        assert!(seen.by_token.contains_key("b") && seen.by_token.contains_key("c"));
-        assert_eq!(seen.in_order.len(), 2);
     }
 }

@@ -65,6 +65,12 @@ impl Kind for Prune {
             Some(age) => queue::prune_inbound_events(&r.pool, age, r.batch).await?,
             None => 0,
         };
+        // a delivery a day old is refused by its timestamp long before: its token may go
+        let tokens =
+            queue::prune_replay_tokens(&r.pool, Duration::from_secs(86_400), r.batch).await?;
+        if tokens > 0 {
+            tracing::debug!(replay_tokens = tokens, "pruned");
+        }
         if pruned.jobs + pruned.dead_letters + inbound > 0 {
             tracing::info!(
                 jobs = pruned.jobs,

@@ -27,6 +27,43 @@ pub struct NewInboundEvent {
     pub job_kind: Option<&'static str>,
 }
 
+/// A token a provider signs with each delivery and must never sign twice (Mailgun's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReplayToken {
+    pub provider: &'static str,
+    pub token: String,
+}
+
+/// Records `tokens` in `penguin.webhook_replay_tokens`, on the caller's transaction (the
+/// one that stores the deliveries' events, so a rolled-back delivery leaves no token
+/// behind); returns those that were new. A token recorded by a transaction still open
+/// elsewhere waits for it, so two shims cannot both take one token.
+pub async fn remember_replay_tokens(
+    conn: &mut PgConnection,
+    tokens: &[&ReplayToken],
+) -> Result<std::collections::HashSet<ReplayToken>, Error> {
+    if tokens.is_empty() {
+        return Ok(Default::default());
+    }
+    let providers: Vec<&str> = tokens.iter().map(|t| t.provider).collect();
+    let values: Vec<&str> = tokens.iter().map(|t| t.token.as_str()).collect();
+    let fresh: Vec<(String, String)> = sqlx::query_as(
+        "insert into penguin.webhook_replay_tokens (provider, token)
+         select * from unnest($1::text[], $2::text[])
+         on conflict (provider, token) do nothing
+         returning provider, token",
+    )
+    .bind(&providers)
+    .bind(&values)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(tokens
+        .iter()
+        .filter(|t| fresh.iter().any(|(p, v)| p == t.provider && *v == t.token))
+        .map(|t| (*t).clone())
+        .collect())
+}
+
 /// Stores `events` and enqueues their jobs in one statement (filtered events, stored
 /// without a job, are counted in `penguin.webhook_counters`). Returns, in input order,
 /// the new row's id, or `None` for an event id that was already stored.

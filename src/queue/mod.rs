@@ -29,12 +29,12 @@ pub use claim::{
 };
 pub use daemons::{WaitingKind, register_daemon, unregister_daemon, waiting_kinds};
 pub use enqueue::{Enqueued, NewJob, enqueue, enqueue_many, enqueue_many_reporting};
-pub use inbound::{NewInboundEvent, store_inbound};
+pub use inbound::{NewInboundEvent, ReplayToken, remember_replay_tokens, store_inbound};
 pub use outcome::{
     DeadReason, ErrorEntry, FlushCounts, Outcome, bury_unwritable, write_outcomes,
     write_outcomes_started,
 };
-pub use prune::{Pruned, prune, prune_inbound_events};
+pub use prune::{Pruned, prune, prune_inbound_events, prune_replay_tokens};
 pub use rescue::{RescueCounts, rescue_expired};
 pub use state::{JobState, UnknownState};
 

@@ -84,6 +84,26 @@ pub async fn prune_inbound_events(
     .await
 }
 
+/// Forgets webhook replay tokens seen more than `older_than` ago (a delivery that old is
+/// refused by its timestamp anyway); returns how many.
+pub async fn prune_replay_tokens(
+    pool: &PgPool,
+    older_than: Duration,
+    batch: i64,
+) -> Result<u64, Error> {
+    delete_in_batches(
+        pool,
+        "delete from penguin.webhook_replay_tokens where (provider, token) in (
+             select provider, token from penguin.webhook_replay_tokens
+              where seen_at < now() - make_interval(secs => $1)
+              limit $2
+              for update skip locked)",
+        older_than,
+        batch,
+    )
+    .await
+}
+
 /// Runs `sql` (`$1` an age in seconds, `$2` the batch size) until a statement deletes
 /// fewer than `batch` rows; returns how many were deleted in all.
 async fn delete_in_batches(

@@ -3,8 +3,8 @@
 //! Mailgun signs `{timestamp}{token}` with HMAC-SHA256 under the webhook signing key and sends
 //! `{"signature": {"timestamp", "token", "signature": <lowercase hex>}, "event-data": {...}}`.
 //! The signature covers the timestamp and token only, not `event-data`: what stops a replay
-//! is the 300 s window plus refusing a token seen before, and the caller keeps that memory
-//! ([`verify`] returns the [`MailgunToken`] to remember).
+//! is the 300 s window plus refusing a token seen before; the caller keeps that memory (the
+//! shim records it in PostgreSQL with the delivery: [`verify`] returns the [`MailgunToken`]).
 //!
 //! Mailgun's send answer wraps the message id in angle brackets; webhook message ids are bare:
 //! [`strip_message_id`] before matching.
