@@ -342,3 +342,36 @@ async fn with_no_database_configured_run_starts_and_stops_its_own_postgres() {
         "the cluster is down after the daemon exits"
     );
 }
+
+/// A start that fails after the embedded cluster is up (here: the shim's address is
+/// taken) stops the cluster again: nothing is left running under the data directory.
+#[tokio::test]
+async fn a_failed_start_stops_the_embedded_cluster_it_started() {
+    let dir = support::TempDir::new("failed-start");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let toml = format!(
+        "[daemon]\ndata_dir = \"{}\"\n[http]\nlisten = \"{}\"\n",
+        dir.path().display(),
+        taken.local_addr().unwrap()
+    );
+    let config =
+        penguin_jobs::config::Config::from_toml(&toml, std::path::Path::new("jobs.toml")).unwrap();
+    config.validate().unwrap();
+    let Err(e) = penguin_jobs::daemon::Daemon::build(config, Default::default()).await else {
+        panic!("the daemon started on a taken address");
+    };
+    assert!(
+        format!("{e:#}").contains("cannot listen on http.listen"),
+        "{e:#}"
+    );
+    let cluster = dir.path().join("postgres");
+    assert!(
+        cluster.join("PG_VERSION").exists(),
+        "the cluster was started"
+    );
+    assert_eq!(
+        penguin_jobs::embedded_pg::EmbeddedPostgres::running_url(&cluster, "postgres"),
+        None,
+        "the embedded cluster still runs"
+    );
+}

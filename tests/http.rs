@@ -896,3 +896,31 @@ async fn a_signed_webhook_with_nul_in_its_text_is_stored_and_processed() {
         1
     );
 }
+
+#[tokio::test]
+async fn replay_tokens_are_forgotten_once_older_than_the_age_given() {
+    let app = TestApp::new().await;
+    sqlx::query(
+        "insert into penguin.webhook_replay_tokens (provider, token, seen_at)
+         values ('mailgun', 'old-1', now() - interval '2 days'),
+                ('mailgun', 'old-2', now() - interval '3 days'),
+                ('mailgun', 'fresh', now())",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // a batch of 1: the deletes loop until none is left
+    let pruned = penguin_jobs::queue::prune_replay_tokens(
+        &app.pool,
+        std::time::Duration::from_secs(86_400),
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pruned, 2);
+    let left: Vec<String> = sqlx::query_scalar("select token from penguin.webhook_replay_tokens")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["fresh".to_string()]);
+}

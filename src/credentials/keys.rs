@@ -50,15 +50,18 @@ pub async fn active_key(
     provider: &str,
     environment: &str,
 ) -> Result<Option<ActiveKey>, StoreError> {
-    let Some(sealed) = active_api_key(pool, provider, environment).await? else {
-        return Ok(None);
-    };
+    let sealed = active_api_key(pool, provider, environment).await?;
+    Ok(sealed.map(|k| open_key(keyring, k)).transpose()?)
+}
+
+/// A stored key, decrypted.
+fn open_key(keyring: &Keyring, sealed: SealedApiKey) -> Result<ActiveKey, SecretsError> {
     let key = keyring.decrypt(&sealed.key_enc, &api_key_aad(sealed.id))?;
-    Ok(Some(ActiveKey {
+    Ok(ActiveKey {
         id: sealed.id,
         version: sealed.version,
         key,
-    }))
+    })
 }
 
 pub fn check_names(provider: &str, environment: &str) -> Result<(), String> {
@@ -331,15 +334,8 @@ pub async fn pending_key(
     provider: &str,
     environment: &str,
 ) -> Result<Option<ActiveKey>, StoreError> {
-    let Some(k) = pending_api_key(pool, provider, environment).await? else {
-        return Ok(None);
-    };
-    let key = keyring.decrypt(&k.key_enc, &api_key_aad(k.id))?;
-    Ok(Some(ActiveKey {
-        id: k.id,
-        version: k.version,
-        key,
-    }))
+    let sealed = pending_api_key(pool, provider, environment).await?;
+    Ok(sealed.map(|k| open_key(keyring, k)).transpose()?)
 }
 
 /// Stores a key the provider's key API created as the pending key of `provider` in

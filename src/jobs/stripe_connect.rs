@@ -10,12 +10,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::outbound::Outbound;
 use super::{Attempt, JobContext, JobError, Kind, KindPolicy};
 use crate::error_class::ErrorClass;
+use crate::providers::http::CallError;
 use crate::providers::stripe::Stripe;
 use crate::queue::payments::record_created_account;
 
@@ -87,6 +89,25 @@ pub struct StripeDeps {
     pub outbound: Arc<Outbound>,
 }
 
+impl StripeDeps {
+    /// One call to Stripe for `kind`, with the configured key, through the breaker, the
+    /// rate limit and the metrics.
+    async fn call<T>(
+        &self,
+        kind: &'static str,
+        call: impl AsyncFnOnce(&Stripe, &SecretString) -> Result<T, CallError>,
+    ) -> Result<T, JobError> {
+        self.outbound
+            .call(
+                "stripe",
+                kind,
+                self.stripe.configured_key(),
+                async |secret| call(&self.stripe, secret).await,
+            )
+            .await
+    }
+}
+
 impl Kind for CreateAccount {
     const KIND: &'static str = "stripe.account.create";
     type Deps = StripeDeps;
@@ -108,17 +129,11 @@ impl Kind for CreateAccount {
         let form = Stripe::account_form(&self.email, &self.country, tenant_text.as_deref());
         let key = idempotency_key(Self::KIND, ctx.id);
         let account = deps
-            .outbound
-            .call(
-                "stripe",
-                Self::KIND,
-                deps.stripe.configured_key(),
-                async |secret| {
-                    deps.stripe
-                        .create_account(&deps.http, secret, &form, &key, ctx.call_timeout())
-                        .await
-                },
-            )
+            .call(Self::KIND, async |stripe, secret| {
+                stripe
+                    .create_account(&deps.http, secret, &form, &key, ctx.call_timeout())
+                    .await
+            })
             .await?;
         record_created_account(&deps.pool, &account.id, tenant)
             .await
@@ -161,17 +176,11 @@ impl Kind for CreateAccountLink {
         let form = Stripe::account_link_form(&self.account, &self.refresh_url, &self.return_url);
         let key = idempotency_key(Self::KIND, ctx.id);
         let link = deps
-            .outbound
-            .call(
-                "stripe",
-                Self::KIND,
-                deps.stripe.configured_key(),
-                async |secret| {
-                    deps.stripe
-                        .create_account_link(&deps.http, secret, &form, &key, ctx.call_timeout())
-                        .await
-                },
-            )
+            .call(Self::KIND, async |stripe, secret| {
+                stripe
+                    .create_account_link(&deps.http, secret, &form, &key, ctx.call_timeout())
+                    .await
+            })
             .await?;
         Ok(Some(json!({
             "account": self.account,
