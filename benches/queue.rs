@@ -51,7 +51,7 @@ fn daemon_config(concurrency: usize, batch: Option<usize>, flush_batch: Option<u
         .map(|b| format!("flush_batch = {b}\n"))
         .unwrap_or_default();
     format!(
-        "[database]\nmax_connections = 8\n[daemon]\npoll_interval = \"200ms\"\n{flush}\
+        "[egress]\nallow = [\"127.0.0.1\"]\n[database]\nmax_connections = 8\n[daemon]\npoll_interval = \"200ms\"\n{flush}\
          [queues.default]\nconcurrency = {concurrency}\n{batch}\
          [oauth]\nrefresh = false\n[api_keys]\nrotation = false\n[maintenance]\nprune = false\n"
     )

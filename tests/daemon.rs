@@ -32,7 +32,9 @@ async fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStat
 }
 
 /// The built-in prune schedule is off: its job would add to the counts these tests wait for.
-const CONFIG: &str = "[daemon]\npoll_interval = \"100ms\"\nlease = \"3s\"\nrescue_interval = \"250ms\"\nshutdown_grace = \"10s\"\n[queues.default]\nconcurrency = 20\n[maintenance]\nprune = false\n[oauth]\nrefresh = false\n[api_keys]\nrotation = false\n";
+/// The local servers playing the providers are on 127.0.0.1, which the egress guard refuses
+/// unless allowed.
+const CONFIG: &str = "[egress]\nallow = [\"127.0.0.1\"]\n[daemon]\npoll_interval = \"100ms\"\nlease = \"3s\"\nrescue_interval = \"250ms\"\nshutdown_grace = \"10s\"\n[queues.default]\nconcurrency = 20\n[maintenance]\nprune = false\n[oauth]\nrefresh = false\n[api_keys]\nrotation = false\n";
 
 #[tokio::test]
 async fn sigkill_mid_batch_then_restart_completes_every_job() {

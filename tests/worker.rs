@@ -11,7 +11,8 @@ use support::app::TestApp;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const FAST: &str = "[daemon]\npoll_interval = \"100ms\"\nlease = \"3s\"\nrescue_interval = \"200ms\"\nshutdown_grace = \"5s\"\n";
+/// The local servers playing the providers are on 127.0.0.1: allowed through the egress guard.
+const FAST: &str = "[egress]\nallow = [\"127.0.0.1\"]\n[daemon]\npoll_interval = \"100ms\"\nlease = \"3s\"\nrescue_interval = \"200ms\"\nshutdown_grace = \"5s\"\n";
 
 fn http_job(url: String, max_attempts: i32) -> NewJob {
     NewJob {
@@ -467,7 +468,7 @@ async fn shutdown_after_the_grace_period_releases_jobs_still_running() {
         .mount(&provider)
         .await;
     let mut app =
-        TestApp::running("[daemon]\npoll_interval = \"100ms\"\nshutdown_grace = \"500ms\"\n").await;
+        TestApp::running("[egress]\nallow = [\"127.0.0.1\"]\n[daemon]\npoll_interval = \"100ms\"\nshutdown_grace = \"500ms\"\n").await;
     let id = app
         .enqueue(&http_job(format!("{}/stuck", provider.uri()), 5))
         .await;

@@ -19,11 +19,13 @@ use serde::Deserialize;
 
 mod credentials;
 mod durations;
+mod egress;
 mod providers;
 mod secret_ref;
 
 pub use credentials::*;
 pub use durations::*;
+pub use egress::*;
 pub use providers::*;
 pub use secret_ref::*;
 
@@ -132,6 +134,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Provider credentials and webhook keys.
     pub providers: ProvidersConfig,
+    /// Exceptions to the egress guard for calls to user-controlled URLs.
+    pub egress: EgressConfig,
     /// Encryption at rest: the master key.
     pub secrets: SecretsConfig,
     /// OAuth providers, connect and scheduled token refresh.

@@ -5,8 +5,14 @@
 //! "body": "text" | {json}, "expect_status": 200 | [200, 204], "timeout": "10s"}`.
 //! Without `expect_status` any 2xx succeeds. Failures are classified by
 //! [`crate::providers::http`]: network, timeout, 408, 429 and 5xx retry (honouring
-//! `Retry-After`), other answers are permanent. Must never store or log the response
-//! body or the request headers (they may carry credentials).
+//! `Retry-After`), other answers are permanent.
+//!
+//! The URL is the caller's, so the call goes through the egress guard
+//! ([`crate::providers::egress`]): an internal address (loopback, private, link-local,
+//! metadata...) not named in `[egress] allow` is a permanent `data` error, redirects are
+//! answers (a 3xx fails unless expected), and headers that would change how the request
+//! travels (`Host`, hop-by-hop) are refused with the payload. Must never store or log the
+//! response body or the request headers (they may carry credentials).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,7 +22,24 @@ use serde::Deserialize;
 
 use super::{Attempt, JobContext, JobError, Kind, KindPolicy};
 use crate::error_class::ErrorClass;
+use crate::providers::egress::{self, GuardedClient};
 use crate::providers::http::{error_from_answer, error_from_transport};
+
+/// Headers a caller may not set: `Host` (it would aim the request at another virtual host
+/// than the URL names) and the hop-by-hop headers, which belong to the connection.
+const REFUSED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
 
 /// The `http.request` kind: the request to make.
 #[derive(Debug, Deserialize)]
@@ -71,6 +94,11 @@ fn prepare(p: &HttpRequest) -> Result<Prepared, String> {
     for (name, value) in &p.headers {
         let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("headers: {name:?} is not a valid header name"))?;
+        if REFUSED_HEADERS.contains(&name.as_str()) {
+            return Err(format!(
+                "headers: {name} may not be set (it belongs to the connection, not the request)"
+            ));
+        }
         let value = reqwest::header::HeaderValue::from_str(value)
             .map_err(|_| format!("headers: the value of {name} is not a valid header value"))?;
         headers.insert(name, value);
@@ -109,7 +137,7 @@ fn prepare(p: &HttpRequest) -> Result<Prepared, String> {
 
 impl Kind for HttpRequest {
     const KIND: &'static str = "http.request";
-    type Deps = reqwest::Client;
+    type Deps = GuardedClient;
 
     fn policy() -> KindPolicy {
         KindPolicy {
@@ -122,9 +150,11 @@ impl Kind for HttpRequest {
         prepare(self).map(drop)
     }
 
-    async fn run(self, ctx: &JobContext, client: &reqwest::Client) -> Attempt {
+    async fn run(self, ctx: &JobContext, guarded: &GuardedClient) -> Attempt {
         let req = prepare(&self).map_err(JobError::bad_payload)?;
-        let mut builder = client
+        guarded.policy.check_url(&req.url).map_err(refused)?;
+        let mut builder = guarded
+            .client
             .request(req.method, req.url)
             .headers(req.headers)
             .timeout(req.timeout.unwrap_or(ctx.timeout).min(ctx.call_timeout()));
@@ -137,7 +167,10 @@ impl Kind for HttpRequest {
         let response = builder
             .send()
             .await
-            .map_err(|e| JobError::from(error_from_transport(&e)))?;
+            .map_err(|e| match egress::refusal(&e) {
+                Some(r) => refused(r.clone()),
+                None => JobError::from(error_from_transport(&e)),
+            })?;
         let status = response.status().as_u16();
         let expected = match &req.expect {
             Some(list) => list.contains(&status),
@@ -146,7 +179,17 @@ impl Kind for HttpRequest {
         if expected {
             return Ok(Some(serde_json::json!({ "status": status })));
         }
-        if (200..400).contains(&status) {
+        if (300..400).contains(&status) {
+            return Err(JobError::Fatal {
+                class: ErrorClass::Data,
+                message: format!(
+                    "HTTP {status}: a redirect, and redirects are not followed (call the URL it \
+                     names, or list {status} in expect_status)"
+                ),
+                status: Some(status),
+            });
+        }
+        if (200..300).contains(&status) {
             return Err(JobError::Fatal {
                 class: ErrorClass::Data,
                 message: format!("HTTP {status} is not among the expected statuses"),
@@ -154,6 +197,15 @@ impl Kind for HttpRequest {
             });
         }
         Err(error_from_answer(status, response.headers(), None, Utc::now()).into())
+    }
+}
+
+/// A call the egress guard refused: permanent, whatever the attempt.
+fn refused(r: egress::Refused) -> JobError {
+    JobError::Fatal {
+        class: ErrorClass::Data,
+        message: r.to_string(),
+        status: None,
     }
 }
 
@@ -174,5 +226,10 @@ mod tests {
         assert!(err(json!({"url": "https://x", "expect_status": 42})).contains("expect_status"));
         assert!(err(json!({"url": "https://x", "bogus": 1})).contains("unknown field"));
         assert!(err(json!({"url": "https://x", "headers": {"a b": "c"}})).contains("header"));
+        for refused in ["Host", "connection", "Transfer-Encoding", "Upgrade", "TE"] {
+            let e = err(json!({"url": "https://x", "headers": {refused: "x"}}));
+            assert!(e.contains("may not be set"), "{refused}: {e}");
+        }
+        assert!(prepare(json!({"url": "https://x", "headers": {"X-Hook": "1"}})).is_ok());
     }
 }

@@ -520,7 +520,10 @@ fn builtin_handlers(config: &Config, deps: &Deps) -> Result<Vec<Arc<dyn Handler>
         handler::<stripe_connect::CreateAccountLink>(stripe),
         handler::<posthog_capture::Capture>(posthog),
         handler::<noop::Noop>(()),
-        handler::<http_request::HttpRequest>(deps.http.clone()),
+        handler::<http_request::HttpRequest>(
+            crate::providers::egress::GuardedClient::new(&config.egress, Duration::from_secs(60))
+                .map_err(|e| RegistryError(format!("cannot build the HTTP client: {e}")))?,
+        ),
         handler::<maintenance::Prune>(maintenance::Retention::new(config, deps.pool.clone())),
         handler::<mailgun_event::MailgunEvent>(deps.pool.clone()),
         handler::<sendgrid_event::SendgridEvent>(deps.pool.clone()),

@@ -31,14 +31,23 @@ pub struct CallError {
     pub not_before: Option<DateTime<Utc>>,
 }
 
-/// The one HTTP client of the daemon (rustls, connection pooling). `timeout` bounds a
-/// whole call unless a request sets its own.
+/// The HTTP client of the provider calls (rustls, connection pooling). `timeout` bounds a
+/// whole call unless a request sets its own. Calls to user-given URLs use
+/// [`super::egress::client`] instead.
 pub fn client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    builder(timeout).build()
+}
+
+/// What every client of the daemon shares: rustls, the timeouts, our user agent, and no
+/// redirect followed: a redirect could carry a credentialed call (a `header:NAME` key, an
+/// OAuth client secret in a 307 body) to another host, or aim a call inward. A 3xx is an
+/// answer like any other.
+pub(super) fn builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("penguin-jobs/", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 /// Class and retryability of an HTTP status that is not a success.

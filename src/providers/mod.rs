@@ -4,6 +4,7 @@
 //! success or a classified [`ErrorClass`](crate::error_class::ErrorClass). It must never touch the queue, a job row or
 //! SQL: the retry decision from a class is the runtime's, the storage is `queue/`'s.
 
+pub mod egress;
 pub mod email;
 pub mod http;
 pub mod keys;

@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::support;
 use crate::support::daemon::{config, count, register_kinds, spawn_daemon, wait_for};
 
-const CONFIG: &str = "[daemon]\npoll_interval = \"200ms\"\nlease = \"3s\"\nrescue_interval = \"250ms\"\nshutdown_grace = \"10s\"\n[queues.default]\nconcurrency = 64\n[maintenance]\nprune = false\n[oauth]\nrefresh = false\n[api_keys]\nrotation = false\n";
+const CONFIG: &str = "[egress]\nallow = [\"127.0.0.1\"]\n[daemon]\npoll_interval = \"200ms\"\nlease = \"3s\"\nrescue_interval = \"250ms\"\nshutdown_grace = \"10s\"\n[queues.default]\nconcurrency = 64\n[maintenance]\nprune = false\n[oauth]\nrefresh = false\n[api_keys]\nrotation = false\n";
 
 fn kill(child: &mut Child, signal: &str) {
     let _ = std::process::Command::new("kill")

@@ -25,7 +25,7 @@ const STRIPE_SECRET: &str = "whsec_chaos_0123456789abcdef";
 
 fn daemon_config(port: u16) -> String {
     format!(
-        "[daemon]\nlease = \"5s\"\nrescue_interval = \"500ms\"\nshutdown_grace = \"10s\"\n\
+        "[egress]\nallow = [\"127.0.0.1\"]\n[daemon]\nlease = \"5s\"\nrescue_interval = \"500ms\"\nshutdown_grace = \"10s\"\n\
          [http]\nlisten = \"127.0.0.1:{port}\"\napi_tokens = [\"env:CHAOS_API_TOKEN\"]\n\
          [providers.stripe]\nwebhook_secret = \"env:CHAOS_STRIPE_SECRET\"\n\
          [queues.default]\nconcurrency = 32\n\

@@ -95,7 +95,7 @@ async fn provider() -> FakeProvider {
 fn toml(fake: &FakeProvider, key_file: &std::path::Path) -> String {
     let quick = "{ strategy = \"fixed\", base = \"100ms\", max = \"100ms\", jitter = false }";
     format!(
-        "[daemon]\npoll_interval = \"50ms\"\nlease = \"5s\"\nrescue_interval = \"1s\"\nshutdown_grace = \"5s\"\n\
+        "[egress]\nallow = [\"127.0.0.1\"]\n[daemon]\npoll_interval = \"50ms\"\nlease = \"5s\"\nrescue_interval = \"1s\"\nshutdown_grace = \"5s\"\n\
          [queues.default]\nconcurrency = 50\n\
          [providers.mailgun]\napi_key = \"file:{key}\"\ndomain = \"mg.example.com\"\nbase_url = \"{url}\"\n\
          [providers.mailgun.circuit_breaker]\nfailure_threshold = 10000\n\
