@@ -182,7 +182,8 @@ impl Schedule {
     /// The unique key of one fire's job.
     pub fn unique_key(&self, fire: DateTime<Utc>) -> String {
         format!(
-            "schedule:{}:{}",
+            "{}schedule:{}:{}",
+            crate::queue::RESERVED_KEY_PREFIX,
             self.name,
             fire.to_rfc3339_opts(SecondsFormat::Secs, true)
         )
@@ -648,7 +649,7 @@ mod tests {
         let s = schedule("* * * * *", "UTC");
         assert_eq!(
             s.unique_key(at("2026-11-26T10:00:00Z")),
-            "schedule:test:2026-11-26T10:00:00Z"
+            "penguin:schedule:test:2026-11-26T10:00:00Z"
         );
     }
 }

@@ -285,3 +285,62 @@ async fn claim_indexes_are_partial_over_live_states() {
         "{options:?}"
     );
 }
+
+#[tokio::test]
+async fn a_unique_key_is_held_per_kind_and_tenant_on_every_enqueue_path() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let sql = |kind: &'static str, tenant: Option<&'static str>| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select penguin.enqueue($1, '{\"url\": \"https://example.com/\"}',
+                                        unique_key => 'k', tenant_id => $2::uuid)",
+            )
+            .bind(kind)
+            .bind(tenant)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    const T1: &str = "8d3c1f4e-0000-4000-8000-000000000001";
+    const T2: &str = "8d3c1f4e-0000-4000-8000-000000000002";
+    let noop = sql("noop", None).await;
+    assert_eq!(
+        sql("noop", None).await,
+        noop,
+        "same kind, no tenant: deduplicated"
+    );
+    let other_kind = sql("http.request", None).await;
+    assert_ne!(other_kind, noop, "another kind does not share the key");
+    let t1 = sql("noop", Some(T1)).await;
+    let t2 = sql("noop", Some(T2)).await;
+    assert!(
+        t1 != noop && t2 != noop && t1 != t2,
+        "each tenant holds its own key"
+    );
+    assert_eq!(sql("noop", Some(T1)).await, t1);
+
+    // the Rust batch path agrees with the SQL function
+    let keyed = |kind: &str, tenant: Option<&str>| NewJob {
+        unique_key: Some("k".into()),
+        tenant_id: tenant.map(|t| t.parse().unwrap()),
+        ..NewJob::new(kind, json!({"url": "https://example.com/"}))
+    };
+    let mut conn = db.pool.acquire().await.unwrap();
+    let got = queue::enqueue_many_reporting(
+        &mut conn,
+        &[
+            keyed("noop", None),
+            keyed("http.request", None),
+            keyed("noop", Some(T1)),
+            keyed("noop", Some(T2)),
+        ],
+    )
+    .await
+    .unwrap();
+    let ids: Vec<i64> = got.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [noop, other_kind, t1, t2]);
+    assert!(got.iter().all(|e| !e.created));
+}

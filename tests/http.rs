@@ -13,7 +13,7 @@ use sha2::Sha256;
 use support::app::{Builder, TestApp};
 use support::daemon::config;
 
-const TOKEN: &str = "test-api-token-0123456789";
+const TOKEN: &str = "test-api-token-0123456789-0123456789-0123456789";
 const STRIPE_SECRET: &str = "whsec_test_secret_for_the_shim";
 const MAILGUN_KEY: &str = "mailgun-signing-key-for-tests";
 

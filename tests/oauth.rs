@@ -67,7 +67,7 @@ impl World {
             &providers.get(provider).unwrap(),
             Uuid::new_v4(),
             &self.redirect_uri(provider),
-            Actor::Api,
+            Actor::Api(None),
         )
         .await
         .unwrap();
@@ -87,7 +87,7 @@ impl World {
             &providers.get(provider).unwrap(),
             tenant,
             &self.redirect_uri(provider),
-            Actor::Api,
+            Actor::Api(None),
         )
         .await
         .unwrap();
@@ -312,7 +312,7 @@ async fn an_expired_state_or_a_refused_consent_answers_400_and_enqueues_nothing(
         &p,
         Uuid::new_v4(),
         &w.redirect_uri("acme"),
-        Actor::Api,
+        Actor::Api(None),
     )
     .await
     .unwrap();
@@ -329,7 +329,7 @@ async fn an_expired_state_or_a_refused_consent_answers_400_and_enqueues_nothing(
         &p,
         Uuid::new_v4(),
         &w.redirect_uri("acme"),
-        Actor::Api,
+        Actor::Api(None),
     )
     .await
     .unwrap();

@@ -17,7 +17,7 @@ const MAILGUN_KEY: &str = "key-test-mailgun-0123456789";
 const SENDGRID_KEY: &str = "SG.test-sendgrid-key-0123456789";
 const STRIPE_KEY: &str = "sk_test_stripe_key_0123456789";
 const POSTHOG_KEY: &str = "phc_test_posthog_key_0123456789";
-const API_TOKEN: &str = "test-api-token-for-wait-0123456789";
+const API_TOKEN: &str = "test-api-token-for-wait-0123456789-0123456789";
 
 /// Writes the provider keys and the shim's API token to files in `dir`
 /// (`dir.file_ref("mailgun")`).

@@ -34,7 +34,7 @@ async fn keys(pool: &sqlx::PgPool, name: &str) -> Vec<String> {
     sqlx::query_scalar(
         "select unique_key from penguin.jobs where unique_key like $1 order by unique_key",
     )
-    .bind(format!("schedule:{name}:%"))
+    .bind(format!("penguin:schedule:{name}:%"))
     .fetch_all(pool)
     .await
     .unwrap()
@@ -65,7 +65,7 @@ async fn after_downtime_skip_enqueues_only_the_current_fire() {
     assert_eq!(ids.len(), 1);
     assert_eq!(
         keys(&app.pool, "skip").await,
-        vec!["schedule:skip:2026-01-01T00:00:10Z"]
+        vec!["penguin:schedule:skip:2026-01-01T00:00:10Z"]
     );
     // the same instant again, as a second daemon would see it: nothing more
     assert!(
@@ -93,10 +93,10 @@ async fn after_downtime_catch_up_enqueues_at_most_max_catch_up_missed_fires() {
     assert_eq!(
         keys(&app.pool, "catchup").await,
         vec![
-            "schedule:catchup:2026-01-01T00:00:07Z",
-            "schedule:catchup:2026-01-01T00:00:08Z",
-            "schedule:catchup:2026-01-01T00:00:09Z",
-            "schedule:catchup:2026-01-01T00:00:10Z",
+            "penguin:schedule:catchup:2026-01-01T00:00:07Z",
+            "penguin:schedule:catchup:2026-01-01T00:00:08Z",
+            "penguin:schedule:catchup:2026-01-01T00:00:09Z",
+            "penguin:schedule:catchup:2026-01-01T00:00:10Z",
         ]
     );
 }
@@ -123,7 +123,7 @@ async fn a_paused_schedule_passes_its_fires_over_and_resumes_without_catching_up
         .unwrap();
     assert_eq!(
         keys(&app.pool, "paused").await,
-        vec!["schedule:paused:2026-01-01T00:00:04Z"]
+        vec!["penguin:schedule:paused:2026-01-01T00:00:04Z"]
     );
     let err = scheduler::set_enabled(&app.pool, "nope", false)
         .await
@@ -151,7 +151,7 @@ async fn two_daemons_enqueue_each_tick_of_a_per_second_schedule_exactly_once() {
     let mut b = app.spawn_daemon("b.log");
     // five ticks enqueued (what a 5.5 s window used to allow for)
     app.wait_for(
-        "select count(*) >= 5 from penguin.jobs where unique_key like 'schedule:tick:%'",
+        "select count(*) >= 5 from penguin.jobs where unique_key like 'penguin:schedule:tick:%'",
         Duration::from_secs(30),
         "five ticks of the schedule",
     )
@@ -162,7 +162,7 @@ async fn two_daemons_enqueue_each_tick_of_a_per_second_schedule_exactly_once() {
     let keys = keys(&app.pool, "tick").await;
     let fires: Vec<DateTime<Utc>> = keys
         .iter()
-        .map(|k| at(k.trim_start_matches("schedule:tick:")))
+        .map(|k| at(k.trim_start_matches("penguin:schedule:tick:")))
         .collect();
     assert!(fires.len() >= 4, "a fire per second: {keys:?}");
     // one job per tick, and no tick left out between the first and the last
@@ -371,7 +371,7 @@ async fn a_restart_after_downtime_honours_skip_and_catch_up() {
         .iter()
         .map(|(name, last_before)| {
             format!(
-                "exists (select 1 from penguin.jobs where unique_key like 'schedule:{name}:%' and unique_key > '{}')",
+                "exists (select 1 from penguin.jobs where unique_key like 'penguin:schedule:{name}:%' and unique_key > '{}')",
                 fire_key(name, *last_before)
             )
         })
@@ -394,14 +394,14 @@ async fn a_restart_after_downtime_honours_skip_and_catch_up() {
                                    where unique_key like $1 and unique_key > $2)
               order by unique_key",
         )
-        .bind(format!("schedule:{name}:%"))
+        .bind(format!("penguin:schedule:{name}:%"))
         .bind(fire_key(&name, last_before))
         .fetch_all(&app.pool)
         .await
         .unwrap();
         let expected = if name == "catcher" { 3 } else { 1 };
         assert_eq!(first_pass.len(), expected, "{name}: {first_pass:?}");
-        let first = at(first_pass[0].trim_start_matches(&format!("schedule:{name}:")));
+        let first = at(first_pass[0].trim_start_matches(&format!("penguin:schedule:{name}:")));
         assert!(
             first - last_before >= chrono::Duration::seconds(2),
             "{name}: the missed fires before the catch-up window were not enqueued: {first_pass:?} after {last_before}"
@@ -412,7 +412,7 @@ async fn a_restart_after_downtime_honours_skip_and_catch_up() {
 /// The unique key of schedule `name`'s fire at `at`.
 fn fire_key(name: &str, at: DateTime<Utc>) -> String {
     format!(
-        "schedule:{name}:{}",
+        "penguin:schedule:{name}:{}",
         at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     )
 }

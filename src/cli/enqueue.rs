@@ -1,5 +1,7 @@
 //! `enqueue`: one job from the shell, checked against the built-in kinds before it is
-//! written.
+//! written. Internal kinds (credentials, maintenance, webhook events) and unique keys
+//! under the daemon's reserved prefix are refused: the daemon enqueues those itself, and
+//! the commands that act on credentials (`keys`, `oauth`) record who asked.
 
 use super::*;
 
@@ -26,7 +28,8 @@ pub struct EnqueueArgs {
     /// Attempts before dead-lettering (default: the kind's).
     #[arg(long)]
     pub max_attempts: Option<i32>,
-    /// At most one live job per key; prints the live job's id if one exists.
+    /// At most one live job of this kind and tenant per key; prints the live job's id if
+    /// one exists. Keys starting with "penguin:" are the daemon's own.
     #[arg(long)]
     pub unique_key: Option<String>,
     /// Tenant (UUID).
@@ -57,7 +60,16 @@ pub(super) async fn enqueue(config: &Config, args: EnqueueArgs) -> anyhow::Resul
         unique_key: args.unique_key,
         tenant_id: args.tenant,
     };
-    registry(config)?.check(&job)?;
+    let kinds = registry(config)?;
+    if kinds.internal(&job.kind) == Some(true) {
+        anyhow::bail!(
+            "{} is an internal kind: the daemon enqueues it (schedules, sweeps, webhooks); use \
+             the command made for it (keys, oauth) instead",
+            job.kind
+        );
+    }
+    job.check_caller_key().map_err(anyhow::Error::msg)?;
+    kinds.check(&job)?;
     let (pool, _) = connect(config, Embedded::Attach).await?;
     let id = queue::enqueue(&pool, &job).await.map_err(user_error)?;
     println!("{id}");

@@ -38,6 +38,11 @@ macro_rules! each_secret_ref {
         for r in config.http.api_tokens.$iter() {
             f("http.api_tokens".to_string(), r);
         }
+        for (name, t) in config.http.tokens.$iter() {
+            if let Some(r) = t.secret.$as() {
+                f(format!("http.tokens.{name}.secret"), r);
+            }
+        }
         if let Some(m) = config.providers.mailgun.$as() {
             if let Some(r) = m.webhook_signing_key.$as() {
                 f("providers.mailgun.webhook_signing_key".to_string(), r);
@@ -151,9 +156,12 @@ pub struct HttpConfig {
     /// Address the shim listens on.
     #[serde(deserialize_with = "listen_address")]
     pub listen: std::net::SocketAddr,
-    /// Bearer tokens accepted by `POST /v1/jobs`, each `"env:NAME"` or `"file:PATH"`.
-    /// Empty: `/v1/jobs` answers 401 to everyone.
+    /// Bearer tokens accepted by `/v1/jobs`, each `"env:NAME"` or `"file:PATH"`: each may
+    /// enqueue and read every public kind, for any tenant. Empty, and no `tokens`: `/v1/jobs`
+    /// answers 401 to everyone.
     pub api_tokens: Vec<SecretRef>,
+    /// Named tokens with scopes, `[http.tokens.NAME]`.
+    pub tokens: BTreeMap<String, TokenConfig>,
     /// Largest request body in bytes; larger requests get 413.
     pub max_body: usize,
 }
@@ -163,9 +171,25 @@ impl Default for HttpConfig {
         Self {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_tokens: Vec::new(),
+            tokens: BTreeMap::new(),
             max_body: 1024 * 1024,
         }
     }
+}
+
+/// `[http.tokens.NAME]`: a bearer token limited to some kinds and, optionally, one tenant.
+/// The audit log and the logs name its holder `api:NAME`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// The token itself, `"env:NAME"` or `"file:PATH"` (required).
+    pub secret: Option<SecretRef>,
+    /// The kinds it may enqueue and read. Unset: every public kind. Internal kinds
+    /// (`apikey.*`, `oauth.*`, `maintenance.prune`, the webhook event kinds) only when named.
+    pub kinds: Option<Vec<String>>,
+    /// The one tenant it enqueues for and reads: a job without `tenant_id` gets it, a job
+    /// for another tenant is refused (403), another tenant's job is not found (404).
+    pub tenant: Option<uuid::Uuid>,
 }
 
 /// `[database]`.
@@ -563,6 +587,20 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.http.max_body < 1024 || self.http.max_body > 64 * 1024 * 1024 {
             return invalid("http.max_body must be between 1024 and 67108864 bytes".into());
+        }
+        for (name, token) in &self.http.tokens {
+            check_name("http.tokens", name)?;
+            if token.secret.is_none() {
+                return invalid(format!(
+                    "http.tokens.{name}.secret: give the token as \"env:NAME\" or \"file:PATH\""
+                ));
+            }
+            if token.kinds.as_ref().is_some_and(Vec::is_empty) {
+                return invalid(format!(
+                    "http.tokens.{name}.kinds: name at least one kind, or leave it out for every \
+                     public kind"
+                ));
+            }
         }
         Ok(())
     }

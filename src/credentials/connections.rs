@@ -232,7 +232,7 @@ pub async fn fail_exchange(
         &mut *tx,
         &AuditEvent {
             event: AuditAction::ExchangeFailed,
-            actor: Actor::Api,
+            actor: Actor::Api(None),
             subject_type: Subject::OauthState,
             subject_id: Some(state.id.to_string()),
             tenant_id: Some(state.tenant_id),
@@ -343,7 +343,7 @@ pub async fn end_failed_refresh(
     let id = connection_id;
     let entry = |event| AuditEvent {
         event,
-        actor,
+        actor: actor.clone(),
         subject_type: Subject::OauthConnection,
         subject_id: Some(id.to_string()),
         tenant_id: Some(claim.tenant_id),

@@ -211,7 +211,7 @@ async fn activate_in(
         &mut *tx,
         &key_event(
             AuditAction::KeyActivated,
-            actor,
+            actor.clone(),
             id,
             provider,
             true,
@@ -225,7 +225,7 @@ async fn activate_in(
             &mut *tx,
             &NewJob {
                 run_at: Some(at),
-                unique_key: Some(format!("{REVOKE}:{old}")),
+                unique_key: Some(crate::queue::reserved_key(format!("{REVOKE}:{old}"))),
                 ..NewJob::new(
                     REVOKE,
                     serde_json::json!({ "key_id": old, "actor": actor.as_str() }),
@@ -262,7 +262,7 @@ pub async fn set_key(
         &mut *tx,
         &key_event(
             AuditAction::Stored,
-            actor,
+            actor.clone(),
             id,
             provider,
             true,
@@ -319,7 +319,9 @@ pub async fn stage_key(
 /// The job that rotates `provider`'s key in `environment` now (unique per pair).
 pub fn rotation_job(provider: &str, environment: &str, actor: Actor) -> NewJob {
     NewJob {
-        unique_key: Some(format!("{ROTATE}:{provider}:{environment}")),
+        unique_key: Some(crate::queue::reserved_key(format!(
+            "{ROTATE}:{provider}:{environment}"
+        ))),
         ..NewJob::new(
             ROTATE,
             serde_json::json!({ "provider": provider, "environment": environment, "actor": actor.as_str() }),

@@ -105,31 +105,39 @@ stored_words! {
 }
 
 /// Who caused a credential event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     Cli,
     Schedule,
-    Api,
+    /// A request to the shim: `None` for the OAuth flow's own routes, else the name of the
+    /// bearer token that enqueued the job (stored as `api:NAME`).
+    Api(Option<String>),
 }
 
 impl Actor {
-    /// The stored string.
-    pub fn as_str(self) -> &'static str {
+    /// The stored string: `cli`, `schedule`, `api` or `api:TOKEN`.
+    pub fn as_str(&self) -> std::borrow::Cow<'static, str> {
         match self {
-            Actor::Cli => "cli",
-            Actor::Schedule => "schedule",
-            Actor::Api => "api",
+            Actor::Cli => "cli".into(),
+            Actor::Schedule => "schedule".into(),
+            Actor::Api(None) => "api".into(),
+            Actor::Api(Some(token)) => format!("api:{token}").into(),
         }
     }
 
-    /// Parses the stored string (job payloads carry it).
+    /// Parses the stored string (job payloads of internal kinds carry it; the shim sets it
+    /// from the token, never from the caller's payload).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "cli" => Some(Actor::Cli),
             "schedule" => Some(Actor::Schedule),
-            "api" => Some(Actor::Api),
-            _ => None,
+            "api" => Some(Actor::Api(None)),
+            _ => {
+                let token = s.strip_prefix("api:")?;
+                let plain = |c: char| c.is_ascii_alphanumeric() || "_-.[]".contains(c);
+                (!token.is_empty() && token.len() <= 80 && token.chars().all(plain))
+                    .then(|| Actor::Api(Some(token.to_string())))
+            }
         }
     }
 }

@@ -217,4 +217,7 @@ impl<H: ?Sized + crate::jobs::Describe> crate::http::EnqueueCheck for crate::job
     fn check(&self, job: &crate::queue::NewJob) -> Result<(), String> {
         crate::jobs::Catalog::check(self, job).map_err(|e| e.to_string())
     }
+    fn internal(&self, kind: &str) -> Option<bool> {
+        crate::jobs::Catalog::internal(self, kind)
+    }
 }

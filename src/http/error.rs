@@ -21,6 +21,8 @@ pub enum ApiError {
     Forged(String),
     /// 400: a body that cannot be read as the provider's format.
     Malformed(String),
+    /// 403: a valid token that may not do this (another kind, another tenant).
+    Forbidden(String),
     /// 404.
     NotFound(String),
     /// 422: a well-formed request the queue cannot take (unknown kind, bad field).
@@ -40,6 +42,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized | ApiError::Forged(_) => StatusCode::UNAUTHORIZED,
             ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -54,6 +57,7 @@ impl ApiError {
             ApiError::Unauthorized => "missing or invalid bearer token",
             ApiError::Forged(m)
             | ApiError::Malformed(m)
+            | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::Invalid(m)
             | ApiError::UnsupportedMediaType(m)

@@ -17,6 +17,7 @@ pub mod error;
 pub mod filters;
 pub mod ingest;
 pub mod oauth;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,7 +33,7 @@ use axum::{Json, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sqlx::PgPool;
-use subtle::ConstantTimeEq;
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, SecretRef, WebhookFilter};
@@ -69,6 +70,9 @@ struct Keys {
 pub trait EnqueueCheck: Send + Sync {
     /// `Err` names what is wrong; it is answered 422.
     fn check(&self, job: &NewJob) -> Result<(), String>;
+    /// `Some(true)` for a kind only the daemon enqueues unless a token names it,
+    /// `Some(false)` for a public kind, `None` for an unknown kind.
+    fn internal(&self, kind: &str) -> Option<bool>;
 }
 
 /// What the handlers share.
@@ -78,7 +82,7 @@ pub struct AppState {
     /// For `wait`, `GET /v1/jobs/{id}` (reads) and the OAuth callback's single statement
     /// (state check and enqueue); webhook and job writes go through `ingest`.
     pool: PgPool,
-    tokens: Arc<Vec<SecretString>>,
+    tokens: Arc<tokens::Tokens>,
     keys: Arc<Keys>,
     ingest: Ingest,
     /// Unix seconds now; a function so tests can move the clock.
@@ -94,12 +98,7 @@ impl AppState {
         pool: PgPool,
         kinds: Arc<dyn EnqueueCheck>,
     ) -> Result<Self, HttpError> {
-        let tokens = config
-            .http
-            .api_tokens
-            .iter()
-            .map(SecretRef::resolve)
-            .collect::<Result<Vec<_>, _>>()?;
+        let tokens = tokens::Tokens::from_config(config, &*kinds)?;
         let p = &config.providers;
         let secret = |r: Option<&SecretRef>| r.map(SecretRef::resolve).transpose();
         let sendgrid = match secret(
@@ -202,25 +201,6 @@ pub async fn serve_on(
         })
 }
 
-fn bearer_ok(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    // compare against every token, in constant time per token
-    let mut ok = subtle::Choice::from(0);
-    for t in state.tokens.iter() {
-        let expected = t.expose_secret().as_bytes();
-        if expected.len() == token.len() {
-            ok |= expected.ct_eq(token.as_bytes());
-        }
-    }
-    ok.into()
-}
-
 /// A body declared as anything but JSON (`application/json`, `application/*+json`) is
 /// refused with 415; a body without a `Content-Type` is read as JSON.
 fn json_or_undeclared(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -249,7 +229,8 @@ fn json_or_undeclared(headers: &HeaderMap) -> Result<(), ApiError> {
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `POST /v1/jobs`: 202 `{"id"}` for a new job, 200 `{"id"}` for the live job holding the
-/// same unique key, 401 without a valid token, 422 for an unknown kind or a bad payload.
+/// same unique key, 401 without a valid token, 403 for a kind or tenant outside the token's
+/// scope ([`tokens`]), 422 for an unknown kind, a bad payload or a reserved unique key.
 /// With `"wait": "10s"` (at most 60 s), the answer comes once the job is final: 200 with
 /// its state and result; or at the timeout: 202 with its id and current state, to poll at
 /// `GET /v1/jobs/{id}`.
@@ -258,19 +239,24 @@ async fn create_job(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !bearer_ok(&state, &headers) {
-        return Err(ApiError::Unauthorized);
-    }
+    let token = state
+        .tokens
+        .authenticate(&headers)
+        .ok_or(ApiError::Unauthorized)?;
     json_or_undeclared(&headers)?;
     let body = body?;
     let mut value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::Invalid(format!("invalid job: {e}")))?;
     let wait = take_wait(&mut value)?;
-    let job: NewJob = serde_json::from_value(value)
+    let mut job: NewJob = serde_json::from_value(value)
         .map_err(|e| ApiError::Invalid(format!("invalid job: {e}")))?;
     // names the field at fault, NUL and lengths the database would refuse included
     job.validate()
         .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    token.scope(&*state.kinds, &mut job)?;
+    if state.kinds.internal(&job.kind) == Some(true) {
+        set_actor(&mut job, token)?;
+    }
     state.kinds.check(&job).map_err(ApiError::Invalid)?;
     let Done::Job(enqueued) = state.ingest.submit(Work::Job(job)).await? else {
         return Err(ApiError::Internal);
@@ -305,6 +291,21 @@ async fn create_job(
     )
 }
 
+/// An internal kind's payload names who asked for it (the audit log records it): over
+/// HTTP that is the token, `api:NAME`, and a payload that names someone is refused.
+fn set_actor(job: &mut NewJob, token: &tokens::ApiToken) -> Result<(), ApiError> {
+    let Some(fields) = job.payload.as_object_mut() else {
+        return Ok(());
+    };
+    if fields.contains_key("actor") {
+        return Err(ApiError::Invalid(
+            "payload.actor: set by the daemon from the bearer token, not by the caller".into(),
+        ));
+    }
+    fields.insert("actor".into(), token.actor().into());
+    Ok(())
+}
+
 /// Removes `"wait"` from a job request: `None` when absent or null, else a duration of at
 /// most [`MAX_WAIT`].
 fn take_wait(value: &mut serde_json::Value) -> Result<Option<std::time::Duration>, ApiError> {
@@ -330,21 +331,26 @@ fn status_json(s: &crate::queue::JobStatus) -> serde_json::Value {
 }
 
 /// `GET /v1/jobs/{id}`: the job's state, result and errors (`dead` once dead-lettered);
-/// 404 when no job or dead letter has this id.
+/// 404 when no job or dead letter has this id, or when the job is outside the token's
+/// scope (another tenant's, a kind the token may not use).
 async fn show_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !bearer_ok(&state, &headers) {
-        return Err(ApiError::Unauthorized);
-    }
+    let token = state
+        .tokens
+        .authenticate(&headers)
+        .ok_or(ApiError::Unauthorized)?;
     let Ok(id) = id.parse::<i64>() else {
         return Err(ApiError::NotFound("job ids are integers".into()));
     };
     match crate::queue::job_status(&state.pool, id).await {
-        Ok(Some(s)) => Ok((StatusCode::OK, Json(status_json(&s))).into_response()),
-        Ok(None) => Err(ApiError::NotFound(format!("no job {id}"))),
+        // another tenant's job, or a kind the token may not use, does not exist for it
+        Ok(Some(s)) if token.may_read(&*state.kinds, &s.kind, s.tenant_id) => {
+            Ok((StatusCode::OK, Json(status_json(&s))).into_response())
+        }
+        Ok(_) => Err(ApiError::NotFound(format!("no job {id}"))),
         Err(e) => Err(IngestError::from(e).into()),
     }
 }

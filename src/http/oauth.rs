@@ -86,7 +86,9 @@ pub async fn callback(
         |state_id, tenant| {
             code_kept.map(|_| NewJob {
                 tenant_id: Some(tenant),
-                unique_key: Some(format!("{EXCHANGE_KIND}:{state_id}")),
+                unique_key: Some(crate::queue::reserved_key(format!(
+                    "{EXCHANGE_KIND}:{state_id}"
+                ))),
                 ..NewJob::new(EXCHANGE_KIND, serde_json::json!({ "state_id": state_id }))
             })
         },

@@ -127,6 +127,7 @@ fn actor(a: &Option<String>) -> Result<Actor, String> {
 
 impl Kind for Rotate {
     const KIND: &'static str = ROTATE;
+    const INTERNAL: bool = true;
     type Deps = KeyDeps;
 
     fn policy() -> KindPolicy {
@@ -249,7 +250,7 @@ impl Rotation<'_> {
             self.env,
             &key,
             provider_key_id.as_deref(),
-            self.actor,
+            self.actor.clone(),
         )
         .await?;
         Ok(ActiveKey { id, version, key })
@@ -277,7 +278,7 @@ impl Rotation<'_> {
             provider,
             env,
             &e.message,
-            self.actor,
+            self.actor.clone(),
         )
         .await?;
         self.alert(AlertKind::ApikeyTestFailed, new_id, message.clone())
@@ -297,7 +298,7 @@ impl Rotation<'_> {
             provider,
             env,
             self.deps.config.overlap,
-            self.actor,
+            self.actor.clone(),
         )
         .await?;
         tracing::info!(provider, environment = env, key = %new_id, version = new_version, "API key rotated");
@@ -311,6 +312,7 @@ impl Rotation<'_> {
 
 impl Kind for Revoke {
     const KIND: &'static str = REVOKE;
+    const INTERNAL: bool = true;
     type Deps = KeyDeps;
 
     fn policy() -> KindPolicy {
@@ -392,7 +394,7 @@ pub async fn sweep(pool: &PgPool) -> Result<usize, queue::Error> {
             .await?
             .into_iter()
             .map(|(id, _)| NewJob {
-                unique_key: Some(format!("{REVOKE}:{id}")),
+                unique_key: Some(crate::queue::reserved_key(format!("{REVOKE}:{id}"))),
                 ..NewJob::new(REVOKE, serde_json::json!({ "key_id": id }))
             }),
     );
@@ -406,6 +408,7 @@ pub async fn sweep(pool: &PgPool) -> Result<usize, queue::Error> {
 
 impl Kind for Sweep {
     const KIND: &'static str = SWEEP;
+    const INTERNAL: bool = true;
     type Deps = KeyDeps;
 
     fn policy() -> KindPolicy {

@@ -32,6 +32,7 @@ pub struct MailgunEvent(InboundEventRef);
 
 impl Kind for MailgunEvent {
     const KIND: &'static str = crate::kind_names::MAILGUN_EVENT;
+    const INTERNAL: bool = true;
     type Deps = PgPool;
 
     fn policy() -> KindPolicy {

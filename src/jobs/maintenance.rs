@@ -43,6 +43,7 @@ impl Retention {
 
 impl Kind for Prune {
     const KIND: &'static str = crate::scheduler::PRUNE;
+    const INTERNAL: bool = true;
     type Deps = Retention;
 
     fn policy() -> KindPolicy {

@@ -180,6 +180,30 @@ mod kind_name_tests {
             assert!(kinds.get(name).is_some(), "{name} is not a built-in kind");
         }
     }
+    /// Kinds are public unless they set `Kind::INTERNAL`, and every plain API token may
+    /// enqueue a public kind: this list makes a new public kind a decision.
+    #[test]
+    fn only_the_kinds_a_backend_sends_are_public() {
+        let kinds = super::Kinds::builtin(&crate::config::Config::default()).unwrap();
+        let public: Vec<_> = kinds
+            .kinds()
+            .into_iter()
+            .filter(|k| kinds.internal(k) == Some(false))
+            .collect();
+        assert_eq!(
+            public,
+            [
+                "http.request",
+                "mailgun.send",
+                "noop",
+                "posthog.capture",
+                "sendgrid.send",
+                "stripe.account.create",
+                "stripe.account_link.create"
+            ]
+        );
+        assert_eq!(kinds.internal("no.such.kind"), None);
+    }
 }
 
 #[cfg(test)]
@@ -265,6 +289,10 @@ pub type Attempt = Result<Option<serde_json::Value>, JobError>;
 pub trait Kind: serde::de::DeserializeOwned + Send + 'static {
     /// The stable kind string (`noop`, `http.request`, ...).
     const KIND: &'static str;
+    /// Enqueued by the daemon itself (schedules, sweeps, webhooks, CLI commands): a
+    /// caller over HTTP or the CLI's `enqueue` may enqueue it only with a token that names
+    /// it. Credential, maintenance and webhook-event kinds are internal.
+    const INTERNAL: bool = false;
     /// What an attempt needs besides its payload, built once with the registry.
     type Deps: Send + Sync + 'static;
     /// Built-in policy, before `[kinds."KIND"]` overrides.
@@ -302,6 +330,10 @@ pub trait Describe: Send + Sync + 'static {
     }
     /// Checks a payload at enqueue time; the message says what is wrong.
     fn validate(&self, payload: &serde_json::Value) -> Result<(), String>;
+    /// [`Kind::INTERNAL`].
+    fn internal(&self) -> bool {
+        false
+    }
 }
 
 /// One kind's code, as the runtime calls it.
@@ -314,6 +346,7 @@ pub trait Handler: Describe {
 #[derive(Clone, Copy)]
 pub struct KindInfo {
     kind: &'static str,
+    internal: bool,
     policy: fn() -> KindPolicy,
     check: fn(&serde_json::Value) -> Result<(), String>,
 }
@@ -323,6 +356,7 @@ impl KindInfo {
     pub const fn of<K: Kind>() -> Self {
         Self {
             kind: K::KIND,
+            internal: K::INTERNAL,
             policy: K::policy,
             check: check::<K>,
         }
@@ -342,6 +376,9 @@ impl Describe for KindInfo {
     }
     fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
         (self.check)(payload)
+    }
+    fn internal(&self) -> bool {
+        self.internal
     }
 }
 
@@ -365,6 +402,9 @@ impl<K: Kind> Describe for Typed<K> {
     }
     fn validate(&self, payload: &serde_json::Value) -> Result<(), String> {
         check::<K>(payload)
+    }
+    fn internal(&self) -> bool {
+        K::INTERNAL
     }
 }
 
@@ -665,6 +705,11 @@ impl<H: ?Sized + Describe> Catalog<H> {
                 }
             })
             .collect()
+    }
+
+    /// `Some(internal)` ([`Kind::INTERNAL`]) for a known kind, `None` for an unknown one.
+    pub fn internal(&self, kind: &str) -> Option<bool> {
+        self.entries.get(kind).map(|(item, _)| item.internal())
     }
 
     /// Checks a job before it is enqueued from Rust, the CLI or HTTP.

@@ -147,6 +147,7 @@ impl TryFrom<serde_json::Value> for Exchange {
 
 impl Kind for Exchange {
     const KIND: &'static str = EXCHANGE;
+    const INTERNAL: bool = true;
     type Deps = OAuthDeps;
 
     fn policy() -> KindPolicy {
@@ -263,7 +264,7 @@ impl Exchanging<'_> {
             &keyring,
             &connection,
             AuditAction::Exchanged,
-            Actor::Api,
+            Actor::Api(None),
         )
         .await
         .map_err(|e| Redeem::Retry(e.into()))
@@ -331,6 +332,7 @@ impl TryFrom<serde_json::Value> for Refresh {
 
 impl Kind for Refresh {
     const KIND: &'static str = REFRESH;
+    const INTERNAL: bool = true;
     type Deps = OAuthDeps;
 
     fn policy() -> KindPolicy {
@@ -409,8 +411,15 @@ impl Ended<'_> {
             expires_at: tokens.expires_at,
             scopes: tokens.scopes.as_deref(),
         };
-        if !connections::store_refreshed(self.pool, keyring, id, self.claim, &refreshed, self.actor)
-            .await?
+        if !connections::store_refreshed(
+            self.pool,
+            keyring,
+            id,
+            self.claim,
+            &refreshed,
+            self.actor.clone(),
+        )
+        .await?
         {
             // another refresh took over after ours was considered dead
             return Ok(Some(
@@ -426,6 +435,15 @@ impl Ended<'_> {
         })))
     }
 
+    /// Ends the refresh with `message`: back to `active`, or `reauth_required` with an
+    /// alert when `reauthorize`.
+    async fn end_refresh(&self, message: &str, reauthorize: bool) -> Result<(), JobError> {
+        let actor = self.actor.clone();
+        connections::end_failed_refresh(self.pool, self.id, self.claim, actor, message, reauthorize)
+            .await?;
+        Ok(())
+    }
+
     /// Back to `active` with the error; the job retries (or dead-letters, if `error` is fatal).
     async fn retry(&self, error: JobError) -> Attempt {
         let message = match &error {
@@ -435,17 +453,13 @@ impl Ended<'_> {
             JobError::Cancel { message } => message.clone(),
             JobError::Snooze { .. } => String::new(),
         };
-        connections::end_failed_refresh(
-            self.pool, self.id, self.claim, self.actor, &message, false,
-        )
-        .await?;
+        self.end_refresh(&message, false).await?;
         Err(error)
     }
 
     /// `reauth_required`, an alert, and a dead letter: only the tenant can fix this.
     async fn permanent(&self, message: String, class: ErrorClass) -> Attempt {
-        connections::end_failed_refresh(self.pool, self.id, self.claim, self.actor, &message, true)
-            .await?;
+        self.end_refresh(&message, true).await?;
         tracing::warn!(
             provider = %self.claim.provider, connection = %self.id, error = %message,
             "oauth grant unusable: connection needs re-authorization"
@@ -477,7 +491,7 @@ pub async fn sweep(pool: &PgPool, ahead: Duration) -> Result<usize, queue::Error
     let jobs: Vec<NewJob> = due
         .into_iter()
         .map(|(id, tenant)| NewJob {
-            unique_key: Some(format!("{REFRESH}:{id}")),
+            unique_key: Some(crate::queue::reserved_key(format!("{REFRESH}:{id}"))),
             tenant_id: Some(tenant),
             ..NewJob::new(REFRESH, serde_json::json!({ "connection_id": id }))
         })
@@ -489,6 +503,7 @@ pub async fn sweep(pool: &PgPool, ahead: Duration) -> Result<usize, queue::Error
 
 impl Kind for Sweep {
     const KIND: &'static str = SWEEP;
+    const INTERNAL: bool = true;
     type Deps = OAuthDeps;
 
     fn policy() -> KindPolicy {

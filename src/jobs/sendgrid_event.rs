@@ -30,6 +30,7 @@ pub struct SendgridEvent(InboundEventRef);
 
 impl Kind for SendgridEvent {
     const KIND: &'static str = crate::kind_names::SENDGRID_EVENT;
+    const INTERNAL: bool = true;
     type Deps = PgPool;
 
     fn policy() -> KindPolicy {

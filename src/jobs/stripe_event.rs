@@ -37,6 +37,7 @@ pub struct StripeEvent(InboundEventRef);
 
 impl Kind for StripeEvent {
     const KIND: &'static str = crate::kind_names::STRIPE_EVENT;
+    const INTERNAL: bool = true;
     type Deps = PgPool;
 
     fn policy() -> KindPolicy {

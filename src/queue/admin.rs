@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::state::{finished_states, live_states};
+use super::state::{finished_states, key_holder_target, live_states, same_tenant};
 use super::{DeadLetter, Error, Job, JobState};
 
 /// Filters of `jobs list`.
@@ -72,6 +72,8 @@ pub struct JobStatus {
     pub dead_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<uuid::Uuid>,
 }
 
 impl JobStatus {
@@ -87,11 +89,11 @@ impl JobStatus {
 pub async fn job_status(pool: &PgPool, id: i64) -> Result<Option<JobStatus>, Error> {
     Ok(sqlx::query_as(
         "(select id, kind, state, attempt, max_attempts, result, errors,
-                 null::text as dead_reason, created_at, finished_at
+                 null::text as dead_reason, created_at, finished_at, tenant_id
             from penguin.jobs where id = $1)
          union all
          (select job_id, kind, 'dead', attempt, max_attempts, null::jsonb, errors, reason,
-                 created_at, dead_at
+                 created_at, dead_at, tenant_id
             from penguin.dead_letters where job_id = $1
            order by dead_at desc limit 1)
          limit 1",
@@ -305,7 +307,7 @@ async fn replay_batch(
         let inserted: Option<i64> = sqlx::query_scalar(
             concat!("insert into penguin.jobs (queue, kind, payload, state, priority, max_attempts, unique_key, tenant_id)
              values ($1, $2, $3, 'available', $4, $5, $6, $7)
-             on conflict (unique_key)
+             on conflict ", key_holder_target!(), "
                  where unique_key is not null and state in ", live_states!(), "
                  do nothing
              returning id"),
@@ -323,10 +325,14 @@ async fn replay_batch(
             Some(id) => id,
             None => {
                 sqlx::query_scalar(concat!(
-                    "select id from penguin.jobs where unique_key = $1
-                   and state in ",
+                    "select id from penguin.jobs
+                     where kind = $1 and ",
+                    same_tenant!("tenant_id", "$2::uuid"),
+                    " and unique_key = $3 and state in ",
                     live_states!()
                 ))
+                .bind(&letter.kind)
+                .bind(letter.tenant_id)
                 .bind(&letter.unique_key)
                 .fetch_one(&mut *tx)
                 .await?

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
 
 use super::Error;
-use super::state::live_states;
+use super::state::{key_holder_target, live_states, same_tenant};
 
 /// A job to insert. `None` fields take the kind's defaults from `penguin.kinds`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -29,7 +29,8 @@ pub struct NewJob {
     pub priority: Option<i16>,
     #[serde(default)]
     pub max_attempts: Option<i32>,
-    /// At most one live job per key; enqueueing again returns the live job's id.
+    /// At most one live job per key, kind and tenant; enqueueing again returns the live
+    /// job's id. Keys starting with [`RESERVED_KEY_PREFIX`] are the daemon's own.
     #[serde(default)]
     pub unique_key: Option<String>,
     #[serde(default)]
@@ -42,7 +43,29 @@ pub const MAX_QUEUE: usize = 200;
 /// Longest unique key accepted, in bytes (a btree entry must stay under 2.7 kB).
 pub const MAX_UNIQUE_KEY: usize = 1000;
 
+/// The prefix of the unique keys of the daemon's own jobs (schedule fires, key rotations,
+/// token refreshes, OAuth exchanges). Callers from outside (HTTP, the CLI's `enqueue`) may
+/// not use it: [`NewJob::check_caller_key`].
+pub const RESERVED_KEY_PREFIX: &str = "penguin:";
+
+/// `rest` under [`RESERVED_KEY_PREFIX`]: a unique key of the daemon's own.
+pub fn reserved_key(rest: impl std::fmt::Display) -> String {
+    format!("{RESERVED_KEY_PREFIX}{rest}")
+}
+
 impl NewJob {
+    /// Refuses a unique key under [`RESERVED_KEY_PREFIX`]: for jobs that come from outside
+    /// the daemon, so that no caller can take the key of a job the daemon will enqueue.
+    pub fn check_caller_key(&self) -> Result<(), String> {
+        match &self.unique_key {
+            Some(k) if k.starts_with(RESERVED_KEY_PREFIX) => Err(format!(
+                "unique_key: keys starting with {RESERVED_KEY_PREFIX:?} are reserved for the \
+                 daemon's own jobs"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// A job of `kind` with `payload` and every other field defaulted.
     pub fn new(kind: impl Into<String>, payload: serde_json::Value) -> Self {
         Self {
@@ -185,7 +208,7 @@ const ENQUEUE_WITH_KEYS_SQL: &str = concat!("with input as materialized (
                     priority, max_attempts, run_at, unique_key, tenant_id
              from input
              order by ord
-             on conflict (unique_key)
+             on conflict ", key_holder_target!(), "
                  where unique_key is not null
                    and state in ", live_states!(), "
                  do nothing
@@ -194,7 +217,9 @@ const ENQUEUE_WITH_KEYS_SQL: &str = concat!("with input as materialized (
          select i.ord, coalesce(
                     ins.id,
                     (select j.id from penguin.jobs j
-                     where j.unique_key = i.unique_key
+                     where j.kind = i.kind
+                       and ", same_tenant!("j.tenant_id", "i.tenant_id"), "
+                       and j.unique_key = i.unique_key
                        and j.state in ", live_states!(), ")),
                 ins.id is not null
          from input i left join inserted ins on ins.id = i.id
@@ -240,10 +265,14 @@ pub async fn enqueue_many_reporting(
             None => {
                 let job = &jobs[(ord - 1) as usize];
                 let held: Option<i64> = sqlx::query_scalar(concat!(
-                    "select id from penguin.jobs where unique_key = $1
-                       and state in ",
+                    "select id from penguin.jobs
+                     where kind = $1 and ",
+                    same_tenant!("tenant_id", "$2::uuid"),
+                    " and unique_key = $3 and state in ",
                     live_states!()
                 ))
+                .bind(&job.kind)
+                .bind(job.tenant_id)
                 .bind(&job.unique_key)
                 .fetch_optional(&mut *conn)
                 .await?;

@@ -28,7 +28,10 @@ pub use claim::{
     release,
 };
 pub use daemons::{WaitingKind, register_daemon, unregister_daemon, waiting_kinds};
-pub use enqueue::{Enqueued, NewJob, enqueue, enqueue_many, enqueue_many_reporting};
+pub use enqueue::{
+    Enqueued, NewJob, RESERVED_KEY_PREFIX, enqueue, enqueue_many, enqueue_many_reporting,
+    reserved_key,
+};
 pub use inbound::{NewInboundEvent, ReplayToken, remember_replay_tokens, store_inbound};
 pub use outcome::{
     DeadReason, ErrorEntry, FlushCounts, Outcome, bury_unwritable, write_outcomes,

@@ -85,6 +85,30 @@ macro_rules! live_states {
 }
 pub(crate) use live_states;
 
+/// The conflict target of `penguin.jobs_unique_key_idx` (migration 0017): a unique key is
+/// held per kind and tenant (no tenant counts as one tenant of its own).
+macro_rules! key_holder_target {
+    () => {
+        "(kind, coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid), unique_key)"
+    };
+}
+pub(crate) use key_holder_target;
+
+/// SQL true when tenant columns or values `$a` and `$b` are the same tenant (both none
+/// included), written as the unique index's expression so that the index serves it.
+macro_rules! same_tenant {
+    ($a:literal, $b:literal) => {
+        concat!(
+            "coalesce(",
+            $a,
+            ", '00000000-0000-0000-0000-000000000000'::uuid) = coalesce(",
+            $b,
+            ", '00000000-0000-0000-0000-000000000000'::uuid)"
+        )
+    };
+}
+pub(crate) use same_tenant;
+
 /// `('available', 'scheduled', 'retryable')`: the states a worker may claim once
 /// `run_at` has passed (the claim index's predicate; `penguin.claim` spells it too).
 macro_rules! claimable_states {

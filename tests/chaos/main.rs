@@ -45,7 +45,7 @@ async fn wait_for_shim(base: &str, timeout: std::time::Duration) -> reqwest::Cli
 }
 
 /// The bearer token the experiments' shims accept (`api_tokens = ["env:CHAOS_API_TOKEN"]`).
-const API_TOKEN: &str = "chaos-token-0123456789";
+const API_TOKEN: &str = "chaos-token-0123456789-0123456789-0123456789";
 
 /// Spawns `cmd` (a `penguin-jobs ... run`, possibly wrapped) as a daemon on `url` with the
 /// shim's token in its environment, logging to `dir/daemon.log`.
