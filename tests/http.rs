@@ -523,6 +523,96 @@ async fn a_mailgun_token_is_refused_by_every_shim_and_only_once_its_delivery_is_
     );
 }
 
+/// `penguin-jobs run --no-workers` serving the shim of `shim`'s config on a port of its
+/// own, against the same database, and the base URL it will answer at.
+fn shim_process(shim: &Shim) -> (std::process::Command, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = shim.app.toml.replacen(
+        "[http]\n",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+        1,
+    );
+    let path = shim.app.dir.0.join("second.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_penguin-jobs"));
+    command
+        .arg("--config")
+        .arg(&path)
+        .args(["run", "--no-workers"])
+        .env("DATABASE_URL", &shim.app.url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(shim.app.dir.0.join("second.log")).unwrap());
+    (command, format!("http://127.0.0.1:{port}"))
+}
+
+/// Whether `base` answers `/healthz` within a minute.
+async fn comes_up(base: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let up = reqwest::get(format!("{base}/healthz")).await;
+        if up.is_ok_and(|r| r.status().is_success()) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_mailgun_delivery_answered_503_is_taken_again_and_its_token_refused_by_another_process() {
+    let shim = start().await;
+    let ts = shim.now();
+    let token = "0a1b2c3d4e5f0a1b2c3d4e5f0a1b2c3d4e5f0a1b2c3d4e5f0a";
+    let delivery = mailgun_body(ts, token, "mg-503");
+    // the database refuses the delivery's events as a server going down would
+    for statement in [
+        "create function penguin.test_refuse() returns trigger language plpgsql as $$
+         begin raise exception 'going down' using errcode = '57P03'; end $$",
+        "create trigger refuse before insert on penguin.inbound_events
+         for each row execute function penguin.test_refuse()",
+    ] {
+        sqlx::query(statement)
+            .execute(&shim.app.pool)
+            .await
+            .unwrap();
+    }
+    assert_eq!(shim.post_webhook("mailgun", &[], &delivery).await.0, 503);
+    sqlx::query("drop trigger refuse on penguin.inbound_events")
+        .execute(&shim.app.pool)
+        .await
+        .unwrap();
+    // Mailgun redelivers: taken, since the 503's transaction kept no token
+    assert_eq!(shim.post_webhook("mailgun", &[], &delivery).await.0, 200);
+    // the same signed token at a shim in another process on the same database: refused
+    let (mut command, base) = shim_process(&shim);
+    let mut second = command.spawn().unwrap();
+    let replayed = match comes_up(&base).await {
+        true => reqwest::Client::new()
+            .post(format!("{base}/webhooks/mailgun"))
+            .body(mailgun_body(ts, token, "mg-forged"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16()),
+        false => Ok(0),
+    };
+    support::daemon::stop_daemon(&mut second);
+    let replayed = replayed.unwrap();
+    assert_eq!(
+        replayed, 401,
+        "(0: the second shim never answered; see second.log)"
+    );
+    assert_eq!(
+        shim.app
+            .count("select count(*) from penguin.inbound_events")
+            .await,
+        1
+    );
+}
+
 #[tokio::test]
 async fn a_stopped_database_answers_503_so_the_provider_retries() {
     // a cluster of this test's own, so stopping it leaves the other tests alone

@@ -439,8 +439,15 @@ impl Ended<'_> {
     /// alert when `reauthorize`.
     async fn end_refresh(&self, message: &str, reauthorize: bool) -> Result<(), JobError> {
         let actor = self.actor.clone();
-        connections::end_failed_refresh(self.pool, self.id, self.claim, actor, message, reauthorize)
-            .await?;
+        connections::end_failed_refresh(
+            self.pool,
+            self.id,
+            self.claim,
+            actor,
+            message,
+            reauthorize,
+        )
+        .await?;
         Ok(())
     }
 
