@@ -344,3 +344,71 @@ async fn a_unique_key_is_held_per_kind_and_tenant_on_every_enqueue_path() {
     assert_eq!(ids, [noop, other_kind, t1, t2]);
     assert!(got.iter().all(|e| !e.created));
 }
+
+#[tokio::test]
+async fn migrating_moves_the_daemons_live_unique_keys_under_the_reserved_prefix() {
+    let db = support::test_db().await;
+    let name = format!("{}_upgrade", db.name);
+    sqlx::query(&format!(r#"create database "{name}""#))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&support::server_url(&name))
+        .await
+        .unwrap();
+    // the schema as it was before migration 0017
+    let mut before = sqlx::migrate!("./migrations");
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 17)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(&pool).await.unwrap();
+    for (kind, key, state) in [
+        ("noop", "schedule:tick:2026-01-01T00:00:00Z", "scheduled"),
+        (
+            "apikey.rotate",
+            "apikey.rotate:sendgrid:production",
+            "available",
+        ),
+        ("oauth.refresh", "oauth.refresh:42", "retryable"),
+        ("noop", "order:42", "available"),
+        (
+            "apikey.rotate",
+            "apikey.rotate:mailgun:production",
+            "completed",
+        ),
+    ] {
+        sqlx::query(
+            "insert into penguin.jobs
+                 (queue, kind, payload, state, unique_key, max_attempts, finished_at)
+             values ('default', $1, '{}', $2, $3, 25,
+                     case when $2 = 'completed' then now() end)",
+        )
+        .bind(kind)
+        .bind(state)
+        .bind(key)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    queue::migrate(&pool).await.unwrap();
+    let keys: Vec<String> = sqlx::query_scalar("select unique_key from penguin.jobs order by id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        [
+            "penguin:schedule:tick:2026-01-01T00:00:00Z",
+            "penguin:apikey.rotate:sendgrid:production",
+            "penguin:oauth.refresh:42",
+            "order:42",
+            "apikey.rotate:mailgun:production",
+        ],
+        "live daemon keys moved; callers' keys and finished jobs left as they were"
+    );
+    pool.close().await;
+}
