@@ -2,7 +2,8 @@
 //! SQL of `roles print-sql`, runs the real daemon (`run --no-migrate`) and can neither alter,
 //! drop nor truncate a table, nor rewrite the audit log; every table of schema penguin has
 //! its line in the grant list; a runtime-role daemon refuses a schema that is not current.
-//! On the embedded cluster the daemon works as the runtime role.
+//! On the embedded cluster the daemon works as the runtime role, and the server sees none
+//! of the daemon's environment.
 //!
 //! Roles are cluster-wide: each test names its own. On a server given by `DATABASE_URL`
 //! the test role needs CREATEROLE besides CREATEDB.
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use penguin_jobs::daemon::{Daemon, Roles};
 use penguin_jobs::queue::grants::{DEFAULT_RUNTIME_ROLE, table_grants};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor, PgPool};
@@ -465,4 +467,63 @@ async fn on_the_embedded_cluster_the_daemon_works_as_the_runtime_role() {
         .run_until_stopped(stop)
         .await
         .expect("the daemon stops");
+}
+
+#[tokio::test]
+async fn the_embedded_postgres_sees_none_of_the_daemons_environment() {
+    let dir = TempDir::new("embedded-env");
+    std::fs::write(dir.path().join("jobs.toml"), embedded_config(&dir)).unwrap();
+    let master_key = penguin_jobs::secrets::MasterKey::generate().to_base64();
+    let master_key = master_key.expose_secret();
+    let log = dir.path().join("daemon.log");
+    let secrets = [
+        ("PENGUIN_JOBS_MASTER_KEY", master_key),
+        ("MAILGUN_API_KEY", "marker-secret"),
+        ("PGPASSWORD", "marker-pg-password"),
+    ];
+    let mut daemon = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.path().join("jobs.toml"))
+        .args(["run", "--no-http"])
+        .env_remove("DATABASE_URL")
+        .envs(secrets)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    support::poll_until(LIMIT, async || read_log().contains("worker pools started"))
+        .await
+        .unwrap_or_else(|| panic!("the daemon did not start\n{}", read_log()));
+
+    let pid_file = std::fs::read_to_string(dir.path().join("postgres/postmaster.pid")).unwrap();
+    let pid = pid_file.lines().next().unwrap().trim();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let variables: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    stop_daemon(&mut daemon);
+    assert!(
+        variables.iter().any(|v| v.starts_with("PATH=")),
+        "{variables:?}"
+    );
+    // what the daemon had (this process's environment and the secrets), passed on as is:
+    // only the path, the locale and the time zone (pg_ctl sets a few PG* of its own)
+    let mut daemon_env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+    daemon_env.extend(secrets.iter().map(|(k, v)| format!("{k}={v}")));
+    for v in &variables {
+        assert!(
+            !v.contains(master_key) && !v.contains("marker-"),
+            "the postmaster's environment holds {v}"
+        );
+        let kept = ["PATH=", "LANG=", "LC_", "TZ="]
+            .iter()
+            .any(|p| v.starts_with(p));
+        assert!(
+            kept || !daemon_env.contains(v),
+            "the postmaster's environment holds the daemon's {v}"
+        );
+    }
 }
