@@ -1,5 +1,6 @@
 //! The command line: clap's types and the dispatch to one file per command group (`run`,
-//! `enqueue`, `jobs`, `dlq`, `schedules`, `status`, `oauth`, `keys`, `secrets`, `audit`).
+//! `roles`, `enqueue`, `jobs`, `dlq`, `schedules`, `status`, `oauth`, `keys`, `secrets`,
+//! `audit`).
 //! Commands read and write through `queue/`, `credentials/`, `scheduler` and the daemon's
 //! library calls; they hold no SQL of their own.
 //!
@@ -35,6 +36,7 @@ mod enqueue;
 mod jobs;
 mod keys;
 mod oauth;
+mod roles;
 mod run;
 mod schedules;
 mod secrets;
@@ -46,6 +48,7 @@ pub use enqueue::EnqueueArgs;
 pub use jobs::JobsCommand;
 pub use keys::KeysCommand;
 pub use oauth::OauthCommand;
+pub use roles::RolesCommand;
 pub use run::RunArgs;
 pub use schedules::SchedulesCommand;
 pub use secrets::SecretsCommand;
@@ -70,6 +73,9 @@ pub enum Command {
     Run(RunArgs),
     /// Apply database migrations and write every known kind's defaults to penguin.kinds.
     Migrate,
+    /// The database roles: print the SQL that sets up the runtime role.
+    #[command(subcommand)]
+    Roles(RolesCommand),
     /// Enqueue one job and print its id.
     Enqueue(EnqueueArgs),
     /// Inspect and act on jobs.
@@ -157,6 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run_daemon(config, args).await,
         Command::Migrate => run::migrate_only(&config).await,
+        Command::Roles(cmd) => roles::roles(cmd),
         Command::Enqueue(args) => enqueue::enqueue(&config, args).await,
         Command::Jobs(cmd) => jobs::jobs(&config, cmd).await,
         Command::Dlq(cmd) => dlq::dlq(&config, cmd).await,

@@ -2,6 +2,10 @@
 //! cluster under the data directory (started by `run`, attached to by every other
 //! command), with its own database `penguin_jobs`; and the migrations.
 //!
+//! On the embedded cluster the superuser migrates and the daemon's pool works as the
+//! runtime role ([`connect_as_runtime_role`]); commands attached to it connect as the
+//! superuser, as an operator would with the owner role.
+//!
 //! Must never log a database password (URLs are redacted) or start a second embedded
 //! cluster over a running one.
 
@@ -15,7 +19,10 @@ use sqlx::postgres::PgPoolOptions;
 use crate::config::{Config, redact_url};
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::jobs::{Catalog, Describe};
-use crate::queue;
+use crate::queue::{
+    self,
+    grants::{self, DEFAULT_RUNTIME_ROLE, RuntimeRole},
+};
 
 /// The database of the embedded cluster.
 const EMBEDDED_DATABASE: &str = "penguin_jobs";
@@ -36,9 +43,7 @@ pub async fn connect(
     config: &Config,
     embedded: Embedded,
 ) -> anyhow::Result<(PgPool, Option<EmbeddedPostgres>)> {
-    let options = PgPoolOptions::new()
-        .max_connections(config.database.max_connections)
-        .acquire_timeout(Duration::from_secs(10));
+    let options = pool_options(config);
     if let Some(url) = config.database_url()? {
         let pool = options
             .connect(url.expose_secret())
@@ -71,6 +76,36 @@ pub async fn connect(
     create_embedded_database(&admin_url).await?;
     let pool = options.connect(&url).await?;
     Ok((pool, cluster))
+}
+
+/// The settings of every pool the daemon or a command opens.
+fn pool_options(config: &Config) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(config.database.max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+}
+
+/// On the embedded cluster, the superuser migrates; the daemon works as the runtime role
+/// (see `queue::grants`): this gives the role its privileges through `superuser` (a pool
+/// on the embedded database) and connects a pool as that role, over the same socket.
+pub async fn connect_as_runtime_role(
+    config: &Config,
+    superuser: &PgPool,
+) -> anyhow::Result<PgPool> {
+    let role = RuntimeRole::new(DEFAULT_RUNTIME_ROLE, None)?.with_login();
+    grants::apply(superuser, &role)
+        .await
+        .with_context(|| format!("granting the runtime role {} its privileges", role.name()))?;
+    let options = (*superuser.connect_options()).clone().username(role.name());
+    pool_options(config)
+        .connect_with(options)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to the embedded PostgreSQL as {}",
+                role.name()
+            )
+        })
 }
 
 /// The embedded cluster keeps our data in a database of its own: created when missing.

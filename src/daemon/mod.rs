@@ -1,6 +1,7 @@
 //! The daemon, assembled: [`Daemon::build`] checks the configuration, connects (starting
-//! the embedded cluster when no database is configured), migrates, builds the registry
-//! and binds the shim's listener; [`Daemon::run_until_stopped`] serves the shim, runs the
+//! the embedded cluster when no database is configured), migrates (or checks the schema
+//! is current), builds the registry and binds the shim's listener; on the embedded cluster
+//! it works as the runtime role, not as the superuser that migrated; [`Daemon::run_until_stopped`] serves the shim, runs the
 //! worker pools and the scheduler until the shutdown token is cancelled, drains, and
 //! closes the pool and the cluster. The CLI's `run` is these two calls and a signal
 //! handler; tests and embedders call them the same way.
@@ -20,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use connect::{Embedded, connect, migrate};
+pub use connect::{Embedded, connect, connect_as_runtime_role, migrate};
 
 use crate::config::Config;
 use crate::embedded_pg::EmbeddedPostgres;
@@ -33,7 +34,8 @@ const SHIM_DRAIN: Duration = Duration::from_secs(5);
 /// What one daemon process does (`run --no-migrate / --no-http / --no-workers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Roles {
-    /// Apply the migrations at start (else only write the kinds' defaults).
+    /// Apply the migrations at start (else check that the schema is current, refusing to
+    /// start if not, and only write the kinds' defaults).
     pub migrate: bool,
     /// Serve the HTTP shim on `[http] listen`.
     pub http: bool,
@@ -75,10 +77,18 @@ impl Daemon {
                 .check(&s.job)
                 .map_err(|e| anyhow::anyhow!("schedules.{}: {e}", s.name))?;
         }
-        let (pool, cluster) = connect(&config, Embedded::Start).await?;
+        let (connection, cluster) = connect(&config, Embedded::Start).await?;
+        let pool = match prepare_schema(&config, roles, &kinds, connection, cluster.is_some()).await
+        {
+            Ok(pool) => pool,
+            Err(e) => {
+                stop_cluster(cluster).await;
+                return Err(e);
+            }
+        };
         let deps = Deps::new(pool.clone()).map(|d| d.with_keyring(keyring));
         let prepared = match deps {
-            Ok(deps) => prepare(&config, roles, &pool, &deps).await,
+            Ok(deps) => prepare(&config, roles, &deps).await,
             Err(e) => Err(e.into()),
         };
         match prepared {
@@ -144,21 +154,48 @@ impl Daemon {
     }
 }
 
-/// The registry (with its kinds written to the database) and the shim's listener.
+/// Migrates (or, with `--no-migrate`, checks that the schema is current) and writes the
+/// kinds' defaults through `connection`; returns the pool the daemon works with:
+/// `connection` itself, or on the embedded cluster a pool as the runtime role (the
+/// superuser's `connection` is then closed).
+async fn prepare_schema(
+    config: &Config,
+    roles: Roles,
+    kinds: &Kinds,
+    connection: PgPool,
+    embedded: bool,
+) -> anyhow::Result<PgPool> {
+    let ready = async {
+        if roles.migrate {
+            migrate(&connection, kinds).await?;
+        } else {
+            crate::queue::check_migrated(&connection)
+                .await
+                .context("checking the schema (run --no-migrate)")?;
+            crate::queue::sync_kinds(&connection, &kinds.kind_defaults())
+                .await
+                .context("writing kind defaults to penguin.kinds")?;
+        }
+        if embedded {
+            connect_as_runtime_role(config, &connection).await
+        } else {
+            Ok(connection.clone())
+        }
+    }
+    .await;
+    if embedded || ready.is_err() {
+        connection.close().await;
+    }
+    ready
+}
+
+/// The registry and the shim's listener.
 async fn prepare(
     config: &Config,
     roles: Roles,
-    pool: &PgPool,
     deps: &Deps,
 ) -> anyhow::Result<(Arc<Registry>, Option<TcpListener>)> {
     let registry = Arc::new(Registry::builtin(config, deps)?);
-    if roles.migrate {
-        migrate(pool, &registry).await?;
-    } else {
-        crate::queue::sync_kinds(pool, &registry.kind_defaults())
-            .await
-            .context("writing kind defaults to penguin.kinds (is the schema migrated?)")?;
-    }
     let listener = if roles.http {
         let listener = TcpListener::bind(&config.http.listen)
             .await
@@ -205,6 +242,11 @@ async fn stop_shim(mut shim: JoinHandle<()>) {
 /// Closes the pool, then stops the embedded cluster if this process started it.
 async fn close(pool: PgPool, cluster: Option<EmbeddedPostgres>) {
     pool.close().await;
+    stop_cluster(cluster).await;
+}
+
+/// Stops the embedded cluster if this process started it.
+async fn stop_cluster(cluster: Option<EmbeddedPostgres>) {
     if let Some(cluster) = cluster
         && let Err(e) = cluster.stop().await
     {

@@ -1,10 +1,13 @@
-//! Running the PostgreSQL binaries: as the server's OS user, from `/`, without the PG*
-//! environment variables, and with a failure reported as the last line the program (or
-//! the server log) wrote.
+//! Running the PostgreSQL binaries: as the server's OS user, from `/`, with nothing of the
+//! caller's environment but [`kept_env`] (the path, the locale and the time zone), and with a
+//! failure reported as the last line the program (or the server log) wrote.
 //!
-//! Must never let a PG* variable of the caller's environment redirect a command to
-//! another cluster, host or user than the one on its command line.
+//! Must never pass the daemon's environment on: a superuser SQL session can read the
+//! server's `/proc/self/environ`, so the master key and provider keys must not be in it,
+//! and a PG* variable must not redirect a command to another cluster, host or user than
+//! the one on its command line. Everything they need is passed on the command line.
 
+use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -12,44 +15,45 @@ use std::process::{Output, Stdio};
 use super::privileges::RunAs;
 use super::{EmbeddedError, Result};
 
-/// Environment variables that could make PostgreSQL tools act on something
-/// else than what we pass on the command line.
-const PG_ENV: &[&str] = &[
-    "PGDATA",
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGPORT",
-    "PGUSER",
-    "PGDATABASE",
-    "PGOPTIONS",
-    "PGPASSWORD",
-    "PGSERVICE",
-    "PGSSLMODE",
-    "PGCTLTIMEOUT",
-];
+/// The variables of the caller's environment the PostgreSQL binaries (and the watchdog
+/// shell) get, besides every `LC_*`: where programs are, and the locale and time zone
+/// initdb picks up for a new cluster.
+const KEPT_VARIABLES: [&str; 3] = ["PATH", "LANG", "TZ"];
+
+/// The part of this process's environment a PostgreSQL binary may see (see
+/// [`KEPT_VARIABLES`]); set it after `env_clear`.
+pub(super) fn kept_env() -> Vec<(OsString, OsString)> {
+    std::env::vars_os()
+        .filter(|(name, _)| {
+            name.to_str()
+                .is_some_and(|name| KEPT_VARIABLES.contains(&name) || name.starts_with("LC_"))
+        })
+        .collect()
+}
 
 /// A tokio command for a PostgreSQL binary, run as `run_as` if set, from `/`
-/// (root's working directory may not be accessible), without PG* variables.
+/// (root's working directory may not be accessible), with only [`kept_env`].
 pub(super) fn pg_command(program: &Path, run_as: Option<RunAs>) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(program);
     if let Some(r) = run_as {
         cmd.uid(r.uid).gid(r.gid);
     }
-    cmd.current_dir("/").stdin(Stdio::null());
-    for var in PG_ENV {
-        cmd.env_remove(var);
-    }
+    cmd.current_dir("/")
+        .stdin(Stdio::null())
+        .env_clear()
+        .envs(kept_env());
     cmd
 }
 
+/// The same settings as [`pg_command`] for a std command.
 pub(super) fn apply_std(cmd: &mut std::process::Command, run_as: Option<RunAs>) {
     if let Some(r) = run_as {
         cmd.uid(r.uid).gid(r.gid);
     }
-    cmd.current_dir("/").stdin(Stdio::null());
-    for var in PG_ENV {
-        cmd.env_remove(var);
-    }
+    cmd.current_dir("/")
+        .stdin(Stdio::null())
+        .env_clear()
+        .envs(kept_env());
 }
 
 /// Run to completion, capturing output; a non-zero exit is an error whose

@@ -8,6 +8,7 @@
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
+use super::command::kept_env;
 use super::{EmbeddedError, EmbeddedPostgres, Result};
 
 /// The watchdog: `sh -c WATCHDOG_SCRIPT watchdog OWNER_PID PM_PID PIDFILE
@@ -73,6 +74,8 @@ pub(super) fn spawn_watchdog(pg: &EmbeddedPostgres) -> Result<std::process::Chil
         .arg(&pg.data_dir)
         .arg(socket_dir_to_remove)
         .current_dir("/")
+        .env_clear()
+        .envs(kept_env())
         // Never hold the caller's stdout/stderr (cargo test would wait for
         // them to close), and do not get the terminal's Ctrl-C.
         .stdin(Stdio::null())

@@ -1,5 +1,6 @@
 //! The storage: every SQL statement that touches `penguin.jobs`, `penguin.dead_letters`,
-//! `penguin.kinds` and `penguin.idle_workers` lives under this module.
+//! `penguin.kinds` and `penguin.idle_workers` lives under this module, with the migrations of
+//! the whole schema ([`schema`]) and the runtime role's privileges on it ([`grants`]).
 //!
 //! It stores rows and knows no job kind: kinds arrive as plain [`KindDefaults`] data, and
 //! outcomes as plain [`Outcome`] values. It must never call a handler, a provider or the
@@ -10,12 +11,14 @@ pub mod claim;
 pub mod daemons;
 pub mod email;
 pub mod enqueue;
+pub mod grants;
 pub mod inbound;
 pub mod integrations;
 pub mod outcome;
 pub mod payments;
 pub mod prune;
 pub mod rescue;
+pub mod schema;
 pub mod state;
 
 use chrono::{DateTime, Utc};
@@ -39,6 +42,7 @@ pub use outcome::{
 };
 pub use prune::{Pruned, prune, prune_inbound_events, prune_replay_tokens};
 pub use rescue::{RescueCounts, rescue_expired};
+pub use schema::{check_migrated, migrate};
 pub use state::{JobState, UnknownState};
 
 /// The channel idle workers LISTEN on; the payload is a comma-separated list of queues.
@@ -105,12 +109,6 @@ impl Error {
             _ => None,
         }
     }
-}
-
-/// Applies the embedded migrations (idempotent; concurrent daemons serialise on sqlx's lock).
-pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
-    sqlx::migrate!("./migrations").run(pool).await?;
-    Ok(())
 }
 
 /// One kind's defaults, as written into `penguin.kinds`.

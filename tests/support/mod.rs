@@ -174,7 +174,7 @@ fn server() -> &'static Server {
 
 /// Connection used to create databases: the `DATABASE_URL` database itself,
 /// or `postgres` on the embedded cluster.
-async fn admin_connection() -> PgConnection {
+pub async fn admin_connection() -> PgConnection {
     let url = match server() {
         Server::External { url } => url.clone(),
         Server::Embedded(pg) => pg.url("postgres"),
