@@ -25,7 +25,7 @@ use support::daemon::{stop_daemon, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
 const LIMIT: Duration = Duration::from_secs(60);
-const TOKEN: &str = "roles-test-api-token-0123456789";
+const TOKEN: &str = "roles-test-api-token-0123456789-0123456789-01";
 const OWNER_PASSWORD: &str = "owner-password";
 const RUNTIME_PASSWORD: &str = "runtime-password";
 
