@@ -27,6 +27,16 @@ pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
     Ok((old, limit.rlim_cur))
 }
 
+/// The soft limit of open files, if it can be read.
+pub fn open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we pass.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
+}
+
 /// [`raise_open_files_limit`], logged: at debug level when raised, as a warning when the
 /// limit stays low.
 pub fn raise_open_files_limit_logged() {

@@ -36,6 +36,8 @@ pub const SHUTDOWN_GRACE_RANGE: DurationRange = range(Duration::ZERO, DAY);
 pub const UNKNOWN_KIND_GRACE_RANGE: DurationRange = range(Duration::ZERO, DAY.saturating_mul(365));
 /// `kinds.X.timeout`.
 pub const TIMEOUT_RANGE: DurationRange = range(MS, DAY);
+/// `http.header_timeout`, `http.body_timeout` and `http.idle_timeout`.
+pub const HTTP_TIMEOUT_RANGE: DurationRange = range(Duration::from_millis(100), HOUR);
 /// `kinds.X.backoff.base` and `.max`.
 pub const BACKOFF_RANGE: DurationRange = range(MS, DAY.saturating_mul(365));
 /// `retention.*` (`"0s"` has each key's own meaning).

@@ -164,6 +164,27 @@ pub struct HttpConfig {
     pub tokens: BTreeMap<String, TokenConfig>,
     /// Largest request body in bytes; larger requests get 413.
     pub max_body: usize,
+    /// How long a client has to send a request's line and headers: from the connection's
+    /// start, and on a keep-alive connection from the first byte of its next request. A
+    /// client still sending headers after it is disconnected without an answer.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a request's whole body may take to arrive, from the end of its headers;
+    /// a body still arriving after it is answered 408 and the connection closed.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request with no request in
+    /// progress before the shim closes it.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most connections served at once (lowered, with a warning, when the open files limit
+    /// cannot hold them). At the limit the shim stops accepting: new connections wait in
+    /// the kernel's listen backlog until a connection ends (see `http::serve` for why they
+    /// are not refused), and a warning is logged.
+    pub max_connections: usize,
+    /// Most connections served at once for one client IP address; more are closed at once.
+    /// Unset: no per-address limit (behind a proxy every client has the proxy's address).
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Default for HttpConfig {
@@ -173,6 +194,11 @@ impl Default for HttpConfig {
             api_tokens: Vec::new(),
             tokens: BTreeMap::new(),
             max_body: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -191,6 +217,10 @@ pub struct TokenConfig {
     /// for another tenant is refused (403), another tenant's job is not found (404).
     pub tenant: Option<uuid::Uuid>,
 }
+
+/// The largest `http.max_connections`: each connection is an open file, and no open files
+/// limit goes much further.
+pub const MAX_HTTP_CONNECTIONS: usize = 1_000_000;
 
 /// `[database]`.
 #[derive(Debug, Deserialize)]
@@ -602,6 +632,22 @@ impl Config {
                 ));
             }
         }
+        let h = &self.http;
+        check_duration("http.header_timeout", h.header_timeout, HTTP_TIMEOUT_RANGE)?;
+        check_duration("http.body_timeout", h.body_timeout, HTTP_TIMEOUT_RANGE)?;
+        check_duration("http.idle_timeout", h.idle_timeout, HTTP_TIMEOUT_RANGE)?;
+        if !(1..=MAX_HTTP_CONNECTIONS).contains(&h.max_connections) {
+            return invalid(format!(
+                "http.max_connections must be between 1 and {MAX_HTTP_CONNECTIONS}"
+            ));
+        }
+        if let Some(per_ip) = h.max_connections_per_ip
+            && !(1..=h.max_connections).contains(&per_ip)
+        {
+            return invalid(
+                "http.max_connections_per_ip must be between 1 and http.max_connections".into(),
+            );
+        }
         Ok(())
     }
 
@@ -901,6 +947,63 @@ mod tests {
             e.contains("http.listen: \"localhost\" is not an address like 127.0.0.1:8080"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_shim_connection_limits_have_defaults_and_bounds_that_name_the_key() {
+        let d = Config::from_toml("", Path::new("x")).unwrap().http;
+        assert_eq!(
+            (d.header_timeout, d.body_timeout, d.idle_timeout),
+            (
+                Duration::from_secs(10),
+                Duration::from_secs(30),
+                Duration::from_secs(60)
+            )
+        );
+        assert_eq!(
+            (d.max_connections, d.max_connections_per_ip),
+            (10_000, None)
+        );
+        let c = Config::from_toml(
+            "[http]\nheader_timeout = \"1s\"\nbody_timeout = \"2s\"\nidle_timeout = \"500ms\"\n\
+             max_connections = 20\nmax_connections_per_ip = 5\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let h = &c.http;
+        assert_eq!(h.header_timeout, Duration::from_secs(1));
+        assert_eq!(h.body_timeout, Duration::from_secs(2));
+        assert_eq!(h.idle_timeout, Duration::from_millis(500));
+        assert_eq!((h.max_connections, h.max_connections_per_ip), (20, Some(5)));
+        for (toml, message) in [
+            (
+                "[http]\nheader_timeout = \"0s\"",
+                "http.header_timeout must be between 100ms and 1h, got 0s",
+            ),
+            (
+                "[http]\nbody_timeout = \"2h\"",
+                "http.body_timeout must be between 100ms and 1h, got 2h",
+            ),
+            (
+                "[http]\nidle_timeout = \"10ms\"",
+                "http.idle_timeout must be between 100ms and 1h, got 10ms",
+            ),
+            (
+                "[http]\nmax_connections = 0",
+                "http.max_connections must be between 1 and 1000000",
+            ),
+            (
+                "[http]\nmax_connections = 10\nmax_connections_per_ip = 11",
+                "http.max_connections_per_ip must be between 1 and http.max_connections",
+            ),
+            (
+                "[http]\nmax_connections_per_ip = 0",
+                "http.max_connections_per_ip must be between 1 and http.max_connections",
+            ),
+        ] {
+            assert_eq!(invalid(toml), message, "{toml}");
+        }
     }
 
     fn invalid(toml: &str) -> String {

@@ -217,12 +217,10 @@ fn serve_shim(
 ) -> anyhow::Result<JoinHandle<()>> {
     let state = crate::http::AppState::new(config, pool.clone(), registry.clone())?;
     tracing::info!(listen = %config.http.listen, "HTTP shim listening");
-    let max_body = config.http.max_body;
+    let http = config.http.clone();
     let stop = shutdown.clone();
     Ok(tokio::spawn(async move {
-        if let Err(e) = crate::http::serve_on(listener, state, max_body, stop).await {
-            tracing::error!(error = %e, "HTTP shim stopped");
-        }
+        crate::http::serve_on(listener, state, &http, stop).await;
     }))
 }
 

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::connection::BodyTimedOut;
 use super::ingest::IngestError;
 
 /// Why the shim refused a request.
@@ -29,7 +30,8 @@ pub enum ApiError {
     Invalid(String),
     /// 415: a body declared as something other than JSON.
     UnsupportedMediaType(String),
-    /// Any other status axum chose while reading the body (413 over `max_body`, ...).
+    /// Any other status met while reading the body (413 over `max_body`, 408 past
+    /// `body_timeout`, ...).
     Body(StatusCode, String),
     /// 503: the database is away; the client should retry.
     Unavailable,
@@ -90,9 +92,17 @@ impl From<IngestError> for ApiError {
     }
 }
 
-/// A body axum could not read: over `max_body` (413), or cut off mid-way (400).
+/// A body axum could not read: over `max_body` (413), not complete within `body_timeout`
+/// (408), or cut off mid-way (400).
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&r);
+        while let Some(e) = cause {
+            if let Some(timed_out) = e.downcast_ref::<BodyTimedOut>() {
+                return ApiError::Body(StatusCode::REQUEST_TIMEOUT, timed_out.to_string());
+            }
+            cause = e.source();
+        }
         ApiError::Body(r.status(), r.body_text())
     }
 }

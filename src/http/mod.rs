@@ -11,16 +11,19 @@
 //! stored (its parsed copy made storable by [`webhooks`]). Every refusal of a JSON route
 //! is an [`ApiError`], answered as `{"error": ..}`; kinds are checked through
 //! [`EnqueueCheck`], which the daemon implements with its registry, so the shim imports
-//! nothing from `jobs`.
+//! nothing from `jobs`. Connections are accepted and served by [`serve`] (hyper, not
+//! `axum::serve`) under the `[http]` limits: header, body and idle timeouts, and
+//! `max_connections`, so slow clients cannot starve the others.
 
+mod connection;
 pub mod error;
 pub mod filters;
 pub mod ingest;
 pub mod oauth;
+pub mod serve;
 pub mod tokens;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -36,25 +39,20 @@ use sqlx::PgPool;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, SecretRef, WebhookFilter};
+use crate::config::{Config, ConfigError, HttpConfig, SecretRef, WebhookFilter};
 use crate::kind_names;
 use crate::queue::{NewInboundEvent, NewJob, ReplayToken};
 use crate::webhooks::{self, Rejection};
 pub use error::ApiError;
 use ingest::{Done, Ingest, IngestError, Work};
 
-/// Errors at start (bad keys, address in use).
+/// Errors at start (bad keys).
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{0}")]
     Key(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
 }
 
 /// Webhook keys, resolved and parsed once at start, and each provider's filters.
@@ -179,26 +177,16 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .with_state(state)
 }
 
-/// Serves on an already bound listener (tests bind port 0).
+/// Serves on an already bound listener (tests bind port 0) under the connection limits
+/// of `config` (timeouts, `max_connections`: see [`serve`]) until `shutdown`; returns once
+/// every connection has ended (in-flight requests finish, idle connections close).
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: AppState,
-    max_body: usize,
+    config: &HttpConfig,
     shutdown: CancellationToken,
-) -> Result<(), HttpError> {
-    use axum::serve::ListenerExt;
-    let app = router(state, max_body).into_make_service_with_connect_info::<SocketAddr>();
-    // answers are small: send them at once instead of waiting for Nagle's algorithm
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(|source| HttpError::Bind {
-            addr: "listener".into(),
-            source,
-        })
+) {
+    serve::serve(listener, router(state, config.max_body), config, shutdown).await;
 }
 
 /// A body declared as anything but JSON (`application/json`, `application/*+json`) is

@@ -51,16 +51,25 @@ pub fn queues(config: &Config, registry: &Registry) -> BTreeSet<String> {
 
 /// An identity for `leased_by`: host, pid and a random suffix, unique per start.
 pub fn daemon_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
+    let host = host_name().unwrap_or_else(|| "localhost".into());
     format!(
         "{host}:{}:{:06x}",
         std::process::id(),
         rand::random::<u32>() & 0xff_ffff
     )
+}
+
+/// The host's name, from the kernel (not `/proc/sys`, which the unit's `ProcSubset=pid`
+/// hides).
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
 }
 
 /// Runs every pool until `shutdown` is cancelled, then drains them: each pool stops
@@ -381,5 +390,17 @@ async fn bury_overdue(m: &Maintenance, waiting: &[WaitingKind], window: Duration
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemon_id_starts_with_the_kernels_host_name() {
+        let proc = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(host_name().as_deref(), Some(proc.trim()));
+        assert!(daemon_id().starts_with(&format!("{}:{}:", proc.trim(), std::process::id())));
     }
 }

@@ -229,12 +229,9 @@ async fn serve_shim(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    tokio::spawn(serve_on(
-        listener,
-        state,
-        config.http.max_body,
-        stop.clone(),
-    ));
+    let http = config.http.clone();
+    let serving = stop.clone();
+    tokio::spawn(async move { serve_on(listener, state, &http, serving).await });
     Shim {
         base,
         client: reqwest::Client::new(),
