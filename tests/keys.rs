@@ -14,9 +14,10 @@ use penguin_jobs::queue;
 use penguin_jobs::secrets::Keyring;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
-use support::app::TestApp;
+use support::app::{TestApp, assert_last_error};
 use support::credentials::master_key_file;
 use support::daemon::cli;
+use support::fake_provider::eight_mebibytes_of_json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -516,4 +517,36 @@ async fn the_daily_sweep_enqueues_due_rotations_once_and_overdue_revocations() {
         .await,
         1
     );
+}
+
+#[tokio::test]
+async fn a_key_api_answer_past_its_size_limit_fails_the_rotation_and_stores_no_key() {
+    let mut w = world(&["initial-key-1", "generated-key-2"]).await;
+    let body = eight_mebibytes_of_json(r#""key":{"secret":"generated-key-2","id":"k2"}"#);
+    Mock::given(method("POST"))
+        .and(path("/v1/keys"))
+        .respond_with(ResponseTemplate::new(201).set_body_raw(body, "application/json"))
+        .expect(1)
+        .mount(&w.api)
+        .await;
+    w.set("acme", "initial-key-1").await;
+    w.app.start_runtime();
+
+    let job = w.rotate("acme").await;
+    let dead = w.app.wait_for_dead_letter(job).await;
+    w.app.stop().await;
+
+    assert_last_error(&dead, "api", "longer than 65536 bytes");
+    assert_eq!(w.active("acme").await, (1, "initial-key-1".into()));
+    assert_eq!(
+        w.app
+            .count("select count(*) from penguin.api_keys where provider = 'acme'")
+            .await,
+        1,
+        "no candidate key was stored"
+    );
+    let alerts = creds::open_alerts(&w.app.pool).await.unwrap();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].kind, "apikey_rotation_failed");
+    w.api.verify().await;
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::http::{CallError, classify_status, error_from_transport, read_body};
+use super::http::{Answer, CallError, exchange};
 use crate::config::{ApiKeyProviderConfig, ApiKeysConfig, ConfigError};
 use crate::error_class::ErrorClass;
 use crate::secrets::scrub;
@@ -106,37 +106,63 @@ impl KeyHooks {
     }
 }
 
-/// Longest key API answer read, in bytes (a key and its id).
-const MAX_ANSWER: usize = 64 * 1024;
+/// Longest answer of a key call read, in bytes (a key and its id; a test call's answer
+/// is read no further than this either).
+const MAX_KEY_ANSWER: usize = 64 * 1024;
 
 /// Longest provider key id kept (stored as text; SendGrid's are 22 bytes).
 const MAX_KEY_ID: usize = 255;
 
-fn failure(what: &str, e: &reqwest::Error, secrets: &[&SecretString]) -> CallError {
-    scrub_error(what, error_from_transport(e), secrets)
-}
-
-fn scrub_error(what: &str, mut c: CallError, secrets: &[&SecretString]) -> CallError {
-    c.message = scrub(&format!("{what}: {}", c.message), secrets);
-    c
-}
-
-async fn expect_success(
+/// Sends a key call authenticated with `key` and reads its answer (at most
+/// [`MAX_KEY_ANSWER`] bytes); `what` names the call in error messages, which never carry
+/// `key`.
+async fn call(
     what: &str,
-    response: reqwest::Response,
-) -> Result<reqwest::Response, CallError> {
-    let status = response.status().as_u16();
-    if response.status().is_success() {
-        return Ok(response);
-    }
-    let (class, retryable) = classify_status(status);
-    Err(CallError {
-        class,
-        retryable,
-        message: format!("{what} answered HTTP {status}"),
-        status: Some(status),
-        not_before: None,
+    request: reqwest::RequestBuilder,
+    key: &SecretString,
+) -> Result<Answer, CallError> {
+    exchange(request, MAX_KEY_ANSWER).await.map_err(|mut e| {
+        e.message = scrub(&format!("{what}: {}", e.message), &[key]);
+        e
     })
+}
+
+/// `answer` if it is a success; else its classified error, with the provider's own words
+/// when it gave some (`message`, `error`, `errors[0].message`), never `key`.
+fn expect_success(what: &str, answer: Answer, key: &SecretString) -> Result<Answer, CallError> {
+    if (200..300).contains(&answer.status) {
+        return Ok(answer);
+    }
+    let mut e = answer.error(key, provider_message);
+    e.message = format!("{what}: {}", e.message);
+    Err(e)
+}
+
+fn provider_message(answer: &serde_json::Value) -> Option<String> {
+    ["/message", "/error", "/error/message", "/errors/0/message"]
+        .iter()
+        .find_map(|p| answer.pointer(p).and_then(|m| m.as_str()))
+        .map(String::from)
+}
+
+/// A successful answer we cannot use: not retried, since a key may have been created.
+fn unusable(what: &str, message: &str) -> CallError {
+    CallError {
+        class: ErrorClass::Api,
+        retryable: false,
+        message: format!("{what}: {message}"),
+        status: None,
+        not_before: None,
+    }
+}
+
+/// The JSON of a successful answer; a body cut at [`MAX_KEY_ANSWER`] or not JSON is
+/// [`unusable`].
+fn answer_json(what: &str, answer: &Answer) -> Result<serde_json::Value, CallError> {
+    let body = answer
+        .whole_body(what)
+        .map_err(|e| unusable(what, &e.message))?;
+    serde_json::from_slice(body).map_err(|_| unusable(what, "the answer is not JSON"))
 }
 
 /// Tests `key` with the provider's cheap authenticated call. A 401/403 means the key is
@@ -159,12 +185,8 @@ pub async fn test_key(
             not_before: None,
         });
     };
-    let response = hooks
-        .authorize(client.get(url), key)
-        .send()
-        .await
-        .map_err(|e| failure("key test", &e, &[key]))?;
-    expect_success("key test", response).await.map(|_| ())
+    let answer = call("key test", hooks.authorize(client.get(url), key), key).await?;
+    expect_success("key test", answer, key).map(drop)
 }
 
 /// Creates the next key through the provider's key API, authenticated with `active`:
@@ -181,27 +203,13 @@ pub async fn create_key(
     if let Some(body) = &hooks.create_body {
         request = request.json(body);
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| failure("key API", &e, &[active]))?;
-    let response = expect_success("key API", response).await?;
-    let bad = |m: &str| CallError {
-        class: ErrorClass::Api,
-        retryable: false,
-        message: format!("key API: {m}"),
-        status: None,
-        not_before: None,
-    };
-    let body = read_body(response, MAX_ANSWER)
-        .await
-        .map_err(|e| scrub_error("key API", e, &[active]))?;
-    let answer: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|_| bad("the answer is not JSON"))?;
+    let what = "key API";
+    let answer = expect_success(what, call(what, request, active).await?, active)?;
+    let answer = answer_json(what, &answer)?;
     let key = path(&answer, &hooks.key_field)
         .and_then(|v| v.as_str())
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| bad(&format!("the answer has no {:?}", hooks.key_field)))?;
+        .ok_or_else(|| unusable(what, &format!("the answer has no {:?}", hooks.key_field)))?;
     // the id is stored as text: cleaned, and an absurd one dropped rather than cut (a cut
     // id would revoke nothing)
     let id = path(&answer, &hooks.id_field)
@@ -226,17 +234,12 @@ pub async fn revoke_key(
         return Ok(false);
     };
     let url = url.replace("{id}", &url_escape(id));
-    let response = hooks
-        .authorize(client.delete(url), active)
-        .send()
-        .await
-        .map_err(|e| failure("key revocation", &e, &[active]))?;
-    match response.status().as_u16() {
+    let what = "key revocation";
+    let answer = call(what, hooks.authorize(client.delete(url), active), active).await?;
+    match answer.status {
         // already gone there
         404 => Ok(true),
-        _ => expect_success("key revocation", response)
-            .await
-            .map(|_| true),
+        _ => expect_success(what, answer, active).map(|_| true),
     }
 }
 

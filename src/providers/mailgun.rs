@@ -123,12 +123,13 @@ impl Mailgun {
             .basic_auth("api", Some(key.expose_secret()))
             .multipart(form)
             .timeout(timeout);
-        let answer = exchange(request, 64 * 1024).await?;
+        let answer = exchange(request, MAX_SEND_ANSWER).await?;
         if answer.status != 200 {
             return Err(answer.error(key, |v| {
                 v.get("message").and_then(|m| m.as_str()).map(String::from)
             }));
         }
+        answer.whole_body("Mailgun")?;
         let id = answer
             .json()
             .and_then(|v| v.get("id").and_then(|m| m.as_str()).map(String::from))
@@ -139,6 +140,9 @@ impl Mailgun {
         })
     }
 }
+
+/// Longest answer to a send read, in bytes (a message id and a sentence).
+const MAX_SEND_ANSWER: usize = 64 * 1024;
 
 /// Longest message id kept from a provider's answer, in bytes (RFC 5322 lines stop at
 /// 998; real ids are under 100).

@@ -88,6 +88,15 @@ fn parse_multipart(body: &[u8], boundary: &str) -> Vec<(String, String)> {
     fields
 }
 
+/// A JSON object of `members` (`"access_token":"t"`) padded past eight MiB: a valid
+/// answer that a client accepts only if it reads it whole.
+pub fn eight_mebibytes_of_json(members: &str) -> Vec<u8> {
+    let mut body = format!(r#"{{{members},"padding":""#).into_bytes();
+    body.resize(body.len() + 8 * 1024 * 1024, b'x');
+    body.extend_from_slice(br#""}"#);
+    body
+}
+
 /// A scripted answer.
 #[derive(Debug, Clone)]
 pub enum Reply {
