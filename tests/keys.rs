@@ -13,11 +13,12 @@ use penguin_jobs::jobs::apikey::sweep;
 use penguin_jobs::queue;
 use penguin_jobs::secrets::Keyring;
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
 use sqlx::PgPool;
 use support::app::{TestApp, assert_last_error};
 use support::credentials::master_key_file;
 use support::daemon::cli;
-use support::fake_provider::eight_mebibytes_of_json;
+use support::fake_provider::{FakeProvider, Reply, eight_mebibytes_of_json};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -28,9 +29,12 @@ struct World {
     api: MockServer,
 }
 
-/// A database, a master key and a fake provider whose valid keys are `valid`.
+/// A database, a master key, a fake provider whose valid keys are `valid` (`acme`,
+/// `plain`), and a fake SendGrid key API ([`TestApp::fake`]) that answers what a test
+/// scripts.
 async fn world(valid: &[&str]) -> World {
     let app = TestApp::builder();
+    let sendgrid = FakeProvider::start().await;
     let (key, master_ref) = master_key_file(app.dir(), "master.key");
     let api = MockServer::start().await;
     for k in valid {
@@ -55,11 +59,16 @@ async fn world(valid: &[&str]) -> World {
          [api_keys.providers.acme]\ntest_url = \"{b}/v1/me\"\nauth = \"bearer\"\n\
          create_url = \"{b}/v1/keys\"\ncreate_body = {{ name = \"penguin-jobs\" }}\n\
          key_field = \"key.secret\"\nid_field = \"key.id\"\nrevoke_url = \"{b}/v1/keys/{{id}}\"\n\
-         [api_keys.providers.plain]\ntest_url = \"{b}/v1/me\"\n",
-        b = api.uri()
+         [api_keys.providers.plain]\ntest_url = \"{b}/v1/me\"\n\
+         [api_keys.providers.sendgrid]\ntest_url = \"{s}/v3/scopes\"\n\
+         create_url = \"{s}/v3/api_keys\"\nrevoke_url = \"{s}/v3/api_keys/{{id}}\"\n\
+         scopes_url = \"{s}/v3/api_keys/{{id}}\"\nown_scopes_url = \"{s}/v3/scopes\"\n",
+        b = api.uri(),
+        s = sendgrid.url
     );
     let app = app
         .config(&toml)
+        .fake_provider(sendgrid)
         .keyring(Keyring::new(key, Vec::new()))
         .build()
         .await;
@@ -549,4 +558,92 @@ async fn a_key_api_answer_past_its_size_limit_fails_the_rotation_and_stores_no_k
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].kind, "apikey_rotation_failed");
     w.api.verify().await;
+}
+
+#[tokio::test]
+async fn a_sendgrid_rotation_creates_the_next_key_with_the_scopes_of_the_current_one() {
+    let mut w = world(&[]).await;
+    let fake = w.app.fake();
+    let own_scopes = json!({"scopes": ["mail.send", "api_keys.create", "api_keys.read"]});
+    // the scopes of the key authenticating (the first key: its provider id is unknown),
+    // and every new key's test call
+    fake.always("/v3/scopes", vec![Reply::status(200, own_scopes.clone())]);
+    for n in [2, 3] {
+        fake.push(
+            "/v3/api_keys",
+            Reply::status(
+                201,
+                json!({"api_key": format!("SG.generated-{n}"), "api_key_id": format!("id-{n}")}),
+            ),
+        );
+    }
+    let by_id = json!({"api_key_id": "id-2", "name": "penguin-jobs (rotation of version 1)",
+                       "scopes": ["mail.send", "api_keys.read"]});
+    fake.push("/v3/api_keys/id-2", Reply::status(200, by_id));
+    fake.push(
+        "/v3/api_keys/id-3",
+        Reply::status(403, json!({"errors": [{"message": "access forbidden"}]})),
+    );
+    w.set("sendgrid", "SG.initial-1").await;
+    w.app.start_runtime();
+
+    // 1: an operator's key (no provider id): its own scopes; 2: a key the rotation
+    // created: read by its id; 3: its scopes cannot be read, so nothing is created
+    for version in [2, 3] {
+        let job = w.rotate("sendgrid").await;
+        w.app.wait_for_state(job, queue::JobState::Completed).await;
+        assert_eq!(w.active("sendgrid").await.0, version);
+    }
+    let job = w.rotate("sendgrid").await;
+    let dead = w.app.wait_for_dead_letter(job).await;
+    w.app.stop().await;
+
+    let fake = w.app.fake();
+    let creates: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/v3/api_keys")
+        .collect();
+    assert_eq!(creates.len(), 2, "no key is created without its scopes");
+    assert_eq!(
+        creates[0].header("authorization"),
+        Some("Bearer SG.initial-1")
+    );
+    assert_eq!(
+        creates[0].json(),
+        json!({"name": "penguin-jobs (rotation of version 1)",
+               "scopes": ["mail.send", "api_keys.create", "api_keys.read"]})
+    );
+    assert_eq!(
+        creates[1].header("authorization"),
+        Some("Bearer SG.generated-2")
+    );
+    assert_eq!(
+        creates[1].json(),
+        json!({"name": "penguin-jobs (rotation of version 2)",
+               "scopes": ["mail.send", "api_keys.read"]})
+    );
+    let read = fake.requests_to("/v3/api_keys/id-2");
+    assert_eq!(
+        (read[0].method.as_str(), read[0].header("authorization")),
+        ("GET", Some("Bearer SG.generated-2"))
+    );
+    let last = assert_last_error(&dead, "authorization", "reading the current key's scopes");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("no key was created"),
+        "{last}"
+    );
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("access forbidden"),
+        "{last}"
+    );
+    assert_eq!(w.active("sendgrid").await, (3, "SG.generated-3".into()));
+    let alerts = creds::open_alerts(&w.app.pool).await.unwrap();
+    assert_eq!(alerts[0].kind, "apikey_rotation_failed");
 }
