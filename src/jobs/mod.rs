@@ -522,7 +522,11 @@ fn builtin_handlers(config: &Config, deps: &Deps) -> Result<Vec<Arc<dyn Handler>
         handler::<noop::Noop>(()),
         handler::<http_request::HttpRequest>(deps.http.clone()),
         handler::<maintenance::Prune>(maintenance::Retention::new(config, deps.pool.clone())),
-        handler::<mailgun_event::MailgunEvent>(deps.pool.clone()),
+        handler::<mailgun_event::MailgunEvent>(mailgun_event::MailgunEventDeps::new(
+            providers.mailgun.as_ref(),
+            deps,
+            &outbound,
+        )),
         handler::<sendgrid_event::SendgridEvent>(deps.pool.clone()),
         handler::<stripe_event::StripeEvent>(deps.pool.clone()),
         handler::<oauth::Exchange>(oauth.clone()),

@@ -24,6 +24,8 @@ use serde_json::{Value, json};
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// The query string, decoded into its pairs in order.
+    pub query: Vec<(String, String)>,
     /// Lowercase names.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -251,6 +253,9 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
+    let query = url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
@@ -270,6 +275,7 @@ async fn handle(
     let recorded = Recorded {
         method,
         path: path.clone(),
+        query,
         headers,
         body,
         at: Instant::now(),
