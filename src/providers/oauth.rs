@@ -317,13 +317,13 @@ pub async fn exchange_code(
     redirect_uri: &str,
     verifier: &SecretString,
 ) -> Result<Tokens, TokenError> {
-    let form = vec![
-        ("grant_type", "authorization_code".to_string()),
-        ("code", code.expose_secret().to_string()),
-        ("redirect_uri", redirect_uri.to_string()),
-        ("code_verifier", verifier.expose_secret().to_string()),
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.expose_secret()),
+        ("redirect_uri", redirect_uri),
+        ("code_verifier", verifier.expose_secret()),
     ];
-    token_call(client, provider, form, &[code, verifier]).await
+    token_call(client, provider, &form, &[code, verifier]).await
 }
 
 /// Refreshes: `grant_type=refresh_token` with the provider's client authentication.
@@ -332,11 +332,11 @@ pub async fn refresh(
     provider: &Provider,
     refresh_token: &SecretString,
 ) -> Result<Tokens, TokenError> {
-    let form = vec![
-        ("grant_type", "refresh_token".to_string()),
-        ("refresh_token", refresh_token.expose_secret().to_string()),
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose_secret()),
     ];
-    token_call(client, provider, form, &[refresh_token]).await
+    token_call(client, provider, &form, &[refresh_token]).await
 }
 
 fn config_error(message: String) -> TokenError {
@@ -349,10 +349,12 @@ fn config_error(message: String) -> TokenError {
     })
 }
 
+/// One token endpoint call with `form` (borrowed from the secrets it carries: no copy of
+/// a token, code or secret is left behind in our memory).
 async fn token_call(
     client: &reqwest::Client,
     provider: &Provider,
-    mut form: Vec<(&'static str, String)>,
+    form: &[(&'static str, &str)],
     sent: &[&SecretString],
 ) -> Result<Tokens, TokenError> {
     let secret = provider
@@ -361,16 +363,19 @@ async fn token_call(
     let mut request = client
         .post(provider.token_url.clone())
         .header(reqwest::header::ACCEPT, "application/json");
+    let mut form = form.to_vec();
     match provider.client_auth {
         ClientAuth::Basic => {
             // RFC 6749 §2.3.1: form-urlencode id and secret before Basic
-            let enc = |s: &str| url_encode(s);
-            request =
-                request.basic_auth(enc(&provider.client_id), Some(enc(secret.expose_secret())));
+            let encoded_secret = zeroize::Zeroizing::new(url_encode(secret.expose_secret()));
+            request = request.basic_auth(
+                url_encode(&provider.client_id),
+                Some(encoded_secret.as_str()),
+            );
         }
         ClientAuth::Body => {
-            form.push(("client_id", provider.client_id.clone()));
-            form.push(("client_secret", secret.expose_secret().to_string()));
+            form.push(("client_id", &provider.client_id));
+            form.push(("client_secret", secret.expose_secret()));
         }
     }
     let mut secrets: Vec<&SecretString> = sent.to_vec();
