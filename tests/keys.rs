@@ -560,14 +560,12 @@ async fn a_key_api_answer_past_its_size_limit_fails_the_rotation_and_stores_no_k
     w.api.verify().await;
 }
 
-#[tokio::test]
-async fn a_sendgrid_rotation_creates_the_next_key_with_the_scopes_of_the_current_one() {
-    let mut w = world(&[]).await;
-    let fake = w.app.fake();
+/// The fake SendGrid key API of three rotations: the first key's own scopes (its provider
+/// id is unknown) and every new key's test call at `/v3/scopes`; keys `id-2` and `id-3`
+/// created; `id-2`'s scopes read by its id; `id-3`'s refused.
+fn script_three_sendgrid_rotations(fake: &FakeProvider) {
     let own_scopes = json!({"scopes": ["mail.send", "api_keys.create", "api_keys.read"]});
-    // the scopes of the key authenticating (the first key: its provider id is unknown),
-    // and every new key's test call
-    fake.always("/v3/scopes", vec![Reply::status(200, own_scopes.clone())]);
+    fake.always("/v3/scopes", vec![Reply::status(200, own_scopes)]);
     for n in [2, 3] {
         fake.push(
             "/v3/api_keys",
@@ -584,6 +582,12 @@ async fn a_sendgrid_rotation_creates_the_next_key_with_the_scopes_of_the_current
         "/v3/api_keys/id-3",
         Reply::status(403, json!({"errors": [{"message": "access forbidden"}]})),
     );
+}
+
+#[tokio::test]
+async fn a_sendgrid_rotation_creates_the_next_key_with_the_scopes_of_the_current_one() {
+    let mut w = world(&[]).await;
+    script_three_sendgrid_rotations(w.app.fake());
     w.set("sendgrid", "SG.initial-1").await;
     w.app.start_runtime();
 
