@@ -21,7 +21,12 @@
 //! nothing is ever stored in plaintext.
 //!
 //! This module must never log, format or return a plaintext or a key in an error: every
-//! error names a key id or a place, never a value.
+//! error names a key id or a place, never a value. Key material it holds is wiped when
+//! dropped: a master key is never copied (not `Clone`; a [`Keyring`] shares it through
+//! `Arc`), and data keys and decrypted plaintexts live in [`Zeroizing`] buffers until
+//! they are handed over as a [`SecretString`] (which wipes itself too).
+
+use std::sync::Arc;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -29,6 +34,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::config::{Config, ConfigError, SecretRef, resolve_secret_ref};
 
@@ -57,11 +63,11 @@ pub enum SecretsError {
     Config(#[from] ConfigError),
 }
 
-/// One 256-bit master key and its id.
-#[derive(Clone)]
+/// One 256-bit master key and its id. Not `Clone`, so that the key exists once in memory
+/// (share it through `Arc`); its bytes are wiped when it is dropped.
 pub struct MasterKey {
     id: String,
-    key: Key<Aes256Gcm>,
+    key: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -73,13 +79,14 @@ impl std::fmt::Debug for MasterKey {
 impl MasterKey {
     /// A key from its 32 raw bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        let key = Zeroizing::new(bytes);
         let digest = Sha256::new()
             .chain_update(b"penguin-jobs master key id\0")
-            .chain_update(bytes)
+            .chain_update(key.as_slice())
             .finalize();
         Self {
             id: hex::encode(&digest[..8]),
-            key: bytes.into(),
+            key,
         }
     }
 
@@ -87,15 +94,16 @@ impl MasterKey {
     /// `source_name` names where it came from in the error.
     pub fn from_base64(text: &str, source_name: &str) -> Result<Self, SecretsError> {
         let text = text.trim();
-        let bytes = STANDARD
-            .decode(text)
-            .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
-            .map_err(|_| SecretsError::BadKey {
-                source_name: source_name.into(),
-            })?;
-        let bytes: [u8; 32] = bytes.try_into().map_err(|_| SecretsError::BadKey {
+        let bad = || SecretsError::BadKey {
             source_name: source_name.into(),
-        })?;
+        };
+        let bytes = Zeroizing::new(
+            STANDARD
+                .decode(text)
+                .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
+                .map_err(|_| bad())?,
+        );
+        let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| bad())?;
         Ok(Self::from_bytes(bytes))
     }
 
@@ -127,21 +135,30 @@ impl MasterKey {
     }
 
     fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new(&self.key)
+        cipher_of(&self.key)
     }
 }
 
-/// The current master key (encrypts) and older ones (decrypt only).
+/// The AES-256-GCM cipher of `key` (its key schedule is wiped when it is dropped).
+fn cipher_of(key: &[u8; 32]) -> Aes256Gcm {
+    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
+}
+
+/// The current master key (encrypts) and older ones (decrypt only). Cloning it shares the
+/// keys, never copies them.
 #[derive(Debug, Clone)]
 pub struct Keyring {
-    current: MasterKey,
-    previous: Vec<MasterKey>,
+    current: Arc<MasterKey>,
+    previous: Vec<Arc<MasterKey>>,
 }
 
 impl Keyring {
     /// A keyring encrypting under `current`.
-    pub fn new(current: MasterKey, previous: Vec<MasterKey>) -> Self {
-        Self { current, previous }
+    pub fn new(current: impl Into<Arc<MasterKey>>, previous: Vec<Arc<MasterKey>>) -> Self {
+        Self {
+            current: current.into(),
+            previous,
+        }
     }
 
     /// The keyring of `config`: `PENGUIN_JOBS_MASTER_KEY` if set, else `[secrets]
@@ -161,7 +178,7 @@ impl Keyring {
             .secrets
             .previous_master_keys
             .iter()
-            .map(MasterKey::from_secret)
+            .map(|r| MasterKey::from_secret(r).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(Self::new(current, previous)))
     }
@@ -175,13 +192,14 @@ impl Keyring {
         std::iter::once(&self.current)
             .chain(&self.previous)
             .find(|k| k.id == id)
+            .map(|k| &**k)
     }
 
     /// Encrypts `plaintext` for the place `aad` (e.g. `oauth_connections.access_token:<id>`).
     pub fn encrypt(&self, plaintext: &str, aad: &str) -> Result<String, SecretsError> {
-        let data_key: [u8; 32] = rand::random();
+        let data_key = Zeroizing::new(rand::random::<[u8; 32]>());
         let data_nonce: [u8; NONCE_LEN] = rand::random();
-        let data = Aes256Gcm::new(&data_key.into())
+        let data = cipher_of(&data_key)
             .encrypt(
                 Nonce::from_slice(&data_nonce),
                 Payload {
@@ -207,16 +225,18 @@ impl Keyring {
             .ok_or_else(|| SecretsError::UnknownKey(parts.key_id.into()))?;
         let data_key = unwrap(master, &parts.wrapped, aad)?;
         let (nonce, data) = parts.data.split_at(NONCE_LEN);
-        let plain = Aes256Gcm::new(&data_key.into())
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: data,
-                    aad: aad.as_bytes(),
-                },
-            )
-            .map_err(|_| SecretsError::Corrupt(aad.into()))?;
-        String::from_utf8(plain)
+        let plain = Zeroizing::new(
+            cipher_of(&data_key)
+                .decrypt(
+                    Nonce::from_slice(nonce),
+                    Payload {
+                        msg: data,
+                        aad: aad.as_bytes(),
+                    },
+                )
+                .map_err(|_| SecretsError::Corrupt(aad.into()))?,
+        );
+        std::str::from_utf8(&plain)
             .map(SecretString::from)
             .map_err(|_| SecretsError::Corrupt(aad.into()))
     }
@@ -297,20 +317,30 @@ fn wrap(master: &MasterKey, data_key: &[u8; 32], aad: &str) -> Result<Vec<u8>, S
     Ok([&nonce[..], &wrapped].concat())
 }
 
-fn unwrap(master: &MasterKey, wrapped: &[u8], aad: &str) -> Result<[u8; 32], SecretsError> {
+fn unwrap(
+    master: &MasterKey,
+    wrapped: &[u8],
+    aad: &str,
+) -> Result<Zeroizing<[u8; 32]>, SecretsError> {
     let (nonce, body) = wrapped.split_at(NONCE_LEN);
-    let key = master
-        .cipher()
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: body,
-                aad: &wrap_aad(master, aad),
-            },
-        )
-        .map_err(|_| SecretsError::Corrupt(aad.into()))?;
-    key.try_into()
-        .map_err(|_| SecretsError::Corrupt(aad.into()))
+    let key = Zeroizing::new(
+        master
+            .cipher()
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: &wrap_aad(master, aad),
+                },
+            )
+            .map_err(|_| SecretsError::Corrupt(aad.into()))?,
+    );
+    let mut data_key = Zeroizing::new([0u8; 32]);
+    if key.len() != data_key.len() {
+        return Err(SecretsError::Corrupt(aad.into()));
+    }
+    data_key.copy_from_slice(&key);
+    Ok(data_key)
 }
 
 /// `text` with every occurrence of each secret replaced by `[redacted]`: for messages
@@ -387,8 +417,8 @@ mod tests {
 
     #[test]
     fn rewrapping_moves_a_ciphertext_to_the_new_key_and_keeps_the_data() {
-        let old = MasterKey::from_bytes([1; 32]);
-        let new = MasterKey::from_bytes([2; 32]);
+        let old = Arc::new(MasterKey::from_bytes([1; 32]));
+        let new = Arc::new(MasterKey::from_bytes([2; 32]));
         let ct = Keyring::new(old.clone(), Vec::new())
             .encrypt("refresh-token", "x:1")
             .unwrap();
@@ -425,6 +455,38 @@ mod tests {
             "secrets.master_key: the master key must be base64 of exactly 32 bytes"
         );
         assert!(MasterKey::from_base64("not base64!", "x").is_err());
+    }
+
+    /// `Probe::<T>::new().is_clone()` is `true` exactly when `T: Clone`: method lookup
+    /// takes the by-value candidate (`CloneProbe`, whose impl needs `T: Clone`) before the
+    /// one found by auto-referencing (`NotCloneProbe`), and skips it when `T` is not `Clone`.
+    struct Probe<T>(std::marker::PhantomData<T>);
+
+    trait CloneProbe {
+        fn is_clone(&self) -> bool {
+            true
+        }
+    }
+    impl<T: Clone> CloneProbe for Probe<T> {}
+
+    trait NotCloneProbe {
+        fn is_clone(&self) -> bool {
+            false
+        }
+    }
+    impl<T> NotCloneProbe for &Probe<T> {}
+
+    #[test]
+    fn a_master_key_cannot_be_cloned_so_it_exists_once_in_memory() {
+        // the probes are references, so that lookup starts from `&Probe<T>`
+        let string = &Probe::<String>(std::marker::PhantomData);
+        let master_key = &Probe::<MasterKey>(std::marker::PhantomData);
+        assert!(string.is_clone());
+        assert!(!master_key.is_clone());
+        // a keyring shares its keys
+        let ring = ring();
+        let copy = ring.clone();
+        assert!(std::ptr::eq(ring.current(), copy.current()));
     }
 
     #[test]

@@ -13,10 +13,12 @@ use penguin_jobs::jobs::apikey::sweep;
 use penguin_jobs::queue;
 use penguin_jobs::secrets::Keyring;
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
 use sqlx::PgPool;
-use support::app::TestApp;
+use support::app::{TestApp, assert_last_error};
 use support::credentials::master_key_file;
 use support::daemon::cli;
+use support::fake_provider::{FakeProvider, Reply, eight_mebibytes_of_json};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -27,9 +29,12 @@ struct World {
     api: MockServer,
 }
 
-/// A database, a master key and a fake provider whose valid keys are `valid`.
+/// A database, a master key, a fake provider whose valid keys are `valid` (`acme`,
+/// `plain`), and a fake SendGrid key API ([`TestApp::fake`]) that answers what a test
+/// scripts.
 async fn world(valid: &[&str]) -> World {
     let app = TestApp::builder();
+    let sendgrid = FakeProvider::start().await;
     let (key, master_ref) = master_key_file(app.dir(), "master.key");
     let api = MockServer::start().await;
     for k in valid {
@@ -54,11 +59,16 @@ async fn world(valid: &[&str]) -> World {
          [api_keys.providers.acme]\ntest_url = \"{b}/v1/me\"\nauth = \"bearer\"\n\
          create_url = \"{b}/v1/keys\"\ncreate_body = {{ name = \"penguin-jobs\" }}\n\
          key_field = \"key.secret\"\nid_field = \"key.id\"\nrevoke_url = \"{b}/v1/keys/{{id}}\"\n\
-         [api_keys.providers.plain]\ntest_url = \"{b}/v1/me\"\n",
-        b = api.uri()
+         [api_keys.providers.plain]\ntest_url = \"{b}/v1/me\"\n\
+         [api_keys.providers.sendgrid]\ntest_url = \"{s}/v3/scopes\"\n\
+         create_url = \"{s}/v3/api_keys\"\nrevoke_url = \"{s}/v3/api_keys/{{id}}\"\n\
+         scopes_url = \"{s}/v3/api_keys/{{id}}\"\nown_scopes_url = \"{s}/v3/scopes\"\n",
+        b = api.uri(),
+        s = sendgrid.url
     );
     let app = app
         .config(&toml)
+        .fake_provider(sendgrid)
         .keyring(Keyring::new(key, Vec::new()))
         .build()
         .await;
@@ -516,4 +526,128 @@ async fn the_daily_sweep_enqueues_due_rotations_once_and_overdue_revocations() {
         .await,
         1
     );
+}
+
+#[tokio::test]
+async fn a_key_api_answer_past_its_size_limit_fails_the_rotation_and_stores_no_key() {
+    let mut w = world(&["initial-key-1", "generated-key-2"]).await;
+    let body = eight_mebibytes_of_json(r#""key":{"secret":"generated-key-2","id":"k2"}"#);
+    Mock::given(method("POST"))
+        .and(path("/v1/keys"))
+        .respond_with(ResponseTemplate::new(201).set_body_raw(body, "application/json"))
+        .expect(1)
+        .mount(&w.api)
+        .await;
+    w.set("acme", "initial-key-1").await;
+    w.app.start_runtime();
+
+    let job = w.rotate("acme").await;
+    let dead = w.app.wait_for_dead_letter(job).await;
+    w.app.stop().await;
+
+    assert_last_error(&dead, "api", "longer than 65536 bytes");
+    assert_eq!(w.active("acme").await, (1, "initial-key-1".into()));
+    assert_eq!(
+        w.app
+            .count("select count(*) from penguin.api_keys where provider = 'acme'")
+            .await,
+        1,
+        "no candidate key was stored"
+    );
+    let alerts = creds::open_alerts(&w.app.pool).await.unwrap();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].kind, "apikey_rotation_failed");
+    w.api.verify().await;
+}
+
+/// The fake SendGrid key API of three rotations: the first key's own scopes (its provider
+/// id is unknown) and every new key's test call at `/v3/scopes`; keys `id-2` and `id-3`
+/// created; `id-2`'s scopes read by its id; `id-3`'s refused.
+fn script_three_sendgrid_rotations(fake: &FakeProvider) {
+    let own_scopes = json!({"scopes": ["mail.send", "api_keys.create", "api_keys.read"]});
+    fake.always("/v3/scopes", vec![Reply::status(200, own_scopes)]);
+    for n in [2, 3] {
+        fake.push(
+            "/v3/api_keys",
+            Reply::status(
+                201,
+                json!({"api_key": format!("SG.generated-{n}"), "api_key_id": format!("id-{n}")}),
+            ),
+        );
+    }
+    let by_id = json!({"api_key_id": "id-2", "name": "penguin-jobs (rotation of version 1)",
+                       "scopes": ["mail.send", "api_keys.read"]});
+    fake.push("/v3/api_keys/id-2", Reply::status(200, by_id));
+    fake.push(
+        "/v3/api_keys/id-3",
+        Reply::status(403, json!({"errors": [{"message": "access forbidden"}]})),
+    );
+}
+
+#[tokio::test]
+async fn a_sendgrid_rotation_creates_the_next_key_with_the_scopes_of_the_current_one() {
+    let mut w = world(&[]).await;
+    script_three_sendgrid_rotations(w.app.fake());
+    w.set("sendgrid", "SG.initial-1").await;
+    w.app.start_runtime();
+
+    // 1: an operator's key (no provider id): its own scopes; 2: a key the rotation
+    // created: read by its id; 3: its scopes cannot be read, so nothing is created
+    for version in [2, 3] {
+        let job = w.rotate("sendgrid").await;
+        w.app.wait_for_state(job, queue::JobState::Completed).await;
+        assert_eq!(w.active("sendgrid").await.0, version);
+    }
+    let job = w.rotate("sendgrid").await;
+    let dead = w.app.wait_for_dead_letter(job).await;
+    w.app.stop().await;
+
+    let fake = w.app.fake();
+    let creates: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/v3/api_keys")
+        .collect();
+    assert_eq!(creates.len(), 2, "no key is created without its scopes");
+    assert_eq!(
+        creates[0].header("authorization"),
+        Some("Bearer SG.initial-1")
+    );
+    assert_eq!(
+        creates[0].json(),
+        json!({"name": "penguin-jobs (rotation of version 1)",
+               "scopes": ["mail.send", "api_keys.create", "api_keys.read"]})
+    );
+    assert_eq!(
+        creates[1].header("authorization"),
+        Some("Bearer SG.generated-2")
+    );
+    assert_eq!(
+        creates[1].json(),
+        json!({"name": "penguin-jobs (rotation of version 2)",
+               "scopes": ["mail.send", "api_keys.read"]})
+    );
+    let read = fake.requests_to("/v3/api_keys/id-2");
+    assert_eq!(
+        (read[0].method.as_str(), read[0].header("authorization")),
+        ("GET", Some("Bearer SG.generated-2"))
+    );
+    let last = assert_last_error(&dead, "authorization", "reading the current key's scopes");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("no key was created"),
+        "{last}"
+    );
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("access forbidden"),
+        "{last}"
+    );
+    assert_eq!(w.active("sendgrid").await, (3, "SG.generated-3".into()));
+    let alerts = creds::open_alerts(&w.app.pool).await.unwrap();
+    assert_eq!(alerts[0].kind, "apikey_rotation_failed");
 }

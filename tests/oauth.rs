@@ -14,9 +14,10 @@ use penguin_jobs::providers::oauth::Providers;
 use penguin_jobs::secrets::{Keyring, sha256_hex};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
-use support::app::TestApp;
+use support::app::{TestApp, assert_last_error};
 use support::credentials::{OAuthServer, master_key_file};
 use support::daemon::{config, stop_daemon};
+use support::fake_provider::{FakeProvider, Reply, eight_mebibytes_of_json};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
@@ -893,4 +894,76 @@ async fn a_callback_to_a_shim_without_a_master_key_keeps_nothing_and_leaves_the_
     );
     // the configured shim then takes the same callback
     assert_eq!(reqwest::get(&back).await.unwrap().status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn a_token_answer_past_its_size_limit_fails_the_refresh_and_is_never_read_whole() {
+    let fake = FakeProvider::start().await;
+    fake.always(
+        "/token",
+        vec![Reply::raw(
+            200,
+            "application/json",
+            eight_mebibytes_of_json(
+                r#""access_token":"oversized-access-token","token_type":"Bearer""#,
+            ),
+        )],
+    );
+    let app = TestApp::builder();
+    let (key, master_ref) = master_key_file(app.dir(), "master.key");
+    let secret_ref = app.dir().secret_file("client.secret", CLIENT_SECRET);
+    let toml = format!(
+        "[daemon]\npoll_interval = \"100ms\"\n[maintenance]\nprune = false\n\
+         [secrets]\nmaster_key = \"{master_ref}\"\n\
+         [kinds.\"oauth.refresh\"]\nmax_attempts = 1\n\
+         [oauth.providers.acme]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{secret_ref}\"\n\
+         auth_url = \"{b}/authorize\"\ntoken_url = \"{b}/token\"\nscopes = [\"openid\"]\n",
+        b = fake.url
+    );
+    let mut app = app
+        .config(&toml)
+        .keyring(Keyring::new(key, Vec::new()))
+        .fake_provider(fake)
+        .runtime()
+        .build()
+        .await;
+    let keyring = app.keyring.clone().unwrap();
+    let id = creds::connections::store_connection(
+        &app.pool,
+        &keyring,
+        &creds::connections::NewConnection {
+            tenant_id: Uuid::new_v4(),
+            provider: "acme",
+            account_id: "user-1",
+            account_email: None,
+            scopes: &["openid".to_string()],
+            access_token: &"old-access-token".to_string().into(),
+            refresh_token: Some(&"refresh-token-1".to_string().into()),
+            expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(30)),
+        },
+        creds::AuditAction::Stored,
+        Actor::Api(None),
+    )
+    .await
+    .unwrap();
+
+    let job = app
+        .enqueue(&penguin_jobs::queue::NewJob::new(
+            "oauth.refresh",
+            serde_json::json!({ "connection_id": id }),
+        ))
+        .await;
+    let dead = app.wait_for_dead_letter(job).await;
+    app.stop().await;
+
+    assert_eq!(app.fake().requests_to("/token").len(), 1);
+    assert_last_error(&dead, "api", "longer than 65536 bytes");
+    // the connection keeps its old token and stays usable for the next refresh
+    let token = access_token(&app.pool, &keyring, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.expose_secret(), "old-access-token");
+    let connection = creds::get_connection(&app.pool, id).await.unwrap().unwrap();
+    assert_eq!(connection.status, "active");
 }

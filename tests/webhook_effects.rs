@@ -10,6 +10,7 @@ use penguin_jobs::runtime::run_attempt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use support::daemon::{config, count, register_kinds};
+use support::fake_provider::{FakeProvider, Reply};
 
 /// A test database and a registry whose handlers have its pool.
 struct Env {
@@ -18,8 +19,13 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with("").await
+}
+
+/// [`env`] with `toml` as the daemon's config.
+async fn env_with(toml: &str) -> Env {
     let db = support::test_db().await;
-    let config = config("");
+    let config = config(toml);
     register_kinds(&db.pool, &config).await;
     let registry =
         Registry::builtin(&config, &Deps::new(db.pool.clone()).unwrap()).expect("registry");
@@ -1006,4 +1012,132 @@ async fn events_with_nul_in_their_text_are_stored_and_processed_with_it_replaced
         .await,
         json!([{"status": "failed", "last_error": "Your card\u{fffd} was declined.", "last_error_code": "card_declined"}])
     );
+}
+
+/// An env whose Mailgun events are confirmed with the Events API of `fake` before they
+/// suppress anyone.
+async fn confirming_env(fake: &FakeProvider, dir: &support::TempDir) -> Env {
+    let key = dir.secret_file("mailgun.key", "key-mailgun-test");
+    env_with(&format!(
+        "[providers.mailgun]\napi_key = \"{key}\"\ndomain = \"mg.example.com\"\n\
+         base_url = \"{}\"\nconfirm_suppressions = true\n",
+        fake.url
+    ))
+    .await
+}
+
+const EVENTS: &str = "/v3/mg.example.com/events";
+
+/// Unix seconds `secs` ago, as Mailgun writes timestamps.
+fn ago(secs: i64) -> f64 {
+    (chrono::Utc::now().timestamp() - secs) as f64
+}
+
+/// One attempt of the `mailgun.event` job of a new complaint by `recipient` at `at`.
+async fn complaint_attempt(env: &Env, id: &str, recipient: &str, at: f64) -> Outcome {
+    let body = mailgun(id, "complained", recipient, at, json!({}));
+    let inbound_id = inbound(&env.db.pool, "mailgun", id, body).await;
+    attempt(
+        &env.registry,
+        "mailgun.event",
+        json!({ "inbound_event_id": inbound_id }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_mailgun_complaint_unknown_to_the_events_api_suppresses_no_one() {
+    let fake = FakeProvider::start().await;
+    fake.always(
+        EVENTS,
+        vec![Reply::status(200, json!({"items": [], "paging": {}}))],
+    );
+    let dir = support::TempDir::new("mailgun-confirm");
+    let env = confirming_env(&fake, &dir).await;
+    let at = ago(2 * 3600);
+
+    let outcome = complaint_attempt(&env, "mg_forged", "victim@example.com", at).await;
+    let Outcome::Completed {
+        result: Some(result),
+        ..
+    } = outcome
+    else {
+        panic!("a forged complaint completes: {outcome:?}");
+    };
+    assert_eq!(result["skipped"], "not confirmed", "{result}");
+    assert_eq!(
+        suppression_of(&env.db.pool, "victim@example.com").await,
+        None
+    );
+    assert_eq!(
+        count(&env.db.pool, "select count(*) from penguin.email_events").await,
+        0
+    );
+    assert_eq!(
+        count(&env.db.pool, "select coalesce(sum(count), 0)::bigint from penguin.webhook_counters where provider = 'mailgun' and reason = 'not_confirmed'").await,
+        1
+    );
+    let asked = fake.requests_to(EVENTS);
+    assert_eq!(asked.len(), 1);
+    let query: std::collections::BTreeMap<_, _> = asked[0].query.iter().cloned().collect();
+    let at = at as i64;
+    assert_eq!(query["event"], "complained");
+    assert_eq!(query["recipient"], "victim@example.com");
+    assert_eq!(query["begin"], (at - 60).to_string());
+    assert_eq!(query["end"], (at + 61).to_string());
+    assert!(
+        asked[0]
+            .header("authorization")
+            .is_some_and(|a| a.starts_with("Basic "))
+    );
+
+    // a complaint of a minute ago may not be listed yet: asked about again later
+    let outcome = complaint_attempt(&env, "mg_young", "victim@example.com", ago(60)).await;
+    assert!(matches!(outcome, Outcome::Snooze { .. }), "{outcome:?}");
+    assert_eq!(
+        suppression_of(&env.db.pool, "victim@example.com").await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_mailgun_complaint_the_events_api_lists_suppresses_and_its_outage_is_retried() {
+    let fake = FakeProvider::start().await;
+    let at = ago(600);
+    fake.push(
+        EVENTS,
+        Reply::status(500, json!({"message": "internal error"})),
+    );
+    fake.always(
+        EVENTS,
+        vec![Reply::status(
+            200,
+            json!({"items": [{"id": "mg_real", "event": "complained", "timestamp": at,
+                              "recipient": "spam@example.com"}], "paging": {}}),
+        )],
+    );
+    let dir = support::TempDir::new("mailgun-confirm");
+    let env = confirming_env(&fake, &dir).await;
+
+    let body = mailgun("mg_real", "complained", "spam@example.com", at, json!({}));
+    let id = inbound(&env.db.pool, "mailgun", "mg_real", body).await;
+    let payload = json!({ "inbound_event_id": id });
+    match attempt(&env.registry, "mailgun.event", payload.clone()).await {
+        Outcome::Retry { error, .. } => assert_eq!(error.class, "api", "{}", error.message),
+        other => panic!("an Events API outage is retried: {other:?}"),
+    }
+    assert_eq!(suppression_of(&env.db.pool, "spam@example.com").await, None);
+    match attempt(&env.registry, "mailgun.event", payload).await {
+        Outcome::Completed { .. } => {}
+        other => panic!("the confirmed complaint completes: {other:?}"),
+    }
+    assert_eq!(
+        suppression_of(&env.db.pool, "spam@example.com")
+            .await
+            .as_deref(),
+        Some("complaint")
+    );
+    // an event that suppresses no one is not asked about
+    mg(&env, "mg_ok", "delivered", "ada@example.com", at).await;
+    assert_eq!(fake.requests_to(EVENTS).len(), 2);
 }

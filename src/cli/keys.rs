@@ -64,12 +64,13 @@ impl MetaArgs {
     }
 }
 
+/// The key piped in; what was read is wiped once it is a [`SecretString`].
 fn read_key_from_stdin() -> anyhow::Result<SecretString> {
-    let mut text = String::new();
+    let mut text = zeroize::Zeroizing::new(String::with_capacity(4096));
     std::io::stdin()
         .read_to_string(&mut text)
         .context("reading the key from standard input")?;
-    let key = text.trim_end_matches(['\n', '\r']).to_string();
+    let key = text.trim_end_matches(['\n', '\r']);
     if key.trim().is_empty() {
         bail!("no key on standard input (pipe it in: `penguin-jobs keys set PROVIDER < keyfile`)");
     }

@@ -129,6 +129,15 @@ pub struct ApiKeyProviderConfig {
     pub id_field: Option<String>,
     /// Key API: DELETE here (`{id}`: the provider's key id) when a retired key is revoked.
     pub revoke_url: Option<String>,
+    /// Key API: GET here (`{id}`: the active key's provider id) for the active key's scopes.
+    /// Set (or `own_scopes_url`): the next key is created with the same scopes, and a
+    /// rotation whose scopes cannot be read fails rather than create a key with other rights.
+    pub scopes_url: Option<String>,
+    /// GET here, authenticated with the active key, for that key's own scopes: used when
+    /// the active key's provider id is unknown (a key an operator set).
+    pub own_scopes_url: Option<String>,
+    /// Dot-separated path of the scope list in those answers (default `scopes`).
+    pub scopes_field: Option<String>,
 }
 
 impl Config {

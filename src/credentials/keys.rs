@@ -31,6 +31,8 @@ pub struct ActiveKey {
     pub id: Uuid,
     pub version: i32,
     pub key: SecretString,
+    /// The key's id at the provider, when its key API created it.
+    pub provider_key_id: Option<String>,
 }
 
 impl std::fmt::Debug for ActiveKey {
@@ -61,6 +63,7 @@ fn open_key(keyring: &Keyring, sealed: SealedApiKey) -> Result<ActiveKey, Secret
         id: sealed.id,
         version: sealed.version,
         key,
+        provider_key_id: sealed.provider_key_id,
     })
 }
 

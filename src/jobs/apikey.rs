@@ -208,7 +208,12 @@ impl Rotation<'_> {
         if let Some(k) = keys::pending_key(&self.deps.pool, self.keyring, provider, env).await? {
             return Ok(k);
         }
-        match providers_keys::create_key(&self.deps.http, self.hooks, &self.active.key).await {
+        let replaced = providers_keys::Replaced {
+            key: &self.active.key,
+            provider_key_id: self.active.provider_key_id.as_deref(),
+            version: self.active.version,
+        };
+        match providers_keys::create_key(&self.deps.http, self.hooks, &replaced).await {
             Ok(Some((key, provider_key_id))) => self.stage(key, provider_key_id).await,
             Ok(None) => {
                 let message = format!(
@@ -253,7 +258,12 @@ impl Rotation<'_> {
             self.actor.clone(),
         )
         .await?;
-        Ok(ActiveKey { id, version, key })
+        Ok(ActiveKey {
+            id,
+            version,
+            key,
+            provider_key_id,
+        })
     }
 
     /// The candidate's test call. A refusal fails the candidate, raises an alert and ends

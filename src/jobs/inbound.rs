@@ -15,8 +15,9 @@ use super::{Attempt, JobContext, JobError, KindPolicy};
 use crate::queue;
 use crate::queue::email::{EmailEvent, InboundEvent};
 
-/// An email provider's webhook kind (`mailgun.event`, `sendgrid.event`): load the inbound
-/// event, parse it with the provider's parser, record it.
+/// An email provider's webhook kind (`sendgrid.event`; `mailgun.event` does the same with
+/// a confirmation step): load the inbound event, parse it with the provider's parser,
+/// record it.
 pub(crate) async fn email_webhook(
     event: InboundEventRef,
     ctx: &JobContext,

@@ -11,45 +11,187 @@
 //! (the address was already on Mailgun's lists: dropped, suppressed for the same reason).
 //! Any other event is counted in `penguin.webhook_counters` as `unknown_type:<event>`.
 //!
+//! Mailgun signs a webhook's timestamp and token, not its `event-data`. With `[providers.
+//! mailgun] confirm_suppressions`, an event that would suppress an address is first looked
+//! up in Mailgun's Events API: one Mailgun does not list is not applied (counted as
+//! `not_confirmed`, logged with a digest of the address, the job completes saying so);
+//! one that may still be on its way there (younger than [`CONFIRM_GRACE`]) is asked about
+//! again later; an Events API failure is retried like any provider call.
+//!
 //! Must never log a payload or an email address at info level.
 
-use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::inbound::{
-    InboundEventRef, Parsed, address, email_webhook, id_at, str_at, unix_float, webhook_policy,
+    InboundEventRef, Parsed, address, id_at, ignore_unknown, load_inbound, record_email, str_at,
+    unix_float, webhook_policy,
 };
-use super::{Attempt, JobContext, Kind, KindPolicy};
+use super::outbound::Outbound;
+use super::{Attempt, JobContext, JobError, Kind, KindPolicy};
+use crate::providers::mailgun::{ClaimedEvent, Mailgun};
 use crate::queue::email::{EmailEvent, EmailStatus, InboundEvent, SuppressionReason};
 
 /// The provider name in `penguin.inbound_events`.
 const PROVIDER: &str = "mailgun";
+
+/// How long after an event the Events API may still not list it: Mailgun's events reach
+/// its storage by different routes, and its polling guidance treats the last half hour as
+/// incomplete. An unconfirmed event younger than this is asked about again.
+pub const CONFIRM_GRACE: Duration = Duration::from_secs(30 * 60);
+
+/// How long an unconfirmed young event waits before it is asked about again.
+const CONFIRM_AGAIN: Duration = Duration::from_secs(120);
+
+/// Clock difference tolerated for an event dated in the future; one dated later than this
+/// cannot be on its way to the Events API, and is not waited for.
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// The `mailgun.event` kind: one stored Mailgun event.
 #[derive(Debug, serde::Deserialize)]
 #[serde(transparent)]
 pub struct MailgunEvent(InboundEventRef);
 
+/// What `mailgun.event` runs with.
+pub struct MailgunEventDeps {
+    pub pool: PgPool,
+    /// Set with `[providers.mailgun] confirm_suppressions`.
+    pub confirm: Option<Confirmer>,
+}
+
+impl MailgunEventDeps {
+    /// With a [`Confirmer`] when `config` sets `confirm_suppressions`.
+    pub fn new(
+        config: Option<&crate::config::MailgunConfig>,
+        deps: &super::Deps,
+        outbound: &Arc<Outbound>,
+    ) -> Self {
+        Self {
+            pool: deps.pool.clone(),
+            confirm: config
+                .filter(|m| m.confirm_suppressions)
+                .map(|m| Confirmer {
+                    mailgun: Mailgun::new(Some(m)),
+                    http: deps.http.clone(),
+                    outbound: outbound.clone(),
+                }),
+        }
+    }
+}
+
+/// Asks Mailgun's Events API about events before they suppress an address.
+pub struct Confirmer {
+    pub mailgun: Mailgun,
+    pub http: reqwest::Client,
+    pub outbound: Arc<Outbound>,
+}
+
 impl Kind for MailgunEvent {
     const KIND: &'static str = crate::kind_names::MAILGUN_EVENT;
     const INTERNAL: bool = true;
-    type Deps = PgPool;
+    type Deps = MailgunEventDeps;
 
     fn policy() -> KindPolicy {
         webhook_policy()
     }
 
-    async fn run(self, ctx: &JobContext, pool: &PgPool) -> Attempt {
-        email_webhook(self.0, ctx, pool, PROVIDER, parse).await
+    async fn run(self, ctx: &JobContext, deps: &MailgunEventDeps) -> Attempt {
+        let pool = &deps.pool;
+        let inbound = load_inbound(pool, self.0, PROVIDER).await?;
+        let event = match parse(&inbound).map_err(JobError::bad_payload)? {
+            Parsed::Event(event) => event,
+            Parsed::Unknown(event_type) => {
+                return ignore_unknown(pool, ctx, PROVIDER, &event_type).await;
+            }
+        };
+        if let (Some(_), Some(confirmer)) = (event.suppress, &deps.confirm)
+            && !confirmer.confirms(ctx, &inbound, &event).await?
+        {
+            return not_confirmed(pool, ctx, &event, Utc::now()).await;
+        }
+        record_email(pool, ctx, &event).await
     }
+}
+
+impl Confirmer {
+    /// Whether the Events API lists `event` (parsed from `inbound`).
+    async fn confirms(
+        &self,
+        ctx: &JobContext,
+        inbound: &InboundEvent,
+        event: &EmailEvent,
+    ) -> Result<bool, JobError> {
+        let data = event_data(inbound);
+        let claimed = ClaimedEvent {
+            id: event.provider_event_id.as_deref(),
+            event: &event.event_type,
+            recipient: &event.recipient,
+            severity: str_at(data, "severity"),
+            reason: str_at(data, "reason"),
+            timestamp: event.occurred_at,
+        };
+        let (mailgun, http, timeout) = (&self.mailgun, &self.http, ctx.call_timeout());
+        self.outbound
+            .call(
+                PROVIDER,
+                crate::kind_names::MAILGUN_EVENT,
+                mailgun.configured_key(),
+                async |key| mailgun.knows_event(http, key, &claimed, timeout).await,
+            )
+            .await
+    }
+}
+
+/// An event the Events API does not list: asked about again while it may still be on its
+/// way there, else not applied, counted and logged (the address as a digest only).
+async fn not_confirmed(
+    pool: &PgPool,
+    ctx: &JobContext,
+    event: &EmailEvent,
+    now: DateTime<Utc>,
+) -> Attempt {
+    if may_still_be_listed(event.occurred_at, now) {
+        return Err(JobError::Snooze {
+            delay: CONFIRM_AGAIN,
+        });
+    }
+    crate::queue::email::count_webhooks(pool, &[(PROVIDER, "not_confirmed", 1)]).await?;
+    let digest = crate::secrets::sha256_hex(&event.recipient);
+    tracing::warn!(
+        job.id = ctx.id, provider = PROVIDER, inbound_event_id = event.inbound_event_id,
+        event_type = %event.event_type, recipient_sha256 = &digest[..16],
+        "the Mailgun Events API does not know this event: not applied (Mailgun does not sign event-data)"
+    );
+    Ok(Some(json!({
+        "skipped": "not confirmed",
+        "event_type": event.event_type,
+        "reason": "the Mailgun Events API does not list this event",
+    })))
+}
+
+/// Whether an event that happened at `occurred_at` may not be in the Events API yet.
+fn may_still_be_listed(occurred_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    let age = now - occurred_at;
+    let skew = chrono::Duration::from_std(CLOCK_SKEW).unwrap_or_default();
+    let grace = chrono::Duration::from_std(CONFIRM_GRACE).unwrap_or_default();
+    age >= -skew && age < grace
+}
+
+/// The `event-data` of a Mailgun webhook body (or the body itself, when bare).
+fn event_data(inbound: &InboundEvent) -> &Value {
+    inbound
+        .payload
+        .get("event-data")
+        .unwrap_or(&inbound.payload)
 }
 
 /// Parses a Mailgun webhook body (or its bare `event-data`).
 pub(crate) fn parse(inbound: &InboundEvent) -> Result<Parsed, String> {
-    let data = inbound
-        .payload
-        .get("event-data")
-        .unwrap_or(&inbound.payload);
+    let data = event_data(inbound);
     if !data.is_object() {
         return Err("event-data is not an object".into());
     }
@@ -173,6 +315,20 @@ mod tests {
         assert_eq!(
             (old.status, old.suppress),
             (Some(EmailStatus::Failed), None)
+        );
+    }
+
+    #[test]
+    fn an_unlisted_event_is_waited_for_only_while_it_may_still_be_on_its_way() {
+        let now = Utc::now();
+        let ago = |secs: i64| now - chrono::Duration::seconds(secs);
+        assert!(may_still_be_listed(ago(5), now));
+        assert!(may_still_be_listed(ago(29 * 60), now));
+        assert!(!may_still_be_listed(ago(31 * 60), now));
+        assert!(may_still_be_listed(ago(-60), now), "a little clock skew");
+        assert!(
+            !may_still_be_listed(ago(-3600), now),
+            "an event from the future"
         );
     }
 

@@ -565,7 +565,11 @@ fn builtin_handlers(config: &Config, deps: &Deps) -> Result<Vec<Arc<dyn Handler>
                 .map_err(|e| RegistryError(format!("cannot build the HTTP client: {e}")))?,
         ),
         handler::<maintenance::Prune>(maintenance::Retention::new(config, deps.pool.clone())),
-        handler::<mailgun_event::MailgunEvent>(deps.pool.clone()),
+        handler::<mailgun_event::MailgunEvent>(mailgun_event::MailgunEventDeps::new(
+            providers.mailgun.as_ref(),
+            deps,
+            &outbound,
+        )),
         handler::<sendgrid_event::SendgridEvent>(deps.pool.clone()),
         handler::<stripe_event::StripeEvent>(deps.pool.clone()),
         handler::<oauth::Exchange>(oauth.clone()),

@@ -150,13 +150,36 @@ pub fn configuration_error(message: impl Into<String>) -> CallError {
 pub struct Answer {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
+    /// The body, or its first bytes when it went on past the limit.
     pub body: Vec<u8>,
+    /// The body went on past the limit (one byte more was read, the rest never): an answer
+    /// that is of use only whole (JSON to parse) cannot be read, see [`Answer::whole_body`].
+    pub cut: bool,
 }
 
 impl Answer {
-    /// The body as JSON, if it is.
+    /// The body as JSON, if it is (a cut body is not).
     pub fn json(&self) -> Option<serde_json::Value> {
-        serde_json::from_slice(&self.body).ok()
+        serde_json::from_slice(self.whole_body("").ok()?).ok()
+    }
+
+    /// The whole body; a cut one is an `api` error (retryable, like any 2xx we cannot
+    /// read) naming `what` was answered and the limit.
+    pub fn whole_body(&self, what: &str) -> Result<&[u8], CallError> {
+        if !self.cut {
+            return Ok(&self.body);
+        }
+        Err(CallError {
+            class: ErrorClass::Api,
+            retryable: true,
+            message: format!(
+                "{what} answered HTTP {} with a body longer than {} bytes: not read",
+                self.status,
+                self.body.len()
+            ),
+            status: Some(self.status),
+            not_before: None,
+        })
     }
 
     /// This non-success answer, classified: the provider's own words (`provider_message`
@@ -178,16 +201,20 @@ impl Answer {
     }
 }
 
-/// Sends `request` and reads its answer (a transport failure is classified).
+/// Sends `request` and reads at most `limit` bytes of its answer's body (a transport
+/// failure is classified; a longer body is [`Answer::cut`], never buffered).
 pub async fn exchange(request: reqwest::RequestBuilder, limit: usize) -> Result<Answer, CallError> {
     let response = request.send().await.map_err(|e| error_from_transport(&e))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = read_body(response, limit).await?;
+    let mut body = read_body(response, limit.saturating_add(1)).await?;
+    let cut = body.len() > limit;
+    body.truncate(limit);
     Ok(Answer {
         status,
         headers,
         body,
+        cut,
     })
 }
 
@@ -350,6 +377,7 @@ mod tests {
             status: 503,
             headers: reqwest::header::HeaderMap::new(),
             body: body.to_vec(),
+            cut: false,
         };
         let e = answer(b"down\x00\xff for key-123456").error(&key, |_| None);
         assert_eq!(e.message, "HTTP 503: down\u{fffd}\u{fffd} for ***");
@@ -359,6 +387,20 @@ mod tests {
         });
         assert_eq!(e.message, "HTTP 503: bad\u{fffd}");
         assert_eq!(answer(b"").error(&key, |_| None).message, "HTTP 503");
+    }
+
+    #[test]
+    fn a_cut_body_is_never_read_as_json() {
+        let cut = Answer {
+            status: 200,
+            headers: reqwest::header::HeaderMap::new(),
+            body: br#"{"id": 1}"#.to_vec(),
+            cut: true,
+        };
+        assert_eq!(cut.json(), None);
+        let e = cut.whole_body("the token endpoint").unwrap_err();
+        assert_eq!((e.class, e.retryable), (ErrorClass::Api, true));
+        assert!(e.message.contains("longer than 9 bytes"), "{}", e.message);
     }
 
     #[test]

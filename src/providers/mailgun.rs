@@ -1,12 +1,16 @@
 //! Mailgun's sending API: `POST {base}/v3/{domain}/messages`, a multipart form with Basic
-//! auth `api:<key>`; the answer's `id` is the Message-Id its webhooks carry.
+//! auth `api:<key>`; the answer's `id` is the Message-Id its webhooks carry. And its
+//! Events API (`GET {base}/v3/{domain}/events`), asked whether an event a webhook claims
+//! is one Mailgun knows ([`Mailgun::knows_event`]).
 //!
 //! Builds the request and classifies the answer; must never touch the queue or log the
 //! message, its addresses or the key.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
 
 use super::SecretSource;
 use super::email::Email;
@@ -123,12 +127,13 @@ impl Mailgun {
             .basic_auth("api", Some(key.expose_secret()))
             .multipart(form)
             .timeout(timeout);
-        let answer = exchange(request, 64 * 1024).await?;
+        let answer = exchange(request, MAX_SEND_ANSWER).await?;
         if answer.status != 200 {
             return Err(answer.error(key, |v| {
                 v.get("message").and_then(|m| m.as_str()).map(String::from)
             }));
         }
+        answer.whole_body("Mailgun")?;
         let id = answer
             .json()
             .and_then(|v| v.get("id").and_then(|m| m.as_str()).map(String::from))
@@ -137,6 +142,94 @@ impl Mailgun {
         Ok(Accepted {
             message_id: crate::text::clean(id, MAX_MESSAGE_ID),
         })
+    }
+}
+
+/// Longest answer to a send read, in bytes (a message id and a sentence).
+const MAX_SEND_ANSWER: usize = 64 * 1024;
+
+/// Longest Events API answer read, in bytes (a page of [`EVENTS_PAGE`] events of a few KiB).
+const MAX_EVENTS_ANSWER: usize = 2 * 1024 * 1024;
+
+/// Events asked for in one Events API page: one recipient's events of one type within
+/// [`EVENT_WINDOW_SECS`] of a timestamp, far fewer in practice.
+const EVENTS_PAGE: u32 = 100;
+
+/// How far around an event's timestamp the Events API is searched, in seconds.
+const EVENT_WINDOW_SECS: i64 = 60;
+
+/// What a webhook's `event-data` claims happened, to be checked with the Events API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedEvent<'a> {
+    /// Mailgun's event id, when the webhook carried one.
+    pub id: Option<&'a str>,
+    /// `complained`, `unsubscribed`, `failed`, ...
+    pub event: &'a str,
+    /// The recipient's address (compared without regard to case).
+    pub recipient: &'a str,
+    /// `failed` events: `permanent` or `temporary`.
+    pub severity: Option<&'a str>,
+    /// `failed` events: why (`bounce`, `old`, `suppress-bounce`, ...).
+    pub reason: Option<&'a str>,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl ClaimedEvent<'_> {
+    /// Whether `item` (one event of an Events API page) is this event: same id (when the
+    /// webhook gave one), type, recipient, severity and reason.
+    fn is(&self, item: &Value) -> bool {
+        let text = |key: &str| item.get(key).and_then(Value::as_str);
+        self.id.is_none_or(|id| text("id") == Some(id))
+            && text("event") == Some(self.event)
+            && text("recipient").is_some_and(|r| r.trim().eq_ignore_ascii_case(self.recipient))
+            && self.severity.is_none_or(|s| text("severity") == Some(s))
+            && self.reason.is_none_or(|r| text("reason") == Some(r))
+    }
+}
+
+impl Mailgun {
+    /// Whether the Events API lists `claimed`: `GET {base}/v3/{domain}/events` filtered by
+    /// its type and recipient, [`EVENT_WINDOW_SECS`] either side of its timestamp, and an
+    /// item that [is](ClaimedEvent::is) it. Failures are classified as any call's.
+    pub async fn knows_event(
+        &self,
+        http: &reqwest::Client,
+        key: &SecretString,
+        claimed: &ClaimedEvent<'_>,
+        timeout: Duration,
+    ) -> Result<bool, CallError> {
+        let Some(domain) = &self.domain else {
+            return Err(super::http::configuration_error(
+                "providers.mailgun.domain is not configured",
+            ));
+        };
+        let at = claimed.timestamp.timestamp();
+        let request = http
+            .get(format!("{}/v3/{domain}/events", self.base))
+            .basic_auth("api", Some(key.expose_secret()))
+            .query(&[
+                ("event", claimed.event.to_string()),
+                ("recipient", claimed.recipient.to_string()),
+                ("begin", (at - EVENT_WINDOW_SECS).to_string()),
+                ("end", (at + EVENT_WINDOW_SECS + 1).to_string()),
+                ("limit", EVENTS_PAGE.to_string()),
+            ])
+            .timeout(timeout);
+        let answer = exchange(request, MAX_EVENTS_ANSWER).await?;
+        if answer.status != 200 {
+            return Err(answer.error(key, |v| {
+                v.get("message").and_then(|m| m.as_str()).map(String::from)
+            }));
+        }
+        let page: Value = serde_json::from_slice(answer.whole_body("the Mailgun Events API")?)
+            .map_err(|_| {
+                unexpected_answer("the Mailgun Events API answered something that is not JSON")
+            })?;
+        let items = page
+            .get("items")
+            .and_then(Value::as_array)
+            .ok_or_else(|| unexpected_answer("the Mailgun Events API answered without items"))?;
+        Ok(items.iter().any(|item| claimed.is(item)))
     }
 }
 
@@ -182,6 +275,38 @@ mod tests {
         assert_eq!(get("v:campaign-id"), vec!["cmp_42"]);
         assert_eq!(get("v:recipient-id"), vec!["rcp_7"]);
         assert_eq!(get("subject"), vec!["Hi"]);
+    }
+
+    #[test]
+    fn an_event_is_known_only_when_every_claimed_field_matches() {
+        let claimed = ClaimedEvent {
+            id: Some("ev1"),
+            event: "failed",
+            recipient: "ada@example.com",
+            severity: Some("permanent"),
+            reason: Some("bounce"),
+            timestamp: Utc::now(),
+        };
+        let item = json!({"id": "ev1", "event": "failed", "recipient": "Ada@Example.com",
+                          "severity": "permanent", "reason": "bounce"});
+        assert!(claimed.is(&item));
+        for (field, other) in [
+            ("id", "ev2"),
+            ("event", "delivered"),
+            ("recipient", "bob@example.com"),
+            ("severity", "temporary"),
+            ("reason", "old"),
+        ] {
+            let mut changed = item.clone();
+            changed[field] = json!(other);
+            assert!(!claimed.is(&changed), "{field} differs");
+        }
+        let without_id = ClaimedEvent {
+            id: None,
+            ..claimed
+        };
+        assert!(without_id.is(&json!({"id": "any", "event": "failed",
+            "recipient": "ada@example.com", "severity": "permanent", "reason": "bounce"})));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! code, verifier or client secret into an error message (every message is scrubbed).
 //! Text taken from an answer (error codes and descriptions, account ids, emails, scopes)
 //! is cleaned and capped with [`crate::text`] before it leaves this module, and answers
-//! are read up to [`MAX_ANSWER`] bytes, never whole.
+//! are read up to [`MAX_TOKEN_ANSWER`] / [`MAX_USERINFO_ANSWER`] bytes: a longer one is
+//! an error, never buffered.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,14 +22,18 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::http::{CallError, error_from_transport, parse_retry_after, read_body};
+use super::http::{CallError, exchange, parse_retry_after};
 use crate::config::{ClientAuth, Config, ConfigError, OAuthProviderConfig, SecretRef};
 use crate::error_class::ErrorClass;
 use crate::secrets::scrub;
 use crate::text;
 
-/// Longest token endpoint or userinfo answer read, in bytes.
-pub const MAX_ANSWER: usize = 64 * 1024;
+/// Longest token endpoint answer read, in bytes (tokens, an expiry and scopes: a few KiB;
+/// a longer answer is refused, never buffered).
+pub const MAX_TOKEN_ANSWER: usize = 64 * 1024;
+
+/// Longest userinfo answer read, in bytes (an account's id, email and a few claims).
+pub const MAX_USERINFO_ANSWER: usize = 64 * 1024;
 
 /// Longest account id kept from userinfo (it is part of a unique key), in bytes; a longer
 /// one is refused rather than cut, since a cut id could name another account.
@@ -312,13 +317,13 @@ pub async fn exchange_code(
     redirect_uri: &str,
     verifier: &SecretString,
 ) -> Result<Tokens, TokenError> {
-    let form = vec![
-        ("grant_type", "authorization_code".to_string()),
-        ("code", code.expose_secret().to_string()),
-        ("redirect_uri", redirect_uri.to_string()),
-        ("code_verifier", verifier.expose_secret().to_string()),
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.expose_secret()),
+        ("redirect_uri", redirect_uri),
+        ("code_verifier", verifier.expose_secret()),
     ];
-    token_call(client, provider, form, &[code, verifier]).await
+    token_call(client, provider, &form, &[code, verifier]).await
 }
 
 /// Refreshes: `grant_type=refresh_token` with the provider's client authentication.
@@ -327,11 +332,11 @@ pub async fn refresh(
     provider: &Provider,
     refresh_token: &SecretString,
 ) -> Result<Tokens, TokenError> {
-    let form = vec![
-        ("grant_type", "refresh_token".to_string()),
-        ("refresh_token", refresh_token.expose_secret().to_string()),
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose_secret()),
     ];
-    token_call(client, provider, form, &[refresh_token]).await
+    token_call(client, provider, &form, &[refresh_token]).await
 }
 
 fn config_error(message: String) -> TokenError {
@@ -344,10 +349,12 @@ fn config_error(message: String) -> TokenError {
     })
 }
 
+/// One token endpoint call with `form` (borrowed from the secrets it carries: no copy of
+/// a token, code or secret is left behind in our memory).
 async fn token_call(
     client: &reqwest::Client,
     provider: &Provider,
-    mut form: Vec<(&'static str, String)>,
+    form: &[(&'static str, &str)],
     sent: &[&SecretString],
 ) -> Result<Tokens, TokenError> {
     let secret = provider
@@ -356,44 +363,45 @@ async fn token_call(
     let mut request = client
         .post(provider.token_url.clone())
         .header(reqwest::header::ACCEPT, "application/json");
+    let mut form = form.to_vec();
     match provider.client_auth {
         ClientAuth::Basic => {
             // RFC 6749 §2.3.1: form-urlencode id and secret before Basic
-            let enc = |s: &str| url_encode(s);
-            request =
-                request.basic_auth(enc(&provider.client_id), Some(enc(secret.expose_secret())));
+            let encoded_secret = zeroize::Zeroizing::new(url_encode(secret.expose_secret()));
+            request = request.basic_auth(
+                url_encode(&provider.client_id),
+                Some(encoded_secret.as_str()),
+            );
         }
         ClientAuth::Body => {
-            form.push(("client_id", provider.client_id.clone()));
-            form.push(("client_secret", secret.expose_secret().to_string()));
+            form.push(("client_id", &provider.client_id));
+            form.push(("client_secret", secret.expose_secret()));
         }
     }
     let mut secrets: Vec<&SecretString> = sent.to_vec();
     secrets.push(&secret);
-    let response = request.form(&form).send().await.map_err(|e| {
-        let mut c = error_from_transport(&e);
-        c.message = scrub(&format!("token endpoint: {}", c.message), &secrets);
-        TokenError::Call(c)
-    })?;
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = read_body(response, MAX_ANSWER).await.map_err(|mut c| {
-        c.message = scrub(&format!("token endpoint: {}", c.message), &secrets);
-        TokenError::Call(c)
-    })?;
-    if (200..300).contains(&status)
-        && let Ok(answer) = serde_json::from_slice::<TokenAnswer>(&body)
-    {
-        return Ok(tokens(answer, Utc::now()));
+    let answer = exchange(request.form(&form), MAX_TOKEN_ANSWER)
+        .await
+        .map_err(|mut c| {
+            c.message = scrub(&format!("token endpoint: {}", c.message), &secrets);
+            TokenError::Call(c)
+        })?;
+    if (200..300).contains(&answer.status) {
+        let body = answer
+            .whole_body("the token endpoint")
+            .map_err(|c| TokenError::Call(c.clone()))?;
+        if let Ok(tokens_answer) = serde_json::from_slice::<TokenAnswer>(body) {
+            return Ok(tokens(tokens_answer, Utc::now()));
+        }
     }
+    let retry_after = answer
+        .headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok());
     Err(classify_token_error(
-        status,
-        &body,
-        retry_after.as_deref(),
+        answer.status,
+        &answer.body,
+        retry_after,
         Utc::now(),
         &secrets,
     ))
@@ -511,17 +519,16 @@ pub async fn userinfo(
     };
     let request = userinfo_request(client, provider, template, access_token)
         .map_err(|message| fail(ErrorClass::Configuration, false, message, None))?;
-    let response = request.send().await.map_err(|e| {
-        let c = error_from_transport(&e);
+    let answer = exchange(request, MAX_USERINFO_ANSWER).await.map_err(|c| {
         fail(
             c.class,
             c.retryable,
             format!("userinfo: {}", c.message),
-            None,
+            c.status,
         )
     })?;
-    let status = response.status().as_u16();
-    if !response.status().is_success() {
+    let status = answer.status;
+    if !(200..300).contains(&status) {
         let (class, retryable) = super::http::classify_status(status);
         return Err(fail(
             class,
@@ -530,15 +537,10 @@ pub async fn userinfo(
             Some(status),
         ));
     }
-    let body = read_body(response, MAX_ANSWER).await.map_err(|c| {
-        fail(
-            c.class,
-            c.retryable,
-            format!("userinfo: {}", c.message),
-            None,
-        )
-    })?;
-    let info: serde_json::Value = serde_json::from_slice(&body).map_err(|_| {
+    let body = answer
+        .whole_body("userinfo")
+        .map_err(|c| fail(c.class, c.retryable, c.message, c.status))?;
+    let info: serde_json::Value = serde_json::from_slice(body).map_err(|_| {
         fail(
             ErrorClass::Api,
             true,

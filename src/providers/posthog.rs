@@ -20,6 +20,9 @@ pub const DEFAULT_HOST: &str = "https://us.i.posthog.com";
 /// Most events in one `/batch/` call.
 pub const MAX_BATCH: usize = 100;
 
+/// Longest answer to a batch read, in bytes (`{"status": 1}`, or an error).
+const MAX_CAPTURE_ANSWER: usize = 64 * 1024;
+
 /// PostHog as configured under `[providers.posthog]`.
 #[derive(Debug)]
 pub struct Posthog {
@@ -112,7 +115,7 @@ impl Posthog {
             .post(format!("{}/batch/", self.host))
             .json(&json!({ "api_key": key.expose_secret(), "batch": items }))
             .timeout(timeout);
-        let answer = exchange(request, 64 * 1024).await?;
+        let answer = exchange(request, MAX_CAPTURE_ANSWER).await?;
         if (200..300).contains(&answer.status) {
             return Ok(());
         }

@@ -17,6 +17,9 @@ use crate::config::SendgridConfig;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.sendgrid.com";
 
+/// Longest answer to a send read, in bytes (empty on success; a list of errors).
+const MAX_SEND_ANSWER: usize = 64 * 1024;
+
 /// SendGrid as configured under `[providers.sendgrid]`.
 #[derive(Debug)]
 pub struct Sendgrid {
@@ -134,7 +137,7 @@ impl Sendgrid {
             .bearer_auth(key.expose_secret())
             .json(&self.body(email))
             .timeout(timeout);
-        let answer = exchange(request, 64 * 1024).await?;
+        let answer = exchange(request, MAX_SEND_ANSWER).await?;
         if answer.status == 202 || answer.status == 200 {
             return answer
                 .headers

@@ -26,6 +26,9 @@ pub const DEFAULT_BASE_URL: &str = "https://api.stripe.com";
 /// primary key).
 const MAX_ID: usize = 255;
 
+/// Longest answer read, in bytes (one account or account link object, or an error).
+const MAX_OBJECT_ANSWER: usize = 256 * 1024;
+
 /// Longest onboarding URL kept from an answer, in bytes.
 const MAX_URL: usize = 8192;
 
@@ -173,16 +176,16 @@ impl Stripe {
             .header("Idempotency-Key", idempotency_key)
             .form(form)
             .timeout(timeout);
-        let Answer {
-            status,
-            headers,
-            body,
-        } = exchange(request, 256 * 1024).await?;
-        let json = serde_json::from_slice::<Value>(&body).ok();
-        if (200..300).contains(&status) {
+        let answer = exchange(request, MAX_OBJECT_ANSWER).await?;
+        let json = answer.json();
+        if (200..300).contains(&answer.status) {
+            answer.whole_body("Stripe")?;
             return json
                 .ok_or_else(|| unexpected_answer("Stripe answered with a body that is not JSON"));
         }
+        let Answer {
+            status, headers, ..
+        } = answer;
         let message = json
             .as_ref()
             .and_then(|v| v.get("error"))

@@ -86,6 +86,15 @@ impl From<queue::Job> for JobRow {
     }
 }
 
+/// Asserts that the last error of `dead` is of `class` and says `words`; returns it.
+pub fn assert_last_error(dead: &DeadLetter, class: &str, words: &str) -> Value {
+    let last = dead.errors.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["class"], class, "{last}");
+    let message = last["message"].as_str().unwrap_or_default();
+    assert!(message.contains(words), "{words:?} not in {last}");
+    last
+}
+
 /// The HTTP shim served in-process on a free local port.
 pub struct Shim {
     /// `http://127.0.0.1:PORT`.

@@ -12,7 +12,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use penguin_jobs::secrets::MasterKey;
 use secrecy::ExposeSecret;
@@ -22,11 +22,12 @@ use super::TempDir;
 /// The oauthlib version the test server is written against.
 pub const OAUTHLIB: &str = "oauthlib==3.2.2";
 
-/// A new master key written to `dir/name`: the key and its `"file:PATH"` reference.
-pub fn master_key_file(dir: &TempDir, name: &str) -> (MasterKey, String) {
+/// A new master key written to `dir/name`: the key (shared, as keyrings hold it) and its
+/// `"file:PATH"` reference.
+pub fn master_key_file(dir: &TempDir, name: &str) -> (Arc<MasterKey>, String) {
     let key = MasterKey::generate();
     let reference = dir.secret_file(name, key.to_base64().expose_secret());
-    (key, reference)
+    (Arc::new(key), reference)
 }
 
 /// A running oauthlib authorization server.

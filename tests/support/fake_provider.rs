@@ -24,6 +24,8 @@ use serde_json::{Value, json};
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// The query string, decoded into its pairs in order.
+    pub query: Vec<(String, String)>,
     /// Lowercase names.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -86,6 +88,15 @@ fn parse_multipart(body: &[u8], boundary: &str) -> Vec<(String, String)> {
         ));
     }
     fields
+}
+
+/// A JSON object of `members` (`"access_token":"t"`) padded past eight MiB: a valid
+/// answer that a client accepts only if it reads it whole.
+pub fn eight_mebibytes_of_json(members: &str) -> Vec<u8> {
+    let mut body = format!(r#"{{{members},"padding":""#).into_bytes();
+    body.resize(body.len() + 8 * 1024 * 1024, b'x');
+    body.extend_from_slice(br#""}"#);
+    body
 }
 
 /// A scripted answer.
@@ -242,6 +253,9 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
+    let query = url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
@@ -261,6 +275,7 @@ async fn handle(
     let recorded = Recorded {
         method,
         path: path.clone(),
+        query,
         headers,
         body,
         at: Instant::now(),
