@@ -205,7 +205,7 @@ async fn the_cli_enqueues_inspects_and_refuses_bad_input_clearly() {
 
     let out = app.cli(&["stats", "--json"]);
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(stats[0]["scheduled"], 1);
+    assert_eq!(stats["queues"][0]["scheduled"], 1);
 
     let refusals: [(&[&str], &str); 5] = [
         (&["enqueue", "nope"], "unknown job kind \"nope\""),

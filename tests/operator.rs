@@ -228,3 +228,61 @@ async fn replaying_every_dead_letter_works_in_bounded_batches_and_replays_each_o
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn a_transaction_holding_the_horizon_is_named_by_stats_and_warned_about_by_the_daemon() {
+    let app = support::app::TestApp::builder()
+        .config(
+            "[daemon]\nhorizon_warn = \"1s\"\nrescue_interval = \"200ms\"\npoll_interval = \"100ms\"\n\
+             [maintenance]\nprune = false\n[oauth]\nrefresh = false\n[api_keys]\nrotation = false\n",
+        )
+        .build()
+        .await;
+    let quiet = app.cli(&["stats"]);
+    let quiet = String::from_utf8_lossy(&quiet.stdout).to_string();
+    assert!(!quiet.contains("WARNING"), "{quiet}");
+
+    // a report in REPEATABLE READ elsewhere, left open
+    let mut report = <sqlx::PgConnection as sqlx::Connection>::connect(&format!(
+        "{}{}application_name=nightly-report",
+        app.url,
+        if app.url.contains('?') { "&" } else { "?" }
+    ))
+    .await
+    .unwrap();
+    sqlx::query("begin isolation level repeatable read")
+        .execute(&mut report)
+        .await
+        .unwrap();
+    // the snapshot is taken by the transaction's first statement
+    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut report)
+        .await
+        .unwrap();
+    let mut daemon = app.spawn_daemon("daemon.log");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let out = app.cli(&["stats"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        stdout.contains(&format!(
+            "WARNING: the xmin horizon is held by session pid {pid} (\"nightly-report\"), idle in transaction, for "
+        )),
+        "{stdout}"
+    );
+    let out = app.cli(&["stats", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["horizon"]["oldest"]["pid"], pid);
+    assert_eq!(json["horizon"]["oldest"]["name"], "nightly-report");
+
+    let warned = support::poll_until(Duration::from_secs(30), async || {
+        app.log("daemon.log")
+            .contains("a transaction holds the xmin horizon")
+    })
+    .await;
+    support::daemon::stop_daemon(&mut daemon);
+    let log = app.log("daemon.log");
+    assert!(warned.is_some(), "no warning in the daemon's log:\n{log}");
+    assert!(log.contains(&format!("session pid {pid}")), "{log}");
+    sqlx::query("rollback").execute(&mut report).await.unwrap();
+}

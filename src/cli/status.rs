@@ -38,11 +38,46 @@ pub(super) async fn integrations(config: &Config, json: bool) -> anyhow::Result<
     Ok(())
 }
 
+/// The horizon's holder and the dead row versions the queue carries; a warning line when
+/// the holder has held it longer than `warn_after`.
+fn print_horizon(h: &queue::horizon::Horizon, warn_after: std::time::Duration) {
+    match &h.oldest {
+        Some(holder) if holder.held_longer_than(warn_after) => println!(
+            "WARNING: the xmin horizon is held by {}: VACUUM cannot remove the queue's dead row \
+             versions until it ends (daemon.horizon_warn = {})",
+            holder.describe(),
+            humantime::format_duration(warn_after)
+        ),
+        Some(holder) => println!("xmin horizon: {}", holder.describe()),
+        None => println!("xmin horizon: no other snapshot held"),
+    }
+    if h.tables.is_empty() {
+        return;
+    }
+    let mut table = Table::new(&["TABLE", ">LIVE", ">DEAD", ">SIZE"]);
+    for t in &h.tables {
+        table.row([
+            format!("penguin.{}", t.table),
+            t.live.to_string(),
+            t.dead.to_string(),
+            format!("{:.1} MB", t.bytes as f64 / 1e6),
+        ]);
+    }
+    table.print();
+}
+
 pub(super) async fn stats(config: &Config, json: bool) -> anyhow::Result<()> {
     let (pool, _) = connect(config, Embedded::Attach).await?;
     let stats = queue::stats(&pool).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        let horizon = queue::horizon::horizon(&pool).await?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "queues": stats,
+                "horizon": horizon,
+            }))?
+        );
     } else {
         let mut table = Table::new(&[
             "QUEUE",
@@ -67,6 +102,10 @@ pub(super) async fn stats(config: &Config, json: bool) -> anyhow::Result<()> {
             ]);
         }
         table.print();
+        print_horizon(
+            &queue::horizon::horizon(&pool).await?,
+            config.daemon.horizon_warn,
+        );
         let window = queue::daemons::liveness_window(config.daemon.rescue_interval);
         for w in queue::waiting_kinds(&pool, window).await? {
             println!(

@@ -34,6 +34,8 @@ pub const RESCUE_INTERVAL_RANGE: DurationRange = range(Duration::from_millis(10)
 pub const SHUTDOWN_GRACE_RANGE: DurationRange = range(Duration::ZERO, DAY);
 /// `daemon.unknown_kind_grace` (`"0s"`: dead-letter at once).
 pub const UNKNOWN_KIND_GRACE_RANGE: DurationRange = range(Duration::ZERO, DAY.saturating_mul(365));
+/// `daemon.horizon_warn`.
+pub const HORIZON_WARN_RANGE: DurationRange = range(Duration::from_secs(1), DAY.saturating_mul(7));
 /// `kinds.X.timeout`.
 pub const TIMEOUT_RANGE: DurationRange = range(MS, DAY);
 /// `http.header_timeout`, `http.body_timeout` and `http.idle_timeout`.

@@ -271,6 +271,11 @@ pub struct DaemonConfig {
     /// dead-lettered with reason `unknown_kind`.
     #[serde(with = "humantime_serde")]
     pub unknown_kind_grace: Duration,
+    /// A transaction (or prepared transaction) holding the xmin horizon longer than this is
+    /// warned about, naming its pid and application: while it holds, VACUUM cannot remove
+    /// the dead row versions the queue leaves, and claims slow down.
+    #[serde(with = "humantime_serde")]
+    pub horizon_warn: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -283,6 +288,7 @@ impl Default for DaemonConfig {
             shutdown_grace: Duration::from_secs(30),
             flush_batch: 2000,
             unknown_kind_grace: Duration::from_secs(24 * 3600),
+            horizon_warn: Duration::from_secs(300),
         }
     }
 }
@@ -593,6 +599,7 @@ impl Config {
             d.unknown_kind_grace,
             UNKNOWN_KIND_GRACE_RANGE,
         )?;
+        check_duration("daemon.horizon_warn", d.horizon_warn, HORIZON_WARN_RANGE)?;
         if d.flush_batch == 0 || d.flush_batch > 10_000 {
             return invalid("daemon.flush_batch must be between 1 and 10000".into());
         }

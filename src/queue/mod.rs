@@ -12,6 +12,7 @@ pub mod daemons;
 pub mod email;
 pub mod enqueue;
 pub mod grants;
+pub mod horizon;
 pub mod inbound;
 pub mod integrations;
 pub mod outcome;

@@ -125,6 +125,7 @@ pub async fn run(
             every: d.rescue_interval,
             poll_interval: d.poll_interval,
             unknown_kind_grace: d.unknown_kind_grace,
+            horizon_warn: d.horizon_warn,
             health,
         },
         background.clone(),
@@ -263,6 +264,7 @@ struct Maintenance {
     every: Duration,
     poll_interval: Duration,
     unknown_kind_grace: Duration,
+    horizon_warn: Duration,
     health: Arc<DbHealth>,
 }
 
@@ -270,11 +272,13 @@ struct Maintenance {
 /// leases (once this daemon's own writes settled after a database failure); forgets idle
 /// marks of workers that stopped refreshing them (crashed daemons), so inserts stop paying
 /// NOTIFY on their account; reports jobs whose kind no live daemon handles, and
-/// dead-letters those that waited longer than `unknown_kind_grace`.
+/// dead-letters those that waited longer than `unknown_kind_grace`; warns about a
+/// transaction holding the xmin horizon longer than `horizon_warn`.
 async fn maintain(m: Maintenance, stop: CancellationToken) {
     let stale = (m.poll_interval * 3).max(Duration::from_secs(60));
     let window = queue::daemons::liveness_window(m.every);
     let mut reported: HashMap<String, (i64, Instant)> = HashMap::new();
+    let mut horizon_warned: Option<Instant> = None;
     let mut first = true;
     loop {
         if !first {
@@ -302,9 +306,31 @@ async fn maintain(m: Maintenance, stop: CancellationToken) {
             }
             Err(e) => tracing::debug!(error = %e, "could not look for jobs of unhandled kinds"),
         }
+        warn_of_held_horizon(&m, &mut horizon_warned).await;
     }
     if let Err(e) = queue::unregister_daemon(&m.pool, &m.daemon, window).await {
         tracing::debug!(error = %e, "could not remove this daemon's row");
+    }
+}
+
+/// Warns, at most once per `horizon_warn`, when a transaction has held the xmin horizon
+/// longer than `horizon_warn`: VACUUM cannot clean the queue behind it, and claims slow
+/// down as dead row versions pile up.
+async fn warn_of_held_horizon(m: &Maintenance, warned: &mut Option<Instant>) {
+    if warned.is_some_and(|at| at.elapsed() < m.horizon_warn) {
+        return;
+    }
+    match queue::horizon::oldest_holder(&m.pool).await {
+        Ok(Some(holder)) if holder.held_longer_than(m.horizon_warn) => {
+            tracing::warn!(
+                holder = %holder.describe(),
+                "a transaction holds the xmin horizon: VACUUM cannot remove the queue's dead \
+                 row versions until it ends, and claims slow down; end it, or see `penguin-jobs stats`"
+            );
+            *warned = Some(Instant::now());
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "could not read the xmin horizon"),
     }
 }
 
