@@ -478,6 +478,31 @@ async fn a_mailgun_token_cannot_be_replayed() {
 }
 
 #[tokio::test]
+async fn one_mailgun_token_delivered_many_times_at_once_is_taken_once() {
+    let shim = start().await;
+    let ts = shim.now();
+    let token = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0";
+    // concurrent deliveries share group-commit batches: a token seen twice in one batch
+    // must be a replay there too, not two events
+    let bodies: Vec<Vec<u8>> = (0..16)
+        .map(|n| mailgun_body(ts, token, &format!("mg-at-once-{n}")))
+        .collect();
+    let answers =
+        futures::future::join_all(bodies.iter().map(|b| shim.post_webhook("mailgun", &[], b)))
+            .await;
+    let mut statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+    assert!(statuses[1..].iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(
+        shim.app
+            .count("select count(*) from penguin.inbound_events")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
 async fn a_mailgun_token_is_refused_by_every_shim_and_only_once_its_delivery_is_stored() {
     let first = start().await;
     let second = start_with(
