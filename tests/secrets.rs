@@ -566,3 +566,34 @@ async fn the_logs_of_a_connect_refresh_and_key_rotation_never_show_a_secret() {
         );
     }
 }
+
+#[tokio::test]
+async fn many_daemons_raising_one_condition_at_once_open_one_alert() {
+    use penguin_jobs::credentials::{AlertKind, NewAlert, Subject, raise_alert_once};
+    let db = support::test_db().await;
+    let alert = NewAlert {
+        kind: AlertKind::OauthClientRefused,
+        subject_type: Subject::OauthClient,
+        subject_id: Some("google".into()),
+        tenant_id: None,
+        provider: Some("google"),
+        message: "the token endpoint refused the client (invalid_client)".into(),
+    };
+    let raised =
+        futures::future::join_all((0..12).map(|_| raise_alert_once(&db.pool, &alert))).await;
+    let raised: Vec<bool> = raised.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(raised.iter().filter(|r| **r).count(), 1, "{raised:?}");
+    let open: i64 = sqlx::query_scalar(
+        "select count(*) from penguin.alerts where kind = 'oauth_client_refused' and acknowledged_at is null",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(open, 1);
+    // once acknowledged, the condition may raise a new one
+    sqlx::query("update penguin.alerts set acknowledged_at = now()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(raise_alert_once(&db.pool, &alert).await.unwrap());
+}
