@@ -40,7 +40,8 @@ async fn world(provider: &str, auth: &str) -> World {
     let toml = format!(
         "[daemon]\npoll_interval = \"100ms\"\n[maintenance]\nprune = false\n\
          [secrets]\nmaster_key = \"{master_ref}\"\n\
-         [kinds.\"oauth.refresh\"]\nmax_attempts = 30\nbackoff = {{ strategy = \"fixed\", base = \"100ms\", max = \"100ms\", jitter = false }}\n\
+         [kinds.\"oauth.refresh\"]\nmax_attempts = 30\nbackoff = {{ strategy = \"fixed\", base = \"100ms\", max = \"100ms\", jitter = false }}\n
+         [kinds.\"oauth.exchange\"]\nmax_attempts = 30\nbackoff = {{ strategy = \"fixed\", base = \"200ms\", max = \"200ms\", jitter = false }}\n\
          {}",
         server.provider_toml(provider, CLIENT_ID, &secret_ref, auth)
     );
@@ -488,6 +489,60 @@ async fn a_refused_client_secret_keeps_connections_active_raises_one_alert_and_r
         .unwrap();
     assert_eq!(c.status, "active");
     assert_eq!(creds::open_alerts(&w.app.pool).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_client_secret_during_the_code_exchange_is_retried_until_fixed() {
+    let mut w = world("acme", "basic").await;
+    w.app.start_runtime();
+    // mistyped before the first use: the token endpoint answers invalid_client
+    w.app
+        .dir
+        .secret_file("client.secret", "not-the-client-secret");
+    let tenant = Uuid::new_v4();
+    let providers = Providers::from_config(&config(&w.app.toml)).unwrap();
+    let url = begin_authorization(
+        &w.app.pool,
+        w.keyring(),
+        &providers.get("acme").unwrap(),
+        tenant,
+        &w.redirect_uri("acme"),
+        Actor::Api(None),
+    )
+    .await
+    .unwrap();
+    let back = w.server.consent(url.as_str()).await;
+    assert_eq!(reqwest::get(&back).await.unwrap().status().as_u16(), 200);
+    let refused_twice = support::poll_until(LIMIT, async || {
+        w.server.stats().await["token_requests"]["authorization_code"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 2
+    })
+    .await;
+    assert!(refused_twice.is_some(), "the exchange was not retried");
+    assert_eq!(
+        w.app
+            .count("select count(*) from penguin.dead_letters where kind = 'oauth.exchange'")
+            .await,
+        0,
+        "a configuration error is not the tenant's: the exchange waits for the fix"
+    );
+    let alerts = creds::open_alerts(&w.app.pool).await.unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].kind, "oauth_client_refused");
+    // fixed (read again within the 30 s secret cache): the same code is exchanged
+    w.app.dir.secret_file("client.secret", CLIENT_SECRET);
+    w.app
+        .wait_for(
+            &format!(
+                "select exists (select 1 from penguin.oauth_connections \
+                 where tenant_id = '{tenant}' and status = 'active')"
+            ),
+            LIMIT,
+            "the connection stored once the secret is fixed",
+        )
+        .await;
 }
 
 #[tokio::test]
