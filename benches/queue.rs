@@ -51,6 +51,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
 const DRAIN_JOBS: usize = 200_000;
 const ENQUEUE_CHUNK: usize = 1_000;
 const CHURN_ROUNDS: usize = 5;
+/// How long a drain may take before the bench gives up on it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(600);
 
 /// The daemon's config: defaults but for the pool (`--concurrency`, `--batch`) and the
 /// built-in schedules (they would add their own jobs to the counts).
@@ -156,16 +158,25 @@ async fn enqueue_batch(
 /// Enqueues DRAIN_JOBS due in a few seconds, lets the running daemon drain them, and
 /// returns (jobs/s, enqueue jobs/s).
 async fn drain(pool: &PgPool, daemon: &Daemon) -> (f64, f64) {
-    drain_jobs(pool, daemon, DRAIN_JOBS, Duration::from_secs(10)).await
+    drain_jobs(
+        pool,
+        daemon,
+        DRAIN_JOBS,
+        Duration::from_secs(10),
+        DRAIN_LIMIT,
+    )
+    .await
 }
 
 /// Enqueues `jobs` (a multiple of ENQUEUE_CHUNK) due after `head_start`, lets the running
-/// daemon drain them, and returns (jobs/s, enqueue jobs/s).
+/// daemon drain them (failing if that takes longer than `limit`), and returns (jobs/s,
+/// enqueue jobs/s).
 async fn drain_jobs(
     pool: &PgPool,
     daemon: &Daemon,
     jobs: usize,
     head_start: Duration,
+    limit: Duration,
 ) -> (f64, f64) {
     let due = chrono::Utc::now() + chrono::Duration::from_std(head_start).unwrap();
     let enqueue_rate = enqueue_batch(pool, jobs, Some(due)).await;
@@ -177,7 +188,7 @@ async fn drain_jobs(
     );
     let maintenance_before = table_maintenance(pool).await;
     let sampler = diagnose().then(|| tokio::spawn(sample_waits(pool.clone())));
-    wait_drained(pool, daemon).await;
+    wait_drained_within(pool, daemon, limit).await;
     if let Some(s) = sampler {
         s.abort();
     }
@@ -284,7 +295,12 @@ async fn table_maintenance(pool: &PgPool) -> (i64, i64) {
 /// Waits until no job is due or running. Two index probes every 250 ms: a `count(*)`
 /// over the claim index every 100 ms cost the drain it measured a good share of a core.
 async fn wait_drained(pool: &PgPool, daemon: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(600);
+    wait_drained_within(pool, daemon, DRAIN_LIMIT).await
+}
+
+/// `wait_drained`, failing after `limit` instead of DRAIN_LIMIT.
+async fn wait_drained_within(pool: &PgPool, daemon: &Daemon, limit: Duration) {
+    let deadline = Instant::now() + limit;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let busy: bool = sqlx::query_scalar(

@@ -12,6 +12,10 @@
 //! tuples back under 10% of their peak (polled every 5 s, given up after 5 minutes), and
 //! reads the sizes again: whether the space comes back without `VACUUM FULL`.
 //!
+//! It is slow by design: on a 2-core machine the default 5 x 200k fell to a few hundred
+//! jobs/s by the fourth wave (over 8 minutes for that wave alone), so each wave may take
+//! up to an hour (WAVE_LIMIT); `--waves 3 --wave-jobs 50000` takes about two minutes.
+//!
 //! Tuple counts come from `pg_stat_user_tables`, which PostgreSQL 15 updates from each
 //! backend's pending counts at most once a second (idle backends within ~10 s);
 //! `pg_stat_force_next_flush()` only flushes the calling backend, not the daemon's, so
@@ -33,6 +37,9 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(300);
 const RECOVERY_POLL: Duration = Duration::from_secs(5);
 /// Recovered: dead tuples under this share of their peak.
 const RECOVERED_SHARE: f64 = 0.1;
+/// How long one wave's drain may take: under a held horizon the later waves of 200k jobs
+/// ran at under 1,000 jobs/s on a 2-core machine, past the bench's usual 10 minutes.
+const WAVE_LIMIT: Duration = Duration::from_secs(3600);
 
 /// The mode's settings, from the command line.
 pub struct HorizonOptions {
@@ -240,7 +247,7 @@ async fn run_waves(
     let (mut waves, mut rates, mut peak_dead) = (vec![], vec![], 0);
     for wave in 1..=options.waves {
         let (rate, enqueue_rate) =
-            drain_jobs(pool, daemon, options.jobs_per_wave, head_start).await;
+            drain_jobs(pool, daemon, options.jobs_per_wave, head_start, WAVE_LIMIT).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let state = TableState::read(pool).await;
         let xmin_age = held.xmin_age(pool).await;
