@@ -19,6 +19,14 @@
 //!   migration's per-table autovacuum settings and with PostgreSQL's defaults: the rate of
 //!   each round, dead tuples left and the sizes of the table and its indexes.
 //!
+//! `--horizon` (never by default, nor in CI) adds the held-horizon mode (see
+//! `horizon/mod.rs`): a repeatable-read transaction held open on a separate connection
+//! while `--waves N` (5) waves of `--wave-jobs N` (200,000) no-op jobs are enqueued and
+//! drained, with each wave's rate, dead and live tuples, table and index sizes and the held
+//! xmin's age; then how long autovacuum takes, once it is released, to bring the dead
+//! tuples under 10% of their peak, and the sizes then. A quick run:
+//! `cargo bench --bench queue -- --runs 1 --quick --horizon --waves 2 --wave-jobs 20000`.
+//!
 //! `BENCH_DIAGNOSE=1` also samples what the cluster's backends wait on during each drain
 //! (with the table's statistics) and logs the plan of every statement slower than 30 ms
 //! (auto_explain); the cluster's log is kept in the temp directory. It costs the drain a
@@ -28,6 +36,7 @@
 //! − first attempted_at), so process start-up and polling do not count.
 
 mod common;
+mod horizon;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,6 +51,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
 const DRAIN_JOBS: usize = 200_000;
 const ENQUEUE_CHUNK: usize = 1_000;
 const CHURN_ROUNDS: usize = 5;
+/// How long a drain may take before the bench gives up on it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(600);
 
 /// The daemon's config: defaults but for the pool (`--concurrency`, `--batch`) and the
 /// built-in schedules (they would add their own jobs to the counts).
@@ -145,10 +156,30 @@ async fn enqueue_batch(
 }
 
 /// Enqueues DRAIN_JOBS due in a few seconds, lets the running daemon drain them, and
-/// returns (jobs/s, enqueue jobs/s, peak RSS in kB so far).
+/// returns (jobs/s, enqueue jobs/s).
 async fn drain(pool: &PgPool, daemon: &Daemon) -> (f64, f64) {
-    let due = chrono::Utc::now() + chrono::Duration::seconds(10);
-    let enqueue_rate = enqueue_batch(pool, DRAIN_JOBS, Some(due)).await;
+    drain_jobs(
+        pool,
+        daemon,
+        DRAIN_JOBS,
+        Duration::from_secs(10),
+        DRAIN_LIMIT,
+    )
+    .await
+}
+
+/// Enqueues `jobs` (a multiple of ENQUEUE_CHUNK) due after `head_start`, lets the running
+/// daemon drain them (failing if that takes longer than `limit`), and returns (jobs/s,
+/// enqueue jobs/s).
+async fn drain_jobs(
+    pool: &PgPool,
+    daemon: &Daemon,
+    jobs: usize,
+    head_start: Duration,
+    limit: Duration,
+) -> (f64, f64) {
+    let due = chrono::Utc::now() + chrono::Duration::from_std(head_start).unwrap();
+    let enqueue_rate = enqueue_batch(pool, jobs, Some(due)).await;
     // start both drains from the same place: no checkpoint of earlier bulk writes pending
     sqlx::query("checkpoint").execute(pool).await.unwrap();
     assert!(
@@ -157,7 +188,7 @@ async fn drain(pool: &PgPool, daemon: &Daemon) -> (f64, f64) {
     );
     let maintenance_before = table_maintenance(pool).await;
     let sampler = diagnose().then(|| tokio::spawn(sample_waits(pool.clone())));
-    wait_drained(pool, daemon).await;
+    wait_drained_within(pool, daemon, limit).await;
     if let Some(s) = sampler {
         s.abort();
     }
@@ -177,7 +208,7 @@ async fn drain(pool: &PgPool, daemon: &Daemon) -> (f64, f64) {
     .fetch_one(pool)
     .await
     .unwrap();
-    assert_eq!(done as usize, DRAIN_JOBS, "every job completed");
+    assert_eq!(done as usize, jobs, "every job completed");
     // one claim statement stamps its rows with one attempted_at
     let (claims, mean_claim): (i64, f64) = sqlx::query_as(
         "select count(*), avg(n)::float8 from (select count(*) n from penguin.jobs
@@ -195,7 +226,7 @@ async fn drain(pool: &PgPool, daemon: &Daemon) -> (f64, f64) {
             maintenance_after.1 - maintenance_before.1
         )
     );
-    (DRAIN_JOBS as f64 / secs, enqueue_rate)
+    (jobs as f64 / secs, enqueue_rate)
 }
 
 /// `BENCH_DIAGNOSE=1`: sample what the cluster's backends wait on during each drain.
@@ -264,7 +295,12 @@ async fn table_maintenance(pool: &PgPool) -> (i64, i64) {
 /// Waits until no job is due or running. Two index probes every 250 ms: a `count(*)`
 /// over the claim index every 100 ms cost the drain it measured a good share of a core.
 async fn wait_drained(pool: &PgPool, daemon: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(600);
+    wait_drained_within(pool, daemon, DRAIN_LIMIT).await
+}
+
+/// `wait_drained`, failing after `limit` instead of DRAIN_LIMIT.
+async fn wait_drained_within(pool: &PgPool, daemon: &Daemon, limit: Duration) {
+    let deadline = Instant::now() + limit;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let busy: bool = sqlx::query_scalar(
@@ -517,6 +553,7 @@ async fn main() {
     let batch: Option<usize> = common::arg("--batch");
     let flush_batch: Option<usize> = common::arg("--flush-batch");
     let quick = std::env::args().any(|a| a == "--quick");
+    let horizon = horizon::HorizonOptions::from_args(concurrency, batch);
     let config = daemon_config(concurrency, batch, flush_batch);
     let dir = PathBuf::from(format!("/tmp/penguin-jobs-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -638,6 +675,9 @@ async fn main() {
             "queue_autovacuum_settings": churn_queue,
             "postgres_default_autovacuum": churn_defaults,
         });
+    }
+    if let Some(options) = &horizon {
+        report["horizon"] = horizon::run(&cluster, &dir, options).await;
     }
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     let _ = cluster.stop().await;

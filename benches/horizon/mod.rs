@@ -1,0 +1,322 @@
+//! Held-horizon mode of the queue benchmark (`--horizon`; `--waves N`, default 5, and
+//! `--wave-jobs N`, default 200,000, a multiple of 1,000): what one long transaction
+//! elsewhere in the queue's database does to the queue (issue 16).
+//!
+//! A separate connection opens a repeatable-read transaction, takes an xid and a
+//! snapshot, and holds both for the whole experiment, so no vacuum may remove any row
+//! version the waves leave behind. Each wave enqueues no-op jobs and drains them with the
+//! real daemon (the bench's own drain helpers, rates from the database's timestamps);
+//! after each the mode prints the rate, the table's dead and live tuples, the sizes of the
+//! table and of each of its indexes, and the age of the held transaction's xmin. Then it
+//! commits the held transaction and times how long autovacuum takes to bring the dead
+//! tuples back under 10% of their peak (polled every 5 s, given up after 5 minutes), and
+//! reads the sizes again: whether the space comes back without `VACUUM FULL`.
+//!
+//! It is slow by design: on a 2-core machine the default 5 x 200k fell to a few hundred
+//! jobs/s by the fourth wave (over 8 minutes for that wave alone), so each wave may take
+//! up to an hour (WAVE_LIMIT); `--waves 3 --wave-jobs 50000` takes about two minutes.
+//!
+//! Tuple counts come from `pg_stat_user_tables`, which PostgreSQL 15 updates from each
+//! backend's pending counts at most once a second (idle backends within ~10 s);
+//! `pg_stat_force_next_flush()` only flushes the calling backend, not the daemon's, so
+//! the mode waits 2 s after each wave and reads what is there. It never runs VACUUM
+//! itself: that would measure the bench, not autovacuum.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use penguin_jobs::embedded_pg::EmbeddedPostgres;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::{Daemon, ENQUEUE_CHUNK, drain_jobs, fresh_database, wait_idle};
+
+/// How long autovacuum gets, after the release, to bring the dead tuples down.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(300);
+/// How often the dead tuples are read while waiting for autovacuum.
+const RECOVERY_POLL: Duration = Duration::from_secs(5);
+/// Recovered: dead tuples under this share of their peak.
+const RECOVERED_SHARE: f64 = 0.1;
+/// How long one wave's drain may take: under a held horizon the later waves of 200k jobs
+/// ran at under 1,000 jobs/s on a 2-core machine, past the bench's usual 10 minutes.
+const WAVE_LIMIT: Duration = Duration::from_secs(3600);
+
+/// The mode's settings, from the command line.
+pub struct HorizonOptions {
+    /// Waves of enqueue-then-drain under the held transaction.
+    pub waves: usize,
+    /// Jobs each wave enqueues and drains.
+    pub jobs_per_wave: usize,
+    /// The daemon's `queues.default.concurrency`, for the report.
+    pub concurrency: usize,
+    /// The daemon's `queues.default.batch` (None: its default), for the report.
+    pub batch: Option<usize>,
+}
+
+impl HorizonOptions {
+    /// `Some` when `--horizon` is on the command line.
+    pub fn from_args(concurrency: usize, batch: Option<usize>) -> Option<Self> {
+        if !std::env::args().any(|a| a == "--horizon") {
+            return None;
+        }
+        let waves: usize = super::common::arg("--waves").unwrap_or(5);
+        let jobs_per_wave: usize = super::common::arg("--wave-jobs").unwrap_or(200_000);
+        assert!(waves >= 1, "--waves must be >= 1");
+        assert!(
+            jobs_per_wave >= ENQUEUE_CHUNK && jobs_per_wave % ENQUEUE_CHUNK == 0,
+            "--wave-jobs must be a positive multiple of {ENQUEUE_CHUNK}"
+        );
+        Some(Self {
+            waves,
+            jobs_per_wave,
+            concurrency,
+            batch,
+        })
+    }
+}
+
+/// A repeatable-read transaction with an xid and a snapshot, held on its own connection.
+struct HeldTransaction {
+    conn: PgConnection,
+    pid: i32,
+    txid: i64,
+}
+
+impl HeldTransaction {
+    async fn open(url: &str) -> Self {
+        let mut conn = PgConnection::connect(url).await.unwrap();
+        let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("begin isolation level repeatable read")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let txid: i64 = sqlx::query_scalar("select txid_current()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        // the snapshot itself, not only the xid: repeatable read keeps the first one
+        sqlx::query("select 1 from penguin.jobs limit 1")
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+        Self { conn, pid, txid }
+    }
+
+    /// `age(backend_xmin)` of the held backend, as pg_stat_activity shows it.
+    async fn xmin_age(&self, pool: &PgPool) -> Option<i32> {
+        sqlx::query_scalar("select age(backend_xmin) from pg_stat_activity where pid = $1")
+            .bind(self.pid)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    async fn release(mut self) {
+        sqlx::query("commit").execute(&mut self.conn).await.unwrap();
+        self.conn.close().await.unwrap();
+    }
+}
+
+/// `penguin.jobs` as the statistics and the storage show it at one moment.
+struct TableState {
+    dead: i64,
+    live: i64,
+    autovacuums: i64,
+    heap_mb: f64,
+    total_mb: f64,
+    index_mb: serde_json::Map<String, Value>,
+}
+
+impl TableState {
+    async fn read(pool: &PgPool) -> Self {
+        let (dead, live, autovacuums, heap, total): (i64, i64, i64, i64, i64) = sqlx::query_as(
+            "select n_dead_tup, n_live_tup, autovacuum_count,
+                    pg_relation_size('penguin.jobs'), pg_total_relation_size('penguin.jobs')
+               from pg_stat_user_tables where relid = 'penguin.jobs'::regclass",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let indexes: Vec<(String, i64)> = sqlx::query_as(
+            "select c.relname::text, pg_relation_size(c.oid) from pg_index i
+               join pg_class c on c.oid = i.indexrelid
+              where i.indrelid = 'penguin.jobs'::regclass order by c.relname",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        Self {
+            dead,
+            live,
+            autovacuums,
+            heap_mb: megabytes(heap),
+            total_mb: megabytes(total),
+            index_mb: indexes
+                .into_iter()
+                .map(|(name, bytes)| (name, megabytes(bytes).into()))
+                .collect(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "n_dead_tup": self.dead, "n_live_tup": self.live, "autovacuum_count": self.autovacuums,
+            "heap_mb": self.heap_mb, "total_mb": self.total_mb, "index_mb": self.index_mb,
+        })
+    }
+}
+
+fn megabytes(bytes: i64) -> f64 {
+    (bytes as f64 / 1_048_576.0 * 10.0).round() / 10.0
+}
+
+/// The autovacuum settings the figures depend on: the server's (SHOW) and the table's own.
+async fn autovacuum_settings(pool: &PgPool) -> Value {
+    let mut out = serde_json::Map::new();
+    for name in [
+        "autovacuum",
+        "autovacuum_naptime",
+        "autovacuum_max_workers",
+        "autovacuum_vacuum_scale_factor",
+        "autovacuum_vacuum_threshold",
+        "autovacuum_vacuum_cost_delay",
+        "autovacuum_vacuum_cost_limit",
+        "old_snapshot_threshold",
+    ] {
+        let value: String = sqlx::query_scalar(&format!("show {name}"))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        out.insert(name.into(), value.into());
+    }
+    let table: Option<Vec<String>> =
+        sqlx::query_scalar("select reloptions from pg_class where oid = 'penguin.jobs'::regclass")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    out.insert("penguin.jobs reloptions".into(), json!(table));
+    out.into()
+}
+
+/// Runs the waves under the held transaction, then times the recovery after its release.
+pub async fn run(cluster: &EmbeddedPostgres, dir: &Path, options: &HorizonOptions) -> Value {
+    let (pool, url) = fresh_database(cluster, "bench_horizon").await;
+    let settings = autovacuum_settings(&pool).await;
+    let held = HeldTransaction::open(&url).await;
+    eprintln!(
+        "horizon: holding txid {} (backend {}) over {} waves of {} jobs",
+        held.txid, held.pid, options.waves, options.jobs_per_wave
+    );
+    let daemon = Daemon::start(dir, &url);
+    wait_idle(&pool).await;
+    let (waves, rates, peak_dead) = run_waves(&pool, &daemon, &held, options).await;
+    daemon.stop();
+    let ratio = rates[rates.len() - 1] / rates[0];
+    eprintln!("horizon: last wave / first wave = {ratio:.2} (issue 16 wants >= 0.8)");
+    let held_xmin_age_at_release = held.xmin_age(&pool).await;
+    held.release().await;
+    let recovery = await_recovery(&pool, peak_dead).await;
+    pool.close().await;
+    json!({
+        "waves": options.waves, "jobs_per_wave": options.jobs_per_wave,
+        "concurrency": options.concurrency,
+        "batch": options.batch.map_or(json!("daemon default"), |b| json!(b)),
+        "autovacuum_settings": settings,
+        "stats_note": "n_dead_tup/n_live_tup read from pg_stat_user_tables 2 s after each wave, \
+                       without forcing a flush (PostgreSQL 15 flushes each backend's counts lazily)",
+        "per_wave": waves,
+        "last_to_first_rate_ratio": (ratio * 100.0).round() / 100.0,
+        "ratio_goal": 0.8,
+        "held_xmin_age_at_release": held_xmin_age_at_release,
+        "after_release": recovery,
+    })
+}
+
+/// The waves: (each wave's figures, each wave's rate, the peak of dead tuples seen).
+async fn run_waves(
+    pool: &PgPool,
+    daemon: &Daemon,
+    held: &HeldTransaction,
+    options: &HorizonOptions,
+) -> (Vec<Value>, Vec<f64>, i64) {
+    // enqueueing slows down as the table bloats: a generous head start per wave
+    let head_start = Duration::from_secs(5 + options.jobs_per_wave as u64 / 10_000);
+    let (mut waves, mut rates, mut peak_dead) = (vec![], vec![], 0);
+    for wave in 1..=options.waves {
+        let (rate, enqueue_rate) =
+            drain_jobs(pool, daemon, options.jobs_per_wave, head_start, WAVE_LIMIT).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let state = TableState::read(pool).await;
+        let xmin_age = held.xmin_age(pool).await;
+        eprintln!(
+            "horizon wave {wave}: {rate:.0} jobs/s (enqueue {enqueue_rate:.0}/s), dead {} live {}, \
+             heap {} MB, indexes {} MB, total {} MB, held xmin age {xmin_age:?}",
+            state.dead,
+            state.live,
+            state.heap_mb,
+            Value::from(state.index_mb.clone()),
+            state.total_mb
+        );
+        peak_dead = peak_dead.max(state.dead);
+        rates.push(rate);
+        let mut figures = state.to_json();
+        figures["wave"] = json!(wave);
+        figures["drain_jobs_per_s"] = json!(rate.round());
+        figures["enqueue_jobs_per_s"] = json!(enqueue_rate.round());
+        figures["held_xmin_age"] = json!(xmin_age);
+        waves.push(figures);
+    }
+    (waves, rates, peak_dead)
+}
+
+/// After the release: how long until autovacuum brings the dead tuples under
+/// RECOVERED_SHARE of their peak (the waves' `peak_dead` or the count read at the
+/// release, whichever is higher), and the sizes at that point (or when it gave up).
+async fn await_recovery(pool: &PgPool, peak_dead: i64) -> Value {
+    let released = Instant::now();
+    let before = TableState::read(pool).await;
+    // the counts lag the waves a little: the read at the release may be the highest
+    let peak_dead = peak_dead.max(before.dead);
+    let target = (peak_dead as f64 * RECOVERED_SHARE) as i64;
+    let (state, recovered) = loop {
+        tokio::time::sleep(RECOVERY_POLL).await;
+        let state = TableState::read(pool).await;
+        if state.dead < target {
+            break (state, true);
+        }
+        if released.elapsed() >= RECOVERY_LIMIT {
+            break (state, false);
+        }
+    };
+    let secs = released.elapsed().as_secs_f64().round();
+    if recovered {
+        eprintln!("horizon: dead tuples under {target} after {secs} s");
+    } else {
+        eprintln!(
+            "horizon: gave up after {secs} s, dead tuples still {} (target {target})",
+            state.dead
+        );
+    }
+    eprintln!(
+        "horizon: then dead {} live {}, heap {} MB, indexes {} MB, total {} MB, autovacuums {} (were {})",
+        state.dead,
+        state.live,
+        state.heap_mb,
+        Value::from(state.index_mb.clone()),
+        state.total_mb,
+        state.autovacuums,
+        before.autovacuums
+    );
+    json!({
+        "peak_n_dead_tup": peak_dead, "target_n_dead_tup": target,
+        "recovered": recovered,
+        "seconds_to_recover": if recovered { json!(secs) } else { Value::Null },
+        "gave_up_after_s": if recovered { Value::Null } else { json!(secs) },
+        "poll_interval_s": RECOVERY_POLL.as_secs(),
+        "at_release": before.to_json(),
+        "at_end": state.to_json(),
+    })
+}
