@@ -62,3 +62,18 @@ fn with_database_replaces_only_the_path() {
         "postgres://%2Fvar%2Frun%2Fpostgresql/t1"
     );
 }
+
+#[tokio::test]
+async fn a_daemon_left_running_by_a_failing_test_is_killed_with_its_handle() {
+    let app = support::app::TestApp::new().await;
+    let daemon = app.spawn_daemon("daemon.log");
+    let pid = daemon.id();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    // what a panic between spawn and stop does: the handle is dropped
+    drop(daemon);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(
+        status.is_empty(),
+        "the daemon still runs (or was not reaped): {status}"
+    );
+}

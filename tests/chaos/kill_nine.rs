@@ -67,7 +67,7 @@ async fn kill_nine_of_one_of_three_daemons_loses_nothing_and_charges_no_unstarte
 
     let started = Instant::now();
     let log = |name: &str| dir.join(name);
-    let mut daemons: Vec<Child> = (0..3)
+    let mut daemons: Vec<crate::support::daemon::DaemonProcess> = (0..3)
         .map(|i| spawn_daemon(&config_path, &db.url, &log(&format!("d{i}.log"))))
         .collect();
     let mut held_at_kills = 0;

@@ -53,12 +53,14 @@ fn spawn_with_shim(
     mut cmd: std::process::Command,
     url: &str,
     dir: &std::path::Path,
-) -> std::process::Child {
-    cmd.env("DATABASE_URL", url)
+) -> support::daemon::DaemonProcess {
+    let child = cmd
+        .env("DATABASE_URL", url)
         .env("CHAOS_API_TOKEN", API_TOKEN)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
         .spawn()
-        .unwrap()
+        .unwrap();
+    support::daemon::DaemonProcess(child)
 }

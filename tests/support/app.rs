@@ -14,7 +14,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Child, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -337,7 +337,7 @@ impl TestApp {
 
     /// Spawns `penguin-jobs run --no-http` with the app's config against its database,
     /// logging to `log` in the scratch directory ([`Self::log`]).
-    pub fn spawn_daemon(&self, log: &str) -> Child {
+    pub fn spawn_daemon(&self, log: &str) -> super::daemon::DaemonProcess {
         spawn_daemon(&self.config_path(), &self.url, &self.dir.path().join(log))
     }
 

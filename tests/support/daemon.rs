@@ -87,9 +87,35 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
         .expect("count query runs")
 }
 
+/// A spawned daemon that is killed when dropped still running, so that a test failing
+/// half-way leaves no daemon behind working its database. Derefs to the process.
+pub struct DaemonProcess(pub std::process::Child);
+
+impl std::ops::Deref for DaemonProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DaemonProcess {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Spawns `penguin-jobs run --no-http` with `config_path`, logging to `log_path`.
-pub fn spawn_daemon(config_path: &Path, url: &str, log_path: &Path) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_penguin-jobs"))
+pub fn spawn_daemon(config_path: &Path, url: &str, log_path: &Path) -> DaemonProcess {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_penguin-jobs"))
         .arg("--config")
         .arg(config_path)
         .args(["run", "--no-http"])
@@ -98,7 +124,8 @@ pub fn spawn_daemon(config_path: &Path, url: &str, log_path: &Path) -> std::proc
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log_path).unwrap())
         .spawn()
-        .unwrap()
+        .unwrap();
+    DaemonProcess(child)
 }
 
 /// Runs the `penguin-jobs` binary with `config` against `database_url`, writing `stdin`
