@@ -63,6 +63,22 @@ pub async fn fresh_database(
     (pool, url)
 }
 
+/// `SHOW name` for each of `names`, as a JSON object of name to value.
+pub async fn show_settings(
+    pool: &sqlx::PgPool,
+    names: &[&str],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for name in names {
+        let value: String = sqlx::query_scalar(&format!("show {name}"))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        out.insert((*name).into(), value.into());
+    }
+    out
+}
+
 /// The server settings a figure depends on, read back from the running cluster (not
 /// assumed from how it was started).
 pub async fn server_settings(cluster: &EmbeddedPostgres) -> serde_json::Value {
@@ -71,22 +87,19 @@ pub async fn server_settings(cluster: &EmbeddedPostgres) -> serde_json::Value {
         .connect(&cluster.url("postgres"))
         .await
         .unwrap();
-    let mut out = serde_json::Map::new();
-    for name in [
-        "server_version",
-        "fsync",
-        "synchronous_commit",
-        "full_page_writes",
-        "shared_buffers",
-        "max_wal_size",
-        "autovacuum_naptime",
-    ] {
-        let value: String = sqlx::query_scalar(&format!("show {name}"))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        out.insert(name.into(), value.into());
-    }
+    let out = show_settings(
+        &pool,
+        &[
+            "server_version",
+            "fsync",
+            "synchronous_commit",
+            "full_page_writes",
+            "shared_buffers",
+            "max_wal_size",
+            "autovacuum_naptime",
+        ],
+    )
+    .await;
     pool.close().await;
     out.into()
 }

@@ -175,23 +175,20 @@ fn megabytes(bytes: i64) -> f64 {
 
 /// The autovacuum settings the figures depend on: the server's (SHOW) and the table's own.
 async fn autovacuum_settings(pool: &PgPool) -> Value {
-    let mut out = serde_json::Map::new();
-    for name in [
-        "autovacuum",
-        "autovacuum_naptime",
-        "autovacuum_max_workers",
-        "autovacuum_vacuum_scale_factor",
-        "autovacuum_vacuum_threshold",
-        "autovacuum_vacuum_cost_delay",
-        "autovacuum_vacuum_cost_limit",
-        "old_snapshot_threshold",
-    ] {
-        let value: String = sqlx::query_scalar(&format!("show {name}"))
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        out.insert(name.into(), value.into());
-    }
+    let mut out = super::common::show_settings(
+        pool,
+        &[
+            "autovacuum",
+            "autovacuum_naptime",
+            "autovacuum_max_workers",
+            "autovacuum_vacuum_scale_factor",
+            "autovacuum_vacuum_threshold",
+            "autovacuum_vacuum_cost_delay",
+            "autovacuum_vacuum_cost_limit",
+            "old_snapshot_threshold",
+        ],
+    )
+    .await;
     let table: Option<Vec<String>> =
         sqlx::query_scalar("select reloptions from pg_class where oid = 'penguin.jobs'::regclass")
             .fetch_one(pool)

@@ -1021,6 +1021,24 @@ mod tests {
     }
 
     #[test]
+    fn a_scoped_token_needs_a_secret_a_plain_name_and_kinds_if_any() {
+        assert!(
+            invalid("[http.tokens.x]\nkinds = [\"noop\"]\n")
+                .starts_with("http.tokens.x.secret: give the token as")
+        );
+        assert!(
+            invalid("[http.tokens.x]\nsecret = \"env:T\"\nkinds = []\n")
+                .starts_with("http.tokens.x.kinds: name at least one kind")
+        );
+        assert!(
+            invalid("[http.tokens.\"a b\"]\nsecret = \"env:T\"\n").starts_with("http.tokens: name")
+        );
+        assert!(
+            invalid("[http.tokens.x]\nsecret = \"env:T\"\ntenant = \"nope\"\n").contains("tenant")
+        );
+    }
+
+    #[test]
     fn every_duration_is_bounded_with_the_key_and_range_named() {
         let cases = [
             (

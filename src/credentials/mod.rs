@@ -125,6 +125,16 @@ impl Actor {
         }
     }
 
+    /// A payload's `actor` field: `default` when absent, else the parsed actor; the error
+    /// names the field.
+    pub fn from_field(actor: Option<&str>, default: Actor) -> Result<Self, String> {
+        match actor {
+            None => Ok(default),
+            Some(a) => Self::parse(a)
+                .ok_or_else(|| format!("actor: {a:?} is not cli, schedule, api or api:TOKEN")),
+        }
+    }
+
     /// Parses the stored string (job payloads of internal kinds carry it; the shim sets it
     /// from the token, never from the caller's payload).
     pub fn parse(s: &str) -> Option<Self> {
@@ -145,4 +155,31 @@ impl Actor {
 /// `d` as a PostgreSQL interval literal, for `$n::interval`.
 fn interval(d: Duration) -> String {
     format!("{} milliseconds", d.as_millis())
+}
+
+#[cfg(test)]
+mod actor_tests {
+    use super::Actor;
+
+    #[test]
+    fn a_payload_actor_is_parsed_or_refused_naming_the_field() {
+        assert_eq!(
+            Actor::from_field(None, Actor::Schedule),
+            Ok(Actor::Schedule)
+        );
+        assert_eq!(
+            Actor::from_field(Some("cli"), Actor::Schedule),
+            Ok(Actor::Cli)
+        );
+        assert_eq!(
+            Actor::from_field(Some("api:ops"), Actor::Schedule),
+            Ok(Actor::Api(Some("ops".into())))
+        );
+        for bad in ["root", "api:", "api:a b", "API"] {
+            let e = Actor::from_field(Some(bad), Actor::Schedule).unwrap_err();
+            assert!(e.starts_with("actor: "), "{bad}: {e}");
+        }
+        assert_eq!(Actor::Api(Some("ops".into())).as_str(), "api:ops");
+        assert_eq!(Actor::Api(None).as_str(), "api");
+    }
 }

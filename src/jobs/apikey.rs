@@ -117,12 +117,7 @@ pub struct Revoke {
 }
 
 fn actor(a: &Option<String>) -> Result<Actor, String> {
-    match a {
-        None => Ok(Actor::Schedule),
-        Some(a) => {
-            Actor::parse(a).ok_or_else(|| format!("actor: {a:?} is not cli, schedule or api"))
-        }
-    }
+    Actor::from_field(a.as_deref(), Actor::Schedule)
 }
 
 impl Kind for Rotate {

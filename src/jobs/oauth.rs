@@ -107,11 +107,7 @@ fn uuid_field(payload: &serde_json::Value, field: &str) -> Result<Uuid, String> 
         actor: Option<String>,
     }
     let p: P = serde_json::from_value(payload.clone()).map_err(|e| e.to_string())?;
-    if let Some(a) = &p.actor
-        && Actor::parse(a).is_none()
-    {
-        return Err(format!("actor: {a:?} is not cli, schedule or api"));
-    }
+    Actor::from_field(p.actor.as_deref(), Actor::Schedule)?;
     match field {
         "state_id" => p.state_id,
         _ => p.connection_id,
