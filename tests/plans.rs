@@ -5,7 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use penguin_jobs::queue::{self, NewJob, claim::CLAIM_SQL, outcome::WRITE_OUTCOMES_SQL};
+use penguin_jobs::queue::claim::{CLAIM_AFTER_SQL, CLAIM_SQL};
+use penguin_jobs::queue::{self, ClaimPosition, NewJob, outcome::WRITE_OUTCOMES_SQL};
 use serde_json::json;
 use support::daemon::{config, register_kinds};
 
@@ -144,4 +145,85 @@ async fn enqueue_many_without_unique_keys_returns_ids_in_input_order() {
         let job = queue::get_job(&db.pool, *id).await.unwrap();
         assert_eq!(job.payload, json!({ "n": n }));
     }
+}
+
+/// What a claim of 500 read from the claim index: (jobs claimed, index entries returned,
+/// those pointing at dead versions included), in one transaction rolled back.
+async fn claim_index_reads(
+    conn: &mut sqlx::PgConnection,
+    after: Option<ClaimPosition>,
+) -> (usize, i64) {
+    const READS: &str =
+        "select pg_stat_get_xact_tuples_returned('penguin.jobs_claim_idx'::regclass)";
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    let before: i64 = sqlx::query_scalar(READS).fetch_one(&mut *tx).await.unwrap();
+    let claim = sqlx::query_scalar(if after.is_some() {
+        CLAIM_AFTER_SQL
+    } else {
+        CLAIM_SQL
+    })
+    .bind("default")
+    .bind(500i64)
+    .bind("w1")
+    .bind(30.0f64)
+    .bind(vec!["noop".to_string()]);
+    let claim = match after {
+        Some(p) => claim.bind(p.priority).bind(p.run_at).bind(p.id),
+        None => claim,
+    };
+    let claimed: Vec<i64> = claim.fetch_all(&mut *tx).await.unwrap();
+    let after: i64 = sqlx::query_scalar(READS).fetch_one(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    (claimed.len(), after - before)
+}
+
+#[tokio::test]
+async fn under_a_held_snapshot_a_keyset_claim_reads_its_batch_and_a_full_pass_every_earlier_claim()
+{
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    // a long transaction elsewhere: an xid and a snapshot, held through the test
+    let mut held = db.pool.begin().await.unwrap();
+    sqlx::query("set transaction isolation level repeatable read")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    sqlx::query("select txid_current(), count(*) from penguin.jobs")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    // 5,000 jobs claimed under it: their claim-index entries point at versions the held
+    // snapshot still sees, so nothing may remove them or mark them dead
+    let first: Vec<NewJob> = (0..5000)
+        .map(|n| NewJob::new("noop", json!({ "n": n })))
+        .collect();
+    queue::enqueue_many(&mut conn, &first).await.unwrap();
+    let claimed = queue::claim(
+        &db.pool,
+        "default",
+        &["noop".to_string()],
+        5000,
+        "w1",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let position = ClaimPosition::of(claimed.last().unwrap());
+    let next: Vec<NewJob> = (0..500)
+        .map(|n| NewJob::new("noop", json!({ "next": n })))
+        .collect();
+    queue::enqueue_many(&mut conn, &next).await.unwrap();
+    let (full_claimed, full_entries) = claim_index_reads(&mut conn, None).await;
+    let (keyset_claimed, keyset_entries) = claim_index_reads(&mut conn, Some(position)).await;
+    held.rollback().await.unwrap();
+    assert_eq!((full_claimed, keyset_claimed), (500, 500));
+    assert!(
+        full_entries >= 5500,
+        "the full pass walks the earlier claims' entries: {full_entries} read"
+    );
+    assert!(
+        keyset_entries <= 600,
+        "the keyset claim reads its batch: {keyset_entries} entries read"
+    );
 }

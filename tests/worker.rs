@@ -593,3 +593,41 @@ async fn an_outcome_the_database_refuses_is_dead_lettered_and_holds_back_nothing
         0
     );
 }
+
+#[tokio::test]
+async fn jobs_that_land_behind_the_claim_position_are_still_claimed() {
+    let mut app = TestApp::running(FAST).await;
+    // a job enqueued in a transaction that commits late: its run_at is the transaction's
+    // start, behind every job enqueued and claimed meanwhile
+    let mut late = app.pool.begin().await.unwrap();
+    let late_id = queue::enqueue(&mut *late, &NewJob::new("noop", json!({ "late": true })))
+        .await
+        .unwrap();
+    let jobs: Vec<NewJob> = (0..500)
+        .map(|n| NewJob::new("noop", json!({ "n": n })))
+        .collect();
+    app.enqueue_many(&jobs).await;
+    app.wait_for(
+        "select count(*) = 500 from penguin.jobs where state = 'completed'",
+        Duration::from_secs(30),
+        "the 500 jobs that moved the claim position past the late one",
+    )
+    .await;
+    late.commit().await.unwrap();
+    // and one more urgent than any job claimed so far
+    let urgent_id = app
+        .enqueue(&NewJob {
+            priority: Some(-100),
+            ..NewJob::new("noop", json!({ "urgent": true }))
+        })
+        .await;
+    for (id, what) in [(late_id, "the late commit"), (urgent_id, "the urgent job")] {
+        app.wait_for(
+            &format!("select state = 'completed' from penguin.jobs where id = {id}"),
+            Duration::from_secs(10),
+            what,
+        )
+        .await;
+    }
+    app.stop().await;
+}

@@ -32,11 +32,49 @@ pub struct ClaimedJob {
 /// the claim index in order and stops after the batch, whatever the table's statistics say.
 pub const CLAIM_SQL: &str = "select * from penguin.claim($1, $2, $3, $4, $5)";
 
+/// The keyset claim: [`CLAIM_SQL`]'s parameters, then the position to start after,
+/// $6 priority, $7 run_at, $8 id (`penguin.claim_after`, migration 0018).
+pub const CLAIM_AFTER_SQL: &str =
+    "select * from penguin.claim_after($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// A place in a queue's claim order, (priority, run_at, id): where a claim stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClaimPosition {
+    pub priority: i16,
+    pub run_at: DateTime<Utc>,
+    pub id: i64,
+}
+
+impl ClaimPosition {
+    /// The position of a claimed job.
+    pub fn of(job: &ClaimedJob) -> Self {
+        Self {
+            priority: job.priority,
+            run_at: job.run_at,
+            id: job.id,
+        }
+    }
+}
+
+/// What one claim asks for: the queue, the kinds the claiming daemon has a handler for,
+/// how many, for which worker and lease.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    pub queue: &'a str,
+    pub kinds: &'a [String],
+    pub limit: i64,
+    pub worker: &'a str,
+    pub lease: Duration,
+}
+
 /// Claims up to `limit` due jobs of `queue` whose kind is one of `kinds` (the kinds the
 /// claiming daemon has a handler for: a job of a kind only a newer daemon knows waits for
 /// it) for `worker`, leased for `lease`, in priority, run_at, id order. The attempt is
 /// charged here; `started_at` stays NULL until the handler starts (see [`mark_started`]).
-#[tracing::instrument(skip_all, fields(queue = %queue, batch = limit))]
+///
+/// This is the full pass: it reads the claim index from the start of the queue's range.
+/// While a snapshot elsewhere holds the xmin horizon, that start is where every job
+/// claimed since left an entry VACUUM may not remove; [`claim_after`] skips them.
 pub async fn claim(
     pool: &PgPool,
     queue: &str,
@@ -45,14 +83,49 @@ pub async fn claim(
     worker: &str,
     lease: Duration,
 ) -> Result<Vec<ClaimedJob>, Error> {
-    let mut jobs: Vec<ClaimedJob> = sqlx::query_as(CLAIM_SQL)
-        .bind(queue)
-        .bind(limit)
-        .bind(worker)
-        .bind(lease.as_secs_f64())
-        .bind(kinds)
-        .fetch_all(pool)
-        .await?;
+    let request = ClaimRequest {
+        queue,
+        kinds,
+        limit,
+        worker,
+        lease,
+    };
+    claim_from(pool, &request, None).await
+}
+
+/// As [`claim`], but only jobs strictly after `after` in claim order (the keyset claim):
+/// the index entries of the jobs claimed before it are never read again. A job that
+/// lands behind `after` (a more urgent priority, a retry or rescue due earlier, a
+/// transaction that committed late) waits for the next full pass.
+pub async fn claim_after(
+    pool: &PgPool,
+    request: &ClaimRequest<'_>,
+    after: ClaimPosition,
+) -> Result<Vec<ClaimedJob>, Error> {
+    claim_from(pool, request, Some(after)).await
+}
+
+#[tracing::instrument(skip_all, fields(queue = %request.queue, batch = request.limit, keyset = after.is_some()))]
+async fn claim_from(
+    pool: &PgPool,
+    request: &ClaimRequest<'_>,
+    after: Option<ClaimPosition>,
+) -> Result<Vec<ClaimedJob>, Error> {
+    let query = sqlx::query_as(if after.is_some() {
+        CLAIM_AFTER_SQL
+    } else {
+        CLAIM_SQL
+    })
+    .bind(request.queue)
+    .bind(request.limit)
+    .bind(request.worker)
+    .bind(request.lease.as_secs_f64())
+    .bind(request.kinds);
+    let query = match after {
+        Some(p) => query.bind(p.priority).bind(p.run_at).bind(p.id),
+        None => query,
+    };
+    let mut jobs: Vec<ClaimedJob> = query.fetch_all(pool).await?;
     // UPDATE ... RETURNING does not keep the subquery's order.
     jobs.sort_unstable_by_key(|j| (j.priority, j.run_at, j.id));
     Ok(jobs)

@@ -28,8 +28,8 @@ use sqlx::PgPool;
 
 pub use admin::*;
 pub use claim::{
-    ClaimedJob, claim, extend_leases, forget_stale_idle_marks, mark_busy, mark_idle, mark_started,
-    release,
+    ClaimPosition, ClaimRequest, ClaimedJob, claim, claim_after, extend_leases,
+    forget_stale_idle_marks, mark_busy, mark_idle, mark_started, release,
 };
 pub use daemons::{WaitingKind, register_daemon, unregister_daemon, waiting_kinds};
 pub use enqueue::{

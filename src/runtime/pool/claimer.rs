@@ -1,7 +1,8 @@
 //! The claimer task of a pool: keeps a short buffer of claimed jobs ahead of the workers,
-//! sized by the rate at which they start jobs ([`WorkRate`], [`claim_size`]); marks the
-//! pool idle when the queue is empty and then waits for a notification, a job of its own
-//! that comes due, or the poll interval.
+//! sized by the rate at which they start jobs ([`WorkRate`], [`claim_size`]), claiming
+//! after the last job it claimed with a full pass now and then ([`ClaimCursor`]); marks
+//! the pool idle when the queue is empty and then waits for a notification, a job of its
+//! own that comes due, an owed full pass, or the poll interval.
 //!
 //! Must never claim more than the room the pool has left (every claimed job keeps its
 //! unit of room until its outcome is written), and never claim after the pool was told to
@@ -12,8 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::cursor::{ClaimCursor, Pass};
 use super::{PoolSettings, Shared};
-use crate::queue::{self, ClaimedJob};
+use crate::queue::{self, ClaimRequest, ClaimedJob};
 
 /// How far ahead of its workers a pool claims, for jobs taking `job` on average: the
 /// jobs the workers will start within this time. 10 ms for jobs of 5 ms or more (a claimed
@@ -106,6 +108,7 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
     let mut idle = false;
     let mut failures: u32 = 0;
     let mut rate = WorkRate::new();
+    let mut cursor = ClaimCursor::new();
     loop {
         if shared.stop_claiming.is_cancelled() {
             break;
@@ -121,7 +124,7 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
             tokio::task::yield_now().await;
             continue;
         };
-        let claimed = match claim(&shared, size, &mut failures).await {
+        let claimed = match claim(&shared, size, &mut cursor, &mut failures).await {
             Ok(c) => c,
             Err(pause) => {
                 drop(room);
@@ -133,13 +136,17 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
         };
         if claimed.is_empty() {
             drop(room);
+            let owed = cursor.owed_full_pass_at();
+            if owed.is_some_and(|at| at <= Instant::now()) {
+                continue;
+            }
             if !idle {
                 // Mark first, then claim once more: a job inserted between the empty claim
                 // and the mark is caught by that claim instead of waiting a poll interval.
                 idle = mark_idle(&shared).await;
                 continue;
             }
-            if wait_for_jobs(&shared).await.is_break() {
+            if wait_for_jobs(&shared, owed).await.is_break() {
                 break;
             }
             continue;
@@ -186,26 +193,43 @@ async fn wait_for_signal(shared: &Shared) -> ControlFlow<()> {
     ControlFlow::Continue(())
 }
 
-/// Claims up to `size` jobs. On failure, counts it in `failures` and returns how long to
+/// Claims up to `size` jobs, after the cursor's position or in a full pass as the cursor
+/// says, and moves the cursor. On failure, counts it in `failures` and returns how long to
 /// pause before the next claim.
 async fn claim(
     shared: &Shared,
     size: usize,
+    cursor: &mut ClaimCursor,
     failures: &mut u32,
 ) -> Result<Vec<ClaimedJob>, Duration> {
     let s = &shared.settings;
-    let claimed = queue::claim(
-        &shared.conns.main,
-        &s.queue,
-        &s.kinds,
-        size as i64,
-        &shared.worker,
-        s.lease,
-    )
-    .await;
+    let request = ClaimRequest {
+        queue: &s.queue,
+        kinds: &s.kinds,
+        limit: size as i64,
+        worker: &shared.worker,
+        lease: s.lease,
+    };
+    let began = Instant::now();
+    let pass = cursor.next_pass(began);
+    let claimed = match pass {
+        Pass::Full => {
+            queue::claim(
+                &shared.conns.main,
+                request.queue,
+                request.kinds,
+                request.limit,
+                request.worker,
+                request.lease,
+            )
+            .await
+        }
+        Pass::After(position) => queue::claim_after(&shared.conns.main, &request, position).await,
+    };
     match claimed {
         Ok(c) => {
             *failures = 0;
+            cursor.record(pass, size, &c, began.elapsed(), Instant::now());
             Ok(c)
         }
         Err(e) => {
@@ -234,9 +258,9 @@ async fn mark_idle(shared: &Shared) -> bool {
 }
 
 /// Waits, with the queue empty and the pool marked idle, for a notification, for a job
-/// this pool wrote back to come due, or for the poll interval (then refreshes the idle
-/// mark); `Break` when claiming stops.
-async fn wait_for_jobs(shared: &Shared) -> ControlFlow<()> {
+/// this pool wrote back to come due, for the owed full pass (`full_pass`), or for the poll
+/// interval (then refreshes the idle mark); `Break` when claiming stops.
+async fn wait_for_jobs(shared: &Shared, full_pass: Option<Instant>) -> ControlFlow<()> {
     let s = &shared.settings;
     let now = tokio::time::Instant::now();
     let poll = now + s.poll_interval;
@@ -246,6 +270,10 @@ async fn wait_for_jobs(shared: &Shared) -> ControlFlow<()> {
             *due = None;
         }
         *due
+    };
+    let due = match (due, full_pass.map(tokio::time::Instant::from_std)) {
+        (Some(d), Some(f)) => Some(d.min(f)),
+        (d, f) => d.or(f),
     };
     tokio::select! {
         () = shared.wake.notified() => {}

@@ -16,6 +16,7 @@
 
 mod attempt;
 mod claimer;
+mod cursor;
 mod flusher;
 mod lease;
 mod shared;

@@ -1,0 +1,224 @@
+//! Where a pool's next claim starts (docs/storage.md, section 3.1): after the last job it
+//! claimed (a keyset claim, which never reads the index entries of earlier claims), or
+//! from the start of the queue (a full pass, which also finds what landed behind the
+//! position: a more urgent priority, a retry or a rescue due earlier, a transaction that
+//! committed late).
+//!
+//! A full pass costs what the claim index holds in front of the position. With nothing
+//! holding the xmin horizon that is next to nothing: a full pass costs what a keyset claim
+//! does, and every claim is one, as before keyset claims existed. While a long transaction
+//! elsewhere holds the horizon, it is every entry claimed since; full passes are then
+//! spaced by [`FULL_PASS_SPACING`] times what they cost beyond a keyset claim, so that
+//! walking the dead takes at most about 1/20 of the claimer's time, but never more than
+//! [`MAX_FULL_PASS_GAP`] apart.
+//!
+//! Must never let a full pass wait longer than its spacing, and never move the position
+//! backwards (that would walk the same dead entries twice).
+
+use std::time::{Duration, Instant};
+
+use crate::queue::{ClaimPosition, ClaimedJob};
+
+/// Full passes start no sooner than this many times their last extra cost (their duration
+/// beyond a keyset claim's) after the last one ended.
+pub const FULL_PASS_SPACING: u32 = 20;
+/// The weight of the newest keyset claim in the running mean of their durations.
+const KEYSET_COST_WEIGHT: f64 = 0.2;
+/// The longest the spacing gets, however slow a full pass is: what a job landing behind the
+/// position waits at most, on top of the pass itself.
+pub const MAX_FULL_PASS_GAP: Duration = Duration::from_secs(30);
+
+/// Which claim to run next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// From the start of the queue's claim order.
+    Full,
+    /// Strictly after this position.
+    After(ClaimPosition),
+}
+
+/// A pool's claim position and the bookkeeping of its full passes.
+#[derive(Debug)]
+pub struct ClaimCursor {
+    position: Option<ClaimPosition>,
+    /// A keyset claim came back short since the last full pass: something may wait
+    /// behind the position, and the next full pass should run as soon as it may.
+    owed: bool,
+    /// When the last full pass ended, and the spacing its cost earned.
+    last_full: Option<(Instant, Duration)>,
+    /// The running mean of keyset claims' durations: what a full pass costs beyond it is
+    /// what the dead entries in front of the position cost.
+    keyset_cost: Duration,
+}
+
+impl ClaimCursor {
+    pub fn new() -> Self {
+        Self {
+            position: None,
+            owed: false,
+            last_full: None,
+            keyset_cost: Duration::ZERO,
+        }
+    }
+
+    /// The claim to run at `now`.
+    pub fn next_pass(&self, now: Instant) -> Pass {
+        match self.position {
+            Some(position) if !self.full_pass_due(now) => Pass::After(position),
+            _ => Pass::Full,
+        }
+    }
+
+    /// Records a claim that asked for `asked` jobs, got `claimed` (in claim order) and
+    /// took `took`, ending at `now`.
+    pub fn record(
+        &mut self,
+        pass: Pass,
+        asked: usize,
+        claimed: &[ClaimedJob],
+        took: Duration,
+        now: Instant,
+    ) {
+        if let Some(last) = claimed.last().map(ClaimPosition::of) {
+            self.position = Some(self.position.map_or(last, |p| p.max(last)));
+        }
+        let short = claimed.len() < asked;
+        match pass {
+            Pass::Full => {
+                self.last_full = Some((now, spacing(took.saturating_sub(self.keyset_cost))));
+                // a full batch may have left more behind the position
+                self.owed = !short;
+            }
+            Pass::After(_) => {
+                self.owed |= short;
+                let mean = self.keyset_cost.as_secs_f64();
+                self.keyset_cost = Duration::from_secs_f64(
+                    mean + (took.as_secs_f64() - mean) * KEYSET_COST_WEIGHT,
+                );
+            }
+        }
+    }
+
+    /// When the owed full pass may run (`None` when none is owed): what an idle claimer
+    /// waits for besides notifications and the poll.
+    pub fn owed_full_pass_at(&self) -> Option<Instant> {
+        if !self.owed || self.position.is_none() {
+            return None;
+        }
+        Some(
+            self.last_full
+                .map_or_else(Instant::now, |(at, gap)| at + gap),
+        )
+    }
+
+    fn full_pass_due(&self, now: Instant) -> bool {
+        self.last_full.is_none_or(|(at, gap)| now >= at + gap)
+    }
+}
+
+impl Default for ClaimCursor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The least time between the end of a full pass that cost `extra` beyond a keyset claim
+/// and the next one.
+fn spacing(extra: Duration) -> Duration {
+    (extra * FULL_PASS_SPACING).min(MAX_FULL_PASS_GAP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn job(id: i64, priority: i16, second: u32) -> ClaimedJob {
+        ClaimedJob {
+            id,
+            kind: "noop".into(),
+            payload: serde_json::json!({}),
+            attempt: 1,
+            max_attempts: 25,
+            priority,
+            run_at: Utc.with_ymd_and_hms(2026, 11, 30, 0, 0, second).unwrap(),
+            tenant_id: None,
+            created_at: Utc.with_ymd_and_hms(2026, 11, 30, 0, 0, 0).unwrap(),
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_first_claim_is_a_full_pass_and_the_next_ones_start_after_the_last_job() {
+        let t0 = Instant::now();
+        let mut cursor = ClaimCursor::new();
+        assert_eq!(cursor.next_pass(t0), Pass::Full);
+        let batch = [job(1, 0, 1), job(2, 0, 1), job(7, 0, 2)];
+        cursor.record(Pass::Full, 3, &batch, MS, t0);
+        // no keyset claim measured yet: the whole millisecond counts, spaced 20 ms
+        assert_eq!(
+            cursor.next_pass(t0 + 5 * MS),
+            Pass::After(ClaimPosition::of(&batch[2]))
+        );
+        assert_eq!(cursor.next_pass(t0 + 20 * MS), Pass::Full);
+    }
+
+    #[test]
+    fn a_full_pass_costing_what_a_keyset_claim_costs_runs_every_time() {
+        let t0 = Instant::now();
+        let mut cursor = ClaimCursor::new();
+        cursor.record(Pass::Full, 3, &[job(1, 0, 1)], MS, t0);
+        let keyset = Pass::After(ClaimPosition::of(&job(1, 0, 1)));
+        for _ in 0..30 {
+            cursor.record(keyset, 3, &[], 2 * MS, t0);
+        }
+        // a pass of 2 ms (the keyset mean to a few µs) or less: due at once
+        cursor.record(Pass::Full, 3, &[job(2, 0, 2)], 3 * MS / 2, t0 + 10 * MS);
+        assert_eq!(cursor.next_pass(t0 + 10 * MS), Pass::Full);
+    }
+
+    #[test]
+    fn a_short_keyset_claim_owes_a_full_pass_which_runs_once_the_spacing_allows() {
+        let t0 = Instant::now();
+        let mut cursor = ClaimCursor::new();
+        cursor.record(Pass::Full, 10, &[job(1, 0, 1)], 100 * MS, t0);
+        let after = Pass::After(ClaimPosition::of(&job(1, 0, 1)));
+        assert_eq!(cursor.owed_full_pass_at(), None);
+        cursor.record(after, 10, &[], Duration::ZERO, t0 + 1900 * MS);
+        // owed now; a pass of 100 ms beyond a keyset claim is spaced 2 s apart
+        assert_eq!(cursor.owed_full_pass_at(), Some(t0 + 2000 * MS));
+        assert_eq!(cursor.next_pass(t0 + 1950 * MS), after);
+        assert_eq!(cursor.next_pass(t0 + 2000 * MS), Pass::Full);
+        // a short full pass settles the debt
+        cursor.record(Pass::Full, 10, &[], 100 * MS, t0 + 2100 * MS);
+        assert_eq!(cursor.owed_full_pass_at(), None);
+    }
+
+    #[test]
+    fn the_position_never_moves_back_when_a_full_pass_claims_late_jobs() {
+        let t0 = Instant::now();
+        let mut cursor = ClaimCursor::new();
+        cursor.record(Pass::Full, 1, &[job(9, 0, 9)], 50 * MS, t0);
+        // a late, more urgent job found by the next full pass
+        cursor.record(Pass::Full, 5, &[job(3, -5, 3)], 50 * MS, t0 + 2 * SECOND);
+        assert_eq!(
+            cursor.next_pass(t0 + 2 * SECOND + MS),
+            Pass::After(ClaimPosition::of(&job(9, 0, 9)))
+        );
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn slow_full_passes_are_spaced_but_never_more_than_the_cap_apart() {
+        let t0 = Instant::now();
+        let mut cursor = ClaimCursor::new();
+        // a held horizon: the full pass walked a million dead entries for 3 s
+        cursor.record(Pass::Full, 500, &[job(1, 0, 1)], 3 * SECOND, t0);
+        let keyset = Pass::After(ClaimPosition::of(&job(1, 0, 1)));
+        cursor.record(keyset, 500, &[], MS, t0 + MS);
+        assert_eq!(cursor.next_pass(t0 + 10 * SECOND), keyset);
+        assert_eq!(cursor.next_pass(t0 + MAX_FULL_PASS_GAP), Pass::Full);
+    }
+}
