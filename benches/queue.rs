@@ -27,6 +27,15 @@
 //! tuples under 10% of their peak, and the sizes then. A quick run:
 //! `cargo bench --bench queue -- --runs 1 --quick --horizon --waves 2 --wave-jobs 20000`.
 //!
+//! `--peer` (off by default; CI never benches) also drives graphile_worker-rs 0.14 in the same
+//! run (see `peer/mod.rs`): it builds `tools/graphile-bench` once (`cargo build --release
+//! --manifest-path tools/graphile-bench/Cargo.toml`, printed; a failed build ends the bench),
+//! then in each run, in a fresh database on the same cluster, has it drain the same 200k
+//! no-op jobs (the same `--concurrency`, a local queue of 500, batched completions) and
+//! reports its rate from the worker's start (`peer_graphile_worker_rs`) and
+//! `ratio_from_daemon_start_vs_peer`: our median drain from the daemon's start over the
+//! peer's median. `cargo bench --bench queue -- --runs 1 --quick --peer`.
+//!
 //! `BENCH_DIAGNOSE=1` also samples what the cluster's backends wait on during each drain
 //! (with the table's statistics) and logs the plan of every statement slower than 30 ms
 //! (auto_explain); the cluster's log is kept in the temp directory. It costs the drain a
@@ -37,6 +46,7 @@
 
 mod common;
 mod horizon;
+mod peer;
 
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -599,6 +609,7 @@ async fn main() {
     let flush_batch: Option<usize> = common::arg("--flush-batch");
     let quick = std::env::args().any(|a| a == "--quick");
     let horizon = horizon::HorizonOptions::from_args(concurrency, batch);
+    let peer = peer::Peer::from_args();
     let config = daemon_config(concurrency, batch, flush_batch);
     let dir = PathBuf::from(format!("/tmp/penguin-jobs-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -613,7 +624,7 @@ async fn main() {
     let sink = slow_sink().await;
 
     let (mut empty_rates, mut loaded_rates, mut enqueue_rates) = (vec![], vec![], vec![]);
-    let mut from_start_rates = vec![];
+    let (mut from_start_rates, mut peer_reports) = (vec![], vec![]);
     let (mut p50s, mut p99s, mut idle_rss, mut peak_rss) = (vec![], vec![], vec![], vec![]);
     let (mut c2s_p50, mut c2s_p99, mut c2o_p50, mut urgent_p50) = (vec![], vec![], vec![], vec![]);
     let (mut churn_queue, mut churn_defaults) = (vec![], vec![]);
@@ -643,6 +654,9 @@ async fn main() {
         let (pool, url) = fresh_database(&cluster, "bench_from_start").await;
         from_start_rates.push(drain_from_start(&pool, &dir, &url).await);
         pool.close().await;
+        if let Some(peer) = &peer {
+            peer_reports.push(peer.drain(&cluster, DRAIN_JOBS, concurrency).await);
+        }
 
         if !quick {
             // 1M completed + 200k scheduled an hour ahead
@@ -720,6 +734,9 @@ async fn main() {
             "queue_autovacuum_settings": churn_queue,
             "postgres_default_autovacuum": churn_defaults,
         });
+    }
+    if peer.is_some() {
+        peer::add_to_report(&mut report, &peer_reports, m(&from_start_rates));
     }
     if let Some(options) = &horizon {
         report["horizon"] = horizon::run(&cluster, &dir, options).await;
