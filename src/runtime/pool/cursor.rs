@@ -8,7 +8,8 @@
 //! holding the xmin horizon that is next to nothing: a full pass costs what a keyset claim
 //! does, and every claim is one, as before keyset claims existed. While a long transaction
 //! elsewhere holds the horizon, it is every entry claimed since; full passes are then
-//! spaced by [`FULL_PASS_SPACING`] times what they cost beyond a keyset claim, so that
+//! spaced by [`FULL_PASS_SPACING`] times what they cost beyond a keyset claim (less
+//! [`NOISE`]: up to twice a keyset claim's cost and a millisecond count as nothing), so that
 //! walking the dead takes at most about 1/20 of the claimer's time, but never more than
 //! [`MAX_FULL_PASS_GAP`] apart.
 //!
@@ -22,6 +23,8 @@ use crate::queue::{ClaimPosition, ClaimedJob};
 /// Full passes start no sooner than this many times their last extra cost (their duration
 /// beyond a keyset claim's) after the last one ended.
 pub const FULL_PASS_SPACING: u32 = 20;
+/// A full pass's extra cost below this (beyond twice a keyset claim's) is noise.
+pub const NOISE: Duration = Duration::from_millis(1);
 /// The weight of the newest keyset claim in the running mean of their durations.
 const KEYSET_COST_WEIGHT: f64 = 0.2;
 /// The longest the spacing gets, however slow a full pass is: what a job landing behind the
@@ -85,7 +88,7 @@ impl ClaimCursor {
         let short = claimed.len() < asked;
         match pass {
             Pass::Full => {
-                self.last_full = Some((now, spacing(took.saturating_sub(self.keyset_cost))));
+                self.last_full = Some((now, spacing(self.extra_cost(took))));
                 // a full batch may have left more behind the position
                 self.owed = !short;
             }
@@ -109,6 +112,13 @@ impl ClaimCursor {
             self.last_full
                 .map_or_else(Instant::now, |(at, gap)| at + gap),
         )
+    }
+
+    /// What a full pass that took `took` cost beyond a keyset claim, less the noise of a
+    /// busy machine: up to twice the keyset claims' mean plus a millisecond counts as
+    /// nothing (a held horizon's walk costs tens of milliseconds and more).
+    fn extra_cost(&self, took: Duration) -> Duration {
+        took.saturating_sub(self.keyset_cost * 2 + NOISE)
     }
 
     fn full_pass_due(&self, now: Instant) -> bool {
@@ -155,13 +165,13 @@ mod tests {
         let mut cursor = ClaimCursor::new();
         assert_eq!(cursor.next_pass(t0), Pass::Full);
         let batch = [job(1, 0, 1), job(2, 0, 1), job(7, 0, 2)];
-        cursor.record(Pass::Full, 3, &batch, MS, t0);
-        // no keyset claim measured yet: the whole millisecond counts, spaced 20 ms
+        cursor.record(Pass::Full, 3, &batch, 3 * MS, t0);
+        // no keyset claim measured yet: 3 ms less the 1 ms of noise, spaced 40 ms
         assert_eq!(
             cursor.next_pass(t0 + 5 * MS),
             Pass::After(ClaimPosition::of(&batch[2]))
         );
-        assert_eq!(cursor.next_pass(t0 + 20 * MS), Pass::Full);
+        assert_eq!(cursor.next_pass(t0 + 40 * MS), Pass::Full);
     }
 
     #[test]
@@ -173,8 +183,8 @@ mod tests {
         for _ in 0..30 {
             cursor.record(keyset, 3, &[], 2 * MS, t0);
         }
-        // a pass of 2 ms (the keyset mean to a few µs) or less: due at once
-        cursor.record(Pass::Full, 3, &[job(2, 0, 2)], 3 * MS / 2, t0 + 10 * MS);
+        // a pass of 4.5 ms, within twice the keyset mean and a millisecond of noise: due at once
+        cursor.record(Pass::Full, 3, &[job(2, 0, 2)], 9 * MS / 2, t0 + 10 * MS);
         assert_eq!(cursor.next_pass(t0 + 10 * MS), Pass::Full);
     }
 
@@ -186,10 +196,10 @@ mod tests {
         let after = Pass::After(ClaimPosition::of(&job(1, 0, 1)));
         assert_eq!(cursor.owed_full_pass_at(), None);
         cursor.record(after, 10, &[], Duration::ZERO, t0 + 1900 * MS);
-        // owed now; a pass of 100 ms beyond a keyset claim is spaced 2 s apart
-        assert_eq!(cursor.owed_full_pass_at(), Some(t0 + 2000 * MS));
+        // owed now; a pass of 100 ms (99 beyond noise) is spaced 1.98 s apart
+        assert_eq!(cursor.owed_full_pass_at(), Some(t0 + 1980 * MS));
         assert_eq!(cursor.next_pass(t0 + 1950 * MS), after);
-        assert_eq!(cursor.next_pass(t0 + 2000 * MS), Pass::Full);
+        assert_eq!(cursor.next_pass(t0 + 1980 * MS), Pass::Full);
         // a short full pass settles the debt
         cursor.record(Pass::Full, 10, &[], 100 * MS, t0 + 2100 * MS);
         assert_eq!(cursor.owed_full_pass_at(), None);
