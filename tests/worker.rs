@@ -631,3 +631,76 @@ async fn jobs_that_land_behind_the_claim_position_are_still_claimed() {
     }
     app.stop().await;
 }
+
+/// The xmin of the pool's idle mark: it changes whenever the mark is written again.
+async fn idle_mark_version(app: &TestApp) -> Option<String> {
+    sqlx::query_scalar("select xmin::text from penguin.idle_workers where queue = 'default'")
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_queue_flipping_between_one_job_and_none_does_not_rewrite_its_idle_mark() {
+    let mut app = TestApp::running(FAST).await;
+    app.wait_for(
+        "select exists (select 1 from penguin.idle_workers where queue = 'default')",
+        Duration::from_secs(10),
+        "an idle mark",
+    )
+    .await;
+    let before = idle_mark_version(&app).await;
+    // one job every 20 ms: each wakes the pool, which finds the queue empty again
+    for n in 0..50 {
+        app.enqueue(&NewJob::new("noop", json!({ "n": n }))).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.wait_for(
+        "select count(*) = 50 from penguin.jobs where state = 'completed'",
+        Duration::from_secs(10),
+        "the 50 jobs",
+    )
+    .await;
+    let after = idle_mark_version(&app).await;
+    app.stop().await;
+    assert!(before.is_some());
+    assert_eq!(before, after, "the idle mark was written again");
+}
+
+#[tokio::test]
+async fn a_pool_busy_for_over_a_second_clears_its_idle_mark() {
+    let provider = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(700)))
+        .mount(&provider)
+        .await;
+    let mut app = TestApp::running(&format!(
+        "{FAST}[queues.default]\nconcurrency = 1\nbatch = 1\n"
+    ))
+    .await;
+    app.wait_for(
+        "select exists (select 1 from penguin.idle_workers where queue = 'default')",
+        Duration::from_secs(10),
+        "an idle mark",
+    )
+    .await;
+    let jobs: Vec<NewJob> = (0..4)
+        .map(|_| http_job(format!("{}/slow", provider.uri()), 5))
+        .collect();
+    app.enqueue_many(&jobs).await;
+    // jobs of 0.7 s one at a time: the third claim finds the pool busy for over a second
+    app.wait_for(
+        "select not exists (select 1 from penguin.idle_workers where queue = 'default')
+            and exists (select 1 from penguin.jobs where state <> 'completed')",
+        Duration::from_secs(10),
+        "the idle mark cleared while jobs remain",
+    )
+    .await;
+    app.wait_for(
+        "select exists (select 1 from penguin.idle_workers where queue = 'default')",
+        Duration::from_secs(10),
+        "the idle mark written again once the queue is empty",
+    )
+    .await;
+    app.stop().await;
+}

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::cursor::{ClaimCursor, Pass};
+use super::idle::{IdleMark, MarkAction};
 use super::{PoolSettings, Shared};
 use crate::queue::{self, ClaimRequest, ClaimedJob};
 
@@ -103,9 +104,10 @@ fn claim_size(
 }
 
 /// Keeps the buffer filled (see [`claim_size`]), marks the pool idle (so inserts NOTIFY)
-/// when the queue is empty, and waits for a notification or the poll interval.
+/// when the queue is empty (see [`IdleMark`]), and waits for a notification or the poll
+/// interval.
 pub(super) async fn claimer(shared: Arc<Shared>) {
-    let mut idle = false;
+    let mut idle = IdleMark::default();
     let mut failures: u32 = 0;
     let mut rate = WorkRate::new();
     let mut cursor = ClaimCursor::new();
@@ -140,19 +142,22 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
             if owed.is_some_and(|at| at <= Instant::now()) {
                 continue;
             }
-            if !idle {
-                // Mark first, then claim once more: a job inserted between the empty claim
-                // and the mark is caught by that claim instead of waiting a poll interval.
-                idle = mark_idle(&shared).await;
-                continue;
+            let now = Instant::now();
+            if let MarkAction::Write { fresh } = idle.on_empty(now) {
+                let written = mark_idle(&shared).await;
+                idle.written(written, now);
+                if written && fresh {
+                    // Mark first, then claim once more: a job inserted between the empty
+                    // claim and the mark is caught by that claim instead of waiting a poll.
+                    continue;
+                }
             }
             if wait_for_jobs(&shared, owed).await.is_break() {
                 break;
             }
             continue;
         }
-        if idle {
-            idle = false;
+        if idle.on_jobs(Instant::now()) == MarkAction::Clear {
             shared.clear_idle_mark().await;
         }
         // each claimed job keeps its unit of room until its outcome is written
@@ -259,7 +264,7 @@ async fn mark_idle(shared: &Shared) -> bool {
 
 /// Waits, with the queue empty and the pool marked idle, for a notification, for a job
 /// this pool wrote back to come due, for the owed full pass (`full_pass`), or for the poll
-/// interval (then refreshes the idle mark); `Break` when claiming stops.
+/// interval; `Break` when claiming stops.
 async fn wait_for_jobs(shared: &Shared, full_pass: Option<Instant>) -> ControlFlow<()> {
     let s = &shared.settings;
     let now = tokio::time::Instant::now();
@@ -277,14 +282,7 @@ async fn wait_for_jobs(shared: &Shared, full_pass: Option<Instant>) -> ControlFl
     };
     tokio::select! {
         () = shared.wake.notified() => {}
-        () = tokio::time::sleep_until(due.map_or(poll, |d| d.min(poll))) => {
-            if due.is_none_or(|d| d >= poll) {
-                // refresh the mark, so maintenance can tell live idle workers from
-                // dead ones, and so it is back after a database restart (the table
-                // is unlogged)
-                let _ = queue::mark_idle(&shared.conns.main, &shared.worker, &s.queue).await;
-            }
-        }
+        () = tokio::time::sleep_until(due.map_or(poll, |d| d.min(poll))) => {}
         () = shared.stop_claiming.cancelled() => return ControlFlow::Break(()),
     }
     ControlFlow::Continue(())

@@ -18,6 +18,7 @@ mod attempt;
 mod claimer;
 mod cursor;
 mod flusher;
+mod idle;
 mod lease;
 mod shared;
 
