@@ -9,7 +9,8 @@
 //! does, and every claim is one, as before keyset claims existed. While a long transaction
 //! elsewhere holds the horizon, it is every entry claimed since; full passes are then
 //! spaced by [`FULL_PASS_SPACING`] times what they cost beyond a keyset claim (less
-//! [`NOISE`]: up to twice a keyset claim's cost and a millisecond count as nothing), so that
+//! [`NOISE`]: up to twice a keyset claim's cost and a millisecond count as nothing; the
+//! lesser of the last two passes' costs, so one slowed by something else does not count), so that
 //! walking the dead takes at most about 1/20 of the claimer's time, but never more than
 //! [`MAX_FULL_PASS_GAP`] apart.
 //!
@@ -49,6 +50,10 @@ pub struct ClaimCursor {
     owed: bool,
     /// When the last full pass ended, and the spacing its cost earned.
     last_full: Option<(Instant, Duration)>,
+    /// The extra cost of the last full pass: the spacing follows the lesser of the last
+    /// two, so one pass slowed by something else (a checkpoint, a cold cache, a busy
+    /// machine) does not hold the next one back for seconds. Dead entries slow them all.
+    last_extra: Duration,
     /// The running mean of keyset claims' durations: what a full pass costs beyond it is
     /// what the dead entries in front of the position cost.
     keyset_cost: Duration,
@@ -60,6 +65,7 @@ impl ClaimCursor {
             position: None,
             owed: false,
             last_full: None,
+            last_extra: Duration::ZERO,
             keyset_cost: Duration::ZERO,
         }
     }
@@ -88,7 +94,9 @@ impl ClaimCursor {
         let short = claimed.len() < asked;
         match pass {
             Pass::Full => {
-                self.last_full = Some((now, spacing(self.extra_cost(took))));
+                let extra = self.extra_cost(took);
+                self.last_full = Some((now, spacing(extra.min(self.last_extra))));
+                self.last_extra = extra;
                 // a full batch may have left more behind the position
                 self.owed = !short;
             }
@@ -166,7 +174,10 @@ mod tests {
         assert_eq!(cursor.next_pass(t0), Pass::Full);
         let batch = [job(1, 0, 1), job(2, 0, 1), job(7, 0, 2)];
         cursor.record(Pass::Full, 3, &batch, 3 * MS, t0);
-        // no keyset claim measured yet: 3 ms less the 1 ms of noise, spaced 40 ms
+        // one slow pass is not enough to space the next
+        assert_eq!(cursor.next_pass(t0), Pass::Full);
+        cursor.record(Pass::Full, 3, &batch, 3 * MS, t0);
+        // two are: 3 ms less the 1 ms of noise (no keyset claim measured yet), 40 ms
         assert_eq!(
             cursor.next_pass(t0 + 5 * MS),
             Pass::After(ClaimPosition::of(&batch[2]))
@@ -193,6 +204,7 @@ mod tests {
         let t0 = Instant::now();
         let mut cursor = ClaimCursor::new();
         cursor.record(Pass::Full, 10, &[job(1, 0, 1)], 100 * MS, t0);
+        cursor.record(Pass::Full, 10, &[job(1, 0, 1)], 100 * MS, t0);
         let after = Pass::After(ClaimPosition::of(&job(1, 0, 1)));
         assert_eq!(cursor.owed_full_pass_at(), None);
         cursor.record(after, 10, &[], Duration::ZERO, t0 + 1900 * MS);
@@ -203,6 +215,15 @@ mod tests {
         // a short full pass settles the debt
         cursor.record(Pass::Full, 10, &[], 100 * MS, t0 + 2100 * MS);
         assert_eq!(cursor.owed_full_pass_at(), None);
+    }
+
+    #[test]
+    fn one_slow_full_pass_among_quick_ones_does_not_space_the_next() {
+        let t0 = Instant::now();
+        let mut cursor = ClaimCursor::new();
+        cursor.record(Pass::Full, 500, &[job(1, 0, 1)], MS, t0);
+        cursor.record(Pass::Full, 500, &[job(2, 0, 1)], 1200 * MS, t0 + 2 * SECOND);
+        assert_eq!(cursor.next_pass(t0 + 2 * SECOND), Pass::Full);
     }
 
     #[test]
@@ -224,7 +245,8 @@ mod tests {
     fn slow_full_passes_are_spaced_but_never_more_than_the_cap_apart() {
         let t0 = Instant::now();
         let mut cursor = ClaimCursor::new();
-        // a held horizon: the full pass walked a million dead entries for 3 s
+        // a held horizon: the full passes walked a million dead entries for 3 s
+        cursor.record(Pass::Full, 500, &[job(1, 0, 1)], 3 * SECOND, t0);
         cursor.record(Pass::Full, 500, &[job(1, 0, 1)], 3 * SECOND, t0);
         let keyset = Pass::After(ClaimPosition::of(&job(1, 0, 1)));
         cursor.record(keyset, 500, &[], MS, t0 + MS);
