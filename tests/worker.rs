@@ -360,7 +360,7 @@ async fn a_job_that_kills_its_daemon_before_its_start_is_recorded_still_reaches_
             .execute(&app.pool)
             .await
             .unwrap();
-        queue::rescue_expired(&app.pool, 10).await.unwrap();
+        queue::rescue_expired(&app.pool, 10, None).await.unwrap();
     }
     let dead = &queue::list_dead_letters(&app.pool, None, 1).await.unwrap()[0];
     assert_eq!(dead.job_id, id);
@@ -703,4 +703,54 @@ async fn a_pool_busy_for_over_a_second_clears_its_idle_mark() {
     )
     .await;
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_rescue_reads_running_jobs_claimed_since_its_floor_and_a_full_pass_the_rest() {
+    let app = TestApp::new().await;
+    let kinds = vec!["noop".to_string()];
+    let mut floor = queue::RescueFloor::default();
+    let first = queue::rescue_expired(&app.pool, 10, floor.next())
+        .await
+        .unwrap();
+    floor.passed(&first);
+    let since = floor.next();
+    assert!(since.is_some());
+    // claimed after that pass: read by the next; one claimed long before: not
+    for n in 0..2 {
+        app.enqueue(&NewJob::new("noop", json!({ "n": n }))).await;
+    }
+    let claimed = queue::claim(
+        &app.pool,
+        "default",
+        &kinds,
+        2,
+        "w1",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "update penguin.jobs set lease_expires_at = now() - interval '1 second',
+                attempted_at = case when id = $1 then now() - interval '1 hour' else attempted_at end",
+    )
+    .bind(claimed[0].id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let floored = queue::rescue_expired(&app.pool, 10, since).await.unwrap();
+    assert_eq!(floored.requeued, 1);
+    assert_eq!(app.job(claimed[0].id).await.state, JobState::Running);
+    assert_eq!(app.job(claimed[1].id).await.state, JobState::Retryable);
+    let old_claim: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select attempted_at from penguin.jobs where id = $1")
+            .bind(claimed[0].id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(floored.oldest_running.unwrap() > old_claim + chrono::Duration::minutes(59));
+    // a full pass reads it, and reports it as the oldest running claim
+    let full = queue::rescue_expired(&app.pool, 10, None).await.unwrap();
+    assert_eq!((full.requeued, full.oldest_running), (1, Some(old_claim)));
+    assert_eq!(app.job(claimed[0].id).await.state, JobState::Retryable);
 }

@@ -42,7 +42,7 @@ pub use outcome::{
     write_outcomes_started,
 };
 pub use prune::{Pruned, prune, prune_inbound_events, prune_replay_tokens};
-pub use rescue::{RescueCounts, rescue_expired};
+pub use rescue::{RescueCounts, RescueFloor, rescue_expired};
 pub use schema::{check_migrated, migrate};
 pub use state::{JobState, UnknownState};
 

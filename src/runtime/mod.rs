@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::jobs::Registry;
-use crate::queue;
 use crate::queue::daemons::WaitingKind;
+use crate::queue::{self, RescueFloor};
 
 pub use pool::{PoolSettings, run_attempt};
 use supervisor::{DbHealth, Supervisor};
@@ -279,6 +279,7 @@ async fn maintain(m: Maintenance, stop: CancellationToken) {
     let window = queue::daemons::liveness_window(m.every);
     let mut reported: HashMap<String, (i64, Instant)> = HashMap::new();
     let mut horizon_warned: Option<Instant> = None;
+    let mut rescue_floor = RescueFloor::default();
     let mut first = true;
     loop {
         if !first {
@@ -295,7 +296,7 @@ async fn maintain(m: Maintenance, stop: CancellationToken) {
             tracing::warn!(error = %e, "could not record this daemon as alive");
             continue;
         }
-        rescue(&m).await;
+        rescue(&m, &mut rescue_floor).await;
         if let Err(e) = queue::forget_stale_idle_marks(&m.pool, stale).await {
             tracing::debug!(error = %e, "could not clean idle marks");
         }
@@ -336,15 +337,20 @@ async fn warn_of_held_horizon(m: &Maintenance, warned: &mut Option<Instant>) {
 
 /// Rescues expired leases, a batch at a time until none is left, unless this daemon had
 /// database failures in the last seconds (its own writes get the first chance).
-async fn rescue(m: &Maintenance) {
+async fn rescue(m: &Maintenance, floor: &mut RescueFloor) {
     const RESCUE_BATCH: i64 = 1000;
     if m.health.settled(RESCUE_SETTLE) {
+        let since = floor.next();
         loop {
-            match queue::rescue_expired(&m.pool, RESCUE_BATCH).await {
+            match queue::rescue_expired(&m.pool, RESCUE_BATCH, since).await {
                 Ok(c) if c.requeued + c.dead == RESCUE_BATCH as u64 => continue,
-                Ok(_) => break,
+                Ok(c) => {
+                    floor.passed(&c);
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "rescue failed");
+                    floor.reset();
                     break;
                 }
             }
