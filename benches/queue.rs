@@ -24,8 +24,16 @@
 //! while `--waves N` (5) waves of `--wave-jobs N` (200,000) no-op jobs are enqueued and
 //! drained, with each wave's rate, dead and live tuples, table and index sizes and the held
 //! xmin's age; then how long autovacuum takes, once it is released, to bring the dead
-//! tuples under 10% of their peak, and the sizes then. A quick run:
-//! `cargo bench --bench queue -- --runs 1 --quick --horizon --waves 2 --wave-jobs 20000`.
+//! tuples under 10% of their peak, and the sizes then. Before the hold, one wave of the
+//! same size drains with nothing held (`free_wave`, and `last_held_to_free_ratio`). A quick
+//! run: `cargo bench --bench queue -- --runs 1 --quick --horizon --waves 2 --wave-jobs 20000`.
+//! `--long` (also off by default, on its own or after `--horizon`) is the steady run under
+//! a held horizon (see `horizon/long.rs`): a producer enqueues `--long-rate N` (5,000)
+//! no-op jobs/s in statements of 100 for `--long-minutes N` (10) while the daemon works
+//! them; it reports the enqueue-to-start lag p50/p90/p99/max of the jobs created in each
+//! minute, the table's dead tuples and sizes at each minute, then the recovery after the
+//! release. 12 to 17 minutes at the defaults:
+//! `cargo bench --bench queue -- --runs 1 --quick --long`.
 //!
 //! `--peer` (off by default; CI never benches) also drives graphile_worker-rs 0.14 in the same
 //! run (see `peer/mod.rs`): it builds `tools/graphile-bench` once (`cargo build --release
@@ -609,6 +617,7 @@ async fn main() {
     let flush_batch: Option<usize> = common::arg("--flush-batch");
     let quick = std::env::args().any(|a| a == "--quick");
     let horizon = horizon::HorizonOptions::from_args(concurrency, batch);
+    let long = horizon::long::LongOptions::from_args(concurrency, batch);
     let peer = peer::Peer::from_args();
     let config = daemon_config(concurrency, batch, flush_batch);
     let dir = PathBuf::from(format!("/tmp/penguin-jobs-bench-{}", std::process::id()));
@@ -740,6 +749,9 @@ async fn main() {
     }
     if let Some(options) = &horizon {
         report["horizon"] = horizon::run(&cluster, &dir, options).await;
+    }
+    if let Some(options) = &long {
+        report["long"] = horizon::long::run(&cluster, &dir, options).await;
     }
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     let _ = cluster.stop().await;

@@ -2,19 +2,29 @@
 //! `--wave-jobs N`, default 200,000, a multiple of 1,000): what one long transaction
 //! elsewhere in the queue's database does to the queue (issue 16).
 //!
-//! A separate connection opens a repeatable-read transaction, takes an xid and a
-//! snapshot, and holds both for the whole experiment, so no vacuum may remove any row
-//! version the waves leave behind. Each wave enqueues no-op jobs and drains them with the
-//! real daemon (the bench's own drain helpers, rates from the database's timestamps);
-//! after each the mode prints the rate, the table's dead and live tuples, the sizes of the
-//! table and of each of its indexes, and the age of the held transaction's xmin. Then it
-//! commits the held transaction and times how long autovacuum takes to bring the dead
-//! tuples back under 10% of their peak (polled every 5 s, given up after 5 minutes), and
-//! reads the sizes again: whether the space comes back without `VACUUM FULL`.
+//! First the daemon drains one wave of the same size with nothing held (`free_wave`, the
+//! baseline of issue 16's goal). Then a separate connection opens a repeatable-read
+//! transaction, takes an xid and a snapshot, and holds both for the rest of the
+//! experiment, so no vacuum may remove any row version the held waves leave behind. Each
+//! wave enqueues no-op jobs and drains them with the real daemon (the bench's own drain
+//! helpers, rates from the database's timestamps); after each the mode prints the rate,
+//! the table's dead and live tuples, the sizes of the table and of each of its indexes,
+//! and the age of the held transaction's xmin. Then it commits the held transaction and
+//! times how long autovacuum takes to bring the dead tuples back under 10% of their peak
+//! (polled every 5 s, given up after 5 minutes), and reads the sizes again: whether the
+//! space comes back without `VACUUM FULL`. The report gives the last held wave over the
+//! first (`last_to_first_rate_ratio`) and over the free wave (`last_held_to_free_ratio`,
+//! the goal's figure: >= 0.8).
+//!
+//! `--long` (see `long.rs`) is the goal's other half, a steady run under a held horizon:
+//! a producer enqueues `--long-rate N` (5,000) jobs/s for `--long-minutes N` (10) while the
+//! daemon works them, with enqueue-to-start lag percentiles per minute, then the same
+//! recovery. It runs on its own or after the waves (with `--horizon`).
 //!
 //! It is slow by design: on a 2-core machine the default 5 x 200k fell to a few hundred
 //! jobs/s by the fourth wave (over 8 minutes for that wave alone), so each wave may take
-//! up to an hour (WAVE_LIMIT); `--waves 3 --wave-jobs 50000` takes about two minutes.
+//! up to an hour (WAVE_LIMIT); `--waves 3 --wave-jobs 50000` takes about two minutes
+//! (plus about 20 s for the free wave).
 //!
 //! Tuple counts come from `pg_stat_user_tables`, which PostgreSQL 15 updates from each
 //! backend's pending counts at most once a second (idle backends within ~10 s);
@@ -30,6 +40,8 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::{Daemon, ENQUEUE_CHUNK, drain_jobs, fresh_database, wait_idle};
+
+pub mod long;
 
 /// How long autovacuum gets, after the release, to bring the dead tuples down.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(300);
@@ -107,17 +119,22 @@ impl HeldTransaction {
 
     /// `age(backend_xmin)` of the held backend, as pg_stat_activity shows it.
     async fn xmin_age(&self, pool: &PgPool) -> Option<i32> {
-        sqlx::query_scalar("select age(backend_xmin) from pg_stat_activity where pid = $1")
-            .bind(self.pid)
-            .fetch_one(pool)
-            .await
-            .unwrap()
+        xmin_age(pool, self.pid).await
     }
 
     async fn release(mut self) {
         sqlx::query("commit").execute(&mut self.conn).await.unwrap();
         self.conn.close().await.unwrap();
     }
+}
+
+/// `age(backend_xmin)` of backend `pid`, as pg_stat_activity shows it.
+async fn xmin_age(pool: &PgPool, pid: i32) -> Option<i32> {
+    sqlx::query_scalar("select age(backend_xmin) from pg_stat_activity where pid = $1")
+        .bind(pid)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// `penguin.jobs` as the statistics and the storage show it at one moment.
@@ -161,6 +178,18 @@ impl TableState {
         }
     }
 
+    /// The state on one line, for stderr.
+    fn summary(&self) -> String {
+        format!(
+            "dead {} live {}, heap {} MB, indexes {} MB, total {} MB",
+            self.dead,
+            self.live,
+            self.heap_mb,
+            Value::from(self.index_mb.clone()),
+            self.total_mb
+        )
+    }
+
     fn to_json(&self) -> Value {
         json!({
             "n_dead_tup": self.dead, "n_live_tup": self.live, "autovacuum_count": self.autovacuums,
@@ -198,21 +227,30 @@ async fn autovacuum_settings(pool: &PgPool) -> Value {
     out.into()
 }
 
-/// Runs the waves under the held transaction, then times the recovery after its release.
+/// Drains one wave with nothing held, then runs the waves under the held transaction, then
+/// times the recovery after its release.
 pub async fn run(cluster: &EmbeddedPostgres, dir: &Path, options: &HorizonOptions) -> Value {
     let (pool, url) = fresh_database(cluster, "bench_horizon").await;
     let settings = autovacuum_settings(&pool).await;
+    let daemon = Daemon::start(dir, &url);
+    wait_idle(&pool).await;
+    let (free_rate, free_enqueue_rate, free_state) =
+        drain_wave(&pool, &daemon, options.jobs_per_wave).await;
+    eprintln!(
+        "horizon free wave (nothing held): {free_rate:.0} jobs/s (enqueue {free_enqueue_rate:.0}/s), {}",
+        free_state.summary()
+    );
     let held = HeldTransaction::open(&url).await;
     eprintln!(
         "horizon: holding txid {} (backend {}) over {} waves of {} jobs",
         held.txid, held.pid, options.waves, options.jobs_per_wave
     );
-    let daemon = Daemon::start(dir, &url);
-    wait_idle(&pool).await;
     let (waves, rates, peak_dead) = run_waves(&pool, &daemon, &held, options).await;
     daemon.stop();
     let ratio = rates[rates.len() - 1] / rates[0];
+    let free_ratio = rates[rates.len() - 1] / free_rate;
     eprintln!("horizon: last wave / first wave = {ratio:.2} (issue 16 wants >= 0.8)");
+    eprintln!("horizon: last held wave / free wave = {free_ratio:.2} (issue 16 wants >= 0.8)");
     let held_xmin_age_at_release = held.xmin_age(&pool).await;
     held.release().await;
     let recovery = await_recovery(&pool, peak_dead).await;
@@ -224,45 +262,57 @@ pub async fn run(cluster: &EmbeddedPostgres, dir: &Path, options: &HorizonOption
         "autovacuum_settings": settings,
         "stats_note": "n_dead_tup/n_live_tup read from pg_stat_user_tables 2 s after each wave, \
                        without forcing a flush (PostgreSQL 15 flushes each backend's counts lazily)",
+        "free_wave": wave_json(&free_state, free_rate, free_enqueue_rate),
         "per_wave": waves,
-        "last_to_first_rate_ratio": (ratio * 100.0).round() / 100.0,
+        "last_to_first_rate_ratio": round2(ratio),
+        "last_held_to_free_ratio": round2(free_ratio),
         "ratio_goal": 0.8,
         "held_xmin_age_at_release": held_xmin_age_at_release,
         "after_release": recovery,
     })
 }
 
-/// The waves: (each wave's figures, each wave's rate, the peak of dead tuples seen).
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// One wave: enqueues `jobs` no-op jobs, lets the daemon drain them, waits 2 s for the
+/// statistics and reads the table: (drain jobs/s, enqueue jobs/s, the table then).
+async fn drain_wave(pool: &PgPool, daemon: &Daemon, jobs: usize) -> (f64, f64, TableState) {
+    // enqueueing slows down as the table bloats: a generous head start per wave
+    let head_start = Duration::from_secs(5 + jobs as u64 / 10_000);
+    let (rate, enqueue_rate) = drain_jobs(pool, daemon, jobs, head_start, WAVE_LIMIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (rate, enqueue_rate, TableState::read(pool).await)
+}
+
+/// A wave's figures in the report.
+fn wave_json(state: &TableState, rate: f64, enqueue_rate: f64) -> Value {
+    let mut figures = state.to_json();
+    figures["drain_jobs_per_s"] = json!(rate.round());
+    figures["enqueue_jobs_per_s"] = json!(enqueue_rate.round());
+    figures
+}
+
+/// The held waves: (each wave's figures, each wave's rate, the peak of dead tuples seen).
 async fn run_waves(
     pool: &PgPool,
     daemon: &Daemon,
     held: &HeldTransaction,
     options: &HorizonOptions,
 ) -> (Vec<Value>, Vec<f64>, i64) {
-    // enqueueing slows down as the table bloats: a generous head start per wave
-    let head_start = Duration::from_secs(5 + options.jobs_per_wave as u64 / 10_000);
     let (mut waves, mut rates, mut peak_dead) = (vec![], vec![], 0);
     for wave in 1..=options.waves {
-        let (rate, enqueue_rate) =
-            drain_jobs(pool, daemon, options.jobs_per_wave, head_start, WAVE_LIMIT).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let state = TableState::read(pool).await;
+        let (rate, enqueue_rate, state) = drain_wave(pool, daemon, options.jobs_per_wave).await;
         let xmin_age = held.xmin_age(pool).await;
         eprintln!(
-            "horizon wave {wave}: {rate:.0} jobs/s (enqueue {enqueue_rate:.0}/s), dead {} live {}, \
-             heap {} MB, indexes {} MB, total {} MB, held xmin age {xmin_age:?}",
-            state.dead,
-            state.live,
-            state.heap_mb,
-            Value::from(state.index_mb.clone()),
-            state.total_mb
+            "horizon wave {wave}: {rate:.0} jobs/s (enqueue {enqueue_rate:.0}/s), {}, held xmin age {xmin_age:?}",
+            state.summary()
         );
         peak_dead = peak_dead.max(state.dead);
         rates.push(rate);
-        let mut figures = state.to_json();
+        let mut figures = wave_json(&state, rate, enqueue_rate);
         figures["wave"] = json!(wave);
-        figures["drain_jobs_per_s"] = json!(rate.round());
-        figures["enqueue_jobs_per_s"] = json!(enqueue_rate.round());
         figures["held_xmin_age"] = json!(xmin_age);
         waves.push(figures);
     }
@@ -298,12 +348,8 @@ async fn await_recovery(pool: &PgPool, peak_dead: i64) -> Value {
         );
     }
     eprintln!(
-        "horizon: then dead {} live {}, heap {} MB, indexes {} MB, total {} MB, autovacuums {} (were {})",
-        state.dead,
-        state.live,
-        state.heap_mb,
-        Value::from(state.index_mb.clone()),
-        state.total_mb,
+        "horizon: then {}, autovacuums {} (were {})",
+        state.summary(),
         state.autovacuums,
         before.autovacuums
     );
