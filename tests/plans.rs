@@ -63,26 +63,54 @@ async fn the_outcome_write_probes_the_primary_key_even_with_stale_statistics() {
     );
 }
 
-/// What a claim of 500 read from `penguin.jobs`: (jobs claimed, tuples fetched through
-/// indexes, tuples read by sequential scans). The backend's not yet reported statistics
-/// (`pg_stat_xact_*`) before and after the claim, in one transaction rolled back.
-async fn claim_reads(conn: &mut sqlx::PgConnection) -> (usize, i64, i64) {
-    const READS: &str = "select idx_tup_fetch, seq_tup_read from pg_stat_xact_user_tables
-                          where relid = 'penguin.jobs'::regclass";
+/// A claim of 500 (a full pass, or a keyset claim after `after`) in one transaction rolled
+/// back: (jobs claimed, how much each of the figures `counters` selects grew meanwhile).
+/// `counters` reads the backend's not yet reported statistics (`pg_stat_xact_*`).
+async fn measured_claim(
+    conn: &mut sqlx::PgConnection,
+    after: Option<ClaimPosition>,
+    counters: &str,
+) -> (usize, Vec<i64>) {
     let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-    let before: (i64, i64) = sqlx::query_as(READS).fetch_one(&mut *tx).await.unwrap();
-    let claimed: Vec<i64> = sqlx::query_scalar(CLAIM_SQL)
-        .bind("default")
-        .bind(500i64)
-        .bind("w1")
-        .bind(30.0f64)
-        .bind(vec!["noop".to_string()])
-        .fetch_all(&mut *tx)
+    let before: Vec<i64> = sqlx::query_scalar(counters)
+        .fetch_one(&mut *tx)
         .await
         .unwrap();
-    let after: (i64, i64) = sqlx::query_as(READS).fetch_one(&mut *tx).await.unwrap();
+    let claim = sqlx::query_scalar(if after.is_some() {
+        CLAIM_AFTER_SQL
+    } else {
+        CLAIM_SQL
+    })
+    .bind("default")
+    .bind(500i64)
+    .bind("w1")
+    .bind(30.0f64)
+    .bind(vec!["noop".to_string()]);
+    let claim = match after {
+        Some(p) => claim.bind(p.priority).bind(p.run_at).bind(p.id),
+        None => claim,
+    };
+    let claimed: Vec<i64> = claim.fetch_all(&mut *tx).await.unwrap();
+    let now: Vec<i64> = sqlx::query_scalar(counters)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
-    (claimed.len(), after.0 - before.0, after.1 - before.1)
+    let grown = now.iter().zip(&before).map(|(n, b)| n - b).collect();
+    (claimed.len(), grown)
+}
+
+/// What a full pass of 500 read from `penguin.jobs`: (jobs claimed, tuples fetched through
+/// indexes, tuples read by sequential scans).
+async fn claim_reads(conn: &mut sqlx::PgConnection) -> (usize, i64, i64) {
+    let (claimed, grown) = measured_claim(
+        conn,
+        None,
+        "select array[idx_tup_fetch, seq_tup_read] from pg_stat_xact_user_tables
+          where relid = 'penguin.jobs'::regclass",
+    )
+    .await;
+    (claimed, grown[0], grown[1])
 }
 
 #[tokio::test]
@@ -148,33 +176,18 @@ async fn enqueue_many_without_unique_keys_returns_ids_in_input_order() {
 }
 
 /// What a claim of 500 read from the claim index: (jobs claimed, index entries returned,
-/// those pointing at dead versions included), in one transaction rolled back.
+/// those pointing at dead versions included).
 async fn claim_index_reads(
     conn: &mut sqlx::PgConnection,
     after: Option<ClaimPosition>,
 ) -> (usize, i64) {
-    const READS: &str =
-        "select pg_stat_get_xact_tuples_returned('penguin.jobs_claim_idx'::regclass)";
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-    let before: i64 = sqlx::query_scalar(READS).fetch_one(&mut *tx).await.unwrap();
-    let claim = sqlx::query_scalar(if after.is_some() {
-        CLAIM_AFTER_SQL
-    } else {
-        CLAIM_SQL
-    })
-    .bind("default")
-    .bind(500i64)
-    .bind("w1")
-    .bind(30.0f64)
-    .bind(vec!["noop".to_string()]);
-    let claim = match after {
-        Some(p) => claim.bind(p.priority).bind(p.run_at).bind(p.id),
-        None => claim,
-    };
-    let claimed: Vec<i64> = claim.fetch_all(&mut *tx).await.unwrap();
-    let after: i64 = sqlx::query_scalar(READS).fetch_one(&mut *tx).await.unwrap();
-    tx.rollback().await.unwrap();
-    (claimed.len(), after - before)
+    let (claimed, grown) = measured_claim(
+        conn,
+        after,
+        "select array[pg_stat_get_xact_tuples_returned('penguin.jobs_claim_idx'::regclass)]",
+    )
+    .await;
+    (claimed, grown[0])
 }
 
 #[tokio::test]

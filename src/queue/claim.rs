@@ -105,8 +105,9 @@ pub async fn claim_after(
     claim_from(pool, request, Some(after)).await
 }
 
+/// [`claim_after`] when `after` is given, else the full pass ([`claim`]).
 #[tracing::instrument(skip_all, fields(queue = %request.queue, batch = request.limit, keyset = after.is_some()))]
-async fn claim_from(
+pub async fn claim_from(
     pool: &PgPool,
     request: &ClaimRequest<'_>,
     after: Option<ClaimPosition>,

@@ -217,20 +217,11 @@ async fn claim(
     };
     let began = Instant::now();
     let pass = cursor.next_pass(began);
-    let claimed = match pass {
-        Pass::Full => {
-            queue::claim(
-                &shared.conns.main,
-                request.queue,
-                request.kinds,
-                request.limit,
-                request.worker,
-                request.lease,
-            )
-            .await
-        }
-        Pass::After(position) => queue::claim_after(&shared.conns.main, &request, position).await,
+    let after = match pass {
+        Pass::Full => None,
+        Pass::After(position) => Some(position),
     };
+    let claimed = queue::claim::claim_from(&shared.conns.main, &request, after).await;
     match claimed {
         Ok(c) => {
             *failures = 0;
