@@ -1,17 +1,22 @@
 //! The claimer task of a pool: keeps a short buffer of claimed jobs ahead of the workers,
 //! sized by the rate at which they start jobs ([`WorkRate`], [`claim_size`]), claiming
-//! after the last job it claimed with a full pass now and then ([`ClaimCursor`]); marks
+//! after the last job it claimed with a full pass now and then ([`ClaimCursor`]), which
+//! runs beside the keyset claims once there is a position ([`FullPass`]); marks
 //! the pool idle when the queue is empty and then waits for a notification, a job of its
 //! own that comes due, an owed full pass, or the poll interval.
 //!
 //! Must never claim more than the room the pool has left (every claimed job keeps its
-//! unit of room until its outcome is written), and never claim after the pool was told to
-//! stop claiming.
+//! unit of room until its outcome is written, a full pass running beside takes its room
+//! when it starts), never claim after the pool was told to stop claiming, and never end
+//! while a full pass it started still runs (its jobs must be held before the pool
+//! releases what it holds).
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
 
 use super::cursor::{ClaimCursor, Pass};
 use super::idle::{IdleMark, MarkAction};
@@ -111,11 +116,18 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
     let mut failures: u32 = 0;
     let mut rate = WorkRate::new();
     let mut cursor = ClaimCursor::new();
+    let mut beside: Option<FullPass> = None;
     loop {
+        if beside.as_ref().is_some_and(FullPass::is_finished)
+            && let Some(pass) = beside.take()
+        {
+            pass.finish(&shared, &mut cursor, &mut idle).await;
+        }
         if shared.stop_claiming.is_cancelled() {
             break;
         }
-        let Some(size) = next_claim_size(&shared, &mut rate) else {
+        let in_flight = beside.as_ref().map_or(0, |p| p.size);
+        let Some(size) = next_claim_size(&shared, &mut rate, in_flight) else {
             if wait_for_signal(&shared).await.is_break() {
                 break;
             }
@@ -126,6 +138,13 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
             tokio::task::yield_now().await;
             continue;
         };
+        if cursor.next_pass(Instant::now()) == Pass::Full && cursor.may_run_beside() {
+            // each job it claims keeps its unit of room; the rest comes back when it ends
+            room.forget();
+            cursor.full_pass_started();
+            beside = Some(FullPass::start(&shared, size));
+            continue;
+        }
         let claimed = match claim(&shared, size, &mut cursor, &mut failures).await {
             Ok(c) => c,
             Err(pause) => {
@@ -162,15 +181,83 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
         }
         // each claimed job keeps its unit of room until its outcome is written
         room.forget();
-        shared.room.add_permits(size - claimed.len());
-        shared.hold(claimed.iter().map(|j| j.id));
-        shared.push_claimed(claimed);
+        take_claimed(&shared, size, claimed);
+    }
+    if let Some(pass) = beside.take() {
+        pass.finish(&shared, &mut cursor, &mut idle).await;
+    }
+}
+
+/// Hands `claimed` (from a claim that took `size` units of room) to the worker: holds
+/// them, buffers them, and gives back the room of the jobs not found.
+fn take_claimed(shared: &Shared, size: usize, claimed: Vec<ClaimedJob>) {
+    shared.room.add_permits(size - claimed.len());
+    shared.hold(claimed.iter().map(|j| j.id));
+    shared.push_claimed(claimed);
+}
+
+/// A full pass running beside the keyset claims, on a connection of its own, holding
+/// `size` units of room (forgotten when it started).
+struct FullPass {
+    size: usize,
+    task: JoinHandle<(Result<Vec<ClaimedJob>, queue::Error>, Duration)>,
+}
+
+impl FullPass {
+    /// Starts a full pass claiming up to `size` jobs; it wakes the claimer when it ends.
+    fn start(shared: &Arc<Shared>, size: usize) -> Self {
+        let shared = shared.clone();
+        let task = tokio::spawn(async move {
+            let request = claim_request(&shared, size);
+            let began = Instant::now();
+            let claimed = queue::claim::claim_from(&shared.conns.main, &request, None).await;
+            let took = began.elapsed();
+            shared.claim_signal.notify_one();
+            shared.wake.notify_one();
+            (claimed, took)
+        });
+        Self { size, task }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits for the pass, records it in `cursor` and hands its jobs to the worker. A
+    /// failed pass gives its room back and is retried after its spacing and a pause.
+    async fn finish(self, shared: &Shared, cursor: &mut ClaimCursor, idle: &mut IdleMark) {
+        let s = &shared.settings;
+        match self.task.await {
+            Ok((Ok(claimed), took)) => {
+                let now = Instant::now();
+                cursor.record(Pass::Full, self.size, &claimed, took, now);
+                if !claimed.is_empty() && idle.on_jobs(now) == MarkAction::Clear {
+                    shared.clear_idle_mark().await;
+                }
+                take_claimed(shared, self.size, claimed);
+            }
+            Ok((Err(e), _)) => {
+                if e.is_transient() {
+                    shared.health.failed();
+                }
+                cursor.full_pass_failed(Instant::now());
+                shared.room.add_permits(self.size);
+                tracing::warn!(queue = %s.queue, error = %e, "full claim pass failed");
+            }
+            Err(e) => {
+                // a claim that panicked: whatever it claimed is rescued when its lease expires
+                cursor.full_pass_failed(Instant::now());
+                shared.room.add_permits(self.size);
+                tracing::error!(queue = %s.queue, error = %e, "full claim pass died");
+            }
+        }
     }
 }
 
 /// Samples the work rate and returns how many jobs to claim now (see [`claim_size`]),
 /// setting the buffer level at which a start wakes the claimer.
-fn next_claim_size(shared: &Shared, rate: &mut WorkRate) -> Option<usize> {
+/// `in_flight`: jobs a full pass running beside may still bring (counted as buffered).
+fn next_claim_size(shared: &Shared, rate: &mut WorkRate, in_flight: usize) -> Option<usize> {
     rate.sample((
         shared.started_total.load(Ordering::Relaxed),
         shared.ended_total.load(Ordering::Relaxed),
@@ -179,7 +266,7 @@ fn next_claim_size(shared: &Shared, rate: &mut WorkRate) -> Option<usize> {
     let (size, low_water) = claim_size(
         &shared.settings,
         shared.running.load(Ordering::Relaxed),
-        shared.buffered(),
+        shared.buffered() + in_flight,
         shared.room.available_permits(),
         rate.ahead(),
     );
@@ -198,6 +285,18 @@ async fn wait_for_signal(shared: &Shared) -> ControlFlow<()> {
     ControlFlow::Continue(())
 }
 
+/// The pool's claim of up to `size` jobs.
+fn claim_request(shared: &Shared, size: usize) -> ClaimRequest<'_> {
+    let s = &shared.settings;
+    ClaimRequest {
+        queue: &s.queue,
+        kinds: &s.kinds,
+        limit: size as i64,
+        worker: &shared.worker,
+        lease: s.lease,
+    }
+}
+
 /// Claims up to `size` jobs, after the cursor's position or in a full pass as the cursor
 /// says, and moves the cursor. On failure, counts it in `failures` and returns how long to
 /// pause before the next claim.
@@ -208,13 +307,7 @@ async fn claim(
     failures: &mut u32,
 ) -> Result<Vec<ClaimedJob>, Duration> {
     let s = &shared.settings;
-    let request = ClaimRequest {
-        queue: &s.queue,
-        kinds: &s.kinds,
-        limit: size as i64,
-        worker: &shared.worker,
-        lease: s.lease,
-    };
+    let request = claim_request(shared, size);
     let began = Instant::now();
     let pass = cursor.next_pass(began);
     let after = match pass {

@@ -14,8 +14,14 @@
 //! walking the dead takes at most about 1/20 of the claimer's time, but never more than
 //! [`MAX_FULL_PASS_GAP`] apart.
 //!
-//! Must never let a full pass wait longer than its spacing, and never move the position
-//! backwards (that would walk the same dead entries twice).
+//! Once the pool has a position, a full pass runs beside the keyset claims (the claimer
+//! spawns it on its own connection, [`ClaimCursor::full_pass_started`]): under a held
+//! horizon a pass walking millions of dead entries takes a second, and in line it held up
+//! every job enqueued meanwhile (the steady run's p99 grew to that second).
+//!
+//! Must never let a full pass wait longer than its spacing, never start a second while one
+//! runs, and never move the position backwards (that would walk the same dead entries
+//! twice).
 
 use std::time::{Duration, Instant};
 
@@ -57,7 +63,12 @@ pub struct ClaimCursor {
     /// The running mean of keyset claims' durations: what a full pass costs beyond it is
     /// what the dead entries in front of the position cost.
     keyset_cost: Duration,
+    /// A full pass runs beside the keyset claims.
+    in_flight: bool,
 }
+
+/// How long after a failed full pass the next one may start (on top of its spacing).
+pub const FAILED_FULL_PASS_PAUSE: Duration = Duration::from_secs(1);
 
 impl ClaimCursor {
     pub fn new() -> Self {
@@ -67,15 +78,37 @@ impl ClaimCursor {
             last_full: None,
             last_extra: Duration::ZERO,
             keyset_cost: Duration::ZERO,
+            in_flight: false,
         }
     }
 
-    /// The claim to run at `now`.
+    /// The claim to run at `now`: a keyset claim while a full pass runs beside.
     pub fn next_pass(&self, now: Instant) -> Pass {
         match self.position {
-            Some(position) if !self.full_pass_due(now) => Pass::After(position),
+            Some(position) if self.in_flight || !self.full_pass_due(now) => Pass::After(position),
             _ => Pass::Full,
         }
+    }
+
+    /// Whether a full pass due now may run beside the keyset claims rather than in line:
+    /// once there is a position to claim after meanwhile.
+    pub fn may_run_beside(&self) -> bool {
+        self.position.is_some() && !self.in_flight
+    }
+
+    /// A full pass was started beside the keyset claims: until it is recorded
+    /// ([`record`](Self::record) or [`full_pass_failed`](Self::full_pass_failed)), the
+    /// next claims are keyset claims.
+    pub fn full_pass_started(&mut self) {
+        self.in_flight = true;
+    }
+
+    /// The full pass running beside failed at `now`: the next one waits its spacing and
+    /// [`FAILED_FULL_PASS_PAUSE`] more; whatever it owed stays owed.
+    pub fn full_pass_failed(&mut self, now: Instant) {
+        self.in_flight = false;
+        let gap = self.last_full.map_or(Duration::ZERO, |(_, gap)| gap);
+        self.last_full = Some((now, gap + FAILED_FULL_PASS_PAUSE));
     }
 
     /// Records a claim that asked for `asked` jobs, got `claimed` (in claim order) and
@@ -94,6 +127,7 @@ impl ClaimCursor {
         let short = claimed.len() < asked;
         match pass {
             Pass::Full => {
+                self.in_flight = false;
                 let extra = self.extra_cost(took);
                 self.last_full = Some((now, spacing(extra.min(self.last_extra))));
                 self.last_extra = extra;
@@ -113,7 +147,7 @@ impl ClaimCursor {
     /// When the owed full pass may run (`None` when none is owed): what an idle claimer
     /// waits for besides notifications and the poll.
     pub fn owed_full_pass_at(&self) -> Option<Instant> {
-        if !self.owed || self.position.is_none() {
+        if !self.owed || self.position.is_none() || self.in_flight {
             return None;
         }
         Some(
@@ -252,5 +286,54 @@ mod tests {
         cursor.record(keyset, 500, &[], MS, t0 + MS);
         assert_eq!(cursor.next_pass(t0 + 10 * SECOND), keyset);
         assert_eq!(cursor.next_pass(t0 + MAX_FULL_PASS_GAP), Pass::Full);
+    }
+
+    #[test]
+    fn while_a_full_pass_runs_beside_the_claims_are_keyset_claims_and_none_is_owed() {
+        let t0 = Instant::now();
+        let mut cursor = ClaimCursor::new();
+        assert!(
+            !cursor.may_run_beside(),
+            "no position yet: the first pass runs in line"
+        );
+        cursor.record(Pass::Full, 1, &[job(1, 0, 1)], MS, t0);
+        let keyset = Pass::After(ClaimPosition::of(&job(1, 0, 1)));
+        cursor.record(keyset, 5, &[], MS, t0 + MS);
+        assert_eq!(cursor.next_pass(t0 + MS), Pass::Full);
+        assert!(cursor.may_run_beside());
+        cursor.full_pass_started();
+        assert!(!cursor.may_run_beside(), "never two at once");
+        assert_eq!(cursor.next_pass(t0 + SECOND), keyset);
+        assert_eq!(cursor.owed_full_pass_at(), None);
+        // a keyset claim recorded meanwhile moves the position on
+        cursor.record(keyset, 5, &[job(5, 0, 5)], MS, t0 + 2 * MS);
+        cursor.record(Pass::Full, 5, &[job(3, 0, 3)], MS, t0 + 3 * MS);
+        assert_eq!(
+            cursor.next_pass(t0 + 3 * MS),
+            Pass::Full,
+            "a cheap pass is due again at once"
+        );
+        assert!(cursor.may_run_beside());
+        assert_eq!(cursor.position, Some(ClaimPosition::of(&job(5, 0, 5))));
+    }
+
+    #[test]
+    fn a_failed_full_pass_beside_waits_its_spacing_and_a_pause_and_stays_owed() {
+        let t0 = Instant::now();
+        let mut cursor = ClaimCursor::new();
+        cursor.record(Pass::Full, 1, &[job(1, 0, 1)], MS, t0);
+        let keyset = Pass::After(ClaimPosition::of(&job(1, 0, 1)));
+        cursor.record(keyset, 5, &[], MS, t0 + MS);
+        cursor.full_pass_started();
+        cursor.full_pass_failed(t0 + 10 * MS);
+        assert_eq!(cursor.next_pass(t0 + 500 * MS), keyset);
+        assert_eq!(
+            cursor.owed_full_pass_at(),
+            Some(t0 + 10 * MS + FAILED_FULL_PASS_PAUSE)
+        );
+        assert_eq!(
+            cursor.next_pass(t0 + 10 * MS + FAILED_FULL_PASS_PAUSE),
+            Pass::Full
+        );
     }
 }
