@@ -126,9 +126,14 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
         if shared.stop_claiming.is_cancelled() {
             break;
         }
-        let in_flight = beside.as_ref().map_or(0, |p| p.size);
+        let counted = beside.as_ref().and_then(FullPass::counted_until);
+        let in_flight = if counted.is_some() {
+            beside.as_ref().map_or(0, |p| p.size)
+        } else {
+            0
+        };
         let Some(size) = next_claim_size(&shared, &mut rate, in_flight) else {
-            if wait_for_signal(&shared).await.is_break() {
+            if wait_for_signal(&shared, counted).await.is_break() {
                 break;
             }
             continue;
@@ -196,10 +201,18 @@ fn take_claimed(shared: &Shared, size: usize, claimed: Vec<ClaimedJob>) {
     shared.push_claimed(claimed);
 }
 
+/// How long the jobs a full pass running beside may bring count as buffered. A quick pass
+/// counts (a slow queue must not claim the same free worker's job twice over, and leave
+/// one waiting in the buffer); a slow one stops counting: under a held horizon a pass walks
+/// dead entries for up to a second, and counted all along, its room kept the keyset claims
+/// from feeding the workers for as long (the steady run's p99 grew to 850 ms).
+pub const BESIDE_COUNTED_FOR: Duration = Duration::from_millis(20);
+
 /// A full pass running beside the keyset claims, on a connection of its own, holding
 /// `size` units of room (forgotten when it started).
 struct FullPass {
     size: usize,
+    started: Instant,
     task: JoinHandle<(Result<Vec<ClaimedJob>, queue::Error>, Duration)>,
 }
 
@@ -216,7 +229,17 @@ impl FullPass {
             shared.wake.notify_one();
             (claimed, took)
         });
-        Self { size, task }
+        Self {
+            size,
+            started: Instant::now(),
+            task,
+        }
+    }
+
+    /// Until when its jobs count as buffered (`None`: no longer).
+    fn counted_until(&self) -> Option<Instant> {
+        let until = self.started + BESIDE_COUNTED_FOR;
+        (Instant::now() < until).then_some(until)
     }
 
     fn is_finished(&self) -> bool {
@@ -256,7 +279,8 @@ impl FullPass {
 
 /// Samples the work rate and returns how many jobs to claim now (see [`claim_size`]),
 /// setting the buffer level at which a start wakes the claimer.
-/// `in_flight`: jobs a full pass running beside may still bring (counted as buffered).
+/// `in_flight`: the jobs a full pass running beside may bring, counted as buffered only
+/// for its first [`BESIDE_COUNTED_FOR`] (see there).
 fn next_claim_size(shared: &Shared, rate: &mut WorkRate, in_flight: usize) -> Option<usize> {
     rate.sample((
         shared.started_total.load(Ordering::Relaxed),
@@ -274,12 +298,14 @@ fn next_claim_size(shared: &Shared, rate: &mut WorkRate, in_flight: usize) -> Op
     size
 }
 
-/// Waits until the claimer may want to claim more (or 50 ms); `Break` when claiming
-/// stops.
-async fn wait_for_signal(shared: &Shared) -> ControlFlow<()> {
+/// Waits until the claimer may want to claim more (or 50 ms, or `counted`: when a full
+/// pass beside stops counting as buffered); `Break` when claiming stops.
+async fn wait_for_signal(shared: &Shared, counted: Option<Instant>) -> ControlFlow<()> {
+    let poll = Instant::now() + Duration::from_millis(50);
+    let until = counted.map_or(poll, |c| c.min(poll));
     tokio::select! {
         () = shared.claim_signal.notified() => {}
-        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        () = tokio::time::sleep_until(until.into()) => {}
         () = shared.stop_claiming.cancelled() => return ControlFlow::Break(()),
     }
     ControlFlow::Continue(())
