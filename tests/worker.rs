@@ -632,6 +632,57 @@ async fn jobs_that_land_behind_the_claim_position_are_still_claimed() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_failing_full_pass_holds_back_neither_the_keyset_claims_nor_the_pass_after_it() {
+    let mut app = TestApp::running(FAST).await;
+    let first: Vec<NewJob> = (0..100)
+        .map(|n| NewJob::new("noop", json!({ "n": n })))
+        .collect();
+    app.enqueue_many(&first).await;
+    app.wait_for(
+        "select count(*) = 100 from penguin.jobs where state = 'completed'",
+        Duration::from_secs(30),
+        "the jobs that give the pool a claim position",
+    )
+    .await;
+    // every full pass now fails (the statement's function is gone); keyset claims do not use it
+    let claim = "penguin.claim(text, bigint, text, float8, text[])";
+    sqlx::query(&format!("alter function {claim} rename to claim_gone"))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let more: Vec<NewJob> = (0..300)
+        .map(|n| NewJob::new("noop", json!({ "more": n })))
+        .collect();
+    app.enqueue_many(&more).await;
+    app.wait_for(
+        "select count(*) = 400 from penguin.jobs where state = 'completed'",
+        Duration::from_secs(30),
+        "the jobs after the position, claimed while the full passes fail",
+    )
+    .await;
+    sqlx::query(
+        "alter function penguin.claim_gone(text, bigint, text, float8, text[]) rename to claim",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // behind the position: only a full pass finds it, so one ran again after the failures
+    let urgent_id = app
+        .enqueue(&NewJob {
+            priority: Some(-100),
+            ..NewJob::new("noop", json!({ "urgent": true }))
+        })
+        .await;
+    app.wait_for(
+        &format!("select state = 'completed' from penguin.jobs where id = {urgent_id}"),
+        Duration::from_secs(10),
+        "the urgent job, claimed by the first full pass after the failed ones",
+    )
+    .await;
+    app.stop().await;
+}
+
 /// The xmin of the pool's idle mark: it changes whenever the mark is written again.
 async fn idle_mark_version(app: &TestApp) -> Option<String> {
     sqlx::query_scalar("select xmin::text from penguin.idle_workers where queue = 'default'")
