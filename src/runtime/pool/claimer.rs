@@ -126,14 +126,12 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
         if shared.stop_claiming.is_cancelled() {
             break;
         }
-        let counted = beside.as_ref().and_then(FullPass::counted_until);
-        let in_flight = if counted.is_some() {
-            beside.as_ref().map_or(0, |p| p.size)
-        } else {
-            0
-        };
-        let Some(size) = next_claim_size(&shared, &mut rate, in_flight) else {
-            if wait_for_signal(&shared, counted).await.is_break() {
+        let counted = beside.as_ref().and_then(FullPass::counted);
+        let Some(size) = next_claim_size(&shared, &mut rate, counted.map_or(0, |(n, _)| n)) else {
+            if wait_for_signal(&shared, counted.map(|(_, until)| until))
+                .await
+                .is_break()
+            {
                 break;
             }
             continue;
@@ -236,10 +234,10 @@ impl FullPass {
         }
     }
 
-    /// Until when its jobs count as buffered (`None`: no longer).
-    fn counted_until(&self) -> Option<Instant> {
+    /// The jobs it may bring, counted as buffered, and until when (`None`: no longer).
+    fn counted(&self) -> Option<(usize, Instant)> {
         let until = self.started + BESIDE_COUNTED_FOR;
-        (Instant::now() < until).then_some(until)
+        (Instant::now() < until).then_some((self.size, until))
     }
 
     fn is_finished(&self) -> bool {
