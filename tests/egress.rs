@@ -160,3 +160,31 @@ async fn headers_that_steer_the_connection_are_refused_at_enqueue() {
     let stderr = String::from_utf8_lossy(&e.stderr);
     assert!(stderr.contains("headers: host may not be set"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_name_that_does_not_resolve_is_a_network_error_retried_not_a_refusal() {
+    let app = app("").await;
+    // RFC 6761: names under .invalid never resolve, with or without a DNS server
+    let id = app
+        .enqueue(&request("http://no-such-host.invalid/hook?token=s3cr3t"))
+        .await;
+    app.wait_for_state(id, JobState::Retryable).await;
+    // the first attempt's error (a retry may have run since)
+    let first = app.job(id).await.errors[0].clone();
+    assert_eq!(first["class"], "network", "{first}");
+    let message = first["message"].as_str().unwrap();
+    assert!(message.contains("no-such-host.invalid"), "{message}");
+    assert!(!message.contains("egress refused"), "{message}");
+    assert!(
+        !message.contains("s3cr3t"),
+        "the query string stays out: {message}"
+    );
+    assert_eq!(
+        app.count(&format!(
+            "select count(*) from penguin.dead_letters where job_id = {id}"
+        ))
+        .await,
+        0,
+        "a lookup failure may pass: it is retried, not buried"
+    );
+}
