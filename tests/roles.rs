@@ -527,3 +527,67 @@ async fn the_embedded_postgres_sees_none_of_the_daemons_environment() {
         );
     }
 }
+
+/// The horizon warning is for transactions of other roles (a report, `pg_dump` run by an
+/// operator). `pg_stat_activity` shows the runtime role their `backend_xmin` but not their
+/// `xact_start` nor state, so a warning on time held never fired for them; read through
+/// `penguin.horizon_holders()`, whose owner `print-sql` let read all statistics, the
+/// superuser's held snapshot is seen by pid, name, state and time held. Without that grant
+/// the blind spot is named, and the daemon says so at start.
+#[tokio::test]
+async fn the_runtime_role_sees_a_horizon_held_by_another_role_or_says_it_cannot() {
+    use penguin_jobs::queue::horizon;
+    let d = Deployment::new("[daemon]\npoll_interval = \"100ms\"\n").await;
+    let mut report = support::admin_connection().await;
+    report
+        .execute("set application_name = 'nightly-report'")
+        .await
+        .unwrap();
+    report
+        .execute("begin isolation level repeatable read")
+        .await
+        .unwrap();
+    let report_pid: i32 = sqlx::query_scalar("select pg_backend_pid() from txid_current()")
+        .fetch_one(&mut report)
+        .await
+        .unwrap();
+
+    let runtime = pool(&d.runtime_url).await;
+    let (xmin, started): (Option<String>, Option<String>) = sqlx::query_as(
+        "select backend_xmin::text, xact_start::text from pg_stat_activity where pid = $1",
+    )
+    .bind(report_pid)
+    .fetch_one(&runtime)
+    .await
+    .unwrap();
+    assert!(
+        xmin.is_some() && started.is_none(),
+        "read directly, the runtime role sees another role's snapshot but not since when \
+         (xmin {xmin:?}, xact_start {started:?}): a warning on time held never fired"
+    );
+    let holders = horizon::holders(&runtime, 10_000).await.unwrap();
+    let seen = holders
+        .iter()
+        .find(|h| h.pid == Some(report_pid))
+        .unwrap_or_else(|| panic!("pid {report_pid} not among {holders:?}"));
+    assert_eq!(seen.name, "nightly-report");
+    assert_eq!(seen.state.as_deref(), Some("idle in transaction"));
+    assert!(seen.held_longer_than(std::time::Duration::ZERO), "{seen:?}");
+    assert_eq!(horizon::blind_spot(&runtime).await.unwrap(), None);
+
+    // without the grant: named, and the daemon warns at start
+    admin(&format!("revoke pg_read_all_stats from {}", d.owner)).await;
+    assert_eq!(
+        horizon::blind_spot(&runtime).await.unwrap().as_deref(),
+        Some(d.owner.as_str())
+    );
+    let mut daemon = d.spawn_runtime_daemon(&["run", "--no-migrate", "--no-http"]);
+    d.wait_started(&mut daemon).await;
+    let advice = format!("grant pg_read_all_stats to {}", d.owner);
+    let warned = support::poll_until(LIMIT, async || d.log().contains(&advice)).await;
+    stop_daemon(&mut daemon);
+    assert!(warned.is_some(), "{}", d.log());
+    report.execute("rollback").await.unwrap();
+    runtime.close().await;
+    d.drop().await;
+}

@@ -51,6 +51,9 @@ fn print_horizon(h: &queue::horizon::Horizon, warn_after: std::time::Duration) {
         Some(holder) => println!("xmin horizon: {}", holder.describe()),
         None => println!("xmin horizon: no other snapshot held"),
     }
+    if let Some(role) = &h.blind_spot {
+        println!("{}", queue::horizon::blind_spot_advice(role));
+    }
     if h.tables.is_empty() {
         return;
     }

@@ -18,6 +18,30 @@ pub const RUNTIME_GRANTS: &str = include_str!("../../migrations/runtime_grants.t
 /// The runtime role's name unless `--runtime-role` names another.
 pub const DEFAULT_RUNTIME_ROLE: &str = "penguin_jobs_runtime";
 
+/// `penguin.horizon_holders()` runs as its owner (migration 0021) and sees other roles'
+/// sessions only if that owner is a superuser or a member of `pg_read_all_stats`. The script
+/// grants that membership where the role running it may (a superuser; in PostgreSQL 15 and
+/// older, CREATEROLE), and otherwise only says so: the daemon warns at start while it lasts.
+/// The runtime role itself never gets it (it could read every session's query text).
+const HORIZON_VISIBILITY: &str = "\
+-- the horizon warning (penguin.horizon_holders) sees other roles' sessions only if its owner
+-- may read all statistics
+do $$
+declare
+    owner text := (select proowner::regrole::text from pg_proc
+                    where oid = 'penguin.horizon_holders()'::regprocedure);
+begin
+    if penguin.horizon_blind_spot() is not null then
+        begin
+            execute format('grant pg_read_all_stats to %s', owner);
+        exception when insufficient_privilege or invalid_grant_operation then
+            raise warning 'could not grant pg_read_all_stats to %: the daemon will not see transactions of other roles holding the xmin horizon; a superuser can grant it', owner;
+        end;
+    end if;
+end
+$$;
+";
+
 /// What a line of [`RUNTIME_GRANTS`] may grant on a table.
 const TABLE_PRIVILEGES: [&str; 4] = ["select", "insert", "update", "delete"];
 
@@ -181,6 +205,7 @@ impl RuntimeRole {
              \x20   end if;\n\
              end\n$$;\n"
         ));
+        sql.push_str(HORIZON_VISIBILITY);
         sql.push_str(&self.default_privileges());
         Ok(sql)
     }

@@ -3,9 +3,10 @@
 //! VACUUM cannot remove the row versions every claim and outcome leave behind, and how many
 //! such dead versions the queue's tables carry now.
 //!
-//! Reads the statistics views only (`pg_stat_activity`, `pg_replication_slots`,
-//! `pg_prepared_xacts`, `pg_stat_user_tables`): cheap, no table scan. Must never read or
-//! return a session's query text (it may carry data or secrets).
+//! Reads the statistics views only (`pg_stat_activity`, `pg_replication_slots` and
+//! `pg_prepared_xacts` through `penguin.horizon_holders()`, migration 0021;
+//! `pg_stat_user_tables`): cheap, no table scan. Must never read or return a session's query
+//! text (it may carry data or secrets).
 
 use serde::Serialize;
 use sqlx::PgPool;
@@ -47,32 +48,37 @@ pub struct Horizon {
     pub oldest: Option<HorizonHolder>,
     /// The queue's tables with dead versions, most first.
     pub tables: Vec<TableVersions>,
+    /// The role that needs `pg_read_all_stats` for `oldest` to cover every role's sessions
+    /// (see [`blind_spot`]); None when it does.
+    pub blind_spot: Option<String>,
 }
 
 /// The oldest snapshot held on the cluster, other than this session's own.
 pub async fn oldest_holder(pool: &PgPool) -> Result<Option<HorizonHolder>, Error> {
+    Ok(holders(pool, 1).await?.pop())
+}
+
+/// The `limit` oldest snapshots held on the cluster, oldest first, other than this
+/// session's own: through `penguin.horizon_holders()`, which runs as its owner so that the
+/// runtime role sees other roles' sessions (see [`blind_spot`]).
+pub async fn holders(pool: &PgPool, limit: i64) -> Result<Vec<HorizonHolder>, Error> {
     Ok(sqlx::query_as(
-        "select * from (
-             select 'session' as holder, pid, coalesce(application_name, '') as name,
-                    state, extract(epoch from now() - xact_start)::float8 as held_secs,
-                    age(backend_xmin)::int8 as xmin_age
-             from pg_stat_activity
-             where backend_xmin is not null and pid <> pg_backend_pid()
-             union all
-             select 'replication slot', null, slot_name::text, null, null,
-                    greatest(age(xmin), age(catalog_xmin))::int8
-             from pg_replication_slots
-             where xmin is not null or catalog_xmin is not null
-             union all
-             select 'prepared transaction', null, gid, null,
-                    extract(epoch from now() - prepared)::float8, age(transaction)::int8
-             from pg_prepared_xacts
-         ) h
+        "select holder, pid, name, state, held_secs, xmin_age from penguin.horizon_holders()
          order by xmin_age desc nulls last
-         limit 1",
+         limit $1",
     )
-    .fetch_optional(pool)
+    .bind(limit)
+    .fetch_all(pool)
     .await?)
+}
+
+/// The role to grant `pg_read_all_stats` to when `penguin.horizon_holders()` cannot see
+/// other roles' sessions (its owner is neither a superuser nor a member of it), else None.
+/// While it is blind, a transaction of another role holds the horizon unseen.
+pub async fn blind_spot(pool: &PgPool) -> Result<Option<String>, Error> {
+    Ok(sqlx::query_scalar("select penguin.horizon_blind_spot()")
+        .fetch_one(pool)
+        .await?)
 }
 
 /// The horizon, and the dead versions of every table of schema `penguin` that has some.
@@ -89,7 +95,17 @@ pub async fn horizon(pool: &PgPool) -> Result<Horizon, Error> {
     Ok(Horizon {
         oldest: oldest_holder(pool).await?,
         tables,
+        blind_spot: blind_spot(pool).await?,
     })
+}
+
+/// What to say while [`blind_spot`] names `role`: the horizon may be held unseen.
+pub fn blind_spot_advice(role: &str) -> String {
+    format!(
+        "WARNING: only sessions of role {role} (and its members) are visible here: a transaction \
+         of another role can hold the xmin horizon unseen; grant pg_read_all_stats to {role} \
+         (`penguin-jobs roles print-sql` does where it may)"
+    )
 }
 
 impl HorizonHolder {

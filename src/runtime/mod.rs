@@ -278,9 +278,16 @@ async fn maintain(m: Maintenance, stop: CancellationToken) {
     let stale = (m.poll_interval * 3).max(Duration::from_secs(60));
     let window = queue::daemons::liveness_window(m.every);
     let mut reported: HashMap<String, (i64, Instant)> = HashMap::new();
-    let mut horizon_warned: Option<Instant> = None;
+    let mut horizon_watch = HorizonWatch::default();
     let mut rescue_floor = RescueFloor::default();
     let mut first = true;
+    match queue::horizon::blind_spot(&m.pool).await {
+        Ok(Some(role)) => tracing::warn!("{}", queue::horizon::blind_spot_advice(&role)),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not tell whether the horizon warning sees every role")
+        }
+    }
     loop {
         if !first {
             tokio::select! {
@@ -307,18 +314,29 @@ async fn maintain(m: Maintenance, stop: CancellationToken) {
             }
             Err(e) => tracing::debug!(error = %e, "could not look for jobs of unhandled kinds"),
         }
-        warn_of_held_horizon(&m, &mut horizon_warned).await;
+        warn_of_held_horizon(&m, &mut horizon_watch).await;
     }
     if let Err(e) = queue::unregister_daemon(&m.pool, &m.daemon, window).await {
         tracing::debug!(error = %e, "could not remove this daemon's row");
     }
 }
 
+/// When the maintenance loop last warned of a held horizon, and last reported failing to
+/// read it: each at most once per `horizon_warn`.
+#[derive(Default)]
+struct HorizonWatch {
+    warned_at: Option<Instant>,
+    failed_at: Option<Instant>,
+}
+
 /// Warns, at most once per `horizon_warn`, when a transaction has held the xmin horizon
 /// longer than `horizon_warn`: VACUUM cannot clean the queue behind it, and claims slow
 /// down as dead row versions pile up.
-async fn warn_of_held_horizon(m: &Maintenance, warned: &mut Option<Instant>) {
-    if warned.is_some_and(|at| at.elapsed() < m.horizon_warn) {
+async fn warn_of_held_horizon(m: &Maintenance, watch: &mut HorizonWatch) {
+    if watch
+        .warned_at
+        .is_some_and(|at| at.elapsed() < m.horizon_warn)
+    {
         return;
     }
     match queue::horizon::oldest_holder(&m.pool).await {
@@ -328,10 +346,22 @@ async fn warn_of_held_horizon(m: &Maintenance, warned: &mut Option<Instant>) {
                 "a transaction holds the xmin horizon: VACUUM cannot remove the queue's dead \
                  row versions until it ends, and claims slow down; end it, or see `penguin-jobs stats`"
             );
-            *warned = Some(Instant::now());
+            watch.warned_at = Some(Instant::now());
         }
         Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, "could not read the xmin horizon"),
+        Err(e)
+            if watch
+                .failed_at
+                .is_none_or(|at| at.elapsed() >= m.horizon_warn) =>
+        {
+            tracing::warn!(
+                error = %e,
+                "could not read the xmin horizon (retried every maintenance tick, reported once per \
+                 daemon.horizon_warn)"
+            );
+            watch.failed_at = Some(Instant::now());
+        }
+        Err(_) => {}
     }
 }
 
