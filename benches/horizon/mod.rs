@@ -12,7 +12,10 @@
 //! and the age of the held transaction's xmin. Then it commits the held transaction and
 //! times how long autovacuum takes to bring the dead tuples back under 10% of their peak
 //! (polled every 5 s, given up after 5 minutes), and reads the sizes again: whether the
-//! space comes back without `VACUUM FULL`. The report gives the last held wave over the
+//! space comes back without `VACUUM FULL`. Last, one more wave with nothing held
+//! (`wave_after_recovery`): its rate over the free wave's, and how much the files grew to
+//! hold it (`files_growth` near 1: the freed space is reused, the table does not stay
+//! bloated). The report gives the last held wave over the
 //! first (`last_to_first_rate_ratio`) and over the free wave (`last_held_to_free_ratio`,
 //! the goal's figure: >= 0.8).
 //!
@@ -254,6 +257,7 @@ pub async fn run(cluster: &EmbeddedPostgres, dir: &Path, options: &HorizonOption
     let held_xmin_age_at_release = held.xmin_age(&pool).await;
     held.release().await;
     let recovery = await_recovery(&pool, peak_dead).await;
+    let reuse = reuse_wave(&pool, dir, &url, options.jobs_per_wave, free_rate).await;
     pool.close().await;
     json!({
         "waves": options.waves, "jobs_per_wave": options.jobs_per_wave,
@@ -269,6 +273,32 @@ pub async fn run(cluster: &EmbeddedPostgres, dir: &Path, options: &HorizonOption
         "ratio_goal": 0.8,
         "held_xmin_age_at_release": held_xmin_age_at_release,
         "after_release": recovery,
+        "wave_after_recovery": reuse,
+    })
+}
+
+/// After the recovery, one more wave with nothing held: whether it drains at the free
+/// wave's rate again and fits in the space the release gave back (the files barely grow)
+/// rather than leaving the table bloated.
+async fn reuse_wave(pool: &PgPool, dir: &Path, url: &str, jobs: usize, free_rate: f64) -> Value {
+    let before = TableState::read(pool).await;
+    let daemon = Daemon::start(dir, url);
+    wait_idle(pool).await;
+    let (rate, enqueue_rate, after) = drain_wave(pool, &daemon, jobs).await;
+    daemon.stop();
+    let growth = after.total_mb / before.total_mb;
+    eprintln!(
+        "horizon: a wave after the recovery: {rate:.0} jobs/s ({:.2} of the free wave), files {:.0} -> {:.0} MB (x{growth:.2}), {}",
+        rate / free_rate,
+        before.total_mb,
+        after.total_mb,
+        after.summary()
+    );
+    json!({
+        "drain_jobs_per_s": rate.round(), "enqueue_jobs_per_s": enqueue_rate.round(),
+        "to_free_wave": round2(rate / free_rate),
+        "total_mb_before": before.total_mb, "files_growth": round2(growth),
+        "after": after.to_json(),
     })
 }
 
