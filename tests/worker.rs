@@ -683,6 +683,59 @@ async fn a_failing_full_pass_holds_back_neither_the_keyset_claims_nor_the_pass_a
     app.stop().await;
 }
 
+/// Two producers: A's job is due 10 ms before B's, but A commits after B's job was claimed,
+/// so it lands behind the pool's position. With every full pass failing, only a keyset claim
+/// that looks back over late commits (`cursor::LATE_COMMITS`, 50 ms) can claim it.
+#[tokio::test]
+async fn a_job_committed_after_a_later_one_was_claimed_is_claimed_without_a_full_pass() {
+    let mut app = TestApp::running(FAST).await;
+    let due = chrono::Utc::now() - chrono::TimeDelta::seconds(1);
+    // the pool's position: a job due well before the two
+    let first = app
+        .enqueue(&NewJob {
+            run_at: Some(due - chrono::TimeDelta::seconds(10)),
+            ..NewJob::new("noop", json!({ "n": 0 }))
+        })
+        .await;
+    app.wait_for_state(first, JobState::Completed).await;
+    let claim = "penguin.claim(text, bigint, text, float8, text[])";
+    sqlx::query(&format!("alter function {claim} rename to claim_gone"))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut late = app.pool.begin().await.unwrap();
+    let a = queue::enqueue(
+        &mut *late,
+        &NewJob {
+            run_at: Some(due),
+            ..NewJob::new("noop", json!({ "committed": "late" }))
+        },
+    )
+    .await
+    .unwrap();
+    let b = app
+        .enqueue(&NewJob {
+            run_at: Some(due + chrono::TimeDelta::milliseconds(10)),
+            ..NewJob::new("noop", json!({ "committed": "first" }))
+        })
+        .await;
+    app.wait_for_state(b, JobState::Completed).await;
+    late.commit().await.unwrap();
+    app.wait_for(
+        &format!("select state = 'completed' from penguin.jobs where id = {a}"),
+        Duration::from_secs(10),
+        "the job behind the position, while every full pass fails",
+    )
+    .await;
+    sqlx::query(
+        "alter function penguin.claim_gone(text, bigint, text, float8, text[]) rename to claim",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.stop().await;
+}
+
 /// The xmin of the pool's idle mark: it changes whenever the mark is written again.
 async fn idle_mark_version(app: &TestApp) -> Option<String> {
     sqlx::query_scalar("select xmin::text from penguin.idle_workers where queue = 'default'")

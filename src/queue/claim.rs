@@ -54,6 +54,20 @@ impl ClaimPosition {
             id: job.id,
         }
     }
+
+    /// The same priority, `by` earlier in `run_at` and before any id there: a keyset claim
+    /// starting here also finds the jobs that committed up to `by` after later ones.
+    pub fn earlier_by(self, by: Duration) -> Self {
+        let run_at = chrono::TimeDelta::from_std(by)
+            .ok()
+            .and_then(|by| self.run_at.checked_sub_signed(by))
+            .unwrap_or(self.run_at);
+        Self {
+            priority: self.priority,
+            run_at,
+            id: i64::MIN,
+        }
+    }
 }
 
 /// What one claim asks for: the queue, the kinds the claiming daemon has a handler for,
