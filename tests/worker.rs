@@ -632,6 +632,22 @@ async fn jobs_that_land_behind_the_claim_position_are_still_claimed() {
     app.stop().await;
 }
 
+/// Makes every full pass fail (`fail`: its function `penguin.claim` renamed away) or work
+/// again; keyset claims (`penguin.claim_after`) are untouched.
+async fn fail_full_passes(app: &TestApp, fail: bool) {
+    let (from, to) = if fail {
+        ("claim", "claim_gone")
+    } else {
+        ("claim_gone", "claim")
+    };
+    sqlx::query(&format!(
+        "alter function penguin.{from}(text, bigint, text, float8, text[]) rename to {to}"
+    ))
+    .execute(&app.pool)
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_failing_full_pass_holds_back_neither_the_keyset_claims_nor_the_pass_after_it() {
     let mut app = TestApp::running(FAST).await;
@@ -646,11 +662,7 @@ async fn a_failing_full_pass_holds_back_neither_the_keyset_claims_nor_the_pass_a
     )
     .await;
     // every full pass now fails (the statement's function is gone); keyset claims do not use it
-    let claim = "penguin.claim(text, bigint, text, float8, text[])";
-    sqlx::query(&format!("alter function {claim} rename to claim_gone"))
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    fail_full_passes(&app, true).await;
     let more: Vec<NewJob> = (0..300)
         .map(|n| NewJob::new("noop", json!({ "more": n })))
         .collect();
@@ -661,12 +673,7 @@ async fn a_failing_full_pass_holds_back_neither_the_keyset_claims_nor_the_pass_a
         "the jobs after the position, claimed while the full passes fail",
     )
     .await;
-    sqlx::query(
-        "alter function penguin.claim_gone(text, bigint, text, float8, text[]) rename to claim",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    fail_full_passes(&app, false).await;
     // behind the position: only a full pass finds it, so one ran again after the failures
     let urgent_id = app
         .enqueue(&NewJob {
@@ -698,11 +705,7 @@ async fn a_job_committed_after_a_later_one_was_claimed_is_claimed_without_a_full
         })
         .await;
     app.wait_for_state(first, JobState::Completed).await;
-    let claim = "penguin.claim(text, bigint, text, float8, text[])";
-    sqlx::query(&format!("alter function {claim} rename to claim_gone"))
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    fail_full_passes(&app, true).await;
     let mut late = app.pool.begin().await.unwrap();
     let a = queue::enqueue(
         &mut *late,
@@ -727,12 +730,7 @@ async fn a_job_committed_after_a_later_one_was_claimed_is_claimed_without_a_full
         "the job behind the position, while every full pass fails",
     )
     .await;
-    sqlx::query(
-        "alter function penguin.claim_gone(text, bigint, text, float8, text[]) rename to claim",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    fail_full_passes(&app, false).await;
     app.stop().await;
 }
 
