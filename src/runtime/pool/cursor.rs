@@ -24,7 +24,7 @@
 //! producers enqueue at the same moment commit in either order: one whose transaction
 //! began first but committed last lands just behind the position, and used to wait for the
 //! next full pass (up to its spacing: tens of milliseconds after a drain left the claim
-//! index full of dead entries, the bench's enqueue-to-start at 500 jobs/s). Re-reading the
+//! index full of dead entries, up to 30 s under a held horizon). Re-reading the
 //! last [`LATE_COMMITS`] of the claim order costs a keyset claim a few entries; while a
 //! backlog drains (claims come back full) it is not read, and latency is the backlog's.
 //! Jobs later than that (an enqueue inside a long transaction) still wait for a full pass.
