@@ -102,9 +102,10 @@ pub async fn horizon(pool: &PgPool) -> Result<Horizon, Error> {
 /// What to say while [`blind_spot`] names `role`: the horizon may be held unseen.
 pub fn blind_spot_advice(role: &str) -> String {
     format!(
-        "WARNING: only sessions of role {role} (and its members) are visible here: a transaction \
-         of another role can hold the xmin horizon unseen; grant pg_read_all_stats to {role} \
-         (`penguin-jobs roles print-sql` does where it may)"
+        "WARNING: the xmin horizon's holders are read as role {role}, which sees when a \
+         transaction began only for its own sessions (and those of roles it belongs to): a \
+         transaction of another role can hold the horizon unwarned; grant pg_read_all_stats to \
+         {role} (`penguin-jobs roles print-sql` does where it may)"
     )
 }
 
