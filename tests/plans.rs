@@ -6,12 +6,13 @@ mod support;
 use std::time::Duration;
 
 use penguin_jobs::queue::claim::{CLAIM_AFTER_SQL, CLAIM_SQL};
-use penguin_jobs::queue::{self, ClaimPosition, NewJob, outcome::WRITE_OUTCOMES_SQL};
+use penguin_jobs::queue::outcome::{WRITE_COMPLETIONS_SQL, WRITE_OUTCOMES_SQL};
+use penguin_jobs::queue::{self, ClaimPosition, NewJob};
 use serde_json::json;
 use support::daemon::{config, register_kinds};
 
 #[tokio::test]
-async fn the_outcome_write_probes_the_primary_key_even_with_stale_statistics() {
+async fn the_outcome_writes_probe_the_primary_key_even_with_stale_statistics() {
     let db = support::test_db().await;
     register_kinds(&db.pool, &config("")).await;
     let mut conn = db.pool.acquire().await.unwrap();
@@ -46,21 +47,33 @@ async fn the_outcome_write_probes_the_primary_key_even_with_stale_statistics() {
     .execute(&mut *conn)
     .await
     .unwrap();
-    let ids: Vec<String> = claimed.iter().map(|j| j.id.to_string()).collect();
-    let actions = vec!["complete"; ids.len()].join(",");
-    let plan: Vec<String> = sqlx::query_scalar(&format!(
-        "explain execute write_outcomes('w1', '{{{}}}', '{{{actions}}}', null, null, null, null, null)",
-        ids.join(",")
+    sqlx::query(&format!(
+        "prepare write_completions(text, bigint[], jsonb[], timestamptz[]) as {WRITE_COMPLETIONS_SQL}"
     ))
-    .fetch_all(&mut *conn)
+    .execute(&mut *conn)
     .await
     .unwrap();
-    let plan = plan.join("\n");
-    assert!(plan.contains("jobs_pkey"), "{plan}");
-    assert!(
-        !plan.contains("jobs_running"),
-        "the running-jobs index must not drive the join:\n{plan}"
-    );
+    let ids: Vec<String> = claimed.iter().map(|j| j.id.to_string()).collect();
+    let ids = ids.join(",");
+    let actions = vec!["complete"; claimed.len()].join(",");
+    for execute in [
+        format!(
+            "execute write_outcomes('w1', '{{{ids}}}', '{{{actions}}}', null, null, null, null, null)"
+        ),
+        format!("execute write_completions('w1', '{{{ids}}}', null, null)"),
+    ] {
+        let plan: Vec<String> = sqlx::query_scalar(&format!("explain {execute}"))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("jobs_pkey"), "{execute}:\n{plan}");
+        assert!(
+            !plan.contains("jobs_running"),
+            "{execute}: the running-jobs index must not drive the join:\n{plan}"
+        );
+        assert!(!plan.contains("Seq Scan on jobs"), "{execute}:\n{plan}");
+    }
 }
 
 /// A claim of 500 (a full pass, or a keyset claim after `after`) in one transaction rolled

@@ -414,6 +414,46 @@ async fn an_outcome_from_a_worker_that_lost_its_lease_is_dropped() {
     .unwrap();
     assert_eq!((counts.applied, counts.dropped), (0, 1));
     assert_eq!(app.job(id).await.state, JobState::Cancelled);
+
+    // the same in a batch of mixed outcomes (the general statement, not the completions')
+    let lost = app.enqueue(&NewJob::new("noop", json!({"n": 1}))).await;
+    let held = app.enqueue(&NewJob::new("noop", json!({"n": 2}))).await;
+    let claimed = queue::claim(
+        &app.pool,
+        "default",
+        &support::daemon::known_kinds(&app.pool).await,
+        2,
+        "w-old",
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 2);
+    queue::cancel_job(&app.pool, lost).await.unwrap();
+    let counts = queue::write_outcomes(
+        &app.pool,
+        "w-old",
+        &[
+            (
+                lost,
+                queue::Outcome::Completed {
+                    result: None,
+                    delete: false,
+                },
+            ),
+            (
+                held,
+                queue::Outcome::Snooze {
+                    run_at: chrono::Utc::now(),
+                },
+            ),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!((counts.applied, counts.dropped), (1, 1));
+    assert_eq!(app.job(lost).await.state, JobState::Cancelled);
+    assert_eq!(app.job(held).await.state, JobState::Scheduled);
 }
 
 #[tokio::test]
