@@ -132,16 +132,7 @@ async fn retry_runs_a_waiting_job_now_and_a_finished_one_with_fresh_attempts() {
     assert_eq!(job.state, "available");
     assert!(job.run_at <= chrono::Utc::now());
 
-    let claimed = queue::claim(
-        &db.pool,
-        "default",
-        &support::daemon::known_kinds(&db.pool).await,
-        1,
-        "w",
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let claimed = support::daemon::claim_default(&db.pool, "w", 1, Duration::from_secs(30)).await;
     let err = queue::retry_job(&db.pool, claimed[0].id).await.unwrap_err();
     assert!(
         err.to_string().contains("running job cannot be retried"),

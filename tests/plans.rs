@@ -25,16 +25,8 @@ async fn the_outcome_writes_probe_the_primary_key_even_with_stale_statistics() {
         .execute(&mut *conn)
         .await
         .unwrap();
-    let claimed = queue::claim(
-        &db.pool,
-        "default",
-        &support::daemon::known_kinds(&db.pool).await,
-        2000,
-        "w1",
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let claimed =
+        support::daemon::claim_default(&db.pool, "w1", 2000, Duration::from_secs(30)).await;
     assert_eq!(claimed.len(), 2000);
 
     sqlx::query("set plan_cache_mode = force_generic_plan")

@@ -283,16 +283,8 @@ async fn a_job_whose_lease_expired_is_rescued_and_charged_only_if_it_had_started
     let started = app.enqueue(&NewJob::new("noop", json!({"n": 1}))).await;
     let unstarted = app.enqueue(&NewJob::new("noop", json!({"n": 2}))).await;
     // a worker claimed both, started one, and died
-    let claimed = queue::claim(
-        &app.pool,
-        "default",
-        &support::daemon::known_kinds(&app.pool).await,
-        10,
-        "dead-worker",
-        Duration::from_secs(3),
-    )
-    .await
-    .unwrap();
+    let claimed =
+        support::daemon::claim_default(&app.pool, "dead-worker", 10, Duration::from_secs(3)).await;
     assert_eq!(claimed.len(), 2);
     queue::mark_started(&app.pool, "dead-worker", &[started], &[chrono::Utc::now()])
         .await
@@ -388,16 +380,7 @@ async fn a_job_that_kills_its_daemon_before_its_start_is_recorded_still_reaches_
 async fn an_outcome_from_a_worker_that_lost_its_lease_is_dropped() {
     let app = TestApp::new().await;
     let id = app.enqueue(&NewJob::new("noop", json!({}))).await;
-    queue::claim(
-        &app.pool,
-        "default",
-        &support::daemon::known_kinds(&app.pool).await,
-        1,
-        "w-old",
-        Duration::from_secs(3),
-    )
-    .await
-    .unwrap();
+    support::daemon::claim_default(&app.pool, "w-old", 1, Duration::from_secs(3)).await;
     queue::cancel_job(&app.pool, id).await.unwrap();
     let counts = queue::write_outcomes(
         &app.pool,
@@ -418,16 +401,8 @@ async fn an_outcome_from_a_worker_that_lost_its_lease_is_dropped() {
     // the same in a batch of mixed outcomes (the general statement, not the completions')
     let lost = app.enqueue(&NewJob::new("noop", json!({"n": 1}))).await;
     let held = app.enqueue(&NewJob::new("noop", json!({"n": 2}))).await;
-    let claimed = queue::claim(
-        &app.pool,
-        "default",
-        &support::daemon::known_kinds(&app.pool).await,
-        2,
-        "w-old",
-        Duration::from_secs(3),
-    )
-    .await
-    .unwrap();
+    let claimed =
+        support::daemon::claim_default(&app.pool, "w-old", 2, Duration::from_secs(3)).await;
     assert_eq!(claimed.len(), 2);
     queue::cancel_job(&app.pool, lost).await.unwrap();
     let counts = queue::write_outcomes(

@@ -159,6 +159,25 @@ pub fn stop_daemon(child: &mut std::process::Child) {
     assert!(status.success(), "{status:?}");
 }
 
+/// Claims up to `limit` jobs of every known kind from the `default` queue as `worker`.
+pub async fn claim_default(
+    pool: &PgPool,
+    worker: &str,
+    limit: i64,
+    lease: std::time::Duration,
+) -> Vec<penguin_jobs::queue::ClaimedJob> {
+    penguin_jobs::queue::claim(
+        pool,
+        "default",
+        &known_kinds(pool).await,
+        limit,
+        worker,
+        lease,
+    )
+    .await
+    .expect("claim")
+}
+
 /// Every kind listed in `penguin.kinds`: what a daemon with the built-in registry claims.
 pub async fn known_kinds(pool: &PgPool) -> Vec<String> {
     sqlx::query_scalar("select coalesce(array_agg(kind order by kind), '{}') from penguin.kinds")
