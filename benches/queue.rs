@@ -819,10 +819,13 @@ async fn main() {
         pool.close().await;
 
         // from the daemon's start
+        // ours and the peer's each start on a quiet cluster (see `quiet_cluster`)
         let (pool, url) = fresh_database(&cluster, "bench_from_start").await;
+        common::quiet_cluster(&cluster).await;
         from_start_rates.push(drain_from_start(&pool, &dir, &url).await);
         pool.close().await;
         if let Some(peer) = &peer {
+            common::quiet_cluster(&cluster).await;
             peer_reports.push(peer.drain(&cluster, DRAIN_JOBS, concurrency).await);
         }
 

@@ -63,6 +63,53 @@ pub async fn fresh_database(
     (pool, url)
 }
 
+/// Vacuums every database of the cluster and waits (at most a minute) until no autovacuum
+/// worker runs, so that a drain measured next does not share the cores with the cleanup of
+/// the work before it (the drain before ours, or ours before the peer's). Prints how long.
+pub async fn quiet_cluster(cluster: &EmbeddedPostgres) {
+    let began = std::time::Instant::now();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&cluster.url("postgres"))
+        .await
+        .unwrap();
+    let names: Vec<String> = sqlx::query_scalar(
+        "select datname from pg_database where datallowconn and not datistemplate",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    for name in names {
+        let db = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&cluster.url(&name))
+            .await
+            .unwrap();
+        sqlx::query("vacuum").execute(&db).await.unwrap();
+        db.close().await;
+    }
+    let mut waited = 0;
+    while sqlx::query_scalar::<_, bool>(
+        "select exists (select 1 from pg_stat_activity where backend_type = 'autovacuum worker')",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap()
+    {
+        waited += 1;
+        if waited > 600 {
+            eprintln!("  autovacuum still running after a minute; measuring anyway");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    admin.close().await;
+    eprintln!(
+        "  cluster vacuumed and quiet in {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+}
+
 /// `SHOW name` for each of `names`, as a JSON object of name to value.
 pub async fn show_settings(
     pool: &sqlx::PgPool,
