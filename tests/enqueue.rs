@@ -412,3 +412,48 @@ async fn migrating_moves_the_daemons_live_unique_keys_under_the_reserved_prefix(
     );
     pool.close().await;
 }
+
+#[tokio::test]
+async fn finished_at_is_set_exactly_when_a_job_is_final_and_a_unique_key_frees_when_it_is() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let enqueue_keyed = "select penguin.enqueue('noop', '{}', unique_key => 'k')";
+    let id: i64 = sqlx::query_scalar(enqueue_keyed)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    for refused in [
+        "update penguin.jobs set finished_at = now() where id = $1",
+        "update penguin.jobs set state = 'cancelled' where id = $1",
+    ] {
+        let err = sqlx::query(refused)
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("jobs_finished_only_when_final"),
+            "{refused}: {err}"
+        );
+    }
+    // the live holder is returned, not a second job
+    let again: i64 = sqlx::query_scalar(enqueue_keyed)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(again, id);
+    queue::cancel_job(&db.pool, id).await.unwrap();
+    let finished: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select finished_at from penguin.jobs where id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(finished.is_some(), "a cancelled job has finished_at");
+    // once final, the key is free again
+    let next: i64 = sqlx::query_scalar(enqueue_keyed)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_ne!(next, id);
+}

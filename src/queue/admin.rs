@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::state::{finished_states, key_holder_target, live_states, same_tenant};
+use super::state::{finished_states, live_states, same_tenant};
 use super::{DeadLetter, Error, Job, JobState};
 
 /// Filters of `jobs list`.
@@ -305,12 +305,10 @@ async fn replay_batch(
         // penguin.kinds, and a replay should still be possible; a job of a kind no daemon
         // handles waits for one (see queue::daemons).
         let inserted: Option<i64> = sqlx::query_scalar(
-            concat!("insert into penguin.jobs (queue, kind, payload, state, priority, max_attempts, unique_key, tenant_id)
+            "insert into penguin.jobs (queue, kind, payload, state, priority, max_attempts, unique_key, tenant_id)
              values ($1, $2, $3, 'available', $4, $5, $6, $7)
-             on conflict ", key_holder_target!(), "
-                 where unique_key is not null and state in ", live_states!(), "
-                 do nothing
-             returning id"),
+             on conflict do nothing
+             returning id",
         )
         .bind(&letter.queue)
         .bind(&letter.kind)
@@ -328,7 +326,7 @@ async fn replay_batch(
                     "select id from penguin.jobs
                      where kind = $1 and ",
                     same_tenant!("tenant_id", "$2::uuid"),
-                    " and unique_key = $3 and state in ",
+                    " and unique_key = $3 and finished_at is null and state in ",
                     live_states!()
                 ))
                 .bind(&letter.kind)

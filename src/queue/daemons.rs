@@ -82,7 +82,7 @@ pub async fn waiting_kinds(pool: &PgPool, window: Duration) -> Result<Vec<Waitin
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(concat!(
         "select kind, count(*), coalesce(extract(epoch from now() - min(run_at))::bigint, 0)
            from penguin.jobs
-          where kind = any($1) and state in ",
+          where kind = any($1) and finished_at is null and state in ",
         claimable_states!(),
         "
           group by kind
@@ -123,6 +123,7 @@ pub async fn bury_unhandled(
               where j.id = any(array(
                         select d.id from penguin.jobs d
                          where d.kind = any($1)
+                           and d.finished_at is null
                            and d.state in ",
             claimable_states!(),
             "

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor};
 
 use super::Error;
-use super::state::{key_holder_target, live_states, same_tenant};
+use super::state::{live_states, same_tenant};
 
 /// A job to insert. `None` fields take the kind's defaults from `penguin.kinds`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -208,10 +208,7 @@ const ENQUEUE_WITH_KEYS_SQL: &str = concat!("with input as materialized (
                     priority, max_attempts, run_at, unique_key, tenant_id
              from input
              order by ord
-             on conflict ", key_holder_target!(), "
-                 where unique_key is not null
-                   and state in ", live_states!(), "
-                 do nothing
+             on conflict do nothing
              returning id
          )
          select i.ord, coalesce(
@@ -220,6 +217,7 @@ const ENQUEUE_WITH_KEYS_SQL: &str = concat!("with input as materialized (
                      where j.kind = i.kind
                        and ", same_tenant!("j.tenant_id", "i.tenant_id"), "
                        and j.unique_key = i.unique_key
+                       and j.finished_at is null
                        and j.state in ", live_states!(), ")),
                 ins.id is not null
          from input i left join inserted ins on ins.id = i.id
@@ -268,7 +266,7 @@ pub async fn enqueue_many_reporting(
                     "select id from penguin.jobs
                      where kind = $1 and ",
                     same_tenant!("tenant_id", "$2::uuid"),
-                    " and unique_key = $3 and state in ",
+                    " and unique_key = $3 and finished_at is null and state in ",
                     live_states!()
                 ))
                 .bind(&job.kind)

@@ -77,22 +77,16 @@ impl FromStr for JobState {
 }
 
 /// `('available', 'scheduled', 'running', 'retryable')`: the live states, for
-/// `state in ...` (unique keys, cancel, the scheduler's waiting fires).
+/// `state in ...` (unique keys, cancel, the scheduler's waiting fires). A query that reads
+/// the unique-key index also says `finished_at is null` (the same rows, by a check
+/// constraint since migration 0022): the index's predicate moves to it in a later release
+/// (docs/storage.md, section 3.7).
 macro_rules! live_states {
     () => {
         "('available', 'scheduled', 'running', 'retryable')"
     };
 }
 pub(crate) use live_states;
-
-/// The conflict target of `penguin.jobs_unique_key_idx` (migration 0017): a unique key is
-/// held per kind and tenant (no tenant counts as one tenant of its own).
-macro_rules! key_holder_target {
-    () => {
-        "(kind, coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'::uuid), unique_key)"
-    };
-}
-pub(crate) use key_holder_target;
 
 /// SQL true when tenant columns or values `$a` and `$b` are the same tenant (both none
 /// included), written as the unique index's expression so that the index serves it.
@@ -110,7 +104,9 @@ macro_rules! same_tenant {
 pub(crate) use same_tenant;
 
 /// `('available', 'scheduled', 'retryable')`: the states a worker may claim once
-/// `run_at` has passed (the claim index's predicate; `penguin.claim` spells it too).
+/// `run_at` has passed (the claim index's predicate; `penguin.claim` spells it too). A
+/// query that reads the claim index also says `finished_at is null`, as with
+/// [`live_states`].
 macro_rules! claimable_states {
     () => {
         "('available', 'scheduled', 'retryable')"
