@@ -457,3 +457,66 @@ async fn finished_at_is_set_exactly_when_a_job_is_final_and_a_unique_key_frees_w
         .unwrap();
     assert_ne!(next, id);
 }
+
+#[tokio::test]
+async fn migration_0022_repairs_rows_whose_finished_at_disagreed_with_their_state() {
+    // a database migrated up to 0021, as a daemon of the release before leaves it
+    let name = format!("penguin_test_{:016x}", rand::random::<u64>());
+    let mut admin = support::admin_connection().await;
+    sqlx::Executor::execute(&mut admin, format!(r#"create database "{name}""#).as_str())
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&support::server_url(&name))
+        .await
+        .unwrap();
+    let before = support::TempDir::new("migrations-0021");
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_str().unwrap().to_string();
+        if file.ends_with(".sql") && file[..4] <= *"0021" {
+            std::fs::copy(&path, before.path().join(&file)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(before.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "insert into penguin.jobs (queue, kind, state, max_attempts, attempted_at, finished_at)
+         values ('default', 'noop', 'completed', 1, now() - interval '1 hour', null),
+                ('default', 'noop', 'available', 1, null, now())
+         returning id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+
+    queue::migrate(&pool).await.unwrap();
+    let repaired: Vec<(String, bool)> = sqlx::query_as(
+        "select state, finished_at is not null from penguin.jobs where id = any($1) order by id",
+    )
+    .bind(&ids)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        repaired,
+        vec![
+            ("completed".to_string(), true),
+            ("available".to_string(), false)
+        ]
+    );
+    let validated: bool = sqlx::query_scalar(
+        "select convalidated from pg_constraint where conname = 'jobs_finished_only_when_final'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(validated);
+    pool.close().await;
+    sqlx::Executor::execute(&mut admin, format!(r#"drop database "{name}""#).as_str())
+        .await
+        .unwrap();
+}
