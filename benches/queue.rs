@@ -386,25 +386,6 @@ async fn wait_drained(pool: &PgPool, daemon: &Daemon) {
     }
 }
 
-/// Waits (at most a minute) until no autovacuum worker runs on the cluster: the drains of
-/// the phases before leave work for it that would otherwise share the cores with a
-/// latency measurement.
-async fn wait_for_autovacuum(pool: &PgPool) {
-    for _ in 0..600 {
-        let busy: bool = sqlx::query_scalar(
-            "select exists (select 1 from pg_stat_activity where backend_type = 'autovacuum worker')",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if !busy {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!("  autovacuum still running after a minute; measuring anyway");
-}
-
 /// Enqueue-to-start at 500 jobs/s (ms): from the enqueuing transaction's start
 /// (`created_at`, so the enqueue's own commit counts) and from the moment the enqueue call
 /// returned (the job committed); and the enqueue calls' own duration.
@@ -805,7 +786,7 @@ async fn main() {
 
         // 500 jobs/s on a fresh database, the daemon idle, no autovacuum running
         let (pool, url) = fresh_database(&cluster, "bench_latency").await;
-        wait_for_autovacuum(&pool).await;
+        common::wait_for_autovacuum(&pool).await;
         let daemon = Daemon::start(&dir, &url);
         wait_idle(&pool).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -818,8 +799,8 @@ async fn main() {
         daemon.stop();
         pool.close().await;
 
-        // from the daemon's start
-        // ours and the peer's each start on a quiet cluster (see `quiet_cluster`)
+        // from the daemon's start; ours and the peer's each on a quiet cluster (see
+        // `quiet_cluster`)
         let (pool, url) = fresh_database(&cluster, "bench_from_start").await;
         common::quiet_cluster(&cluster).await;
         from_start_rates.push(drain_from_start(&pool, &dir, &url).await);

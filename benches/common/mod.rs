@@ -63,6 +63,24 @@ pub async fn fresh_database(
     (pool, url)
 }
 
+/// Waits (at most a minute) until no autovacuum worker runs on the cluster: the work of
+/// the phases before would otherwise share the cores with the next measurement.
+pub async fn wait_for_autovacuum(pool: &PgPool) {
+    for _ in 0..600 {
+        let busy: bool = sqlx::query_scalar(
+            "select exists (select 1 from pg_stat_activity where backend_type = 'autovacuum worker')",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if !busy {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    eprintln!("  autovacuum still running after a minute; measuring anyway");
+}
+
 /// Vacuums every database of the cluster and waits (at most a minute) until no autovacuum
 /// worker runs, so that a drain measured next does not share the cores with the cleanup of
 /// the work before it (the drain before ours, or ours before the peer's). Prints how long.
@@ -88,21 +106,7 @@ pub async fn quiet_cluster(cluster: &EmbeddedPostgres) {
         sqlx::query("vacuum").execute(&db).await.unwrap();
         db.close().await;
     }
-    let mut waited = 0;
-    while sqlx::query_scalar::<_, bool>(
-        "select exists (select 1 from pg_stat_activity where backend_type = 'autovacuum worker')",
-    )
-    .fetch_one(&admin)
-    .await
-    .unwrap()
-    {
-        waited += 1;
-        if waited > 600 {
-            eprintln!("  autovacuum still running after a minute; measuring anyway");
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_for_autovacuum(&admin).await;
     admin.close().await;
     eprintln!(
         "  cluster vacuumed and quiet in {:.1} s",
