@@ -516,7 +516,11 @@ async fn migration_0022_repairs_rows_whose_finished_at_disagreed_with_their_stat
     .unwrap();
     assert!(validated);
     pool.close().await;
-    sqlx::Executor::execute(&mut admin, format!(r#"drop database "{name}""#).as_str())
-        .await
-        .unwrap();
+    // with (force): an autovacuum worker may still be on the database
+    sqlx::Executor::execute(
+        &mut admin,
+        format!(r#"drop database "{name}" with (force)"#).as_str(),
+    )
+    .await
+    .unwrap();
 }
