@@ -370,10 +370,10 @@ async fn wait_drained(pool: &PgPool, daemon: &Daemon) {
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let busy: bool = sqlx::query_scalar(
+            // the claim index holds every live job, running ones included
             "select exists (select 1 from penguin.jobs
-                             where queue = 'default' and state in ('available', 'scheduled', 'retryable')
-                               and run_at <= now() + interval '1 minute')
-                 or exists (select 1 from penguin.jobs where state = 'running')",
+                             where queue = 'default' and finished_at is null
+                               and run_at <= now() + interval '1 minute')",
         )
         .fetch_one(pool)
         .await

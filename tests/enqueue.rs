@@ -458,9 +458,9 @@ async fn finished_at_is_set_exactly_when_a_job_is_final_and_a_unique_key_frees_w
     assert_ne!(next, id);
 }
 
-#[tokio::test]
-async fn migration_0022_repairs_rows_whose_finished_at_disagreed_with_their_state() {
-    // a database migrated up to 0021, as a daemon of the release before leaves it
+/// A fresh database migrated up to `last` (e.g. "0021"), as a daemon of an earlier
+/// release leaves it: (its name, a pool on it). Drop it with [`drop_database`].
+async fn database_migrated_to(last: &str) -> (String, sqlx::PgPool) {
     let name = format!("penguin_test_{:016x}", rand::random::<u64>());
     let mut admin = support::admin_connection().await;
     sqlx::Executor::execute(&mut admin, format!(r#"create database "{name}""#).as_str())
@@ -469,11 +469,11 @@ async fn migration_0022_repairs_rows_whose_finished_at_disagreed_with_their_stat
     let pool = sqlx::PgPool::connect(&support::server_url(&name))
         .await
         .unwrap();
-    let before = support::TempDir::new("migrations-0021");
+    let before = support::TempDir::new("migrations-before");
     for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
         let path = entry.unwrap().path();
         let file = path.file_name().unwrap().to_str().unwrap().to_string();
-        if file.ends_with(".sql") && file[..4] <= *"0021" {
+        if file.ends_with(".sql") && file[..4] <= *last {
             std::fs::copy(&path, before.path().join(&file)).unwrap();
         }
     }
@@ -483,6 +483,24 @@ async fn migration_0022_repairs_rows_whose_finished_at_disagreed_with_their_stat
         .run(&pool)
         .await
         .unwrap();
+    (name, pool)
+}
+
+async fn drop_database(name: &str, pool: sqlx::PgPool) {
+    pool.close().await;
+    let mut admin = support::admin_connection().await;
+    // with (force): an autovacuum worker may still be on the database
+    sqlx::Executor::execute(
+        &mut admin,
+        format!(r#"drop database "{name}" with (force)"#).as_str(),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn migration_0022_repairs_rows_whose_finished_at_disagreed_with_their_state() {
+    let (name, pool) = database_migrated_to("0021").await;
     let ids: Vec<i64> = sqlx::query_scalar(
         "insert into penguin.jobs (queue, kind, state, max_attempts, attempted_at, finished_at)
          values ('default', 'noop', 'completed', 1, now() - interval '1 hour', null),
@@ -515,12 +533,69 @@ async fn migration_0022_repairs_rows_whose_finished_at_disagreed_with_their_stat
     .await
     .unwrap();
     assert!(validated);
-    pool.close().await;
-    // with (force): an autovacuum worker may still be on the database
-    sqlx::Executor::execute(
-        &mut admin,
-        format!(r#"drop database "{name}" with (force)"#).as_str(),
+    drop_database(&name, pool).await;
+}
+
+#[tokio::test]
+async fn the_jobs_running_when_claims_rows_arrive_get_theirs_and_are_rescued_through_them() {
+    // a daemon of the release before 0024 claimed three jobs and died
+    let (name, pool) = database_migrated_to("0023").await;
+    let running: Vec<i64> = sqlx::query_scalar(
+        "insert into penguin.jobs (queue, kind, state, attempt, max_attempts, leased_by,
+                                   lease_expires_at, attempted_at, started_at)
+         select 'default', 'noop', 'running', 1, 5, 'old-daemon/default',
+                now() - interval '1 second', now() - interval '1 minute', now() - interval '1 minute'
+           from generate_series(1, 3)
+         returning id",
     )
+    .fetch_all(&pool)
     .await
     .unwrap();
+    sqlx::query(
+        "insert into penguin.jobs (queue, kind, max_attempts) values ('default', 'noop', 5)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    queue::migrate(&pool).await.unwrap();
+    let rows: Vec<(String, Vec<i64>)> = sqlx::query_as("select worker, ids from penguin.claims")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, [("old-daemon/default".to_string(), running.clone())]);
+    let rescued = queue::rescue_expired(&pool, 10).await.unwrap();
+    assert_eq!(rescued.requeued, 3);
+    // the indexes: predicates on finished_at under the old names, no running index
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "select indexname, indexdef from pg_indexes
+          where schemaname = 'penguin' and tablename = 'jobs' order by indexname",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let names: Vec<&str> = indexes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "jobs_claim_idx",
+            "jobs_finished_brin",
+            "jobs_pkey",
+            "jobs_unique_key_idx"
+        ]
+    );
+    for (index, def) in &indexes {
+        assert!(!def.contains("state"), "{index} names state: {def}");
+    }
+    let options: Vec<String> = sqlx::query_scalar(
+        "select unnest(reloptions) from pg_class where oid = 'penguin.jobs'::regclass",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        options.contains(&"fillfactor=50".to_string()),
+        "{options:?}"
+    );
+    drop_database(&name, pool).await;
 }

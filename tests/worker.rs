@@ -352,7 +352,7 @@ async fn a_job_that_kills_its_daemon_before_its_start_is_recorded_still_reaches_
             .execute(&app.pool)
             .await
             .unwrap();
-        queue::rescue_expired(&app.pool, 10, None).await.unwrap();
+        queue::rescue_expired(&app.pool, 10).await.unwrap();
     }
     let dead = &queue::list_dead_letters(&app.pool, None, 1).await.unwrap()[0];
     assert_eq!(dead.job_id, id);
@@ -823,51 +823,97 @@ async fn a_pool_busy_for_over_a_second_clears_its_idle_mark() {
 }
 
 #[tokio::test]
-async fn a_rescue_reads_running_jobs_claimed_since_its_floor_and_a_full_pass_the_rest() {
+async fn a_dead_workers_jobs_are_found_through_its_claims_rows_which_go_once_none_runs_under_it() {
     let app = TestApp::new().await;
     let kinds = vec!["noop".to_string()];
-    let mut floor = queue::RescueFloor::default();
-    let first = queue::rescue_expired(&app.pool, 10, floor.next())
-        .await
-        .unwrap();
-    floor.passed(&first);
-    let since = floor.next();
-    assert!(since.is_some());
-    // claimed after that pass: read by the next; one claimed long before: not
-    for n in 0..2 {
+    for n in 0..3 {
         app.enqueue(&NewJob::new("noop", json!({ "n": n }))).await;
     }
-    let claimed = queue::claim(
-        &app.pool,
-        "default",
-        &kinds,
+    let claim = |worker: &'static str, limit: i64, number: i64| {
+        let pool = app.pool.clone();
+        let kinds = kinds.clone();
+        async move {
+            let request = queue::ClaimRequest {
+                queue: "default",
+                kinds: &kinds,
+                limit,
+                worker,
+                lease: Duration::from_secs(30),
+                claim: number,
+            };
+            queue::claim_from(&pool, &request, None).await.unwrap()
+        }
+    };
+    // a worker claims two jobs and dies; a live one holds the third
+    let dead = claim("dead-worker", 2, 7).await;
+    let live = claim("live-worker", 1, 1).await;
+    assert_eq!((dead.len(), live.len()), (2, 1));
+    assert!(claim("live-worker", 1, 2).await.is_empty());
+    assert_eq!(
+        app.count("select count(*) from penguin.claims").await,
         2,
-        "w1",
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+        "one row per claim that claimed something"
+    );
     sqlx::query(
-        "update penguin.jobs set lease_expires_at = now() - interval '1 second',
-                attempted_at = case when id = $1 then now() - interval '1 hour' else attempted_at end",
+        "update penguin.jobs set lease_expires_at = now() - interval '1 second'
+          where leased_by = 'dead-worker'",
     )
-    .bind(claimed[0].id)
     .execute(&app.pool)
     .await
     .unwrap();
-    let floored = queue::rescue_expired(&app.pool, 10, since).await.unwrap();
-    assert_eq!(floored.requeued, 1);
-    assert_eq!(app.job(claimed[0].id).await.state, JobState::Running);
-    assert_eq!(app.job(claimed[1].id).await.state, JobState::Retryable);
-    let old_claim: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("select attempted_at from penguin.jobs where id = $1")
-            .bind(claimed[0].id)
-            .fetch_one(&app.pool)
+    // rows younger than the age given are not checked
+    assert_eq!(
+        queue::forget_finished_claims(&app.pool, Duration::from_secs(60))
             .await
-            .unwrap();
-    assert!(floored.oldest_running.unwrap() > old_claim + chrono::Duration::minutes(59));
-    // a full pass reads it, and reports it as the oldest running claim
-    let full = queue::rescue_expired(&app.pool, 10, None).await.unwrap();
-    assert_eq!((full.requeued, full.oldest_running), (1, Some(old_claim)));
-    assert_eq!(app.job(claimed[0].id).await.state, JobState::Retryable);
+            .unwrap(),
+        0
+    );
+    let rescued = queue::rescue_expired(&app.pool, 10).await.unwrap();
+    assert_eq!(rescued.requeued, 2);
+    for job in &dead {
+        assert_eq!(app.job(job.id).await.state, JobState::Retryable);
+    }
+    assert_eq!(app.job(live[0].id).await.state, JobState::Running);
+    // none of the dead worker's jobs runs under it any more: its row goes, the live one stays
+    assert_eq!(
+        queue::forget_finished_claims(&app.pool, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    let left: Vec<(String, i64)> = sqlx::query_as("select worker, claim from penguin.claims")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, [("live-worker".to_string(), 1)]);
+    // its owner deletes it (here: every row of the worker, as a pool at shutdown)
+    assert_eq!(
+        queue::forget_claims(&app.pool, "live-worker", None)
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_pool_deletes_the_claims_rows_of_the_jobs_it_wrote_back_while_it_runs() {
+    let mut app = TestApp::running(FAST).await;
+    let jobs: Vec<NewJob> = (0..2000)
+        .map(|n| NewJob::new("noop", json!({ "n": n })))
+        .collect();
+    app.enqueue_many(&jobs).await;
+    app.wait_for(
+        "select count(*) = 2000 from penguin.jobs where state = 'completed'",
+        Duration::from_secs(60),
+        "2000 completed jobs",
+    )
+    .await;
+    // within a few flushes, not at shutdown, and not by a rescue pass (10 s old rows only)
+    app.wait_for(
+        "select not exists (select 1 from penguin.claims)",
+        Duration::from_secs(5),
+        "the pool to delete its finished claims",
+    )
+    .await;
+    app.stop().await;
 }

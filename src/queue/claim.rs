@@ -27,15 +27,21 @@ pub struct ClaimedJob {
     pub created_at: DateTime<Utc>,
 }
 
-/// The claim statement: $1 queue, $2 limit, $3 worker, $4 lease in seconds, $5 kinds.
-/// `penguin.claim` (migration 0015) plans with sorting disabled, so a claim always walks
-/// the claim index in order and stops after the batch, whatever the table's statistics say.
+/// The claim statement of the daemons before `penguin.claims` (migration 0027), kept for
+/// them: $1 queue, $2 limit, $3 worker, $4 lease in seconds, $5 kinds; a full pass. The
+/// claim is recorded in `penguin.claims` under a number of `penguin.claims_legacy_seq`,
+/// and only a rescue pass deletes that row (once none of its jobs runs under the worker).
 pub const CLAIM_SQL: &str = "select * from penguin.claim($1, $2, $3, $4, $5)";
 
-/// The keyset claim: [`CLAIM_SQL`]'s parameters, then the position to start after,
-/// $6 priority, $7 run_at, $8 id (`penguin.claim_after`, migration 0018).
-pub const CLAIM_AFTER_SQL: &str =
-    "select * from penguin.claim_after($1, $2, $3, $4, $5, $6, $7, $8)";
+/// The claim: $1 queue, $2 limit, $3 worker, $4 lease in seconds, $5 kinds, then the
+/// position to start after, $6 priority, $7 run_at, $8 id, and $9 the claim's number for
+/// its row in `penguin.claims` (`penguin.claim_batch`, migration 0027). Planned with
+/// sorting disabled (migration 0015), so a claim always walks the claim index in order and
+/// stops after the batch, whatever the table's statistics say.
+/// A full pass is the claim after the smallest position there is: $6, $7 and $8 null.
+pub const CLAIM_BATCH_SQL: &str = "select * from penguin.claim_batch($1, $2, $3, $4, $5,
+    coalesce($6, (-32768)::smallint), coalesce($7, '-infinity'::timestamptz),
+    coalesce($8, (-9223372036854775808)::bigint), $9)";
 
 /// A place in a queue's claim order, (priority, run_at, id): where a claim stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -71,7 +77,9 @@ impl ClaimPosition {
 }
 
 /// What one claim asks for: the queue, the kinds the claiming daemon has a handler for,
-/// how many, for which worker and lease.
+/// how many, for which worker and lease, and the claim's number: the worker's claims rows
+/// in `penguin.claims` are (worker, claim), and the worker deletes each once the last of
+/// its jobs is written back ([`forget_claims`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest<'a> {
     pub queue: &'a str,
@@ -79,6 +87,7 @@ pub struct ClaimRequest<'a> {
     pub limit: i64,
     pub worker: &'a str,
     pub lease: Duration,
+    pub claim: i64,
 }
 
 /// Claims up to `limit` due jobs of `queue` whose kind is one of `kinds` (the kinds the
@@ -86,9 +95,8 @@ pub struct ClaimRequest<'a> {
 /// it) for `worker`, leased for `lease`, in priority, run_at, id order. The attempt is
 /// charged here; `started_at` stays NULL until the handler starts (see [`mark_started`]).
 ///
-/// This is the full pass: it reads the claim index from the start of the queue's range.
-/// While a snapshot elsewhere holds the xmin horizon, that start is where every job
-/// claimed since left an entry VACUUM may not remove; [`claim_after`] skips them.
+/// This is the claim of the daemons before `penguin.claims` ([`CLAIM_SQL`]): a full pass
+/// whose claims row nobody but a rescue pass deletes. Pools use [`claim_from`].
 pub async fn claim(
     pool: &PgPool,
     queue: &str,
@@ -97,53 +105,65 @@ pub async fn claim(
     worker: &str,
     lease: Duration,
 ) -> Result<Vec<ClaimedJob>, Error> {
-    let request = ClaimRequest {
-        queue,
-        kinds,
-        limit,
-        worker,
-        lease,
-    };
-    claim_from(pool, &request, None).await
+    let mut jobs: Vec<ClaimedJob> = sqlx::query_as(CLAIM_SQL)
+        .bind(queue)
+        .bind(limit)
+        .bind(worker)
+        .bind(lease.as_secs_f64())
+        .bind(kinds)
+        .fetch_all(pool)
+        .await?;
+    // UPDATE ... RETURNING does not keep the subquery's order.
+    jobs.sort_unstable_by_key(|j| (j.priority, j.run_at, j.id));
+    Ok(jobs)
 }
 
-/// As [`claim`], but only jobs strictly after `after` in claim order (the keyset claim):
-/// the index entries of the jobs claimed before it are never read again. A job that
-/// lands behind `after` (a more urgent priority, a retry or rescue due earlier, a
-/// transaction that committed late) waits for the next full pass.
-pub async fn claim_after(
-    pool: &PgPool,
-    request: &ClaimRequest<'_>,
-    after: ClaimPosition,
-) -> Result<Vec<ClaimedJob>, Error> {
-    claim_from(pool, request, Some(after)).await
-}
-
-/// [`claim_after`] when `after` is given, else the full pass ([`claim`]).
+/// Claims up to `request.limit` due jobs strictly after `after` in claim order (the keyset
+/// claim: the index entries of the jobs claimed before it are never read again), or from
+/// the start of the queue's range when `after` is `None` (the full pass: while a snapshot
+/// elsewhere holds the xmin horizon, that start is where every job claimed since left an
+/// entry VACUUM may not remove). A job that lands behind `after` (a more urgent priority,
+/// a retry or rescue due earlier, a transaction that committed late) waits for the next
+/// full pass. The claim is recorded as (worker, `request.claim`) in `penguin.claims` in
+/// the same statement, unless nothing was claimed.
 #[tracing::instrument(skip_all, fields(queue = %request.queue, batch = request.limit, keyset = after.is_some()))]
 pub async fn claim_from(
     pool: &PgPool,
     request: &ClaimRequest<'_>,
     after: Option<ClaimPosition>,
 ) -> Result<Vec<ClaimedJob>, Error> {
-    let query = sqlx::query_as(if after.is_some() {
-        CLAIM_AFTER_SQL
-    } else {
-        CLAIM_SQL
-    })
-    .bind(request.queue)
-    .bind(request.limit)
-    .bind(request.worker)
-    .bind(request.lease.as_secs_f64())
-    .bind(request.kinds);
-    let query = match after {
-        Some(p) => query.bind(p.priority).bind(p.run_at).bind(p.id),
-        None => query,
-    };
-    let mut jobs: Vec<ClaimedJob> = query.fetch_all(pool).await?;
+    let mut jobs: Vec<ClaimedJob> = sqlx::query_as(CLAIM_BATCH_SQL)
+        .bind(request.queue)
+        .bind(request.limit)
+        .bind(request.worker)
+        .bind(request.lease.as_secs_f64())
+        .bind(request.kinds)
+        .bind(after.map(|p| p.priority))
+        .bind(after.map(|p| p.run_at))
+        .bind(after.map(|p| p.id))
+        .bind(request.claim)
+        .fetch_all(pool)
+        .await?;
     // UPDATE ... RETURNING does not keep the subquery's order.
     jobs.sort_unstable_by_key(|j| (j.priority, j.run_at, j.id));
     Ok(jobs)
+}
+
+/// Deletes `worker`'s claims rows of numbers `claims` (all of them when `None`): the pool
+/// calls it once every job of those claims is written back or released.
+pub async fn forget_claims(
+    pool: &PgPool,
+    worker: &str,
+    claims: Option<&[i64]>,
+) -> Result<u64, Error> {
+    let done = sqlx::query(
+        "delete from penguin.claims where worker = $1 and ($2::bigint[] is null or claim = any($2))",
+    )
+    .bind(worker)
+    .bind(claims)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Extends the leases of the jobs `worker` still holds whose lease has less than five

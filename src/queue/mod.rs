@@ -28,7 +28,7 @@ use sqlx::PgPool;
 
 pub use admin::*;
 pub use claim::{
-    ClaimPosition, ClaimRequest, ClaimedJob, claim, claim_after, extend_leases,
+    ClaimPosition, ClaimRequest, ClaimedJob, claim, claim_from, extend_leases, forget_claims,
     forget_stale_idle_marks, mark_busy, mark_idle, mark_started, release,
 };
 pub use daemons::{WaitingKind, register_daemon, unregister_daemon, waiting_kinds};
@@ -42,7 +42,7 @@ pub use outcome::{
     write_outcomes_started,
 };
 pub use prune::{Pruned, prune, prune_inbound_events, prune_replay_tokens};
-pub use rescue::{RescueCounts, RescueFloor, rescue_expired};
+pub use rescue::{CLAIMS_CHECKED_AFTER, RescueCounts, forget_finished_claims, rescue_expired};
 pub use schema::{check_migrated, migrate};
 pub use state::{JobState, UnknownState};
 

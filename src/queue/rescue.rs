@@ -8,16 +8,16 @@
 //! may look unstarted: after [`MAX_UNSTARTED_RESCUES`] such refunds it is charged like any
 //! other, so a poison job still reaches the dead letters.
 //!
-//! A rescue reads the running jobs claimed since a floor ([`RescueFloor`]): while a long
-//! transaction elsewhere holds the xmin horizon, every job claimed since left an entry in
-//! the running index that VACUUM may not remove, and reading them all every pass walks
-//! millions. Every [`FULL_RESCUE_EVERY`] passes one reads them all anyway.
+//! A rescue finds running jobs through `penguin.claims` (one row per claim in flight,
+//! migration 0027), not through an index on running jobs: such an index names `state`,
+//! which every claim writes, and would keep claims from being HOT updates (docs/storage.md,
+//! section 3.7). The claims table holds only what is in flight, so a pass reads little
+//! even while a long transaction elsewhere holds the xmin horizon.
 //!
 //! Must never touch a job whose lease is still valid: a live worker heartbeats its leases.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::Error;
@@ -27,13 +27,6 @@ use super::outcome::bury_dead_sql;
 /// rescue charges the attempt whatever the start mark says.
 pub const MAX_UNSTARTED_RESCUES: i32 = 3;
 
-/// How far back a floor reaches before the pass that set it: a claim whose statement
-/// began before the pass and committed after it is not seen by it, and its attempted_at is
-/// its statement's start.
-pub const FLOOR_SLACK: Duration = Duration::from_secs(10);
-/// Every this many passes, a rescue reads every running job, whatever the floor.
-pub const FULL_RESCUE_EVERY: u32 = 20;
-
 /// What one rescue pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RescueCounts {
@@ -41,64 +34,24 @@ pub struct RescueCounts {
     pub dead: u64,
     /// Of `requeued`, jobs that had not started: their attempt was refunded.
     pub refunded: u64,
-    /// The earliest claim time of the jobs running when the pass looked (at or after its
-    /// floor), and the pass's own start: where the next pass may start.
-    pub oldest_running: Option<DateTime<Utc>>,
-    pub at: DateTime<Utc>,
 }
 
-/// Where a daemon's next rescue pass starts reading running jobs: the earliest claim
-/// still running at the last pass, or that pass's start less [`FLOOR_SLACK`], whichever
-/// is earlier (a job claimed later has a later attempted_at); `None` (everything) at
-/// first and every [`FULL_RESCUE_EVERY`] passes.
-#[derive(Debug, Default)]
-pub struct RescueFloor {
-    since: Option<DateTime<Utc>>,
-    passes: u32,
-}
+/// How old a claims row must be before a rescue pass checks whether any of its jobs still
+/// runs under its worker (and deletes it if none does). A pool deletes its own rows within
+/// a fraction of a second of its claims' last outcomes; the rows left are those of claims
+/// with jobs still running, of daemons that died, and of daemons of the release before
+/// migration 0027 (which never delete theirs).
+pub const CLAIMS_CHECKED_AFTER: Duration = Duration::from_secs(10);
 
-impl RescueFloor {
-    /// The floor for the next pass.
-    pub fn next(&self) -> Option<DateTime<Utc>> {
-        if self.passes % FULL_RESCUE_EVERY == 0 {
-            return None;
-        }
-        self.since
-    }
-
-    /// Moves the floor after a pass (all its statements) that ended with `last`.
-    pub fn passed(&mut self, last: &RescueCounts) {
-        let slack = chrono::Duration::from_std(FLOOR_SLACK).expect("slack fits");
-        let reach = last.at - slack;
-        self.since = Some(last.oldest_running.map_or(reach, |o| o.min(reach)));
-        self.passes = self.passes.wrapping_add(1);
-    }
-
-    /// Forgets the floor: the next pass reads everything.
-    pub fn reset(&mut self) {
-        *self = Self::default();
-    }
-}
-
-/// Rescues up to `limit` expired leases in one statement, among the jobs claimed at or
-/// after `since` (all of them when `None`).
-#[tracing::instrument(skip_all)]
-pub async fn rescue_expired(
-    pool: &PgPool,
-    limit: i64,
-    since: Option<DateTime<Utc>>,
-) -> Result<RescueCounts, Error> {
-    let (requeued, dead, refunded, oldest_running, at): (
-        i64,
-        i64,
-        i64,
-        Option<DateTime<Utc>>,
-        DateTime<Utc>,
-    ) = sqlx::query_as(&format!(
+/// The rescue statement: $1 the most jobs to rescue, $2 [`MAX_UNSTARTED_RESCUES`].
+/// Candidates are the ids of the claims rows, probed by primary key.
+pub fn rescue_sql() -> String {
+    format!(
         "with expired as (
              select id from penguin.jobs
-              where state = 'running' and lease_expires_at < now()
-                and attempted_at >= coalesce($3, '-infinity'::timestamptz)
+              where id = any(array(select distinct u.id
+                                     from penguin.claims c cross join unnest(c.ids) as u(id)))
+                and state = 'running' and lease_expires_at < now()
               limit $1
               for update skip locked
          ),
@@ -135,18 +88,20 @@ pub async fn rescue_expired(
          ),
          {}
          select (select count(*) from requeued), (select count(*) from buried),
-                (select count(*) from requeued where unstarted),
-                (select min(attempted_at) from penguin.jobs
-                  where state = 'running'
-                    and attempted_at >= coalesce($3, '-infinity'::timestamptz)),
-                now()",
+                (select count(*) from requeued where unstarted)",
         bury_dead_sql!()
-    ))
-    .bind(limit)
-    .bind(MAX_UNSTARTED_RESCUES)
-    .bind(since)
-    .fetch_one(pool)
-    .await?;
+    )
+}
+
+/// Rescues up to `limit` expired leases in one statement, among the jobs of the claims
+/// in `penguin.claims` (probed by primary key).
+#[tracing::instrument(skip_all)]
+pub async fn rescue_expired(pool: &PgPool, limit: i64) -> Result<RescueCounts, Error> {
+    let (requeued, dead, refunded): (i64, i64, i64) = sqlx::query_as(&rescue_sql())
+        .bind(limit)
+        .bind(MAX_UNSTARTED_RESCUES)
+        .fetch_one(pool)
+        .await?;
     if requeued + dead > 0 {
         tracing::warn!(
             requeued,
@@ -159,52 +114,26 @@ pub async fn rescue_expired(
         requeued: requeued as u64,
         dead: dead as u64,
         refunded: refunded as u64,
-        oldest_running,
-        at,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
+/// [`forget_finished_claims`]'s statement: $1 the age in seconds. Each row's jobs are
+/// probed by primary key: `offset 0` keeps the `exists` a subplan run per row; as an
+/// anti-join, with statistics taken while nothing ran, the planner read the whole table.
+pub const FORGET_FINISHED_CLAIMS_SQL: &str = "delete from penguin.claims c
+  where c.claimed_at < now() - make_interval(secs => $1)
+    and not exists (select 1 from penguin.jobs j
+                     where j.id = any(c.ids) and j.state = 'running'
+                       and j.leased_by = c.worker
+                    offset 0)";
 
-    fn pass(oldest_running: Option<DateTime<Utc>>, at: DateTime<Utc>) -> RescueCounts {
-        RescueCounts {
-            oldest_running,
-            at,
-            ..RescueCounts::default()
-        }
-    }
-
-    #[test]
-    fn the_floor_is_the_oldest_running_claim_or_the_pass_less_the_slack() {
-        let at = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
-        let mut floor = RescueFloor::default();
-        assert_eq!(floor.next(), None, "the first pass reads everything");
-        floor.passed(&pass(None, at));
-        assert_eq!(floor.next(), Some(at - chrono::Duration::seconds(10)));
-        let long_job = at - chrono::Duration::hours(2);
-        floor.passed(&pass(Some(long_job), at));
-        assert_eq!(floor.next(), Some(long_job));
-        let recent = at - chrono::Duration::seconds(3);
-        floor.passed(&pass(Some(recent), at));
-        assert_eq!(floor.next(), Some(at - chrono::Duration::seconds(10)));
-    }
-
-    #[test]
-    fn every_twentieth_pass_reads_everything() {
-        let at = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
-        let mut floor = RescueFloor::default();
-        let mut full = 0;
-        for _ in 0..40 {
-            if floor.next().is_none() {
-                full += 1;
-            }
-            floor.passed(&pass(None, at));
-        }
-        assert_eq!(full, 2);
-        floor.reset();
-        assert_eq!(floor.next(), None);
-    }
+/// Deletes the claims rows older than `older_than` none of whose jobs still runs under
+/// the row's worker: claims of daemons that died (once their jobs were rescued) and of
+/// daemons of the release before migration 0027. Returns how many were deleted.
+pub async fn forget_finished_claims(pool: &PgPool, older_than: Duration) -> Result<u64, Error> {
+    let done = sqlx::query(FORGET_FINISHED_CLAIMS_SQL)
+        .bind(older_than.as_secs_f64())
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
 }

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::jobs::Registry;
+use crate::queue;
 use crate::queue::daemons::WaitingKind;
-use crate::queue::{self, RescueFloor};
 
 pub use pool::{PoolSettings, run_attempt};
 use supervisor::{DbHealth, Supervisor};
@@ -279,7 +279,6 @@ async fn maintain(m: Maintenance, stop: CancellationToken) {
     let window = queue::daemons::liveness_window(m.every);
     let mut reported: HashMap<String, (i64, Instant)> = HashMap::new();
     let mut horizon_watch = HorizonWatch::default();
-    let mut rescue_floor = RescueFloor::default();
     let mut first = true;
     match queue::horizon::blind_spot(&m.pool).await {
         Ok(Some(role)) => tracing::warn!("{}", queue::horizon::blind_spot_advice(&role)),
@@ -303,7 +302,7 @@ async fn maintain(m: Maintenance, stop: CancellationToken) {
             tracing::warn!(error = %e, "could not record this daemon as alive");
             continue;
         }
-        rescue(&m, &mut rescue_floor).await;
+        rescue(&m).await;
         if let Err(e) = queue::forget_stale_idle_marks(&m.pool, stale).await {
             tracing::debug!(error = %e, "could not clean idle marks");
         }
@@ -365,25 +364,26 @@ async fn warn_of_held_horizon(m: &Maintenance, watch: &mut HorizonWatch) {
     }
 }
 
-/// Rescues expired leases, a batch at a time until none is left, unless this daemon had
-/// database failures in the last seconds (its own writes get the first chance).
-async fn rescue(m: &Maintenance, floor: &mut RescueFloor) {
+/// Rescues expired leases, a batch at a time until none is left, then deletes the claims
+/// rows no job runs under any more, unless this daemon had database failures in the last
+/// seconds (its own writes get the first chance).
+async fn rescue(m: &Maintenance) {
     const RESCUE_BATCH: i64 = 1000;
     if m.health.settled(RESCUE_SETTLE) {
-        let since = floor.next();
         loop {
-            match queue::rescue_expired(&m.pool, RESCUE_BATCH, since).await {
+            match queue::rescue_expired(&m.pool, RESCUE_BATCH).await {
                 Ok(c) if c.requeued + c.dead == RESCUE_BATCH as u64 => continue,
-                Ok(c) => {
-                    floor.passed(&c);
-                    break;
-                }
+                Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "rescue failed");
-                    floor.reset();
                     break;
                 }
             }
+        }
+        match queue::forget_finished_claims(&m.pool, queue::CLAIMS_CHECKED_AFTER).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(claims = n, "forgot claims none of whose jobs still runs"),
+            Err(e) => tracing::debug!(error = %e, "could not forget finished claims"),
         }
     } else {
         tracing::info!(

@@ -148,7 +148,8 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
             beside = Some(FullPass::start(&shared, size));
             continue;
         }
-        let claimed = match claim(&shared, size, &mut cursor, &mut failures).await {
+        let claim = shared.new_claim();
+        let claimed = match claim_next(&shared, size, claim, &mut cursor, &mut failures).await {
             Ok(c) => c,
             Err(pause) => {
                 drop(room);
@@ -184,18 +185,18 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
         }
         // each claimed job keeps its unit of room until its outcome is written
         room.forget();
-        take_claimed(&shared, size, claimed);
+        take_claimed(&shared, size, claimed, claim);
     }
     if let Some(pass) = beside.take() {
         pass.finish(&shared, &mut cursor, &mut idle).await;
     }
 }
 
-/// Hands `claimed` (from a claim that took `size` units of room) to the worker: holds
-/// them, buffers them, and gives back the room of the jobs not found.
-fn take_claimed(shared: &Shared, size: usize, claimed: Vec<ClaimedJob>) {
+/// Hands `claimed` (from claim number `claim`, which took `size` units of room) to the
+/// worker: holds them, buffers them, and gives back the room of the jobs not found.
+fn take_claimed(shared: &Shared, size: usize, claimed: Vec<ClaimedJob>, claim: i64) {
     shared.room.add_permits(size - claimed.len());
-    shared.hold(claimed.iter().map(|j| j.id));
+    shared.hold(claim, claimed.iter().map(|j| j.id));
     shared.push_claimed(claimed);
 }
 
@@ -210,6 +211,7 @@ pub const BESIDE_COUNTED_FOR: Duration = Duration::from_millis(20);
 /// `size` units of room (forgotten when it started).
 struct FullPass {
     size: usize,
+    claim: i64,
     started: Instant,
     task: JoinHandle<(Result<Vec<ClaimedJob>, queue::Error>, Duration)>,
 }
@@ -217,9 +219,10 @@ struct FullPass {
 impl FullPass {
     /// Starts a full pass claiming up to `size` jobs; it wakes the claimer when it ends.
     fn start(shared: &Arc<Shared>, size: usize) -> Self {
+        let claim = shared.new_claim();
         let shared = shared.clone();
         let task = tokio::spawn(async move {
-            let request = claim_request(&shared, size);
+            let request = claim_request(&shared, size, claim);
             let began = Instant::now();
             let claimed = queue::claim::claim_from(&shared.conns.main, &request, None).await;
             let took = began.elapsed();
@@ -229,6 +232,7 @@ impl FullPass {
         });
         Self {
             size,
+            claim,
             started: Instant::now(),
             task,
         }
@@ -255,7 +259,7 @@ impl FullPass {
                 if !claimed.is_empty() && idle.on_jobs(now) == MarkAction::Clear {
                     shared.clear_idle_mark().await;
                 }
-                take_claimed(shared, self.size, claimed);
+                take_claimed(shared, self.size, claimed, self.claim);
             }
             Ok((Err(e), _)) => {
                 if e.is_transient() {
@@ -309,8 +313,8 @@ async fn wait_for_signal(shared: &Shared, counted: Option<Instant>) -> ControlFl
     ControlFlow::Continue(())
 }
 
-/// The pool's claim of up to `size` jobs.
-fn claim_request(shared: &Shared, size: usize) -> ClaimRequest<'_> {
+/// The pool's claim number `claim`, of up to `size` jobs.
+fn claim_request(shared: &Shared, size: usize, claim: i64) -> ClaimRequest<'_> {
     let s = &shared.settings;
     ClaimRequest {
         queue: &s.queue,
@@ -318,20 +322,22 @@ fn claim_request(shared: &Shared, size: usize) -> ClaimRequest<'_> {
         limit: size as i64,
         worker: &shared.worker,
         lease: s.lease,
+        claim,
     }
 }
 
-/// Claims up to `size` jobs, after the cursor's position or in a full pass as the cursor
-/// says, and moves the cursor. On failure, counts it in `failures` and returns how long to
-/// pause before the next claim.
-async fn claim(
+/// Claims up to `size` jobs as claim number `claim`, after the cursor's position or in a
+/// full pass as the cursor says, and moves the cursor. On failure, counts it in `failures`
+/// and returns how long to pause before the next claim.
+async fn claim_next(
     shared: &Shared,
     size: usize,
+    claim: i64,
     cursor: &mut ClaimCursor,
     failures: &mut u32,
 ) -> Result<Vec<ClaimedJob>, Duration> {
     let s = &shared.settings;
-    let request = claim_request(shared, size);
+    let request = claim_request(shared, size, claim);
     let began = Instant::now();
     let pass = cursor.next_pass(began);
     let after = match pass {

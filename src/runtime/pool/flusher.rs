@@ -1,7 +1,8 @@
 //! The flusher task of a pool: writes the outcomes its worker produces back to the
 //! database in batches (up to `flush_batch` per statement), gives the room of written jobs
-//! back to the claimer, and wakes the claimer for a snooze or retry that comes due before
-//! the next poll.
+//! back to the claimer, wakes the claimer for a snooze or retry that comes due before
+//! the next poll, and deletes the rows in `penguin.claims` of the claims all of whose jobs
+//! are written back (a statement every [`FORGET_CLAIMS_EVERY`] at most).
 //!
 //! One outcome the database refuses must never hold back the others: a refused batch is
 //! written row by row, and a row still refused goes to the dead letters. Never gives up
@@ -16,6 +17,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
 use crate::queue::{self, Outcome};
+
+/// How long finished claims wait to be deleted together: at tens of thousands of jobs a
+/// second a claim finishes every few milliseconds, and a statement for each would cost
+/// the database as much as a tenth of the outcome writes.
+pub const FORGET_CLAIMS_EVERY: Duration = Duration::from_millis(250);
 
 /// Messages to the flusher.
 pub enum FlushMsg {
@@ -37,9 +43,16 @@ pub(super) async fn flusher(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedRe
     let max = shared.settings.flush_batch;
     let mut batch: Vec<Pending> = Vec::with_capacity(max);
     let mut barriers: Vec<oneshot::Sender<()>> = Vec::new();
+    // when finished claims are next deleted (None: none is waiting)
+    let mut forget_at: Option<tokio::time::Instant> = None;
     loop {
         let first = tokio::select! {
             msg = outcomes.recv() => msg,
+            () = sleep_until(forget_at) => {
+                forget_at = None;
+                forget_finished_claims(&shared).await;
+                continue;
+            }
             () = shared.stop_background.cancelled() => None,
         };
         let Some(first) = first else { break };
@@ -65,11 +78,43 @@ pub(super) async fn flusher(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedRe
             shared.unhold(batch.iter().map(|p| p.id));
             note_soon_due(&shared, &batch);
             batch.clear();
+            let now = tokio::time::Instant::now();
+            match forget_at {
+                Some(at) if at <= now => {
+                    forget_at = None;
+                    forget_finished_claims(&shared).await;
+                }
+                Some(_) => {}
+                None if shared.has_finished_claims() => forget_at = Some(now + FORGET_CLAIMS_EVERY),
+                None => {}
+            }
         }
         // every outcome sent before a barrier was received before it, so is written now
         for b in barriers.drain(..) {
             let _ = b.send(());
         }
+    }
+}
+
+/// Sleeps until `at`; forever when `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Deletes the rows of the claims all of whose jobs were written back. A failure leaves
+/// them to a rescue pass ([`queue::forget_finished_claims`]), which deletes them when it
+/// finds none of their jobs running.
+async fn forget_finished_claims(shared: &Shared) {
+    let claims = shared.take_finished_claims();
+    if claims.is_empty() {
+        return;
+    }
+    if let Err(e) = queue::forget_claims(&shared.conns.flush, &shared.worker, Some(&claims)).await {
+        tracing::debug!(queue = %shared.queue, claims = claims.len(), error = %e,
+            "could not delete finished claims; a rescue pass will");
     }
 }
 

@@ -4,12 +4,14 @@
 //! that writes back and releases whatever is still held.
 //!
 //! Must never lose track of a claimed job: an id leaves `held` only once its outcome is
-//! written or it is released, and its unit of room goes back with it. Never does I/O
-//! except in `finish`.
+//! written or it is released, and its unit of room goes back with it. Must never report a
+//! claim finished (its row in `penguin.claims` may then be deleted) while one of its jobs
+//! is still held: rescue finds a dead daemon's jobs only through those rows. Never does
+//! I/O except in `finish`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -64,6 +66,51 @@ pub(super) struct Start {
     pub(super) marked: bool,
 }
 
+/// The jobs a pool holds, by the claim that brought them (its number in `penguin.claims`),
+/// and the claims all of whose jobs were written back or released.
+#[derive(Default)]
+struct Held {
+    /// Job id -> claim number.
+    jobs: HashMap<i64, i64>,
+    /// Claim number -> its jobs still held.
+    claims: HashMap<i64, usize>,
+    /// Claims none of whose jobs is held any more, whose rows are not deleted yet.
+    finished: Vec<i64>,
+}
+
+impl Held {
+    fn hold(&mut self, claim: i64, ids: impl IntoIterator<Item = i64>) {
+        let mut count = 0;
+        for id in ids {
+            if self.jobs.insert(id, claim).is_none() {
+                count += 1;
+            }
+        }
+        if count > 0 {
+            *self.claims.entry(claim).or_default() += count;
+        }
+    }
+
+    /// Lets go of `ids`; returns how many were held.
+    fn unhold(&mut self, ids: impl IntoIterator<Item = i64>) -> usize {
+        let mut removed = 0;
+        for id in ids {
+            let Some(claim) = self.jobs.remove(&id) else {
+                continue;
+            };
+            removed += 1;
+            if let Some(left) = self.claims.get_mut(&claim) {
+                *left -= 1;
+                if *left == 0 {
+                    self.claims.remove(&claim);
+                    self.finished.push(claim);
+                }
+            }
+        }
+        removed
+    }
+}
+
 /// State shared by a pool's tasks.
 pub struct Shared {
     pub queue: String,
@@ -73,7 +120,9 @@ pub struct Shared {
     pub(super) conns: Connections,
     pub(super) health: Arc<DbHealth>,
     /// Claimed and not yet written back or released.
-    held: Mutex<HashSet<i64>>,
+    held: Mutex<Held>,
+    /// The number of this pool's next claim (its row in `penguin.claims` is (worker, number)).
+    next_claim: AtomicI64,
     /// Bounds `held`: the claimer takes a permit per job it claims, the flusher gives it
     /// back once the outcome is written. Without it, claims outrun write-back, leases pile
     /// up unflushed, heartbeats grow to whole-table updates and leases expire.
@@ -125,7 +174,8 @@ impl Shared {
             settings,
             conns,
             health,
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(Held::default()),
+            next_claim: AtomicI64::new(1),
             buffer: Mutex::new(Buffer::default()),
             running: AtomicUsize::new(0),
             started_total: AtomicU64::new(0),
@@ -144,27 +194,40 @@ impl Shared {
         }
     }
 
-    pub(super) fn hold(&self, ids: impl IntoIterator<Item = i64>) {
-        self.held.lock().expect("held lock").extend(ids);
+    /// A number for the pool's next claim.
+    pub(super) fn new_claim(&self) -> i64 {
+        self.next_claim.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Holds the jobs `ids` brought by claim number `claim`.
+    pub(super) fn hold(&self, claim: i64, ids: impl IntoIterator<Item = i64>) {
+        self.held.lock().expect("held lock").hold(claim, ids);
+    }
+
+    /// Lets go of `ids` (written back or released): their room goes back, and a claim none
+    /// of whose jobs is held any more is noted as finished.
     pub(super) fn unhold(&self, ids: impl IntoIterator<Item = i64>) {
-        let mut removed = 0;
-        {
-            let mut held = self.held.lock().expect("held lock");
-            for id in ids {
-                removed += usize::from(held.remove(&id));
-            }
-        }
+        let removed = self.held.lock().expect("held lock").unhold(ids);
         self.room.add_permits(removed);
         self.claim_signal.notify_one();
+    }
+
+    /// Whether a claim finished since the last [`Self::take_finished_claims`].
+    pub(super) fn has_finished_claims(&self) -> bool {
+        !self.held.lock().expect("held lock").finished.is_empty()
+    }
+
+    /// The claims finished since the last call (their rows may be deleted now).
+    pub(super) fn take_finished_claims(&self) -> Vec<i64> {
+        std::mem::take(&mut self.held.lock().expect("held lock").finished)
     }
 
     pub(super) fn held_ids(&self) -> Vec<i64> {
         self.held
             .lock()
             .expect("held lock")
-            .iter()
+            .jobs
+            .keys()
             .copied()
             .collect()
     }
@@ -283,6 +346,10 @@ impl Shared {
                 if n > 0 {
                     tracing::info!(queue = %self.queue, released = n, "released unfinished jobs without spending an attempt");
                 }
+                // nothing of ours runs any more: every claims row of this worker can go
+                if let Err(e) = queue::forget_claims(&self.conns.main, &self.worker, None).await {
+                    tracing::debug!(queue = %self.queue, error = %e, "could not delete this pool's claims; a rescue pass will");
+                }
             }
             Err(e) => tracing::error!(
                 queue = %self.queue, jobs = rest.len(), error = %e,
@@ -298,6 +365,19 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_is_finished_once_none_of_its_jobs_is_held() {
+        let mut held = Held::default();
+        held.hold(7, [1, 2]);
+        held.hold(8, [3]);
+        assert_eq!(held.unhold([1, 99]), 1, "99 was never held");
+        assert!(held.finished.is_empty(), "job 2 of claim 7 is still held");
+        assert_eq!(held.unhold([3, 1]), 1, "1 was let go already");
+        assert_eq!(held.unhold([2]), 1);
+        assert_eq!(held.finished, [8, 7]);
+        assert!(held.claims.is_empty() && held.jobs.is_empty());
+    }
 
     #[test]
     fn buffered_jobs_start_most_urgent_first() {
