@@ -2,8 +2,10 @@
 //! on behalf of a live worker.
 //!
 //! A claim is one short statement (`FOR UPDATE SKIP LOCKED`, committed at once); the job is
-//! then protected by a lease, not a held lock. Must never keep a transaction open while a
-//! job runs.
+//! then protected by a lease, not a held lock. The claim records itself in
+//! `penguin.claims` (worker, the claim's number, its ids) in the same statement: rescue
+//! finds running jobs only there. Must never keep a transaction open while a job runs, and
+//! never move a job to `running` without that row.
 
 use std::time::Duration;
 
