@@ -886,9 +886,25 @@ async fn a_dead_workers_jobs_are_found_through_its_claims_rows_which_go_once_non
         .await
         .unwrap();
     assert_eq!(left, [("live-worker".to_string(), 1)]);
-    // its owner deletes it (here: every row of the worker, as a pool at shutdown)
+    // at shutdown its owner deletes its rows none of whose jobs still runs: not this one
     assert_eq!(
-        queue::forget_claims(&app.pool, "live-worker", None)
+        queue::forget_idle_claims(&app.pool, "live-worker")
+            .await
+            .unwrap(),
+        0
+    );
+    // once the job is written back, by its number
+    sqlx::query(
+        "update penguin.jobs set state = 'completed', finished_at = now(), leased_by = null,
+                lease_expires_at = null
+          where id = $1",
+    )
+    .bind(live[0].id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        queue::forget_claims(&app.pool, "live-worker", &[1])
             .await
             .unwrap(),
         1

@@ -151,18 +151,30 @@ pub async fn claim_from(
     Ok(jobs)
 }
 
-/// Deletes `worker`'s claims rows of numbers `claims` (all of them when `None`): the pool
-/// calls it once every job of those claims is written back or released.
-pub async fn forget_claims(
-    pool: &PgPool,
-    worker: &str,
-    claims: Option<&[i64]>,
-) -> Result<u64, Error> {
+/// Deletes `worker`'s claims rows of numbers `claims`: the pool calls it once every job of
+/// those claims is written back or released.
+pub async fn forget_claims(pool: &PgPool, worker: &str, claims: &[i64]) -> Result<u64, Error> {
+    let done = sqlx::query("delete from penguin.claims where worker = $1 and claim = any($2)")
+        .bind(worker)
+        .bind(claims)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes `worker`'s claims rows none of whose jobs still runs under it (a pool at
+/// shutdown, once it wrote back or released all it could; the rows of jobs it could not
+/// stay for rescue). Each row's jobs are probed by primary key.
+pub async fn forget_idle_claims(pool: &PgPool, worker: &str) -> Result<u64, Error> {
     let done = sqlx::query(
-        "delete from penguin.claims where worker = $1 and ($2::bigint[] is null or claim = any($2))",
+        "delete from penguin.claims c
+          where c.worker = $1
+            and not exists (select 1 from penguin.jobs j
+                             where j.id = any(c.ids) and j.state = 'running'
+                               and j.leased_by = c.worker
+                            offset 0)",
     )
     .bind(worker)
-    .bind(claims)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())

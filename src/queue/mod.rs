@@ -29,7 +29,7 @@ use sqlx::PgPool;
 pub use admin::*;
 pub use claim::{
     ClaimPosition, ClaimRequest, ClaimedJob, claim, claim_from, extend_leases, forget_claims,
-    forget_stale_idle_marks, mark_busy, mark_idle, mark_started, release,
+    forget_idle_claims, forget_stale_idle_marks, mark_busy, mark_idle, mark_started, release,
 };
 pub use daemons::{WaitingKind, register_daemon, unregister_daemon, waiting_kinds};
 pub use enqueue::{

@@ -144,7 +144,11 @@ pub fn cli(config: &Path, database_url: &str, args: &[&str], stdin: Option<&str>
         .unwrap();
     let mut input = child.stdin.take().unwrap();
     if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
+        // a CLI that fails before it reads its input closes the pipe: its stderr, in the
+        // output returned, says why (a panic here said nothing)
+        if let Err(e) = input.write_all(text.as_bytes()) {
+            eprintln!("writing the CLI's standard input: {e}");
+        }
     }
     drop(input);
     child.wait_with_output().unwrap()

@@ -74,8 +74,18 @@ pub(super) async fn flusher(shared: Arc<Shared>, mut outcomes: mpsc::UnboundedRe
         if !batch.is_empty() {
             // one lock order for every writer of these rows
             batch.sort_unstable_by_key(|p| p.id);
-            write_batch(&shared, &batch).await;
-            shared.unhold(batch.iter().map(|p| p.id));
+            let abandoned = write_batch(&shared, &batch).await;
+            if abandoned.is_empty() {
+                shared.unhold(batch.iter().map(|p| p.id));
+            } else {
+                shared.unhold(
+                    batch
+                        .iter()
+                        .map(|p| p.id)
+                        .filter(|id| !abandoned.contains(id)),
+                );
+                shared.abandon(abandoned);
+            }
             note_soon_due(&shared, &batch);
             batch.clear();
             let now = tokio::time::Instant::now();
@@ -112,7 +122,7 @@ async fn forget_finished_claims(shared: &Shared) {
     if claims.is_empty() {
         return;
     }
-    if let Err(e) = queue::forget_claims(&shared.conns.flush, &shared.worker, Some(&claims)).await {
+    if let Err(e) = queue::forget_claims(&shared.conns.flush, &shared.worker, &claims).await {
         tracing::debug!(queue = %shared.queue, claims = claims.len(), error = %e,
             "could not delete finished claims; a rescue pass will");
     }
@@ -151,27 +161,45 @@ fn note_soon_due(shared: &Shared, batch: &[Pending]) {
 /// (forever while running; a bounded number of times at shutdown, after which the jobs
 /// are rescued). Any other failure means some row cannot be stored: the batch is written
 /// row by row, and a row the database still refuses goes to the dead letters with the
-/// database's message ([`queue::bury_unwritable`]).
-async fn write_batch(shared: &Shared, batch: &[Pending]) {
+/// database's message ([`queue::bury_unwritable`]). Returns the ids whose outcome was
+/// neither written nor dead-lettered (given up at shutdown, or not even dead-lettered):
+/// they still run in the database under this worker, and only a rescue can free them.
+async fn write_batch(shared: &Shared, batch: &[Pending]) -> Vec<i64> {
     match write_with_retries(shared, batch).await {
-        Ok(()) => {}
+        Ok(Written::Stored) => Vec::new(),
+        Ok(Written::GaveUp) => batch.iter().map(|p| p.id).collect(),
         Err(e) => {
             tracing::warn!(
                 queue = %shared.queue, outcomes = batch.len(), error = %e,
                 "the database refused a batch of outcomes; writing them one by one"
             );
+            let mut abandoned = Vec::new();
             for one in batch {
-                if let Err(e) = write_with_retries(shared, std::slice::from_ref(one)).await {
-                    bury(shared, one.id, &e).await;
+                match write_with_retries(shared, std::slice::from_ref(one)).await {
+                    Ok(Written::Stored) => {}
+                    Ok(Written::GaveUp) => abandoned.push(one.id),
+                    Err(e) => {
+                        if !bury(shared, one.id, &e).await {
+                            abandoned.push(one.id);
+                        }
+                    }
                 }
             }
+            abandoned
         }
     }
 }
 
+/// What became of a batch of outcomes the database did not refuse.
+enum Written {
+    Stored,
+    /// Not written: the database could not be reached 10 times at shutdown.
+    GaveUp,
+}
+
 /// Writes `batch`, retrying while the database cannot be reached; returns the first error
-/// that is not about reaching it. Gives up (Ok) after 10 failures at shutdown.
-async fn write_with_retries(shared: &Shared, batch: &[Pending]) -> Result<(), queue::Error> {
+/// that is not about reaching it. Gives up after 10 failures at shutdown.
+async fn write_with_retries(shared: &Shared, batch: &[Pending]) -> Result<Written, queue::Error> {
     let outcomes: Vec<(i64, Outcome)> = batch.iter().map(|p| (p.id, p.outcome.clone())).collect();
     let started: Vec<Option<DateTime<Utc>>> = batch.iter().map(|p| p.started).collect();
     let mut failures: u32 = 0;
@@ -187,7 +215,7 @@ async fn write_with_retries(shared: &Shared, batch: &[Pending]) -> Result<(), qu
                         "outcomes dropped: those jobs' leases were lost (rescued or cancelled meanwhile)"
                     );
                 }
-                break Ok(());
+                break Ok(Written::Stored);
             }
             Err(e) if e.is_transient() => {
                 failures += 1;
@@ -200,7 +228,7 @@ async fn write_with_retries(shared: &Shared, batch: &[Pending]) -> Result<(), qu
                         queue = %shared.queue, outcomes = batch.len(), error = %e,
                         "giving up writing outcomes at shutdown; the jobs will be rescued and run again"
                     );
-                    break Ok(());
+                    break Ok(Written::GaveUp);
                 }
                 let pause = Duration::from_millis(50 * 2u64.pow(failures.min(4)));
                 tracing::warn!(queue = %shared.queue, error = %e, retry_in = ?pause, "writing outcomes failed");
@@ -215,8 +243,8 @@ async fn write_with_retries(shared: &Shared, batch: &[Pending]) -> Result<(), qu
     result
 }
 
-/// Moves a job whose outcome the database refused to the dead letters.
-async fn bury(shared: &Shared, id: i64, refused: &queue::Error) {
+/// Moves a job whose outcome the database refused to the dead letters; whether it did.
+async fn bury(shared: &Shared, id: i64, refused: &queue::Error) -> bool {
     let message = format!("the outcome of this attempt could not be stored: {refused}");
     let mut failures: u32 = 0;
     loop {
@@ -226,7 +254,7 @@ async fn bury(shared: &Shared, id: i64, refused: &queue::Error) {
                     queue = %shared.queue, job.id = id, buried, error = %refused,
                     "outcome refused by the database; job moved to the dead letters (class internal)"
                 );
-                return;
+                return true;
             }
             Err(e) if e.is_transient() && failures < 10 => {
                 failures += 1;
@@ -237,7 +265,7 @@ async fn bury(shared: &Shared, id: i64, refused: &queue::Error) {
                     queue = %shared.queue, job.id = id, error = %e,
                     "could not dead-letter a job whose outcome the database refused; it will be rescued when its lease expires"
                 );
-                return;
+                return false;
             }
         }
     }

@@ -10,7 +10,7 @@
 //! I/O except in `finish`.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -76,6 +76,9 @@ struct Held {
     claims: HashMap<i64, usize>,
     /// Claims none of whose jobs is held any more, whose rows are not deleted yet.
     finished: Vec<i64>,
+    /// Claims with a job let go of without its outcome written (see [`Shared::abandon`]):
+    /// their rows stay for rescue, which deletes them once their jobs are rescued.
+    kept: HashSet<i64>,
 }
 
 impl Held {
@@ -91,19 +94,25 @@ impl Held {
         }
     }
 
-    /// Lets go of `ids`; returns how many were held.
-    fn unhold(&mut self, ids: impl IntoIterator<Item = i64>) -> usize {
+    /// Lets go of `ids`; returns how many were held. `written`: their outcomes are in the
+    /// database (or they were released); if not, their claims' rows must stay.
+    fn unhold(&mut self, ids: impl IntoIterator<Item = i64>, written: bool) -> usize {
         let mut removed = 0;
         for id in ids {
             let Some(claim) = self.jobs.remove(&id) else {
                 continue;
             };
             removed += 1;
+            if !written {
+                self.kept.insert(claim);
+            }
             if let Some(left) = self.claims.get_mut(&claim) {
                 *left -= 1;
                 if *left == 0 {
                     self.claims.remove(&claim);
-                    self.finished.push(claim);
+                    if !self.kept.remove(&claim) {
+                        self.finished.push(claim);
+                    }
                 }
             }
         }
@@ -207,7 +216,16 @@ impl Shared {
     /// Lets go of `ids` (written back or released): their room goes back, and a claim none
     /// of whose jobs is held any more is noted as finished.
     pub(super) fn unhold(&self, ids: impl IntoIterator<Item = i64>) {
-        let removed = self.held.lock().expect("held lock").unhold(ids);
+        let removed = self.held.lock().expect("held lock").unhold(ids, true);
+        self.room.add_permits(removed);
+        self.claim_signal.notify_one();
+    }
+
+    /// Lets go of `ids` whose outcome could not be written (nor the job dead-lettered):
+    /// they still run in the database under this worker, so their claims' rows stay and
+    /// rescue frees them once their leases, no longer extended, expire.
+    pub(super) fn abandon(&self, ids: Vec<i64>) {
+        let removed = self.held.lock().expect("held lock").unhold(ids, false);
         self.room.add_permits(removed);
         self.claim_signal.notify_one();
     }
@@ -346,8 +364,9 @@ impl Shared {
                 if n > 0 {
                     tracing::info!(queue = %self.queue, released = n, "released unfinished jobs without spending an attempt");
                 }
-                // nothing of ours runs any more: every claims row of this worker can go
-                if let Err(e) = queue::forget_claims(&self.conns.main, &self.worker, None).await {
+                // the rows of claims none of whose jobs runs any more (an abandoned outcome's
+                // job still runs, and its row stays for rescue)
+                if let Err(e) = queue::forget_idle_claims(&self.conns.main, &self.worker).await {
                     tracing::debug!(queue = %self.queue, error = %e, "could not delete this pool's claims; a rescue pass will");
                 }
             }
@@ -371,12 +390,23 @@ mod tests {
         let mut held = Held::default();
         held.hold(7, [1, 2]);
         held.hold(8, [3]);
-        assert_eq!(held.unhold([1, 99]), 1, "99 was never held");
+        assert_eq!(held.unhold([1, 99], true), 1, "99 was never held");
         assert!(held.finished.is_empty(), "job 2 of claim 7 is still held");
-        assert_eq!(held.unhold([3, 1]), 1, "1 was let go already");
-        assert_eq!(held.unhold([2]), 1);
+        assert_eq!(held.unhold([3, 1], true), 1, "1 was let go already");
+        assert_eq!(held.unhold([2], true), 1);
         assert_eq!(held.finished, [8, 7]);
         assert!(held.claims.is_empty() && held.jobs.is_empty());
+    }
+
+    #[test]
+    fn a_claim_with_an_abandoned_job_keeps_its_row() {
+        let mut held = Held::default();
+        held.hold(1, [10, 11]);
+        held.hold(2, [12]);
+        assert_eq!(held.unhold([10], false), 1);
+        assert_eq!(held.unhold([11, 12], true), 2);
+        assert_eq!(held.finished, [2], "claim 1's row stays for rescue");
+        assert!(held.kept.is_empty() && held.claims.is_empty());
     }
 
     #[test]
