@@ -350,3 +350,55 @@ async fn rescue_probes_the_claims_jobs_by_primary_key_even_with_stale_statistics
     )
     .await;
 }
+
+#[tokio::test]
+async fn claims_and_outcomes_probe_indexes_when_the_statistics_say_the_table_is_empty() {
+    let db = support::test_db().await;
+    register_kinds(&db.pool, &config("")).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    // analyzed while empty (a fresh install), then a burst the statistics know nothing of
+    sqlx::query("analyze penguin.jobs")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("alter table penguin.jobs set (autovacuum_enabled = off)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    // the first claims of a session plan while the table is small: PL/pgSQL keeps the
+    // generic plan it settles on after five calls
+    let first: Vec<NewJob> = (0..600)
+        .map(|n| NewJob::new("noop", json!({ "n": n })))
+        .collect();
+    queue::enqueue_many(&mut conn, &first).await.unwrap();
+    for _ in 0..6 {
+        assert_eq!(claim_reads(&mut conn).await.0, 500);
+    }
+    let jobs: Vec<NewJob> = (0..20_000)
+        .map(|n| NewJob::new("noop", json!({ "n": n })))
+        .collect();
+    queue::enqueue_many(&mut conn, &jobs).await.unwrap();
+    // measured: before migration 0034 each claim then read all 20,600 rows
+    let (claimed, _, seq_read) = claim_reads(&mut conn).await;
+    assert_eq!(claimed, 500);
+    assert_eq!(seq_read, 0, "a claim read penguin.jobs sequentially");
+    let claimed =
+        support::daemon::claim_default(&db.pool, "w1", 2000, Duration::from_secs(30)).await;
+    let ids: Vec<String> = claimed.iter().map(|j| j.id.to_string()).collect();
+    let ids = ids.join(",");
+    // the session the daemon writes outcomes on
+    for (name, value) in penguin_jobs::runtime::KEYED_WRITE_SESSION {
+        sqlx::query(&format!("set {name} = {value}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    assert_primary_key_probes(
+        &mut conn,
+        &[format!(
+            "prepare write_completions(text, bigint[], jsonb[], timestamptz[]) as {WRITE_COMPLETIONS_SQL}"
+        )],
+        &[format!("execute write_completions('w1', '{{{ids}}}', null, null)")],
+    )
+    .await;
+}

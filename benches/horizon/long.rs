@@ -71,6 +71,25 @@ const PER_MINUTE_SQL: &str = "
     select minute, coalesce(created, 0), lags, max_ms, coalesce(completed, 0)
       from by_created full join by_finished using (minute) order by minute";
 
+/// The longest pauses between consecutive claims and between consecutive enqueues of the
+/// run's jobs (by `attempted_at` and `created_at`; $1, $2 the ids): a minute whose p99 is
+/// seconds says whether the daemon stopped claiming while the producer went on (a pause
+/// in claims only) or everything waited (the database, the disk: pauses in both).
+const PAUSES_SQL: &str = "
+    with t as (select distinct attempted_at as claimed, null::timestamptz as created
+                 from penguin.jobs where id between $1 and $2
+               union all
+               select distinct null::timestamptz, created_at from penguin.jobs where id between $1 and $2),
+    gaps as (
+        select 'claims' as what, claimed as at, claimed - lag(claimed) over (order by claimed) as gap
+          from t where claimed is not null
+        union all
+        select 'enqueues', created, created - lag(created) over (order by created)
+          from t where created is not null)
+    select what, extract(epoch from at - $3)::float8, extract(epoch from gap)::float8 * 1000
+      from gaps where gap > interval '250 milliseconds'
+     order by gap desc limit 10";
+
 /// A row of PER_MINUTE_SQL: minute, created, [p50, p90, p99] and max lag (none when no
 /// job was created in the minute), completed.
 type MinuteRow = (i32, i64, Option<Vec<f64>>, Option<f64>, i64);
@@ -156,6 +175,7 @@ pub async fn run(cluster: &EmbeddedPostgres, dir: &Path, options: &LongOptions) 
     daemon.stop();
     eprintln!("long: every job completed {backlog_secs:.1} s after the producer stopped");
     let (per_minute, worst_p99) = per_minute(&pool, &production, &snapshots).await;
+    let pauses = pauses(&pool, &production).await;
     let held_xmin_age_at_release = held.xmin_age(&pool).await;
     held.release().await;
     let dead = snapshots.iter().filter_map(|s| s["n_dead_tup"].as_i64());
@@ -178,6 +198,7 @@ pub async fn run(cluster: &EmbeddedPostgres, dir: &Path, options: &LongOptions) 
         "table_at_start": snapshots[0],
         "per_minute": per_minute,
         "worst_minute_p99_ms": worst_p99,
+        "longest_pauses_over_250ms": pauses,
         "goal_p99_ms": GOAL_P99_MS,
         "held_xmin_age_at_release": held_xmin_age_at_release,
         "after_release": recovery,
@@ -297,6 +318,72 @@ async fn per_minute(
         }));
     }
     (out, round(worst))
+}
+
+/// The jobs that waited over a second: how many, first and last enqueue and claim
+/// (seconds into the run), the highest attempt, how many carry errors.
+type LateJobs = (
+    i64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<i32>,
+    i64,
+);
+
+/// [`PAUSES_SQL`]'s pauses, printed and as JSON: what paused (claims or enqueues), when
+/// it ended (seconds after production started) and how long it was (ms).
+async fn pauses(pool: &PgPool, production: &Production) -> Vec<Value> {
+    let rows: Vec<(String, f64, f64)> = sqlx::query_as(PAUSES_SQL)
+        .bind(production.ids.start())
+        .bind(production.ids.end())
+        .bind(production.started)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let mut out: Vec<Value> = rows
+        .into_iter()
+        .map(|(what, at, ms)| {
+            eprintln!("long: no {what} for {ms:.0} ms, until {at:.1} s into the run");
+            json!({ "what": what, "ended_s": (at * 10.0).round() / 10.0, "ms": ms.round() })
+        })
+        .collect();
+    // the jobs that waited over a second: when they were enqueued and claimed, and how
+    let late: LateJobs = sqlx::query_as(
+        "select count(*), min(extract(epoch from created_at - $3))::float8,
+                    max(extract(epoch from created_at - $3))::float8,
+                    min(extract(epoch from attempted_at - $3))::float8,
+                    max(extract(epoch from attempted_at - $3))::float8,
+                    max(attempt), count(*) filter (where errors <> '[]')
+               from penguin.jobs
+              where id between $1 and $2 and attempted_at - created_at > interval '1 second'",
+    )
+    .bind(production.ids.start())
+    .bind(production.ids.end())
+    .bind(production.started)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    if late.0 > 0 {
+        eprintln!(
+            "long: {} jobs waited over 1 s: enqueued {:.1}-{:.1} s, claimed {:.1}-{:.1} s into the \
+             run, at most attempt {:?}, {} with errors",
+            late.0,
+            late.1.unwrap_or(0.0),
+            late.2.unwrap_or(0.0),
+            late.3.unwrap_or(0.0),
+            late.4.unwrap_or(0.0),
+            late.5,
+            late.6
+        );
+        out.push(json!({
+            "what": "jobs waiting over 1 s", "jobs": late.0,
+            "enqueued_s": [late.1, late.2], "claimed_s": [late.3, late.4],
+            "max_attempt": late.5, "with_errors": late.6,
+        }));
+    }
+    out
 }
 
 /// The table SETTLE after the recovery (or after it gave up).

@@ -150,22 +150,31 @@ pub async fn run(
 
 /// The connections of every pool: `pool` for claims and releases, plus two pools of
 /// their own, for outcome writes and for leases.
+/// The session settings of the connections that write outcomes, heartbeats and start
+/// marks. Generic plans: their statements probe the primary key whatever the statistics
+/// say (custom plans of an ack over a table whose `leased_by` was all NULL at ANALYZE time
+/// flipped to seq scans). No sequential scans: with statistics taken while the table was
+/// empty (a fresh install before its first burst) the planner believed it tiny and read all
+/// of it for every ack (tests/plans.rs). Every statement on them is a key lookup.
+pub const KEYED_WRITE_SESSION: &[(&str, &str)] = &[
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+];
+
 async fn connect(pool: &PgPool) -> Result<pool::Connections, RuntimeError> {
-    // Outcome writes get their own connections with generic plans: their statements
-    // probe the primary key whatever the statistics say (custom plans of an ack over a
-    // table whose `leased_by` was all NULL at ANALYZE time flipped to seq scans).
-    let flush_options = (*pool.connect_options())
+    // outcome writes get their own connections, so that claims never wait for them
+    let keyed = (*pool.connect_options())
         .clone()
-        .options([("plan_cache_mode", "force_generic_plan")]);
+        .options(KEYED_WRITE_SESSION.iter().copied());
     let flush_pool = PgPoolOptions::new()
         .max_connections(4)
-        .connect_with(flush_options)
+        .connect_with(keyed.clone())
         .await?;
     // Heartbeats and start marks get their own two connections: handlers, the shim and
     // OAuth share the main pool, and a starved heartbeat lets a live job be rescued.
     let lease_pool = PgPoolOptions::new()
         .max_connections(2)
-        .connect_with((*pool.connect_options()).clone())
+        .connect_with(keyed)
         .await?;
     Ok(pool::Connections {
         main: pool.clone(),
