@@ -339,13 +339,14 @@ async fn rescue_probes_the_claims_jobs_by_primary_key_even_with_stale_statistics
                 penguin_jobs::queue::rescue::rescue_sql()
             ),
             format!(
-                "prepare forget(float8) as {}",
+                "prepare forget(float8, text) as {}",
                 penguin_jobs::queue::rescue::FORGET_FINISHED_CLAIMS_SQL
             ),
         ],
         &[
             "execute rescue(1000, 3)".to_string(),
-            "execute forget(10)".to_string(),
+            "execute forget(10, null)".to_string(),
+            "execute forget(0, 'w1')".to_string(),
         ],
     )
     .await;

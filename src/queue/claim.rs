@@ -164,19 +164,14 @@ pub async fn forget_claims(pool: &PgPool, worker: &str, claims: &[i64]) -> Resul
 
 /// Deletes `worker`'s claims rows none of whose jobs still runs under it (a pool at
 /// shutdown, once it wrote back or released all it could; the rows of jobs it could not
-/// stay for rescue). Each row's jobs are probed by primary key.
+/// stay for rescue): rescue's statement ([`super::rescue::FORGET_FINISHED_CLAIMS_SQL`]),
+/// for this worker and rows of any age.
 pub async fn forget_idle_claims(pool: &PgPool, worker: &str) -> Result<u64, Error> {
-    let done = sqlx::query(
-        "delete from penguin.claims c
-          where c.worker = $1
-            and not exists (select 1 from penguin.jobs j
-                             where j.id = any(c.ids) and j.state = 'running'
-                               and j.leased_by = c.worker
-                            offset 0)",
-    )
-    .bind(worker)
-    .execute(pool)
-    .await?;
+    let done = sqlx::query(super::rescue::FORGET_FINISHED_CLAIMS_SQL)
+        .bind(0.0f64)
+        .bind(worker)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected())
 }
 

@@ -117,11 +117,14 @@ pub async fn rescue_expired(pool: &PgPool, limit: i64) -> Result<RescueCounts, E
     })
 }
 
-/// [`forget_finished_claims`]'s statement: $1 the age in seconds. Each row's jobs are
-/// probed by primary key: `offset 0` keeps the `exists` a subplan run per row; as an
-/// anti-join, with statistics taken while nothing ran, the planner read the whole table.
+/// The statement that deletes claims rows none of whose jobs still runs under the row's
+/// worker: $1 how old a row must be, in seconds; $2 only this worker's rows (null: every
+/// worker's). Each row's jobs are probed by primary key: `offset 0` keeps the `exists` a
+/// subplan run per row; as an anti-join, with statistics taken while nothing ran, the
+/// planner read the whole table.
 pub const FORGET_FINISHED_CLAIMS_SQL: &str = "delete from penguin.claims c
   where c.claimed_at < now() - make_interval(secs => $1)
+    and ($2::text is null or c.worker = $2)
     and not exists (select 1 from penguin.jobs j
                      where j.id = any(c.ids) and j.state = 'running'
                        and j.leased_by = c.worker
@@ -133,6 +136,7 @@ pub const FORGET_FINISHED_CLAIMS_SQL: &str = "delete from penguin.claims c
 pub async fn forget_finished_claims(pool: &PgPool, older_than: Duration) -> Result<u64, Error> {
     let done = sqlx::query(FORGET_FINISHED_CLAIMS_SQL)
         .bind(older_than.as_secs_f64())
+        .bind(None::<&str>)
         .execute(pool)
         .await?;
     Ok(done.rows_affected())
