@@ -5,6 +5,7 @@
 //! the [`runtime`] claims rows in batches and runs them through the [`jobs`] registry,
 //! whose handlers call out through [`providers`]; outcomes flow back to [`queue`].
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod credentials;
@@ -17,6 +18,7 @@ pub mod kind_names;
 pub mod process;
 pub mod providers;
 pub mod queue;
+pub mod readiness;
 pub mod runtime;
 pub mod scheduler;
 pub mod secrets;

@@ -7,39 +7,7 @@ use std::time::Duration;
 
 use penguin_jobs::queue::{self, NewJob, Outcome};
 use serde_json::json;
-use support::daemon::{config, count, register_kinds};
-
-/// Moves `id` to the dead letters the way a worker would.
-async fn bury(pool: &sqlx::PgPool, id: i64) {
-    let claimed = queue::claim(
-        pool,
-        "default",
-        &support::daemon::known_kinds(pool).await,
-        100,
-        "w",
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
-    assert!(claimed.iter().any(|j| j.id == id));
-    let outcomes: Vec<(i64, Outcome)> = claimed
-        .iter()
-        .map(|j| {
-            let outcome = if j.id == id {
-                Outcome::Dead {
-                    reason: queue::DeadReason::PermanentError,
-                    error: None,
-                }
-            } else {
-                Outcome::Snooze {
-                    run_at: chrono::Utc::now(),
-                }
-            };
-            (j.id, outcome)
-        })
-        .collect();
-    queue::write_outcomes(pool, "w", &outcomes).await.unwrap();
-}
+use support::daemon::{bury, config, count, register_kinds};
 
 #[tokio::test]
 async fn replay_all_of_one_kind_leaves_the_others_alone() {

@@ -1124,7 +1124,7 @@ async fn a_posthog_batch_refused_for_one_bad_event_is_resent_event_by_event() {
     )
     .await;
     app.stop().await;
-    let dead = &queue::list_dead_letters(&app.pool, None, 1).await.unwrap()[0];
+    let dead = &app.newest_dead_letter().await;
     assert_eq!(dead.payload["distinct_id"], "user_7");
     assert_eq!(dead.reason, "permanent_error");
     assert_eq!(dead.errors[0]["status"], 400);

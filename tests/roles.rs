@@ -440,6 +440,7 @@ async fn on_the_embedded_cluster_the_daemon_works_as_the_runtime_role() {
         migrate: true,
         http: false,
         workers: false,
+        admin: false,
     };
     let daemon = Daemon::build(config, roles)
         .await

@@ -354,7 +354,7 @@ async fn a_job_that_kills_its_daemon_before_its_start_is_recorded_still_reaches_
             .unwrap();
         queue::rescue_expired(&app.pool, 10).await.unwrap();
     }
-    let dead = &queue::list_dead_letters(&app.pool, None, 1).await.unwrap()[0];
+    let dead = &app.newest_dead_letter().await;
     assert_eq!(dead.job_id, id);
     assert_eq!(dead.reason, "attempts_exhausted");
     let classes: Vec<&str> = dead
@@ -588,7 +588,15 @@ async fn an_outcome_the_database_refuses_is_dead_lettered_and_holds_back_nothing
     )
     .await;
     app.stop().await;
-    let dead = queue::list_dead_letters(&app.pool, None, 10).await.unwrap();
+    let dead = queue::list_dead_letters(
+        &app.pool,
+        &queue::DeadLetterFilter {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     for d in &dead {
         assert_eq!(d.kind, "test.unstorable");
         assert_eq!(d.reason, "outcome_unwritable");

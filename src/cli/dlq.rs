@@ -43,7 +43,12 @@ pub(super) async fn dlq(config: &Config, cmd: DlqCommand) -> anyhow::Result<()> 
     let (pool, _) = connect(config, Embedded::Attach).await?;
     match cmd {
         DlqCommand::List { kind, limit, json } => {
-            let rows = queue::list_dead_letters(&pool, kind.as_deref(), limit)
+            let filter = queue::DeadLetterFilter {
+                kind,
+                limit,
+                ..queue::DeadLetterFilter::default()
+            };
+            let rows = queue::list_dead_letters(&pool, &filter)
                 .await
                 .map_err(user_error)?;
             if json {

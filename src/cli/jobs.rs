@@ -44,6 +44,7 @@ pub(super) async fn jobs(config: &Config, cmd: JobsCommand) -> anyhow::Result<()
                 kind,
                 queue: q,
                 limit,
+                ..JobFilter::default()
             };
             let jobs = queue::list_jobs(&pool, &filter).await.map_err(user_error)?;
             if json {

@@ -13,6 +13,10 @@ pub struct RunArgs {
     /// Do not serve the HTTP shim ([http] listen): workers and schedules only.
     #[arg(long)]
     pub no_http: bool,
+    /// Do not serve the admin listener ([admin] listen): no admin API, /metrics or
+    /// dashboard from this daemon.
+    #[arg(long)]
+    pub no_admin: bool,
     /// Run no worker pools: the HTTP shim and the schedules only (jobs wait for another
     /// daemon's workers).
     #[arg(long, conflicts_with = "no_http")]
@@ -25,6 +29,7 @@ pub(super) async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<
         migrate: !args.no_migrate,
         http: !args.no_http,
         workers: !args.no_workers,
+        admin: !args.no_admin,
     };
     let daemon = Daemon::build(config, roles).await?;
     let shutdown = CancellationToken::new();

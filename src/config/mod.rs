@@ -17,12 +17,14 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+mod admin;
 mod credentials;
 mod durations;
 mod egress;
 mod providers;
 mod secret_ref;
 
+pub use admin::*;
 pub use credentials::*;
 pub use durations::*;
 pub use egress::*;
@@ -37,6 +39,9 @@ macro_rules! each_secret_ref {
         let f = &mut $f;
         for r in config.http.api_tokens.$iter() {
             f("http.api_tokens".to_string(), r);
+        }
+        for r in config.admin.tokens.$iter() {
+            f("admin.tokens".to_string(), r);
         }
         for (name, t) in config.http.tokens.$iter() {
             if let Some(r) = t.secret.$as() {
@@ -137,6 +142,8 @@ pub struct Config {
     pub maintenance: MaintenanceConfig,
     /// The HTTP shim: enqueue over HTTP and provider webhooks.
     pub http: HttpConfig,
+    /// The operators' listener: admin API, Prometheus metrics, dashboard.
+    pub admin: AdminConfig,
     /// Provider credentials and webhook keys.
     pub providers: ProvidersConfig,
     /// Exceptions to the egress guard for calls to user-controlled URLs.
@@ -549,6 +556,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_daemon()?;
         self.validate_http()?;
+        self.validate_admin()?;
         self.providers.validate()?;
         self.validate_retention()?;
         self.validate_schedules()?;

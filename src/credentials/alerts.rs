@@ -106,3 +106,24 @@ pub async fn open_alerts(pool: &PgPool) -> Result<Vec<AlertRow>, Error> {
     .fetch_all(pool)
     .await?)
 }
+
+/// Alerts newest first: open ones only (`open_only`), or all; `before` an id (the last of
+/// the page before).
+pub async fn list_alerts(
+    pool: &PgPool,
+    open_only: bool,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<AlertRow>, Error> {
+    Ok(sqlx::query_as(
+        "select id, at, kind, subject_type, subject_id, tenant_id, provider, message, acknowledged_at
+           from penguin.alerts
+          where (not $1 or acknowledged_at is null) and ($2::bigint is null or id < $2)
+          order by id desc limit $3",
+    )
+    .bind(open_only)
+    .bind(before)
+    .bind(limit.clamp(1, 10_000))
+    .fetch_all(pool)
+    .await?)
+}

@@ -26,6 +26,7 @@ pub use connect::{Embedded, connect, connect_as_runtime_role, migrate};
 use crate::config::Config;
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::jobs::{Deps, Kinds, Registry};
+use crate::readiness::Readiness;
 use crate::scheduler::{self, Schedule};
 
 /// After the workers drained, how long the shim may take to close its connections.
@@ -41,6 +42,8 @@ pub struct Roles {
     pub http: bool,
     /// Run the worker pools.
     pub workers: bool,
+    /// Serve the admin listener on `[admin] listen`.
+    pub admin: bool,
 }
 
 impl Default for Roles {
@@ -49,6 +52,7 @@ impl Default for Roles {
             migrate: true,
             http: true,
             workers: true,
+            admin: true,
         }
     }
 }
@@ -62,6 +66,7 @@ pub struct Daemon {
     registry: Arc<Registry>,
     schedules: Vec<Schedule>,
     listener: Option<TcpListener>,
+    admin_listener: Option<TcpListener>,
 }
 
 impl Daemon {
@@ -92,7 +97,7 @@ impl Daemon {
             Err(e) => Err(e.into()),
         };
         match prepared {
-            Ok((registry, listener)) => Ok(Daemon {
+            Ok((registry, listener, admin_listener)) => Ok(Daemon {
                 config,
                 roles,
                 pool,
@@ -100,6 +105,7 @@ impl Daemon {
                 registry,
                 schedules,
                 listener,
+                admin_listener,
             }),
             Err(e) => {
                 close(pool, cluster).await;
@@ -118,6 +124,13 @@ impl Daemon {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The address the admin listener listens on (`None` without it).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Runs until `shutdown` is cancelled, then drains the workers, gives the shim's
     /// clients [`SHIM_DRAIN`] to leave, and closes the pool and the embedded cluster.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -129,22 +142,53 @@ impl Daemon {
             registry,
             schedules,
             listener,
+            admin_listener,
         } = self;
+        let ready = Readiness::new(pool.clone(), roles.workers);
         let result = async {
             let shim = match listener {
-                Some(listener) => Some(serve_shim(&config, &pool, &registry, listener, &shutdown)?),
+                Some(listener) => Some(serve_shim(
+                    &config, &pool, &registry, listener, &ready, &shutdown,
+                )?),
+                None => None,
+            };
+            let admin = match admin_listener {
+                Some(listener) => Some(serve_admin(
+                    &config,
+                    &pool,
+                    &registry,
+                    listener,
+                    &ready,
+                    roles.workers,
+                    &shutdown,
+                )?),
                 None => None,
             };
             let cron = tokio::spawn(scheduler::run(pool.clone(), schedules, shutdown.clone()));
+            let stopping = {
+                let (ready, shutdown) = (ready.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    shutdown.cancelled().await;
+                    ready.stopping();
+                })
+            };
             if roles.workers {
-                crate::runtime::run(&config, pool.clone(), registry, shutdown).await?;
+                crate::runtime::run_reporting(
+                    &config,
+                    pool.clone(),
+                    registry,
+                    shutdown,
+                    Some(&ready),
+                )
+                .await?;
             } else {
                 tracing::info!("no worker pools (--no-workers)");
                 shutdown.cancelled().await;
             }
+            let _ = stopping.await;
             let _ = cron.await;
-            if let Some(shim) = shim {
-                stop_shim(shim).await;
+            for server in [shim, admin].into_iter().flatten() {
+                stop_shim(server).await;
             }
             anyhow::Ok(())
         }
@@ -189,12 +233,12 @@ async fn prepare_schema(
     ready
 }
 
-/// The registry and the shim's listener.
+/// The registry, the shim's listener and the admin listener.
 async fn prepare(
     config: &Config,
     roles: Roles,
     deps: &Deps,
-) -> anyhow::Result<(Arc<Registry>, Option<TcpListener>)> {
+) -> anyhow::Result<(Arc<Registry>, Option<TcpListener>, Option<TcpListener>)> {
     let registry = Arc::new(Registry::builtin(config, deps)?);
     let listener = if roles.http {
         let listener = TcpListener::bind(&config.http.listen)
@@ -204,7 +248,34 @@ async fn prepare(
     } else {
         None
     };
-    Ok((registry, listener))
+    let admin = if roles.admin {
+        bind_admin(config).await?
+    } else {
+        None
+    };
+    Ok((registry, listener, admin))
+}
+
+/// Binds `[admin] listen`. A default address already in use is warned about and the
+/// daemon runs without the admin listener (the workers matter more than the dashboard);
+/// an address the config names must be free.
+async fn bind_admin(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    let address = config.admin.listen_address();
+    match TcpListener::bind(address).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if config.admin.listen.is_none() && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                listen = %address,
+                "the admin listener's default address is in use (another daemon on this \
+                 host?): running without the admin API, /metrics and the dashboard; set \
+                 [admin] listen to another address, or run --no-admin to silence this"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!("cannot listen on admin.listen = {address} (run --no-admin to go without)")
+        }),
+    }
 }
 
 /// Serves the shim on `listener` until `shutdown`.
@@ -213,14 +284,56 @@ fn serve_shim(
     pool: &PgPool,
     registry: &Arc<Registry>,
     listener: TcpListener,
+    ready: &Readiness,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let state = crate::http::AppState::new(config, pool.clone(), registry.clone())?;
+    let state = crate::http::AppState::new(config, pool.clone(), registry.clone())?
+        .with_readiness(ready.clone());
     tracing::info!(listen = %config.http.listen, "HTTP shim listening");
+    if state.has_no_tokens() {
+        tracing::warn!(
+            "no API token is configured ([http] api_tokens and [http.tokens.*] are empty): \
+             POST /v1/jobs refuses every request; webhooks and the OAuth callback still work"
+        );
+    }
     let http = config.http.clone();
     let stop = shutdown.clone();
     Ok(tokio::spawn(async move {
         crate::http::serve_on(listener, state, &http, stop).await;
+    }))
+}
+
+/// Serves the admin listener on `listener` until `shutdown`.
+fn serve_admin(
+    config: &Config,
+    pool: &PgPool,
+    registry: &Arc<Registry>,
+    listener: TcpListener,
+    ready: &Readiness,
+    workers: bool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let served = if workers {
+        crate::runtime::queues(config, registry)
+    } else {
+        Default::default()
+    };
+    let state = crate::admin::AdminState::new(config, pool, ready.clone(), served)?;
+    let address = listener.local_addr().map_or_else(
+        |_| config.admin.listen_address().to_string(),
+        |a| a.to_string(),
+    );
+    tracing::info!(listen = %address, "admin listener (admin API, /metrics, dashboard) listening");
+    if config.admin.tokens.is_empty() {
+        tracing::warn!(
+            "no admin token is configured ([admin] tokens is empty): the admin API and the \
+             dashboard refuse every request; /healthz, /readyz and /metrics still answer"
+        );
+    }
+    let http = config.http.clone();
+    let stop = shutdown.clone();
+    Ok(tokio::spawn(async move {
+        crate::admin::serve_on(listener, state, &http, stop).await;
     }))
 }
 

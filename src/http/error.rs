@@ -18,6 +18,9 @@ use super::ingest::IngestError;
 pub enum ApiError {
     /// 401: no valid bearer token.
     Unauthorized,
+    /// 401: no token is configured at all, so none can be valid; the message names the
+    /// setting.
+    NoTokenConfigured(&'static str),
     /// 401: a webhook whose signature, timestamp or token does not verify.
     Forged(String),
     /// 400: a body that cannot be read as the provider's format.
@@ -26,6 +29,9 @@ pub enum ApiError {
     Forbidden(String),
     /// 404.
     NotFound(String),
+    /// 409: the request conflicts with the row's state (cancel a finished job, replay a
+    /// dead letter twice).
+    Conflict(String),
     /// 422: a well-formed request the queue cannot take (unknown kind, bad field).
     Invalid(String),
     /// 415: a body declared as something other than JSON.
@@ -42,10 +48,13 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized | ApiError::Forged(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::NoTokenConfigured(_) | ApiError::Forged(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Malformed(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Body(status, _) => *status,
@@ -57,10 +66,12 @@ impl ApiError {
     fn message(&self) -> &str {
         match self {
             ApiError::Unauthorized => "missing or invalid bearer token",
+            ApiError::NoTokenConfigured(m) => m,
             ApiError::Forged(m)
             | ApiError::Malformed(m)
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
             | ApiError::Invalid(m)
             | ApiError::UnsupportedMediaType(m)
             | ApiError::Body(_, m) => m,
@@ -88,6 +99,20 @@ impl From<IngestError> for ApiError {
                 tracing::error!(error = %m, "ingest failed");
                 ApiError::Internal
             }
+        }
+    }
+}
+
+/// A storage error as the admin API answers it: not found 404, conflict 409, a refused
+/// value 422, the database away 503, anything else 500 (logged).
+impl From<crate::queue::Error> for ApiError {
+    fn from(e: crate::queue::Error) -> Self {
+        use crate::queue::Error as E;
+        match e {
+            E::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            E::Conflict(m) => ApiError::Conflict(m),
+            E::Invalid(m) => ApiError::Invalid(m),
+            other => IngestError::from(other).into(),
         }
     }
 }
@@ -143,6 +168,16 @@ mod tests {
                 "send the job as JSON",
             ),
             (ApiError::Internal, 500, "internal error"),
+            (
+                ApiError::Conflict("job 1 is completed".into()),
+                409,
+                "job 1 is completed",
+            ),
+            (
+                ApiError::NoTokenConfigured("no token is configured"),
+                401,
+                "no token is configured",
+            ),
         ] {
             let response = e.into_response();
             assert_eq!(response.status().as_u16(), status);

@@ -87,6 +87,8 @@ pub struct AppState {
     clock: Arc<dyn Fn() -> i64 + Send + Sync>,
     /// Seals the OAuth callback's authorization code; `None` without a master key.
     keyring: Option<Arc<crate::secrets::Keyring>>,
+    /// What `/readyz` checks.
+    ready: crate::readiness::Readiness,
 }
 
 impl AppState {
@@ -148,12 +150,24 @@ impl AppState {
             tokens: Arc::new(tokens),
             keys: Arc::new(keys),
             ingest: Ingest::start(pool.clone(), 6),
+            ready: crate::readiness::Readiness::new(pool.clone(), false),
             pool,
             clock: Arc::new(|| chrono::Utc::now().timestamp()),
             keyring: crate::secrets::Keyring::from_config(config)
                 .map_err(|e| HttpError::Key(e.to_string()))?
                 .map(Arc::new),
         })
+    }
+
+    /// The same state answering `/readyz` with the daemon's readiness (by default: the
+    /// database answers and the schema is current).
+    pub fn with_readiness(self, ready: crate::readiness::Readiness) -> Self {
+        Self { ready, ..self }
+    }
+
+    /// Whether no bearer token is configured (`POST /v1/jobs` then refuses everyone).
+    pub fn has_no_tokens(&self) -> bool {
+        self.tokens.is_empty()
     }
 
     /// The same state with another clock (tests).
@@ -168,7 +182,11 @@ impl AppState {
 /// The shim's routes.
 pub fn router(state: AppState, max_body: usize) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(crate::readiness::healthz))
+        .route(
+            "/readyz",
+            get(crate::readiness::readyz).with_state(state.ready.clone()),
+        )
         .route("/v1/jobs", post(create_job))
         .route("/v1/jobs/{id}", get(show_job))
         .route("/webhooks/{provider}", post(webhook))
@@ -227,10 +245,7 @@ async fn create_job(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let token = state
-        .tokens
-        .authenticate(&headers)
-        .ok_or(ApiError::Unauthorized)?;
+    let token = state.tokens.require(&headers)?;
     json_or_undeclared(&headers)?;
     let body = body?;
     let mut value: serde_json::Value = serde_json::from_slice(&body)
@@ -326,10 +341,7 @@ async fn show_job(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let token = state
-        .tokens
-        .authenticate(&headers)
-        .ok_or(ApiError::Unauthorized)?;
+    let token = state.tokens.require(&headers)?;
     let Ok(id) = id.parse::<i64>() else {
         return Err(ApiError::NotFound("job ids are integers".into()));
     };

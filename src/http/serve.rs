@@ -34,7 +34,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Serves `router` on `listener` under the limits of `config` until `shutdown`, then
 /// waits for every connection to end (in-flight requests finish; idle ones close).
-pub(super) async fn serve(
+pub async fn serve(
     listener: TcpListener,
     router: Router,
     config: &HttpConfig,

@@ -22,6 +22,25 @@ use crate::queue::NewJob;
 /// -base64 32` prints 44).
 pub const MIN_TOKEN_LEN: usize = 43;
 
+/// The 401 of `/v1/jobs` when no token is configured.
+pub const NO_API_TOKEN: &str = "no API token is configured, so /v1/jobs accepts no request: set \
+    [http] api_tokens = [\"env:NAME\"] (or a [http.tokens.NAME] table) and restart";
+
+/// Whether `given` is `expected`, compared in constant time (for equal lengths).
+pub fn token_matches(expected: &SecretString, given: &[u8]) -> bool {
+    let expected = expected.expose_secret().as_bytes();
+    expected.len() == given.len() && bool::from(expected.ct_eq(given))
+}
+
+/// The bearer token of a request's `Authorization` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::as_bytes)
+}
+
 /// One accepted token and its scope.
 pub struct ApiToken {
     /// `api_tokens[N]` or the name of its `[http.tokens.NAME]` table.
@@ -72,18 +91,27 @@ impl Tokens {
         Ok(Self(tokens))
     }
 
+    /// The request's token, or the 401 to answer: one that says so when no token is
+    /// configured at all (the first thing a new user meets).
+    pub fn require(&self, headers: &HeaderMap) -> Result<&ApiToken, ApiError> {
+        if self.0.is_empty() {
+            return Err(ApiError::NoTokenConfigured(NO_API_TOKEN));
+        }
+        self.authenticate(headers).ok_or(ApiError::Unauthorized)
+    }
+
+    /// Whether no token is configured (`/v1/jobs` then refuses everyone).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The token the request's `Authorization: Bearer` header carries, if it is one of
     /// ours. Every configured token is compared, in constant time each.
     pub fn authenticate(&self, headers: &HeaderMap) -> Option<&ApiToken> {
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))?
-            .as_bytes();
+        let given = bearer(headers)?;
         let mut found = None;
         for token in &self.0 {
-            let expected = token.secret.expose_secret().as_bytes();
-            if expected.len() == given.len() && bool::from(expected.ct_eq(given)) {
+            if token_matches(&token.secret, given) {
                 found = Some(token);
             }
         }
@@ -91,7 +119,9 @@ impl Tokens {
     }
 }
 
-fn resolve(r: &SecretRef) -> Result<SecretString, HttpError> {
+/// Resolves a token's secret, refusing one shorter than [`MIN_TOKEN_LEN`] (the error names
+/// its key).
+pub fn resolve(r: &SecretRef) -> Result<SecretString, HttpError> {
     let secret = r.resolve()?;
     let len = secret.expose_secret().chars().count();
     if len < MIN_TOKEN_LEN {

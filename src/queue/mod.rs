@@ -18,6 +18,7 @@ pub mod integrations;
 pub mod outcome;
 pub mod payments;
 pub mod prune;
+pub mod queues;
 pub mod rescue;
 pub mod schema;
 pub mod state;
@@ -42,6 +43,10 @@ pub use outcome::{
     write_outcomes_started,
 };
 pub use prune::{Pruned, prune, prune_inbound_events, prune_replay_tokens};
+pub use queues::{
+    QueueDeadLetters, QueueDepth, QueuePause, open_dead_letters, pause_queue, paused_queues,
+    queue_depths, resume_queue,
+};
 pub use rescue::{CLAIMS_CHECKED_AFTER, RescueCounts, forget_finished_claims, rescue_expired};
 pub use schema::{check_migrated, migrate};
 pub use state::{JobState, UnknownState};
@@ -167,6 +172,14 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     pub attempted_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// For a job in the dead letters (state `dead`): the dead letter's id.
+    #[sqlx(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<i64>,
+    /// For a job in the dead letters: why it was dead-lettered.
+    #[sqlx(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_reason: Option<String>,
 }
 
 /// A whole dead-letter row, for operators.

@@ -83,6 +83,17 @@ pub async fn run(
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
+    run_reporting(config, pool, registry, shutdown, None).await
+}
+
+/// [`run`], telling `ready` when the pools have started.
+pub async fn run_reporting(
+    config: &Config,
+    pool: PgPool,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    ready: Option<&crate::readiness::Readiness>,
+) -> Result<(), RuntimeError> {
     let id = daemon_id();
     let conns = connect(&pool).await?;
 
@@ -113,6 +124,9 @@ pub async fn run(
         queues = ?wakers.keys().collect::<BTreeSet<_>>(),
         "worker pools started"
     );
+    if let Some(ready) = ready {
+        ready.pools_started();
+    }
 
     let background = CancellationToken::new();
     let listener = tokio::spawn(listen(pool.clone(), wakers, background.clone()));

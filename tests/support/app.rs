@@ -110,6 +110,52 @@ impl Shim {
     }
 }
 
+/// The admin token [`Builder::admin`] configures (43 characters, the shortest accepted).
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789abcdefghijk";
+
+/// The admin listener served in-process on a free local port, with [`ADMIN_TOKEN`].
+pub struct Admin {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub client: reqwest::Client,
+    _stop: DropGuard,
+}
+
+impl Admin {
+    /// The absolute URL of `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `GET path` with the admin token; the status and the JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    /// `POST path` (JSON `body`, or none) with the admin token.
+    pub async fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.client.post(self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        self.send(request).await
+    }
+
+    /// `DELETE path` with the admin token.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.delete(self.url(path))).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {text}"));
+        (status, body)
+    }
+}
+
 type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// What [`TestApp`] sets up; see [`TestApp::builder`].
@@ -121,6 +167,7 @@ pub struct Builder {
     fake: Option<FakeProvider>,
     shim: Option<Option<Clock>>,
     runtime: bool,
+    admin: bool,
     database: Option<(PgPool, String)>,
 }
 
@@ -166,6 +213,14 @@ impl Builder {
         self
     }
 
+    /// Serves the admin listener in-process ([`TestApp::admin`]) with [`ADMIN_TOKEN`] and
+    /// queue counts never cached (`stats_interval = "1ms"`); the config must not have an
+    /// `[admin]` table of its own.
+    pub fn admin(mut self) -> Self {
+        self.admin = true;
+        self
+    }
+
     /// Starts the worker runtime once set up (else [`TestApp::start_runtime`] later).
     pub fn runtime(mut self) -> Self {
         self.runtime = true;
@@ -188,8 +243,15 @@ impl Builder {
                 (db.pool, db.url)
             }
         };
-        let config = config(&self.toml);
-        std::fs::write(self.dir.path().join(CONFIG_FILE), &self.toml).unwrap();
+        let mut toml = self.toml;
+        if self.admin {
+            let token = self.dir.secret_file("admin-token", ADMIN_TOKEN);
+            toml.push_str(&format!(
+                "\n[admin]\ntokens = [\"{token}\"]\nstats_interval = \"1ms\"\n"
+            ));
+        }
+        let config = config(&toml);
+        std::fs::write(self.dir.path().join(CONFIG_FILE), &toml).unwrap();
         let registry = Arc::new(match self.registry {
             Some(registry) => registry,
             None => {
@@ -206,16 +268,22 @@ impl Builder {
             Some(clock) => Some(serve_shim(&config, &pool, &registry, clock).await),
             None => None,
         };
+        let admin = if self.admin {
+            Some(serve_admin(&config, &pool, &registry).await)
+        } else {
+            None
+        };
         let mut app = TestApp {
             pool,
             url,
             dir: self.dir,
-            toml: self.toml,
+            toml,
             config,
             keyring: self.keyring,
             registry,
             fake: self.fake,
             shim,
+            admin,
             runtime: None,
         };
         if self.runtime {
@@ -248,6 +316,26 @@ async fn serve_shim(
     }
 }
 
+async fn serve_admin(config: &Config, pool: &PgPool, registry: &Registry) -> Admin {
+    let ready = penguin_jobs::readiness::Readiness::new(pool.clone(), false);
+    let served = penguin_jobs::runtime::queues(config, registry);
+    let state =
+        penguin_jobs::admin::AdminState::new(config, pool, ready, served).expect("admin state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let http = config.http.clone();
+    let serving = stop.clone();
+    tokio::spawn(
+        async move { penguin_jobs::admin::serve_on(listener, state, &http, serving).await },
+    );
+    Admin {
+        base,
+        client: reqwest::Client::new(),
+        _stop: stop.drop_guard(),
+    }
+}
+
 /// One test's database, scratch directory, and what runs against them.
 pub struct TestApp {
     pub pool: PgPool,
@@ -262,6 +350,7 @@ pub struct TestApp {
     pub registry: Arc<Registry>,
     fake: Option<FakeProvider>,
     shim: Option<Shim>,
+    admin: Option<Admin>,
     runtime: Option<RunningRuntime>,
 }
 
@@ -276,6 +365,7 @@ impl TestApp {
             fake: None,
             shim: None,
             runtime: false,
+            admin: false,
             database: None,
         }
     }
@@ -294,6 +384,11 @@ impl TestApp {
     /// The fake provider given to the builder.
     pub fn fake(&self) -> &FakeProvider {
         self.fake.as_ref().expect("the app has no fake provider")
+    }
+
+    /// The in-process admin listener asked of the builder.
+    pub fn admin(&self) -> &Admin {
+        self.admin.as_ref().expect("the app has no admin listener")
     }
 
     /// The in-process shim asked of the builder.
@@ -368,13 +463,25 @@ impl TestApp {
             .unwrap_or_else(|| panic!("no job {id} in penguin.jobs"))
     }
 
-    /// Job `id`, if its row exists.
+    /// Job `id`, if its row exists in `penguin.jobs`.
     pub async fn try_job(&self, id: i64) -> Option<JobRow> {
         match queue::get_job(&self.pool, id).await {
+            // a job in the dead letters is no longer in penguin.jobs
+            Ok(job) if job.dead_letter.is_some() => None,
             Ok(job) => Some(job.into()),
             Err(queue::Error::NotFound { .. }) => None,
             Err(e) => panic!("read job {id}: {e}"),
         }
+    }
+
+    /// The newest dead letter; panics if there is none.
+    pub async fn newest_dead_letter(&self) -> DeadLetter {
+        let filter = queue::DeadLetterFilter {
+            limit: 1,
+            ..Default::default()
+        };
+        let mut newest = queue::list_dead_letters(&self.pool, &filter).await.unwrap();
+        newest.pop().expect("a dead letter")
     }
 
     /// The latest dead letter of job `id`; panics if it has none.

@@ -189,3 +189,35 @@ pub async fn known_kinds(pool: &PgPool) -> Vec<String> {
         .await
         .expect("read penguin.kinds")
 }
+
+/// Moves `id` to the dead letters the way a worker would.
+pub async fn bury(pool: &sqlx::PgPool, id: i64) {
+    let claimed = queue::claim(
+        pool,
+        "default",
+        &known_kinds(pool).await,
+        100,
+        "w",
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert!(claimed.iter().any(|j| j.id == id));
+    let outcomes: Vec<(i64, queue::Outcome)> = claimed
+        .iter()
+        .map(|j| {
+            let outcome = if j.id == id {
+                queue::Outcome::Dead {
+                    reason: queue::DeadReason::PermanentError,
+                    error: None,
+                }
+            } else {
+                queue::Outcome::Snooze {
+                    run_at: chrono::Utc::now(),
+                }
+            };
+            (j.id, outcome)
+        })
+        .collect();
+    queue::write_outcomes(pool, "w", &outcomes).await.unwrap();
+}

@@ -1,0 +1,151 @@
+//! The admin listener (`[admin] listen`, default 127.0.0.1:8081): the operators' JSON API
+//! under `/v1` (jobs, dead letters, queues, schedules, alerts, integrations, stats), and
+//! `/healthz` and `/readyz`. It is never mounted on the public shim, and its bearer tokens
+//! (`[admin] tokens`) are its own: a shim token opens nothing here.
+//!
+//! Every read and write goes through `queue/`, `credentials/` and `scheduler` (no SQL of
+//! its own), on a small pool of its own with a statement timeout, so that a heavy page
+//! never takes a connection a claim needs. Queue counts come from [`stats::StatsCache`]
+//! (at most one reading per `[admin] stats_interval`). Connections are served by the
+//! shim's accept loop ([`crate::http::serve`]) under the `[http]` timeouts.
+//!
+//! Must never answer `/v1` without a valid admin token, never log a token, and never
+//! answer 5xx for a request's own fault (bad filter, unknown id: 4xx with a message).
+
+mod api;
+pub mod stats;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::ApiError;
+use crate::http::tokens::{bearer, resolve, token_matches};
+use crate::readiness::Readiness;
+
+/// Connections of the admin listener's own pool.
+pub const ADMIN_CONNECTIONS: u32 = 3;
+
+/// The longest an admin statement may run (a search over a huge table is cut off, not
+/// left holding a connection).
+pub const ADMIN_STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The 401 of `/v1` on the admin listener when no admin token is configured.
+pub const NO_ADMIN_TOKEN: &str = "no admin token is configured, so the admin API accepts no \
+    request: set [admin] tokens = [\"env:NAME\"] and restart";
+
+/// Who did an operator action, for the log: `admin:tokens[N]`.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pool: PgPool,
+    tokens: Arc<Vec<(String, SecretString)>>,
+    stats: Arc<stats::StatsCache>,
+    ready: Readiness,
+}
+
+impl AdminState {
+    /// Resolves the admin tokens (each at least 43 characters) and opens the admin pool
+    /// (lazily: a listener whose database is away still answers `/healthz`).
+    /// `served_here`: the queues this daemon runs pools for.
+    pub fn new(
+        config: &Config,
+        pool: &PgPool,
+        ready: Readiness,
+        served_here: BTreeSet<String>,
+    ) -> Result<Self, crate::http::HttpError> {
+        let tokens = config
+            .admin
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(n, r)| Ok((format!("admin:tokens[{n}]"), resolve(r)?)))
+            .collect::<Result<Vec<_>, crate::http::HttpError>>()?;
+        let options = (*pool.connect_options()).clone().options([(
+            "statement_timeout",
+            format!("{}ms", ADMIN_STATEMENT_TIMEOUT.as_millis()),
+        )]);
+        let admin_pool = PgPoolOptions::new()
+            .max_connections(ADMIN_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(Self {
+            stats: Arc::new(stats::StatsCache::new(
+                admin_pool.clone(),
+                config.admin.stats_interval,
+                served_here,
+            )),
+            pool: admin_pool,
+            tokens: Arc::new(tokens),
+            ready,
+        })
+    }
+
+    /// Closes the admin pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The admin listener's routes.
+pub fn router(state: AdminState) -> Router {
+    let v1 = api::routes().layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_token,
+    ));
+    Router::new()
+        .route("/healthz", get(crate::readiness::healthz))
+        .route(
+            "/readyz",
+            get(crate::readiness::readyz).with_state(state.ready.clone()),
+        )
+        .merge(v1)
+        .with_state(state)
+}
+
+/// Serves the admin routes on `listener` until `shutdown` (the `[http]` connection limits
+/// and timeouts apply).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    limits: &crate::config::HttpConfig,
+    shutdown: CancellationToken,
+) {
+    crate::http::serve::serve(listener, router(state.clone()), limits, shutdown).await;
+    state.close().await;
+}
+
+/// Lets a request with a valid admin token through, naming its holder ([`Actor`]).
+async fn require_token(
+    State(state): State<AdminState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if state.tokens.is_empty() {
+        return Err(ApiError::NoTokenConfigured(NO_ADMIN_TOKEN));
+    }
+    let given = bearer(request.headers()).ok_or(ApiError::Unauthorized)?;
+    let mut holder = None;
+    for (name, secret) in state.tokens.iter() {
+        if token_matches(secret, given) {
+            holder = Some(name.clone());
+        }
+    }
+    let holder = holder.ok_or(ApiError::Unauthorized)?;
+    request.extensions_mut().insert(Actor(holder));
+    Ok(next.run(request).await)
+}

@@ -1,0 +1,119 @@
+//! Queues as operators see them: paused or not (`penguin.queue_pauses`, which the claim
+//! itself reads, so a pause holds across every daemon), and how deep each is right now.
+//!
+//! The depth is read from the live rows only (`finished_at is null`, the claim index's
+//! predicate), never from the retained finished rows, and the callers (the admin listener)
+//! cache it: a scrape must never cost a count over the whole table.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::{Error, NOTIFY_CHANNEL};
+
+/// A paused queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct QueuePause {
+    pub queue: String,
+    pub paused_at: DateTime<Utc>,
+    /// Who paused it (`admin:tokens[N]`, `cli`).
+    pub paused_by: String,
+}
+
+/// Longest queue name accepted by pause (queue names are short words).
+const MAX_QUEUE_NAME: usize = 200;
+
+fn check_queue_name(queue: &str) -> Result<(), Error> {
+    if queue.is_empty() || queue.len() > MAX_QUEUE_NAME || queue.contains('\0') {
+        return Err(Error::Invalid(format!(
+            "a queue name is 1 to {MAX_QUEUE_NAME} bytes without NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// Pauses `queue` for every daemon from their next claim on (jobs already claimed
+/// finish). `false` if it was paused already.
+pub async fn pause_queue(pool: &PgPool, queue: &str, by: &str) -> Result<bool, Error> {
+    check_queue_name(queue)?;
+    let done = sqlx::query(
+        "insert into penguin.queue_pauses (queue, paused_by) values ($1, $2)
+         on conflict (queue) do nothing",
+    )
+    .bind(queue)
+    .bind(by)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Resumes `queue` and wakes the idle pools serving it. `false` if it was not paused.
+pub async fn resume_queue(pool: &PgPool, queue: &str) -> Result<bool, Error> {
+    check_queue_name(queue)?;
+    let resumed: bool = sqlx::query_scalar(
+        "with gone as (delete from penguin.queue_pauses where queue = $1 returning queue)
+         select exists (select 1 from gone)",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await?;
+    if resumed {
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(queue)
+            .execute(pool)
+            .await?;
+    }
+    Ok(resumed)
+}
+
+/// Every paused queue, by name.
+pub async fn paused_queues(pool: &PgPool) -> Result<Vec<QueuePause>, Error> {
+    Ok(sqlx::query_as(
+        "select queue, paused_at, paused_by from penguin.queue_pauses order by queue",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Live jobs of one queue in one state, and the oldest claimable one's due time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub state: String,
+    pub jobs: i64,
+    /// For claimable states: the earliest `run_at` among those due now.
+    pub oldest_due: Option<DateTime<Utc>>,
+}
+
+/// Dead letters of one queue not replayed yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct QueueDeadLetters {
+    pub queue: String,
+    pub dead_letters: i64,
+}
+
+/// The depth of every queue with live jobs: counts per queue and live state (available,
+/// scheduled, running, retryable), read from the live rows only.
+pub async fn queue_depths(pool: &PgPool) -> Result<Vec<QueueDepth>, Error> {
+    Ok(sqlx::query_as(
+        "select queue, state, count(*) as jobs,
+                min(run_at) filter (where state <> 'running' and run_at <= now()) as oldest_due
+           from penguin.jobs
+          where finished_at is null
+          group by queue, state
+          order by queue, state",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Dead letters not replayed yet, per queue.
+pub async fn open_dead_letters(pool: &PgPool) -> Result<Vec<QueueDeadLetters>, Error> {
+    Ok(sqlx::query_as(
+        "select queue, count(*) as dead_letters from penguin.dead_letters
+          where replayed_at is null group by queue order by queue",
+    )
+    .fetch_all(pool)
+    .await?)
+}

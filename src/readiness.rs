@@ -1,0 +1,99 @@
+//! Liveness and readiness, as both listeners answer them: `/healthz` says the process
+//! runs (it touches nothing), `/readyz` that this daemon can do its work now: the database
+//! answers, its schema is the one this binary expects, the worker pools have started (when
+//! this daemon runs any), and it is not shutting down.
+//!
+//! Must never hold a connection longer than one probe, and never block a probe longer
+//! than [`PROBE_TIMEOUT`]: a load balancer that waits marks the daemon down anyway.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+/// The longest a readiness probe waits for the database.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What `/readyz` checks; shared by the shim, the admin listener and the runtime.
+#[derive(Clone)]
+pub struct Readiness {
+    pool: PgPool,
+    inner: Arc<Flags>,
+}
+
+struct Flags {
+    /// Whether this daemon runs worker pools (else they are not waited for).
+    expects_pools: bool,
+    pools_started: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Readiness {
+    /// Readiness of a daemon working on `pool`; `expects_pools` when it runs workers.
+    pub fn new(pool: PgPool, expects_pools: bool) -> Self {
+        Self {
+            pool,
+            inner: Arc::new(Flags {
+                expects_pools,
+                pools_started: AtomicBool::new(false),
+                stopping: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The worker pools have started.
+    pub fn pools_started(&self) {
+        self.inner.pools_started.store(true, Ordering::Relaxed);
+    }
+
+    /// Shutdown began: not ready any more (load balancers move traffic away while the
+    /// daemon drains).
+    pub fn stopping(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// `Ok` when ready, else why not (a sentence for the operator; never a secret: the
+    /// database error is classified, not echoed).
+    pub async fn check(&self) -> Result<(), String> {
+        if self.inner.stopping.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        if self.inner.expects_pools && !self.inner.pools_started.load(Ordering::Relaxed) {
+            return Err("worker pools not started yet".into());
+        }
+        match tokio::time::timeout(PROBE_TIMEOUT, crate::queue::check_migrated(&self.pool)).await {
+            Err(_) => Err(format!(
+                "the database did not answer within {}",
+                humantime::format_duration(PROBE_TIMEOUT)
+            )),
+            Ok(Err(e)) if e.is_transient() => Err("the database is unreachable".into()),
+            Ok(Err(e @ crate::queue::Error::Invalid(_))) => Err(e.to_string()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness check failed");
+                Err("the schema could not be checked (see the daemon's log)".into())
+            }
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+}
+
+/// `GET /healthz`: the process runs.
+pub async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: 200 `{"status": "ready"}`, or 503 `{"status": "not_ready", "reason"}`.
+pub async fn readyz(
+    axum::extract::State(ready): axum::extract::State<Readiness>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match ready.check().await {
+        Ok(()) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "not_ready", "reason": reason })),
+        )
+            .into_response(),
+    }
+}
