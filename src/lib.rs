@@ -15,6 +15,7 @@ pub mod error_class;
 pub mod http;
 pub mod jobs;
 pub mod kind_names;
+pub mod metrics;
 pub mod process;
 pub mod providers;
 pub mod queue;

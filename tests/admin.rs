@@ -508,3 +508,114 @@ async fn readiness_waits_for_the_pools_and_ends_at_shutdown() {
         .unwrap_err();
     assert!(why.contains("not current"), "{why}");
 }
+
+/// A daemon (shim, admin listener, workers) on `db` with `extra` TOML, running until the
+/// returned token is cancelled.
+async fn start_daemon(
+    db: &support::TestDb,
+    dir: &support::TempDir,
+    extra: &str,
+) -> (
+    String,
+    String,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let config = support::daemon::config(&format!(
+        "[daemon]\ndata_dir = \"{}\"\npoll_interval = \"50ms\"\n[database]\nurl = \"{}\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n{extra}",
+        dir.path().display(),
+        db.url
+    ));
+    let daemon = Daemon::build(config, Roles::default()).await.unwrap();
+    let shim = format!("http://{}", daemon.local_addr().unwrap());
+    let admin = format!("http://{}", daemon.admin_addr().unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(daemon.run_until_stopped(shutdown.clone()));
+    (shim, admin, shutdown, running)
+}
+
+#[tokio::test]
+async fn metrics_count_what_the_daemon_did_and_read_depth_from_the_database() {
+    let db = support::test_db().await;
+    let dir = support::TempDir::new("admin-metrics");
+    let token = dir.secret_file("shim", SHIM_TOKEN);
+    let (shim, admin, shutdown, running) = start_daemon(
+        &db,
+        &dir,
+        &format!(
+            "api_tokens = [\"{token}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\nstats_interval = \"1ms\"\n\
+             [queues.default]\nconcurrency = 7\n"
+        ),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for n in 0..3 {
+        let answer = client
+            .post(format!("{shim}/v1/jobs"))
+            .bearer_auth(SHIM_TOKEN)
+            .json(&json!({"kind": "noop", "payload": {"n": n}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202);
+    }
+    support::daemon::wait_for(
+        &db.pool,
+        "select count(*) = 3 from penguin.jobs where state = 'completed'",
+        Duration::from_secs(30),
+        "three jobs done",
+    )
+    .await;
+    // a webhook of a provider with no key configured is counted as such
+    let answer = client
+        .post(format!("{shim}/webhooks/stripe"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    // a job waiting in a paused queue shows in the depth gauges
+    queue::pause_queue(&db.pool, "default", "test")
+        .await
+        .unwrap();
+    queue::enqueue(&db.pool, &NewJob::new("noop", json!({})))
+        .await
+        .unwrap();
+
+    let answer = client.get(format!("{admin}/metrics")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(
+        answer.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+    );
+    let text = answer.text().await.unwrap();
+    for line in [
+        "penguin_jobs_attempts_total{kind=\"noop\",outcome=\"completed\"} 3",
+        "penguin_jobs_attempt_duration_seconds_count{kind=\"noop\"} 3",
+        "penguin_jobs_enqueued_total{kind=\"noop\",via=\"http\"} 3",
+        "penguin_jobs_pool_concurrency{queue=\"default\"} 7",
+        "penguin_jobs_pool_busy{queue=\"default\"} 0",
+        "penguin_jobs_queue_jobs{queue=\"default\",state=\"available\"} 1",
+        "penguin_jobs_queue_jobs{queue=\"default\",state=\"running\"} 0",
+        "penguin_jobs_queue_paused{queue=\"default\"} 1",
+        "penguin_jobs_dead_letters{queue=\"default\"} 0",
+        "penguin_jobs_stats_up 1",
+        "penguin_jobs_webhooks_total{provider=\"stripe\",result=\"not_configured\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
+    let age: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("penguin_jobs_queue_oldest_due_age_seconds{queue=\"default\"} ")
+        })
+        .expect("the oldest due job's age")
+        .parse()
+        .unwrap();
+    assert!((0.0..60.0).contains(&age), "{age}");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}

@@ -686,6 +686,16 @@ async fn calls_are_counted_per_minute_provider_kind_and_status_class() {
             ("sendgrid.send".to_string(), "5xx".to_string(), 1)
         ]
     );
+    // and in the Prometheus histogram of outbound latency
+    let text = app.metrics_text();
+    for line in [
+        "penguin_jobs_outbound_request_duration_seconds_count{provider=\"sendgrid\",status_class=\"2xx\"} 2",
+        "penguin_jobs_outbound_request_duration_seconds_count{provider=\"sendgrid\",status_class=\"5xx\"} 1",
+        "penguin_jobs_attempts_total{kind=\"sendgrid.send\",outcome=\"retried\"} 1",
+        "penguin_jobs_attempts_total{kind=\"sendgrid.send\",outcome=\"completed\"} 2",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
 }
 
 #[tokio::test]

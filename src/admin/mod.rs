@@ -1,6 +1,6 @@
 //! The admin listener (`[admin] listen`, default 127.0.0.1:8081): the operators' JSON API
 //! under `/v1` (jobs, dead letters, queues, schedules, alerts, integrations, stats), and
-//! `/healthz` and `/readyz`. It is never mounted on the public shim, and its bearer tokens
+//! `/metrics` (Prometheus), `/healthz` and `/readyz`. It is never mounted on the public shim, and its bearer tokens
 //! (`[admin] tokens`) are its own: a shim token opens nothing here.
 //!
 //! Every read and write goes through `queue/`, `credentials/` and `scheduler` (no SQL of
@@ -13,6 +13,7 @@
 //! answer 5xx for a request's own fault (bad filter, unknown id: 4xx with a message).
 
 mod api;
+mod prometheus;
 pub mod stats;
 
 use std::collections::BTreeSet;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::http::ApiError;
 use crate::http::tokens::{bearer, resolve, token_matches};
+use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 
 /// Connections of the admin listener's own pool.
@@ -56,6 +58,7 @@ pub struct AdminState {
     tokens: Arc<Vec<(String, SecretString)>>,
     stats: Arc<stats::StatsCache>,
     ready: Readiness,
+    metrics: Arc<Metrics>,
 }
 
 impl AdminState {
@@ -92,7 +95,13 @@ impl AdminState {
             pool: admin_pool,
             tokens: Arc::new(tokens),
             ready,
+            metrics: Metrics::new(),
         })
+    }
+
+    /// The same state rendering the daemon's `metrics` at `/metrics`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        Self { metrics, ..self }
     }
 
     /// Closes the admin pool.
@@ -109,6 +118,7 @@ pub fn router(state: AdminState) -> Router {
     ));
     Router::new()
         .route("/healthz", get(crate::readiness::healthz))
+        .route("/metrics", get(prometheus::metrics))
         .route(
             "/readyz",
             get(crate::readiness::readyz).with_state(state.ready.clone()),

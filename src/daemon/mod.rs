@@ -26,6 +26,7 @@ pub use connect::{Embedded, connect, connect_as_runtime_role, migrate};
 use crate::config::Config;
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::jobs::{Deps, Kinds, Registry};
+use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::scheduler::{self, Schedule};
 
@@ -67,6 +68,7 @@ pub struct Daemon {
     schedules: Vec<Schedule>,
     listener: Option<TcpListener>,
     admin_listener: Option<TcpListener>,
+    metrics: Arc<Metrics>,
 }
 
 impl Daemon {
@@ -91,7 +93,9 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let deps = Deps::new(pool.clone()).map(|d| d.with_keyring(keyring));
+        let metrics = Metrics::new();
+        let deps =
+            Deps::new(pool.clone()).map(|d| d.with_keyring(keyring).with_metrics(metrics.clone()));
         let prepared = match deps {
             Ok(deps) => prepare(&config, roles, &deps).await,
             Err(e) => Err(e.into()),
@@ -106,6 +110,7 @@ impl Daemon {
                 schedules,
                 listener,
                 admin_listener,
+                metrics,
             }),
             Err(e) => {
                 close(pool, cluster).await;
@@ -143,25 +148,24 @@ impl Daemon {
             schedules,
             listener,
             admin_listener,
+            metrics,
         } = self;
         let ready = Readiness::new(pool.clone(), roles.workers);
         let result = async {
+            let serving = Serving {
+                config: &config,
+                pool: &pool,
+                registry: &registry,
+                ready: &ready,
+                metrics: &metrics,
+                shutdown: &shutdown,
+            };
             let shim = match listener {
-                Some(listener) => Some(serve_shim(
-                    &config, &pool, &registry, listener, &ready, &shutdown,
-                )?),
+                Some(listener) => Some(serve_shim(&serving, listener)?),
                 None => None,
             };
             let admin = match admin_listener {
-                Some(listener) => Some(serve_admin(
-                    &config,
-                    &pool,
-                    &registry,
-                    listener,
-                    &ready,
-                    roles.workers,
-                    &shutdown,
-                )?),
+                Some(listener) => Some(serve_admin(&serving, listener, roles.workers)?),
                 None => None,
             };
             let cron = tokio::spawn(scheduler::run(pool.clone(), schedules, shutdown.clone()));
@@ -179,6 +183,7 @@ impl Daemon {
                     registry,
                     shutdown,
                     Some(&ready),
+                    metrics.clone(),
                 )
                 .await?;
             } else {
@@ -278,17 +283,23 @@ async fn bind_admin(config: &Config) -> anyhow::Result<Option<TcpListener>> {
     }
 }
 
+/// What the listeners share.
+#[derive(Clone, Copy)]
+struct Serving<'a> {
+    config: &'a Config,
+    pool: &'a PgPool,
+    registry: &'a Arc<Registry>,
+    ready: &'a Readiness,
+    metrics: &'a Arc<Metrics>,
+    shutdown: &'a CancellationToken,
+}
+
 /// Serves the shim on `listener` until `shutdown`.
-fn serve_shim(
-    config: &Config,
-    pool: &PgPool,
-    registry: &Arc<Registry>,
-    listener: TcpListener,
-    ready: &Readiness,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<JoinHandle<()>> {
-    let state = crate::http::AppState::new(config, pool.clone(), registry.clone())?
-        .with_readiness(ready.clone());
+fn serve_shim(s: &Serving<'_>, listener: TcpListener) -> anyhow::Result<JoinHandle<()>> {
+    let config = s.config;
+    let state = crate::http::AppState::new(config, s.pool.clone(), s.registry.clone())?
+        .with_readiness(s.ready.clone())
+        .with_metrics(s.metrics.clone());
     tracing::info!(listen = %config.http.listen, "HTTP shim listening");
     if state.has_no_tokens() {
         tracing::warn!(
@@ -297,7 +308,7 @@ fn serve_shim(
         );
     }
     let http = config.http.clone();
-    let stop = shutdown.clone();
+    let stop = s.shutdown.clone();
     Ok(tokio::spawn(async move {
         crate::http::serve_on(listener, state, &http, stop).await;
     }))
@@ -305,20 +316,18 @@ fn serve_shim(
 
 /// Serves the admin listener on `listener` until `shutdown`.
 fn serve_admin(
-    config: &Config,
-    pool: &PgPool,
-    registry: &Arc<Registry>,
+    s: &Serving<'_>,
     listener: TcpListener,
-    ready: &Readiness,
     workers: bool,
-    shutdown: &CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
+    let config = s.config;
     let served = if workers {
-        crate::runtime::queues(config, registry)
+        crate::runtime::queues(config, s.registry)
     } else {
         Default::default()
     };
-    let state = crate::admin::AdminState::new(config, pool, ready.clone(), served)?;
+    let state = crate::admin::AdminState::new(config, s.pool, s.ready.clone(), served)?
+        .with_metrics(s.metrics.clone());
     let address = listener.local_addr().map_or_else(
         |_| config.admin.listen_address().to_string(),
         |a| a.to_string(),
@@ -331,7 +340,7 @@ fn serve_admin(
         );
     }
     let http = config.http.clone();
-    let stop = shutdown.clone();
+    let stop = s.shutdown.clone();
     Ok(tokio::spawn(async move {
         crate::admin::serve_on(listener, state, &http, stop).await;
     }))

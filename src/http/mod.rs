@@ -89,6 +89,8 @@ pub struct AppState {
     keyring: Option<Arc<crate::secrets::Keyring>>,
     /// What `/readyz` checks.
     ready: crate::readiness::Readiness,
+    /// The daemon's Prometheus metrics (enqueues, webhooks).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -151,6 +153,7 @@ impl AppState {
             keys: Arc::new(keys),
             ingest: Ingest::start(pool.clone(), 6),
             ready: crate::readiness::Readiness::new(pool.clone(), false),
+            metrics: crate::metrics::Metrics::new(),
             pool,
             clock: Arc::new(|| chrono::Utc::now().timestamp()),
             keyring: crate::secrets::Keyring::from_config(config)
@@ -163,6 +166,11 @@ impl AppState {
     /// database answers and the schema is current).
     pub fn with_readiness(self, ready: crate::readiness::Readiness) -> Self {
         Self { ready, ..self }
+    }
+
+    /// The same state counting into the daemon's `metrics`.
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { metrics, ..self }
     }
 
     /// Whether no bearer token is configured (`POST /v1/jobs` then refuses everyone).
@@ -261,9 +269,13 @@ async fn create_job(
         set_actor(&mut job, token)?;
     }
     state.kinds.check(&job).map_err(ApiError::Invalid)?;
+    let kind = job.kind.clone();
     let Done::Job(enqueued) = state.ingest.submit(Work::Job(job)).await? else {
         return Err(ApiError::Internal);
     };
+    if enqueued.created {
+        state.metrics.enqueued(&kind, "http");
+    }
     let Some(wait) = wait else {
         let status = if enqueued.created {
             StatusCode::ACCEPTED
@@ -527,20 +539,43 @@ async fn webhook(
 ) -> Result<Response, ApiError> {
     let provider = WebhookProvider::from_path(&provider)
         .ok_or_else(|| ApiError::NotFound("unknown provider".into()))?;
+    let answer = store_webhook(&state, provider, &headers, body).await;
+    let result = match &answer {
+        Ok((0, _)) => "duplicate",
+        Ok(_) => "stored",
+        Err(ApiError::Forged(_)) => "refused",
+        Err(ApiError::Malformed(_) | ApiError::Invalid(_) | ApiError::Body(..)) => "malformed",
+        Err(ApiError::NotFound(_)) => "not_configured",
+        Err(ApiError::Unavailable) => "unavailable",
+        Err(_) => "error",
+    };
+    state.metrics.webhook(provider.name(), result);
+    let (new, duplicates) = answer?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "stored": new, "duplicates": duplicates })),
+    )
+        .into_response())
+}
+
+/// Verifies and stores one webhook request: how many of its events were new, and how
+/// many were stored before.
+async fn store_webhook(
+    state: &AppState,
+    provider: WebhookProvider,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(usize, usize), ApiError> {
     let body = body?;
-    let token = verify_webhook(&state, provider, &headers, &body, (state.clock)())?;
-    let rows = inbound_rows(&state, provider, &headers, &body)?;
+    let token = verify_webhook(state, provider, headers, &body, (state.clock)())?;
+    let rows = inbound_rows(state, provider, headers, &body)?;
     let stored = match state.ingest.submit(Work::Events(rows, token)).await? {
         Done::Events(stored) => stored,
         Done::Replayed => return Err(rejection(provider, Rejection::Replayed)),
         Done::Job(_) => return Err(ApiError::Internal),
     };
     let new = stored.iter().filter(|s| s.is_some()).count();
-    Ok((
-        StatusCode::OK,
-        Json(json!({ "stored": new, "duplicates": stored.len() - new })),
-    )
-        .into_response())
+    Ok((new, stored.len() - new))
 }
 
 /// The raw bytes stored with each of a request's `n` events: the whole body for a

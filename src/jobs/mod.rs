@@ -476,6 +476,8 @@ pub struct Deps {
     /// The master keys, for kinds that read or store credentials. `None`: no master key
     /// configured, and those kinds fail with a configuration error.
     pub keyring: Option<Arc<crate::secrets::Keyring>>,
+    /// The daemon's Prometheus metrics (provider calls count into it).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Deps {
@@ -487,7 +489,13 @@ impl Deps {
             http,
             pool,
             keyring: None,
+            metrics: crate::metrics::Metrics::new(),
         })
+    }
+
+    /// The same, counting into `metrics`.
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { metrics, ..self }
     }
 
     /// The same, with the master keys.
@@ -526,6 +534,7 @@ fn builtin_handlers(config: &Config, deps: &Deps) -> Result<Vec<Arc<dyn Handler>
         outbound::ProviderLimits::from_config(config),
         Some(deps.pool.clone()),
         deps.keyring.clone(),
+        deps.metrics.clone(),
     );
     let providers = &config.providers;
     let stripe = Arc::new(stripe_connect::StripeDeps {

@@ -115,6 +115,8 @@ pub struct Outbound {
     stored_keys: Mutex<HashMap<&'static str, (Instant, Option<SecretString>)>>,
     providers: HashMap<&'static str, ProviderState>,
     metrics: Arc<Mutex<HashMap<MetricKey, Agg>>>,
+    /// The daemon's Prometheus metrics (latency by provider and status class).
+    prometheus: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -136,6 +138,7 @@ impl Outbound {
         limits: HashMap<&'static str, ProviderLimits>,
         pool: Option<PgPool>,
         keyring: Option<Arc<Keyring>>,
+        prometheus: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         let providers = limits
             .into_iter()
@@ -168,6 +171,7 @@ impl Outbound {
             stored_keys: Mutex::new(HashMap::new()),
             providers,
             metrics: Arc::new(Mutex::new(HashMap::new())),
+            prometheus,
         });
         if outbound.pool.is_some() && tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(flush_metrics(Arc::downgrade(&outbound)));
@@ -459,6 +463,8 @@ impl Outbound {
                 },
             },
         };
+        self.prometheus
+            .outbound(provider, class, elapsed.as_secs_f64());
         let minute = Utc::now()
             .duration_trunc(chrono::Duration::minutes(1))
             .unwrap_or_else(|_| Utc::now());

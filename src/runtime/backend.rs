@@ -145,6 +145,8 @@ where
     fn call(&mut self, task: JobTask) -> Self::Future {
         let id = task.args.id;
         let attempt = task.args.attempt;
+        let kind = task.args.kind.clone();
+        let since = std::time::Instant::now();
         self.shared.started(id);
         let fut = self.inner.call(task);
         let outcomes = self.outcomes.clone();
@@ -170,6 +172,7 @@ where
             };
             // Only fails when the flusher is gone (shutdown after the grace period): the
             // job is then released or rescued.
+            shared.count_attempt(&kind, &outcome, since.elapsed().as_secs_f64());
             let started = shared.ended(id);
             let _ = outcomes.send(FlushMsg::Outcome(id, outcome, started));
             Ok(())

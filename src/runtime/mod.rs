@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::jobs::Registry;
+use crate::metrics::Metrics;
 use crate::queue;
 use crate::queue::daemons::WaitingKind;
 
@@ -83,16 +84,17 @@ pub async fn run(
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
-    run_reporting(config, pool, registry, shutdown, None).await
+    run_reporting(config, pool, registry, shutdown, None, Metrics::new()).await
 }
 
-/// [`run`], telling `ready` when the pools have started.
+/// [`run`], telling `ready` when the pools have started, and counting into `metrics`.
 pub async fn run_reporting(
     config: &Config,
     pool: PgPool,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
     ready: Option<&crate::readiness::Readiness>,
+    metrics: Arc<Metrics>,
 ) -> Result<(), RuntimeError> {
     let id = daemon_id();
     let conns = connect(&pool).await?;
@@ -101,6 +103,11 @@ pub async fn run_reporting(
     let kinds: Arc<[String]> = registry.kinds().iter().map(|k| k.to_string()).collect();
     let supervisor = Arc::new(Supervisor::default());
     let health = Arc::new(DbHealth::default());
+    let watchers = pool::Watchers {
+        supervisor: supervisor.clone(),
+        health: health.clone(),
+        metrics,
+    };
     // pools stop on a signal, or when one of them failed
     let stop_pools = shutdown.child_token();
     let mut pools = Vec::new();
@@ -112,8 +119,7 @@ pub async fn run_reporting(
             registry.clone(),
             format!("{id}/{queue_name}"),
             stop_pools.clone(),
-            supervisor.clone(),
-            health.clone(),
+            &watchers,
         );
         wakers.insert(queue_name, handle.shared.wake.clone());
         pools.push(handle);

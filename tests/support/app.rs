@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use penguin_jobs::config::Config;
 use penguin_jobs::http::{AppState, serve_on};
 use penguin_jobs::jobs::{Deps, Registry};
+use penguin_jobs::metrics::Metrics;
 use penguin_jobs::queue::{self, DeadLetter, JobState, NewJob};
 use penguin_jobs::secrets::Keyring;
 use serde_json::Value;
@@ -29,7 +30,7 @@ use sqlx::PgPool;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::TempDir;
-use super::daemon::{RunningRuntime, config, spawn_daemon, start_runtime, wait_for};
+use super::daemon::{RunningRuntime, config, spawn_daemon, start_runtime_counting, wait_for};
 use super::fake_provider::FakeProvider;
 
 /// How long the typed waits (`wait_for_state`, `wait_for_dead_letter`, ...) wait at most.
@@ -252,12 +253,14 @@ impl Builder {
         }
         let config = config(&toml);
         std::fs::write(self.dir.path().join(CONFIG_FILE), &toml).unwrap();
+        let metrics = Metrics::new();
         let registry = Arc::new(match self.registry {
             Some(registry) => registry,
             None => {
                 let deps = Deps::new(pool.clone())
                     .expect("dependencies")
-                    .with_keyring(self.keyring.clone());
+                    .with_keyring(self.keyring.clone())
+                    .with_metrics(metrics.clone());
                 Registry::builtin(&config, &deps).expect("registry")
             }
         });
@@ -269,7 +272,7 @@ impl Builder {
             None => None,
         };
         let admin = if self.admin {
-            Some(serve_admin(&config, &pool, &registry).await)
+            Some(serve_admin(&config, &pool, &registry, &metrics).await)
         } else {
             None
         };
@@ -284,6 +287,7 @@ impl Builder {
             fake: self.fake,
             shim,
             admin,
+            metrics,
             runtime: None,
         };
         if self.runtime {
@@ -316,11 +320,17 @@ async fn serve_shim(
     }
 }
 
-async fn serve_admin(config: &Config, pool: &PgPool, registry: &Registry) -> Admin {
+async fn serve_admin(
+    config: &Config,
+    pool: &PgPool,
+    registry: &Registry,
+    metrics: &Arc<Metrics>,
+) -> Admin {
     let ready = penguin_jobs::readiness::Readiness::new(pool.clone(), false);
     let served = penguin_jobs::runtime::queues(config, registry);
-    let state =
-        penguin_jobs::admin::AdminState::new(config, pool, ready, served).expect("admin state");
+    let state = penguin_jobs::admin::AdminState::new(config, pool, ready, served)
+        .expect("admin state")
+        .with_metrics(metrics.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
@@ -351,6 +361,8 @@ pub struct TestApp {
     fake: Option<FakeProvider>,
     shim: Option<Shim>,
     admin: Option<Admin>,
+    /// What the app's runtime, registry and admin listener count.
+    pub metrics: Arc<Metrics>,
     runtime: Option<RunningRuntime>,
 }
 
@@ -381,6 +393,13 @@ impl TestApp {
         Self::builder().config(toml).runtime().build().await
     }
 
+    /// What [`TestApp::metrics`] holds, in Prometheus' text format.
+    pub fn metrics_text(&self) -> String {
+        let mut text = String::new();
+        self.metrics.encode(&mut text).unwrap();
+        text
+    }
+
     /// The fake provider given to the builder.
     pub fn fake(&self) -> &FakeProvider {
         self.fake.as_ref().expect("the app has no fake provider")
@@ -399,10 +418,11 @@ impl TestApp {
     /// Starts the worker runtime with the app's config and registry.
     pub fn start_runtime(&mut self) {
         assert!(self.runtime.is_none(), "the runtime is already running");
-        self.runtime = Some(start_runtime(
+        self.runtime = Some(start_runtime_counting(
             &self.pool,
             config(&self.toml),
             self.registry.clone(),
+            self.metrics.clone(),
         ));
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use penguin_jobs::config::Config;
 use penguin_jobs::jobs::{Deps, Registry};
+use penguin_jobs::metrics::Metrics;
 use penguin_jobs::{queue, runtime};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -55,11 +56,21 @@ impl RunningRuntime {
 /// let [`super::app::TestApp`] do this; here for two runtimes side by side, or one with
 /// other dependencies than the app's.
 pub fn start_runtime(pool: &PgPool, config: Config, registry: Arc<Registry>) -> RunningRuntime {
+    start_runtime_counting(pool, config, registry, Metrics::new())
+}
+
+/// [`start_runtime`], counting into `metrics`.
+pub fn start_runtime_counting(
+    pool: &PgPool,
+    config: Config,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+) -> RunningRuntime {
     let token = CancellationToken::new();
     let pool = pool.clone();
     let stop = token.clone();
     let task = tokio::spawn(async move {
-        runtime::run(&config, pool, registry, stop)
+        runtime::run_reporting(&config, pool, registry, stop, None, metrics)
             .await
             .expect("runtime runs");
     });

@@ -86,18 +86,33 @@ pub struct PoolHandle {
     pub task: JoinHandle<()>,
 }
 
+/// What every pool of a daemon shares: the supervisor its dying tasks fail, the database
+/// health its writers report to, and the metrics it counts into.
+#[derive(Clone)]
+pub struct Watchers {
+    pub supervisor: Arc<Supervisor>,
+    pub health: Arc<DbHealth>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 /// Starts the pool for `settings.queue`; it stops when `shutdown` is cancelled. A task of
-/// the pool that dies fails `supervisor`.
+/// the pool that dies fails the supervisor of `watchers`.
 pub fn start(
     settings: PoolSettings,
     conns: Connections,
     registry: Arc<Registry>,
     worker_id: String,
     shutdown: CancellationToken,
-    supervisor: Arc<Supervisor>,
-    health: Arc<DbHealth>,
+    watchers: &Watchers,
 ) -> PoolHandle {
-    let shared = Arc::new(Shared::new(settings, conns, worker_id, health));
+    let supervisor = watchers.supervisor.clone();
+    let shared = Arc::new(Shared::new(
+        settings,
+        conns,
+        worker_id,
+        watchers.health.clone(),
+        &watchers.metrics,
+    ));
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     spawn_tasks(&shared, &supervisor, out_rx);
     let run = worker_run(&shared, registry, out_tx.clone(), shutdown.clone());

@@ -19,12 +19,14 @@ use std::time::Instant;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Connections, FlushMsg, PoolSettings};
-use crate::queue::{self, ClaimedJob};
+use crate::metrics::{KindMetrics, Metrics};
+use crate::queue::{self, ClaimedJob, Outcome};
 use crate::runtime::backend::JobTask;
 use crate::runtime::supervisor::DbHealth;
 
@@ -165,6 +167,9 @@ pub struct Shared {
     pub(super) stop_background: CancellationToken,
     pub(super) claimer: Mutex<Option<JoinHandle<()>>>,
     finished: tokio::sync::Mutex<bool>,
+    /// The counters of each kind this pool runs, and its running jobs as a gauge.
+    kind_metrics: HashMap<String, KindMetrics>,
+    running_gauge: Gauge,
 }
 
 impl Shared {
@@ -175,8 +180,17 @@ impl Shared {
         conns: Connections,
         worker: String,
         health: Arc<DbHealth>,
+        metrics: &Metrics,
     ) -> Self {
+        let kind_metrics = settings
+            .kinds
+            .iter()
+            .map(|k| (k.clone(), metrics.kind(k)))
+            .collect();
+        let running_gauge = metrics.pool(&settings.queue, settings.concurrency);
         Self {
+            kind_metrics,
+            running_gauge,
             queue: settings.queue.clone(),
             worker,
             room: Semaphore::new(settings.max_held()),
@@ -289,6 +303,7 @@ impl Shared {
             }
         };
         self.running.fetch_add(1, Ordering::Relaxed);
+        self.running_gauge.inc();
         self.started_total.fetch_add(1, Ordering::Relaxed);
         if left <= self.low_water.load(Ordering::Relaxed) {
             self.claim_signal.notify_one();
@@ -318,9 +333,17 @@ impl Shared {
         );
     }
 
+    /// Counts an attempt of `kind` that took `seconds` and ended in `outcome`.
+    pub(in crate::runtime) fn count_attempt(&self, kind: &str, outcome: &Outcome, seconds: f64) {
+        if let Some(m) = self.kind_metrics.get(kind) {
+            m.attempt(outcome, seconds);
+        }
+    }
+
     /// A job's outcome is produced: returns when its handler started.
     pub(in crate::runtime) fn ended(&self, id: i64) -> Option<DateTime<Utc>> {
         self.running.fetch_sub(1, Ordering::Relaxed);
+        self.running_gauge.dec();
         if self.buffered() == 0 {
             // a worker is free and nothing is buffered for it
             self.claim_signal.notify_one();
