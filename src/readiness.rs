@@ -78,21 +78,47 @@ impl Readiness {
     }
 }
 
-/// `GET /healthz`: the process runs.
-pub async fn healthz() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({ "status": "ok" }))
+/// The answer of `/healthz` and `/readyz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Probe {
+    /// `ok` (`/healthz`), `ready` or `not_ready` (`/readyz`).
+    pub status: &'static str,
+    /// Why not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
-/// `GET /readyz`: 200 `{"status": "ready"}`, or 503 `{"status": "not_ready", "reason"}`.
+/// The process runs (no token; touches nothing).
+#[utoipa::path(get, path = "/healthz", tag = "probes",
+    responses((status = 200, description = "the process runs", body = Probe)))]
+pub async fn healthz() -> axum::Json<Probe> {
+    axum::Json(Probe {
+        status: "ok",
+        reason: None,
+    })
+}
+
+/// Whether this daemon can work now: the database answers, the schema is current, the
+/// pools run and no shutdown began (no token).
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses((status = 200, description = "ready", body = Probe),
+        (status = 503, description = "not ready, and why", body = Probe)))]
 pub async fn readyz(
     axum::extract::State(ready): axum::extract::State<Readiness>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     match ready.check().await {
-        Ok(()) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Ok(()) => axum::Json(Probe {
+            status: "ready",
+            reason: None,
+        })
+        .into_response(),
         Err(reason) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "status": "not_ready", "reason": reason })),
+            axum::Json(Probe {
+                status: "not_ready",
+                reason: Some(reason),
+            }),
         )
             .into_response(),
     }

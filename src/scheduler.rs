@@ -414,7 +414,7 @@ pub async fn run(pool: PgPool, schedules: Vec<Schedule>, shutdown: CancellationT
 }
 
 /// One row of `schedules list`.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ScheduleRow {
     pub name: String,
     pub cron: String,

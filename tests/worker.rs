@@ -545,7 +545,7 @@ async fn replay_enqueues_a_dead_letter_again_with_fresh_attempts() {
 
 /// A kind whose every attempt returns text PostgreSQL refuses to store, as a handler that
 /// copied a provider's answer without cleaning it would.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 struct UnstorableResult {}
 
 impl penguin_jobs::jobs::Kind for UnstorableResult {

@@ -3,18 +3,24 @@
 //! (default 50, at most 1000) per page, and `before` (the `next_before` of the page before)
 //! for the next one.
 
+use axum::Json;
 use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::stats::QueueSummary;
 use super::{Actor, AdminState};
+use crate::credentials::AlertRow;
 use crate::http::ApiError;
-use crate::queue;
+use crate::http::error::ErrorBody;
+use crate::queue::integrations::Integration;
+use crate::queue::{self, DeadLetter, Job, QueuePause, Replayed};
+use crate::scheduler::ScheduleRow;
 
 /// Rows per page when `limit` is not given.
 pub const DEFAULT_PAGE: i64 = 50;
@@ -24,29 +30,128 @@ pub const MAX_PAGE: i64 = 1000;
 /// answer says when more are left.
 pub const MAX_REPLAY: usize = 10_000;
 
-pub(super) fn routes() -> Router<AdminState> {
-    Router::new()
-        .route("/v1/stats", get(stats))
-        .route("/v1/queues", get(list_queues))
-        .route("/v1/queues/{queue}/pause", post(pause_queue))
-        .route("/v1/queues/{queue}/resume", post(resume_queue))
-        .route("/v1/jobs", get(list_jobs))
-        .route("/v1/jobs/{id}", get(show_job))
-        .route("/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/v1/jobs/{id}/retry", post(retry_job))
-        .route(
-            "/v1/dead-letters",
-            get(list_dead_letters).delete(purge_dead_letters),
-        )
-        .route("/v1/dead-letters/replay", post(replay_dead_letters))
-        .route("/v1/dead-letters/{id}", get(show_dead_letter))
-        .route("/v1/dead-letters/{id}/replay", post(replay_dead_letter))
-        .route("/v1/integrations", get(list_integrations))
-        .route("/v1/alerts", get(list_alerts))
-        .route("/v1/alerts/{id}/acknowledge", post(acknowledge_alert))
-        .route("/v1/schedules", get(list_schedules))
-        .route("/v1/schedules/{name}/pause", post(pause_schedule))
-        .route("/v1/schedules/{name}/resume", post(resume_schedule))
+/// The `/v1` routes with their OpenAPI operations.
+pub(super) fn routes() -> OpenApiRouter<AdminState> {
+    OpenApiRouter::new()
+        .routes(routes!(stats))
+        .routes(routes!(list_queues))
+        .routes(routes!(pause_queue))
+        .routes(routes!(resume_queue))
+        .routes(routes!(list_jobs))
+        .routes(routes!(show_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(retry_job))
+        .routes(routes!(list_dead_letters, purge_dead_letters))
+        .routes(routes!(replay_dead_letters))
+        .routes(routes!(show_dead_letter))
+        .routes(routes!(replay_dead_letter))
+        .routes(routes!(list_integrations))
+        .routes(routes!(list_alerts))
+        .routes(routes!(acknowledge_alert))
+        .routes(routes!(list_schedules))
+        .routes(routes!(pause_schedule))
+        .routes(routes!(resume_schedule))
+}
+
+/// A page of jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    pub items: Vec<Job>,
+    /// Pass as `before` for the next page; null on the last one.
+    pub next_before: Option<i64>,
+}
+
+/// A page of dead letters.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterPage {
+    pub items: Vec<DeadLetter>,
+    /// Pass as `before` for the next page; null on the last one.
+    pub next_before: Option<i64>,
+}
+
+/// A page of alerts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertPage {
+    pub items: Vec<AlertRow>,
+    /// Pass as `before` for the next page; null on the last one.
+    pub next_before: Option<i64>,
+}
+
+/// Totals over every queue.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct Totals {
+    pub available: i64,
+    pub scheduled: i64,
+    pub running: i64,
+    pub retryable: i64,
+    pub dead_letters: i64,
+}
+
+/// `GET /v1/stats`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsAnswer {
+    pub taken_at: chrono::DateTime<chrono::Utc>,
+    /// How long reading the counts took (milliseconds).
+    pub took_ms: f64,
+    pub totals: Totals,
+    pub queues: Vec<QueueSummary>,
+}
+
+/// `GET /v1/queues`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueList {
+    pub items: Vec<QueueSummary>,
+    pub paused: Vec<QueuePause>,
+}
+
+/// A queue paused or resumed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueSwitched {
+    pub queue: String,
+    pub paused: bool,
+    /// False when it already was.
+    pub changed: bool,
+}
+
+/// `POST /v1/dead-letters/replay`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayAnswer {
+    pub replayed: Vec<Replayed>,
+    pub count: usize,
+    /// More matching letters are left: call again.
+    pub more: bool,
+}
+
+/// `DELETE /v1/dead-letters`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Purged {
+    pub deleted: u64,
+}
+
+/// `GET /v1/integrations`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntegrationList {
+    pub items: Vec<Integration>,
+}
+
+/// `GET /v1/schedules`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleList {
+    pub items: Vec<ScheduleRow>,
+}
+
+/// A schedule paused or resumed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleSwitched {
+    pub name: String,
+    pub enabled: bool,
+}
+
+/// An alert acknowledged.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Acknowledged {
+    pub id: i64,
+    pub acknowledged: bool,
 }
 
 /// The query string as `T`; a bad one is 422 naming the parameter.
@@ -75,97 +180,125 @@ fn page(limit: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
-/// A page of `items` and the `before` of the next page (`None` on the last one).
-fn page_of<T: serde::Serialize>(items: Vec<T>, limit: i64, key: impl Fn(&T) -> i64) -> Response {
-    let next = (items.len() as i64 >= limit)
+/// The `before` of the page after `items` (`None` on the last one).
+fn next_before<T>(items: &[T], limit: i64, key: impl Fn(&T) -> i64) -> Option<i64> {
+    (items.len() as i64 >= limit)
         .then(|| items.last().map(&key))
-        .flatten();
-    Json(json!({ "items": items, "next_before": next })).into_response()
+        .flatten()
 }
 
-/// `GET /v1/stats`: every queue's depth per live state, dead letters not replayed, the
-/// oldest due job's age, and totals; at most `[admin] stats_interval` old.
-async fn stats(State(state): State<AdminState>) -> Result<Response, ApiError> {
+/// The responses every `/v1` route may give besides its own (documentation only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum Refusals {
+    /// No valid admin token (or none configured).
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The database is unavailable; retry.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// Every queue's depth per live state, dead letters not replayed, the oldest due job's
+/// age, and totals; at most `[admin] stats_interval` old.
+#[utoipa::path(get, path = "/v1/stats", tag = "queues", security(("admin_token" = [])),
+    responses((status = 200, body = StatsAnswer), Refusals))]
+async fn stats(State(state): State<AdminState>) -> Result<Json<StatsAnswer>, ApiError> {
     let snapshot = state.stats.snapshot().await?;
-    let mut totals = json!({});
-    for field in [
-        "available",
-        "scheduled",
-        "running",
-        "retryable",
-        "dead_letters",
-    ] {
-        let sum: i64 = snapshot
-            .queues
-            .iter()
-            .map(|q| match field {
-                "available" => q.available,
-                "scheduled" => q.scheduled,
-                "running" => q.running,
-                "retryable" => q.retryable,
-                _ => q.dead_letters,
-            })
-            .sum();
-        totals[field] = json!(sum);
+    let mut totals = Totals::default();
+    for q in &snapshot.queues {
+        totals.available += q.available;
+        totals.scheduled += q.scheduled;
+        totals.running += q.running;
+        totals.retryable += q.retryable;
+        totals.dead_letters += q.dead_letters;
     }
-    Ok(Json(json!({
-        "taken_at": snapshot.taken_at,
-        "took_ms": snapshot.took_ms,
-        "totals": totals,
-        "queues": snapshot.queues,
+    Ok(Json(StatsAnswer {
+        taken_at: snapshot.taken_at,
+        took_ms: snapshot.took_ms,
+        totals,
+        queues: snapshot.queues.clone(),
     }))
-    .into_response())
 }
 
-/// `GET /v1/queues`: each queue's depth and whether it is paused.
-async fn list_queues(State(state): State<AdminState>) -> Result<Response, ApiError> {
+/// Each queue's depth and whether it is paused.
+#[utoipa::path(get, path = "/v1/queues", tag = "queues", security(("admin_token" = [])),
+    responses((status = 200, body = QueueList), Refusals))]
+async fn list_queues(State(state): State<AdminState>) -> Result<Json<QueueList>, ApiError> {
     let snapshot = state.stats.snapshot().await?;
     let paused = queue::paused_queues(&state.pool).await?;
-    Ok(Json(json!({ "items": snapshot.queues, "paused": paused })).into_response())
+    Ok(Json(QueueList {
+        items: snapshot.queues.clone(),
+        paused,
+    }))
 }
 
-/// `POST /v1/queues/{queue}/pause`: no daemon claims from it until resumed (jobs already
-/// claimed finish). 200 `{"queue", "paused": true, "changed"}`.
+/// Pauses a queue: no daemon claims from it until resumed (jobs already claimed finish).
+#[utoipa::path(post, path = "/v1/queues/{queue}/pause", tag = "queues",
+    security(("admin_token" = [])), params(("queue" = String, Path, description = "queue name")),
+    responses((status = 200, body = QueueSwitched),
+        (status = 422, description = "not a queue name", body = ErrorBody), Refusals))]
 async fn pause_queue(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<QueueSwitched>, ApiError> {
     let changed = queue::pause_queue(&state.pool, &name, &actor.0).await?;
     if changed {
         tracing::info!(queue = %name, by = %actor.0, "queue paused");
     }
-    Ok(Json(json!({ "queue": name, "paused": true, "changed": changed })).into_response())
+    Ok(Json(QueueSwitched {
+        queue: name,
+        paused: true,
+        changed,
+    }))
 }
 
-/// `POST /v1/queues/{queue}/resume`.
+/// Resumes a paused queue and wakes the pools serving it.
+#[utoipa::path(post, path = "/v1/queues/{queue}/resume", tag = "queues",
+    security(("admin_token" = [])), params(("queue" = String, Path, description = "queue name")),
+    responses((status = 200, body = QueueSwitched),
+        (status = 422, description = "not a queue name", body = ErrorBody), Refusals))]
 async fn resume_queue(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<QueueSwitched>, ApiError> {
     let changed = queue::resume_queue(&state.pool, &name).await?;
     if changed {
         tracing::info!(queue = %name, by = %actor.0, "queue resumed");
     }
-    Ok(Json(json!({ "queue": name, "paused": false, "changed": changed })).into_response())
+    Ok(Json(QueueSwitched {
+        queue: name,
+        paused: false,
+        changed,
+    }))
 }
 
 /// Filters of `GET /v1/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct JobsQuery {
-    /// available, scheduled, running, retryable, completed, cancelled or dead.
+    /// available, scheduled, running, retryable, completed, cancelled or dead (the jobs in
+    /// the dead letters).
     state: Option<String>,
     kind: Option<String>,
     queue: Option<String>,
     tenant: Option<uuid::Uuid>,
+    /// The `next_before` of the page before.
     before: Option<i64>,
+    /// Rows per page (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
-/// `GET /v1/jobs`: newest first; `state=dead` lists the jobs in the dead letters.
-async fn list_jobs(State(state): State<AdminState>, uri: Uri) -> Result<Response, ApiError> {
+/// Jobs, newest first; `state=dead` lists the jobs in the dead letters.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("admin_token" = [])),
+    params(JobsQuery),
+    responses((status = 200, body = JobPage),
+        (status = 422, description = "a filter is invalid", body = ErrorBody), Refusals))]
+async fn list_jobs(State(state): State<AdminState>, uri: Uri) -> Result<Json<JobPage>, ApiError> {
     let q: JobsQuery = query(&uri)?;
     let limit = page(q.limit)?;
     let filter = queue::JobFilter {
@@ -176,62 +309,86 @@ async fn list_jobs(State(state): State<AdminState>, uri: Uri) -> Result<Response
         before: q.before,
         limit,
     };
-    let jobs = queue::list_jobs(&state.pool, &filter).await?;
-    Ok(page_of(jobs, limit, |j| j.id))
+    let items = queue::list_jobs(&state.pool, &filter).await?;
+    let next_before = next_before(&items, limit, |j| j.id);
+    Ok(Json(JobPage { items, next_before }))
 }
 
-/// `GET /v1/jobs/{id}`: the whole row; a dead job (state `dead`) from its dead letter.
+/// One job, the whole row; a dead job (state `dead`) from its dead letter.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("admin_token" = [])),
+    params(("id" = i64, Path, description = "job id")),
+    responses((status = 200, body = Job),
+        (status = 404, description = "no such job", body = ErrorBody), Refusals))]
 async fn show_job(
     State(state): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Job>, ApiError> {
     let id = id_of("job", &id)?;
-    Ok(Json(queue::get_job(&state.pool, id).await?).into_response())
+    Ok(Json(queue::get_job(&state.pool, id).await?))
 }
 
-/// `POST /v1/jobs/{id}/cancel`: 200 with the cancelled job; 409 when it is not live.
+/// Cancels a live job (a running one's outcome is then dropped).
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    security(("admin_token" = [])), params(("id" = i64, Path, description = "job id")),
+    responses((status = 200, description = "the cancelled job", body = Job),
+        (status = 404, description = "no such job", body = ErrorBody),
+        (status = 409, description = "the job is not live", body = ErrorBody), Refusals))]
 async fn cancel_job(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Job>, ApiError> {
     let id = id_of("job", &id)?;
     let job = queue::cancel_job(&state.pool, id).await?;
     tracing::info!(job.id = id, by = %actor.0, "job cancelled");
-    Ok(Json(job).into_response())
+    Ok(Json(job))
 }
 
-/// `POST /v1/jobs/{id}/retry`: 200 with the job, available now; a dead job is replayed
-/// from its dead letter (the answer is the new job); 409 for a running job.
+/// Runs a job again now; a dead job is replayed from its dead letter (the answer is the
+/// new job).
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    security(("admin_token" = [])), params(("id" = i64, Path, description = "job id")),
+    responses((status = 200, description = "the job, available now", body = Job),
+        (status = 404, description = "no such job", body = ErrorBody),
+        (status = 409, description = "running, replayed already, or its unique key is taken",
+            body = ErrorBody), Refusals))]
 async fn retry_job(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Job>, ApiError> {
     let id = id_of("job", &id)?;
     let job = queue::retry_job(&state.pool, id).await?;
     tracing::info!(job.id = id, new_job.id = job.id, by = %actor.0, "job retried");
-    Ok(Json(job).into_response())
+    Ok(Json(job))
 }
 
 /// Filters of `GET /v1/dead-letters`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DeadLettersQuery {
     kind: Option<String>,
     queue: Option<String>,
     tenant: Option<uuid::Uuid>,
-    /// `false`: only those not replayed yet.
+    /// `false`: only those not replayed yet; `true`: only replayed ones.
     replayed: Option<bool>,
+    /// The `next_before` of the page before.
     before: Option<i64>,
+    /// Rows per page (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
-/// `GET /v1/dead-letters`: newest first.
+/// Dead letters, newest first.
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "dead letters",
+    security(("admin_token" = [])), params(DeadLettersQuery),
+    responses((status = 200, body = DeadLetterPage),
+        (status = 422, description = "a filter is invalid", body = ErrorBody), Refusals))]
 async fn list_dead_letters(
     State(state): State<AdminState>,
     uri: Uri,
-) -> Result<Response, ApiError> {
+) -> Result<Json<DeadLetterPage>, ApiError> {
     let q: DeadLettersQuery = query(&uri)?;
     let limit = page(q.limit)?;
     let filter = queue::DeadLetterFilter {
@@ -242,21 +399,30 @@ async fn list_dead_letters(
         before: q.before,
         limit,
     };
-    let letters = queue::list_dead_letters(&state.pool, &filter).await?;
-    Ok(page_of(letters, limit, |d| d.id))
+    let items = queue::list_dead_letters(&state.pool, &filter).await?;
+    let next_before = next_before(&items, limit, |d| d.id);
+    Ok(Json(DeadLetterPage { items, next_before }))
 }
 
-/// `GET /v1/dead-letters/{id}`: the job's snapshot and its whole error history.
+/// One dead letter: the job's snapshot and its whole error history.
+#[utoipa::path(get, path = "/v1/dead-letters/{id}", tag = "dead letters",
+    security(("admin_token" = [])), params(("id" = i64, Path, description = "dead letter id")),
+    responses((status = 200, body = DeadLetter),
+        (status = 404, description = "no such dead letter", body = ErrorBody), Refusals))]
 async fn show_dead_letter(
     State(state): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<DeadLetter>, ApiError> {
     let id = id_of("dead letter", &id)?;
-    Ok(Json(queue::get_dead_letter(&state.pool, id).await?).into_response())
+    Ok(Json(queue::get_dead_letter(&state.pool, id).await?))
 }
 
-/// `POST /v1/dead-letters/{id}/replay`: 201 `{"dead_letter", "job"}`; 409 when replayed
-/// already.
+/// Replays one dead letter as a new job (fresh attempts).
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "dead letters",
+    security(("admin_token" = [])), params(("id" = i64, Path, description = "dead letter id")),
+    responses((status = 201, description = "the dead letter and its new job", body = Replayed),
+        (status = 404, description = "no such dead letter", body = ErrorBody),
+        (status = 409, description = "replayed already", body = ErrorBody), Refusals))]
 async fn replay_dead_letter(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
@@ -270,28 +436,33 @@ async fn replay_dead_letter(
         )));
     };
     tracing::info!(dead_letter = id, job.id = r.job, by = %actor.0, "dead letter replayed");
-    Ok((StatusCode::CREATED, Json(r)).into_response())
+    Ok((StatusCode::CREATED, Json(*r)).into_response())
 }
 
-/// Body of `POST /v1/dead-letters/replay`: which letters (not replayed yet) to replay.
-#[derive(Debug, Default, Deserialize)]
+/// Which dead letters (not replayed yet) to replay; an empty body replays all.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
-struct ReplayFilter {
+pub struct ReplayFilter {
     kind: Option<String>,
     queue: Option<String>,
     tenant: Option<uuid::Uuid>,
-    /// The most to replay in this request (default 1000, at most 10000).
+    /// The most to replay in this request (default 1000).
+    #[schema(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
 }
 
-/// `POST /v1/dead-letters/replay`: replays the matching letters not replayed yet, oldest
-/// first, in transactions of 500; `{"replayed": [..], "count", "more"}` (`more`: call
-/// again for the rest).
+/// Replays the matching dead letters not replayed yet, oldest first, in transactions of
+/// 500; `more` says to call again for the rest.
+#[utoipa::path(post, path = "/v1/dead-letters/replay", tag = "dead letters",
+    security(("admin_token" = [])),
+    request_body(content = Option<ReplayFilter>, content_type = "application/json"),
+    responses((status = 200, body = ReplayAnswer),
+        (status = 422, description = "the filter is invalid", body = ErrorBody), Refusals))]
 async fn replay_dead_letters(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
     body: axum::body::Bytes,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ReplayAnswer>, ApiError> {
     let filter: ReplayFilter = if body.iter().all(u8::is_ascii_whitespace) {
         ReplayFilter::default()
     } else {
@@ -315,26 +486,33 @@ async fn replay_dead_letters(
     };
     let (replayed, more) = queue::replay_dead_letters_matching(&state.pool, &matching, max).await?;
     tracing::info!(count = replayed.len(), more, by = %actor.0, "dead letters replayed");
-    Ok(
-        Json(json!({ "replayed": replayed, "count": replayed.len(), "more": more }))
-            .into_response(),
-    )
+    Ok(Json(ReplayAnswer {
+        count: replayed.len(),
+        replayed,
+        more,
+    }))
 }
 
 /// Query of `DELETE /v1/dead-letters`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PurgeQuery {
     /// A duration such as `7d`: dead letters older than it are deleted.
     older_than: String,
 }
 
-/// `DELETE /v1/dead-letters?older_than=7d`: `{"deleted": n}`.
+/// Deletes the dead letters older than `older_than`.
+#[utoipa::path(delete, path = "/v1/dead-letters", tag = "dead letters",
+    security(("admin_token" = [])), params(PurgeQuery),
+    responses((status = 200, body = Purged),
+        (status = 422, description = "older_than is missing or not a duration", body = ErrorBody),
+        Refusals))]
 async fn purge_dead_letters(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
     uri: Uri,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Purged>, ApiError> {
     let q: PurgeQuery = query(&uri)?;
     let older_than = humantime::parse_duration(&q.older_than)
         .ok()
@@ -347,27 +525,44 @@ async fn purge_dead_letters(
         })?;
     let deleted = queue::purge_dead_letters(&state.pool, older_than).await?;
     tracing::info!(deleted, older_than = %q.older_than, by = %actor.0, "dead letters purged");
-    Ok(Json(json!({ "deleted": deleted })).into_response())
+    Ok(Json(Purged { deleted }))
 }
 
-/// `GET /v1/integrations`: each provider's row (credentials, circuit breaker, last error).
-async fn list_integrations(State(state): State<AdminState>) -> Result<Response, ApiError> {
-    let rows = queue::integrations::list_integrations(&state.pool).await?;
-    Ok(Json(json!({ "items": rows })).into_response())
+/// Each provider's row: credentials, circuit breaker, last error.
+#[utoipa::path(get, path = "/v1/integrations", tag = "integrations",
+    security(("admin_token" = [])),
+    responses((status = 200, body = IntegrationList), Refusals))]
+async fn list_integrations(
+    State(state): State<AdminState>,
+) -> Result<Json<IntegrationList>, ApiError> {
+    let items = queue::integrations::list_integrations(&state.pool).await?;
+    Ok(Json(IntegrationList { items }))
 }
 
 /// Filters of `GET /v1/alerts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AlertsQuery {
     /// `open` (default) or `all`.
+    #[param(pattern = "^(open|all)$")]
     state: Option<String>,
+    /// The `next_before` of the page before.
     before: Option<i64>,
+    /// Rows per page (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
-/// `GET /v1/alerts`: open alerts (or all with `state=all`), newest first.
-async fn list_alerts(State(state): State<AdminState>, uri: Uri) -> Result<Response, ApiError> {
+/// Open alerts (or all with `state=all`), newest first.
+#[utoipa::path(get, path = "/v1/alerts", tag = "alerts", security(("admin_token" = [])),
+    params(AlertsQuery),
+    responses((status = 200, body = AlertPage),
+        (status = 422, description = "a filter is invalid", body = ErrorBody), Refusals))]
+async fn list_alerts(
+    State(state): State<AdminState>,
+    uri: Uri,
+) -> Result<Json<AlertPage>, ApiError> {
     let q: AlertsQuery = query(&uri)?;
     let open_only = match q.state.as_deref() {
         None | Some("open") => true,
@@ -379,66 +574,84 @@ async fn list_alerts(State(state): State<AdminState>, uri: Uri) -> Result<Respon
         }
     };
     let limit = page(q.limit)?;
-    let alerts = crate::credentials::list_alerts(&state.pool, open_only, q.before, limit).await?;
-    Ok(page_of(alerts, limit, |a| a.id))
+    let items = crate::credentials::list_alerts(&state.pool, open_only, q.before, limit).await?;
+    let next_before = next_before(&items, limit, |a| a.id);
+    Ok(Json(AlertPage { items, next_before }))
 }
 
-/// `POST /v1/alerts/{id}/acknowledge`: 200; 404 when no open alert has this id.
+/// Acknowledges an open alert.
+#[utoipa::path(post, path = "/v1/alerts/{id}/acknowledge", tag = "alerts",
+    security(("admin_token" = [])), params(("id" = i64, Path, description = "alert id")),
+    responses((status = 200, body = Acknowledged),
+        (status = 404, description = "no such open alert", body = ErrorBody), Refusals))]
 async fn acknowledge_alert(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Acknowledged>, ApiError> {
     let id = id_of("alert", &id)?;
     if !crate::credentials::acknowledge_alert(&state.pool, id).await? {
         return Err(ApiError::NotFound(format!("no open alert {id}")));
     }
     tracing::info!(alert = id, by = %actor.0, "alert acknowledged");
-    Ok(Json(json!({ "id": id, "acknowledged": true })).into_response())
+    Ok(Json(Acknowledged {
+        id,
+        acknowledged: true,
+    }))
 }
 
-/// `GET /v1/schedules`: every schedule with its next fire and whether it is enabled.
-async fn list_schedules(State(state): State<AdminState>) -> Result<Response, ApiError> {
-    let rows = crate::scheduler::list(&state.pool)
+/// Every schedule with its next fire and whether it is enabled.
+#[utoipa::path(get, path = "/v1/schedules", tag = "schedules", security(("admin_token" = [])),
+    responses((status = 200, body = ScheduleList), Refusals))]
+async fn list_schedules(State(state): State<AdminState>) -> Result<Json<ScheduleList>, ApiError> {
+    let items = crate::scheduler::list(&state.pool)
         .await
         .map_err(schedule_error)?;
-    Ok(Json(json!({ "items": rows })).into_response())
+    Ok(Json(ScheduleList { items }))
 }
 
-/// `POST /v1/schedules/{name}/pause`: fires that come due while paused are passed over.
+/// Pauses a schedule: fires that come due while paused are passed over.
+#[utoipa::path(post, path = "/v1/schedules/{name}/pause", tag = "schedules",
+    security(("admin_token" = [])), params(("name" = String, Path, description = "schedule name")),
+    responses((status = 200, body = ScheduleSwitched),
+        (status = 404, description = "no such schedule", body = ErrorBody), Refusals))]
 async fn pause_schedule(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    set_schedule(&state, &actor, &name, false).await
+) -> Result<Json<ScheduleSwitched>, ApiError> {
+    set_schedule(&state, &actor, name, false).await
 }
 
-/// `POST /v1/schedules/{name}/resume`.
+/// Resumes a schedule.
+#[utoipa::path(post, path = "/v1/schedules/{name}/resume", tag = "schedules",
+    security(("admin_token" = [])), params(("name" = String, Path, description = "schedule name")),
+    responses((status = 200, body = ScheduleSwitched),
+        (status = 404, description = "no such schedule", body = ErrorBody), Refusals))]
 async fn resume_schedule(
     State(state): State<AdminState>,
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    set_schedule(&state, &actor, &name, true).await
+) -> Result<Json<ScheduleSwitched>, ApiError> {
+    set_schedule(&state, &actor, name, true).await
 }
 
 async fn set_schedule(
     state: &AdminState,
     actor: &Actor,
-    name: &str,
+    name: String,
     enabled: bool,
-) -> Result<Response, ApiError> {
+) -> Result<Json<ScheduleSwitched>, ApiError> {
     if name.contains('\0') {
         return Err(ApiError::NotFound(
             "no schedule with a NUL in its name".into(),
         ));
     }
-    crate::scheduler::set_enabled(&state.pool, name, enabled)
+    crate::scheduler::set_enabled(&state.pool, &name, enabled)
         .await
         .map_err(schedule_error)?;
     tracing::info!(schedule = %name, enabled, by = %actor.0, "schedule switched");
-    Ok(Json(json!({ "name": name, "enabled": enabled })).into_response())
+    Ok(Json(ScheduleSwitched { name, enabled }))
 }
 
 fn schedule_error(e: crate::scheduler::ScheduleError) -> ApiError {

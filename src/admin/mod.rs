@@ -110,21 +110,66 @@ impl AdminState {
     }
 }
 
-/// The admin listener's routes.
-pub fn router(state: AdminState) -> Router {
-    let v1 = api::routes().layer(axum::middleware::from_fn_with_state(
+impl axum::extract::FromRef<AdminState> for Readiness {
+    fn from_ref(state: &AdminState) -> Readiness {
+        state.ready.clone()
+    }
+}
+
+/// The security scheme of the bearer tokens.
+const ADMIN_TOKEN_SCHEME: crate::http::openapi::BearerScheme =
+    crate::http::openapi::BearerScheme("admin_token");
+
+/// The admin API's OpenAPI document, before the routes add their operations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "penguin-jobs admin API",
+        description = "Operators' API of a penguin-jobs daemon (the admin listener, \
+            [admin] listen). Every /v1 route but /v1/openapi.json needs an admin token \
+            ([admin] tokens) as a bearer token.",
+    ),
+    modifiers(&ADMIN_TOKEN_SCHEME),
+    tags(
+        (name = "queues", description = "Depth, pause and resume"),
+        (name = "jobs", description = "Search, cancel, retry"),
+        (name = "dead letters", description = "Browse, replay, purge"),
+        (name = "schedules"), (name = "alerts"), (name = "integrations"),
+        (name = "probes", description = "Liveness, readiness, metrics: no token"),
+    )
+)]
+struct AdminDoc;
+
+/// The routes without a token, each with its OpenAPI operation.
+fn probes() -> utoipa_axum::router::OpenApiRouter<AdminState> {
+    utoipa_axum::router::OpenApiRouter::with_openapi(<AdminDoc as utoipa::OpenApi>::openapi())
+        .routes(utoipa_axum::routes!(crate::readiness::healthz))
+        .routes(utoipa_axum::routes!(crate::readiness::readyz))
+        .routes(utoipa_axum::routes!(prometheus::metrics))
+}
+
+/// Every admin route, the `/v1` ones behind the token.
+fn api(state: &AdminState) -> utoipa_axum::router::OpenApiRouter<AdminState> {
+    probes().merge(api::routes().layer(axum::middleware::from_fn_with_state(
         state.clone(),
         require_token,
-    ));
-    Router::new()
-        .route("/healthz", get(crate::readiness::healthz))
-        .route("/metrics", get(prometheus::metrics))
-        .route(
-            "/readyz",
-            get(crate::readiness::readyz).with_state(state.ready.clone()),
-        )
-        .merge(v1)
-        .with_state(state)
+    )))
+}
+
+/// The admin API's OpenAPI document (`penguin-jobs openapi --admin` prints it; the admin
+/// listener serves it at `/v1/openapi.json`, without a token).
+pub fn document() -> serde_json::Value {
+    let doc = probes().merge(api::routes()).into_openapi();
+    crate::http::openapi::finish(doc, env!("CARGO_PKG_VERSION"))
+}
+
+/// The admin listener's routes.
+pub fn router(state: AdminState) -> Router {
+    let doc = Arc::new(document());
+    api(&state).with_state(state).split_for_parts().0.route(
+        crate::http::openapi::PATH,
+        get(move || crate::http::openapi::serve(doc.clone())),
+    )
 }
 
 /// Serves the admin routes on `listener` until `shutdown` (the `[http]` connection limits

@@ -13,9 +13,12 @@ use super::AdminState;
 use crate::metrics::{QueueSample, Sampled};
 use crate::queue;
 
-/// `GET /metrics` (no token: keep the admin listener on a private address). A database
-/// that does not answer leaves the sampled gauges out (the daemon's own counters are
-/// still answered) and sets `penguin_jobs_stats_up 0`.
+/// Prometheus metrics in the text format (no token: keep the admin listener on a private
+/// address). A database that does not answer leaves the sampled gauges out (the daemon's
+/// own counters are still answered) and sets `penguin_jobs_stats_up 0`.
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text format 0.0.4",
+        content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
 pub(super) async fn metrics(State(state): State<AdminState>) -> Response {
     let mut text = String::with_capacity(16 * 1024);
     let sampled = Sampled::default();

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::queue;
 
 /// One queue right now.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct QueueSummary {
     pub queue: String,
     /// Paused: no daemon claims from it.

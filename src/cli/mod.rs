@@ -126,6 +126,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the OpenAPI 3.1 document of the HTTP shim (with a JSON Schema per job kind's
+    /// payload, for typed clients), or with --admin of the admin API. Needs no database.
+    Openapi {
+        /// The admin listener's document instead of the shim's.
+        #[arg(long)]
+        admin: bool,
+    },
 }
 
 /// A delay or age from now: a humantime duration within [`CLI_DELAY_RANGE`], so that
@@ -179,6 +186,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => audit::audit(&config, subject, limit, json).await,
         Command::Alerts { ack, json } => audit::alerts(&config, ack, json).await,
         Command::Stats { json } => status::stats(&config, json).await,
+        Command::Openapi { admin } => {
+            let doc = if admin {
+                crate::admin::document()
+            } else {
+                crate::http::document(&registry(&config)?)
+            };
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(())
+        }
     }
 }
 

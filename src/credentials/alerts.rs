@@ -73,7 +73,7 @@ fn with_alert<'q>(
 }
 
 /// One alert row.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AlertRow {
     pub id: i64,
     pub at: DateTime<Utc>,

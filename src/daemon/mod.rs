@@ -382,4 +382,19 @@ impl<H: ?Sized + crate::jobs::Describe> crate::http::EnqueueCheck for crate::job
     fn internal(&self, kind: &str) -> Option<bool> {
         crate::jobs::Catalog::internal(self, kind)
     }
+    fn payload_schemas(&self) -> Vec<crate::http::openapi::KindSchema> {
+        let mut kinds = self.kinds();
+        kinds.sort_unstable();
+        kinds
+            .into_iter()
+            .filter_map(|kind| {
+                let (item, _) = self.get(kind)?;
+                Some(crate::http::openapi::KindSchema {
+                    kind: kind.to_string(),
+                    internal: item.internal(),
+                    schema: item.payload_schema(),
+                })
+            })
+            .collect()
+    }
 }

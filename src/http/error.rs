@@ -13,6 +13,13 @@ use serde_json::json;
 use super::connection::BodyTimedOut;
 use super::ingest::IngestError;
 
+/// The body of every refusal: `{"error": "what is wrong"}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, for a person to read (never a secret or the request's body).
+    pub error: String,
+}
+
 /// Why the shim refused a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {

@@ -20,6 +20,7 @@ pub mod error;
 pub mod filters;
 pub mod ingest;
 pub mod oauth;
+pub mod openapi;
 pub mod serve;
 pub mod tokens;
 
@@ -31,7 +32,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -71,6 +72,10 @@ pub trait EnqueueCheck: Send + Sync {
     /// `Some(true)` for a kind only the daemon enqueues unless a token names it,
     /// `Some(false)` for a public kind, `None` for an unknown kind.
     fn internal(&self, kind: &str) -> Option<bool>;
+    /// Every kind's payload schema, for the OpenAPI document (none by default).
+    fn payload_schemas(&self) -> Vec<openapi::KindSchema> {
+        Vec::new()
+    }
 }
 
 /// What the handlers share.
@@ -187,20 +192,93 @@ impl AppState {
     }
 }
 
+impl axum::extract::FromRef<AppState> for crate::readiness::Readiness {
+    fn from_ref(state: &AppState) -> Self {
+        state.ready.clone()
+    }
+}
+
+/// The security scheme of the bearer tokens.
+const API_TOKEN_SCHEME: crate::http::openapi::BearerScheme =
+    crate::http::openapi::BearerScheme("api_token");
+
+/// The shim's OpenAPI document, before the routes add their operations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "penguin-jobs shim",
+        description = "The public HTTP shim of a penguin-jobs daemon ([http] listen): enqueue \
+            jobs (bearer token of [http] api_tokens or [http.tokens.NAME]), read their status, \
+            and receive provider webhooks (verified by signature, no token)."
+    ),
+    modifiers(&API_TOKEN_SCHEME),
+    tags((name = "jobs"), (name = "webhooks"), (name = "oauth"), (name = "probes"))
+)]
+struct ShimDoc;
+
+/// The shim's routes, each with its OpenAPI operation.
+fn api(max_body: usize) -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::with_openapi(<ShimDoc as utoipa::OpenApi>::openapi())
+        .routes(utoipa_axum::routes!(crate::readiness::healthz))
+        .routes(utoipa_axum::routes!(crate::readiness::readyz))
+        .routes(utoipa_axum::routes!(create_job))
+        .routes(utoipa_axum::routes!(show_job))
+        .routes(utoipa_axum::routes!(webhook))
+        .routes(utoipa_axum::routes!(oauth::callback))
+        .layer(DefaultBodyLimit::max(max_body))
+}
+
+/// The shim's OpenAPI document, with `kinds`' payload schemas (`penguin-jobs openapi`
+/// prints it; the shim serves it at [`openapi::PATH`]).
+pub fn document(kinds: &dyn EnqueueCheck) -> serde_json::Value {
+    let mut doc = openapi::finish(api(0).into_openapi(), env!("CARGO_PKG_VERSION"));
+    openapi::add_job_kinds(&mut doc, &kinds.payload_schemas(), "NewJob");
+    doc
+}
+
+/// The shim's routes, its document at [`openapi::PATH`].
+pub fn routes(state: AppState, max_body: usize) -> Router {
+    let doc = Arc::new(document(&*state.kinds));
+    api(max_body)
+        .with_state(state)
+        .split_for_parts()
+        .0
+        .route(openapi::PATH, get(move || openapi::serve(doc.clone())))
+}
+
 /// The shim's routes.
 pub fn router(state: AppState, max_body: usize) -> Router {
-    Router::new()
-        .route("/healthz", get(crate::readiness::healthz))
-        .route(
-            "/readyz",
-            get(crate::readiness::readyz).with_state(state.ready.clone()),
-        )
-        .route("/v1/jobs", post(create_job))
-        .route("/v1/jobs/{id}", get(show_job))
-        .route("/webhooks/{provider}", post(webhook))
-        .route("/oauth/callback/{provider}", get(oauth::callback))
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state)
+    routes(state, max_body)
+}
+
+/// What `POST /v1/jobs` and `GET /v1/jobs/{id}` answer: the job's id, and with `wait` or
+/// on a read its status (documentation of [`crate::queue::JobStatus`] and the id-only
+/// answers).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct JobAnswer {
+    id: i64,
+    kind: Option<String>,
+    /// A job state, or `dead` (in the dead letters).
+    state: Option<String>,
+    attempt: Option<i32>,
+    max_attempts: Option<i32>,
+    result: Option<serde_json::Value>,
+    errors: Option<serde_json::Value>,
+    dead_reason: Option<String>,
+    created_at: Option<chrono::DateTime<chrono::Utc>>,
+    finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    tenant_id: Option<uuid::Uuid>,
+}
+
+/// What a webhook request stored (documentation).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct WebhookAnswer {
+    /// Events new to the queue.
+    stored: usize,
+    /// Events stored by an earlier delivery.
+    duplicates: usize,
 }
 
 /// Serves on an already bound listener (tests bind port 0) under the connection limits
@@ -242,6 +320,18 @@ fn json_or_undeclared(headers: &HeaderMap) -> Result<(), ApiError> {
 /// Longest `"wait"` a request may ask for.
 pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", security(("api_token" = [])),
+    request_body(content = NewJob, content_type = "application/json"),
+    responses(
+        (status = 202, description = "enqueued (or, with wait, not final yet)", body = JobAnswer),
+        (status = 200, description = "the live job holding the same unique key, or with wait the final job", body = JobAnswer),
+        (status = 401, description = "no valid token (or none configured)", body = error::ErrorBody),
+        (status = 403, description = "a kind or tenant outside the token's scope", body = error::ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = error::ErrorBody),
+        (status = 413, description = "the body is over [http] max_body", body = error::ErrorBody),
+        (status = 415, description = "a body declared as something else than JSON", body = error::ErrorBody),
+        (status = 422, description = "an unknown kind, a bad payload or field", body = error::ErrorBody),
+        (status = 503, description = "the database is unavailable; retry", body = error::ErrorBody)))]
 /// `POST /v1/jobs`: 202 `{"id"}` for a new job, 200 `{"id"}` for the live job holding the
 /// same unique key, 401 without a valid token, 403 for a kind or tenant outside the token's
 /// scope ([`tokens`]), 422 for an unknown kind, a bad payload or a reserved unique key.
@@ -345,6 +435,13 @@ fn status_json(s: &crate::queue::JobStatus) -> serde_json::Value {
     serde_json::to_value(s).unwrap_or_else(|_| json!({ "id": s.id, "state": s.state }))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("api_token" = [])),
+    params(("id" = i64, Path, description = "job id")),
+    responses(
+        (status = 200, description = "the job's state, result and errors", body = JobAnswer),
+        (status = 401, description = "no valid token (or none configured)", body = error::ErrorBody),
+        (status = 404, description = "no such job for this token", body = error::ErrorBody),
+        (status = 503, description = "the database is unavailable; retry", body = error::ErrorBody)))]
 /// `GET /v1/jobs/{id}`: the job's state, result and errors (`dead` once dead-lettered);
 /// 404 when no job or dead letter has this id, or when the job is outside the token's
 /// scope (another tenant's, a kind the token may not use).
@@ -531,6 +628,18 @@ fn inbound_rows(
 }
 
 /// `POST /webhooks/{provider}`: verify, store each event with its job, answer after commit.
+#[utoipa::path(post, path = "/webhooks/{provider}", tag = "webhooks",
+    params(("provider" = String, Path, description = "mailgun, sendgrid or stripe")),
+    request_body(content = serde_json::Value, description = "the provider's event(s), signed as the provider signs them"),
+    responses(
+        (status = 200, description = "stored (after commit)", body = WebhookAnswer),
+        (status = 400, description = "a body that is not the provider's format", body = error::ErrorBody),
+        (status = 401, description = "the signature, timestamp or token does not verify", body = error::ErrorBody),
+        (status = 404, description = "an unknown provider, or one without its webhook key", body = error::ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = error::ErrorBody),
+        (status = 413, description = "the body is over [http] max_body", body = error::ErrorBody),
+        (status = 422, description = "an event that cannot be stored", body = error::ErrorBody),
+        (status = 503, description = "the database is unavailable; the provider retries", body = error::ErrorBody)))]
 async fn webhook(
     State(state): State<AppState>,
     Path(provider): Path<String>,

@@ -41,7 +41,17 @@ fn plain_word(s: &str) -> Option<&str> {
     (s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then_some(s)
 }
 
-/// The callback route.
+/// The OAuth provider's redirect after the user's consent: the authorization code is
+/// stored sealed and its exchange enqueued. Answers a small HTML page.
+#[utoipa::path(get, path = "/oauth/callback/{provider}", tag = "oauth",
+    params(("provider" = String, Path, description = "the OAuth provider's name"),
+        ("state" = Option<String>, Query, description = "the state of the authorization link"),
+        ("code" = Option<String>, Query, description = "the authorization code"),
+        ("error" = Option<String>, Query, description = "the provider's refusal")),
+    responses(
+        (status = 200, description = "connected", content_type = "text/html", body = String),
+        (status = 400, description = "an invalid, expired or used link", content_type = "text/html", body = String),
+        (status = 503, description = "no master key, or the database is away", content_type = "text/html", body = String)))]
 pub async fn callback(
     State(state): State<AppState>,
     Path(provider): Path<String>,

@@ -93,7 +93,7 @@ fn policy() -> KindPolicy {
 }
 
 /// The `apikey.rotate` kind: rotate the key of one provider in one environment.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
     provider: String,
@@ -108,7 +108,7 @@ fn default_environment() -> String {
 }
 
 /// The `apikey.revoke` kind: revoke a retired key once its overlap is over.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Revoke {
     key_id: Uuid,
@@ -383,7 +383,7 @@ async fn revoke_at_provider(deps: &KeyDeps, key: &creds::ApiKeyInfo) -> Result<b
 }
 
 /// The `apikey.rotation_sweep` kind (no payload).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Sweep(NoPayload);
 

@@ -58,7 +58,7 @@ fn policy() -> KindPolicy {
 }
 
 /// `mailgun.send`: one email through Mailgun.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct MailgunSend(Email);
 
@@ -84,7 +84,7 @@ impl Kind for MailgunSend {
 }
 
 /// `sendgrid.send`: one email through SendGrid.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct SendgridSend(Email);
 

@@ -42,7 +42,7 @@ const REFUSED_HEADERS: &[&str] = &[
 ];
 
 /// The `http.request` kind: the request to make.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpRequest {
     #[serde(default = "default_method")]
@@ -54,11 +54,13 @@ pub struct HttpRequest {
     body: Option<serde_json::Value>,
     #[serde(default)]
     expect_status: Option<ExpectStatus>,
+    /// A duration such as `10s` (default 30s).
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     timeout: Option<Duration>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 enum ExpectStatus {
     One(u16),

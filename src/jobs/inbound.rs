@@ -46,6 +46,21 @@ impl<'de> serde::Deserialize<'de> for InboundEventRef {
     }
 }
 
+impl schemars::JsonSchema for InboundEventRef {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "InboundEventRef".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "The stored webhook event to process (penguin.inbound_events)",
+            "type": "object",
+            "properties": { "inbound_event_id": { "type": "integer", "minimum": 1 } },
+            "required": ["inbound_event_id"],
+            "additionalProperties": false
+        })
+    }
+}
+
 /// What an email webhook event amounts to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {

@@ -52,7 +52,7 @@ const CONFIRM_AGAIN: Duration = Duration::from_secs(120);
 const CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 /// The `mailgun.event` kind: one stored Mailgun event.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct MailgunEvent(InboundEventRef);
 

@@ -14,7 +14,7 @@ use crate::config::{BackoffConfig, BackoffStrategy, Config};
 use crate::queue;
 
 /// The `maintenance.prune` kind (no payload).
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Prune(NoPayload);
 

@@ -274,10 +274,11 @@ pub type Attempt = Result<Option<serde_json::Value>, JobError>;
 
 /// One job kind. The payload type is the kind: it is decoded from the job's JSON (and
 /// checked by [`Kind::validate`]) by the same code at enqueue time and before every
-/// attempt, and then it runs.
+/// attempt, and then it runs. Its JSON Schema (`schemars`) is the payload's schema in the
+/// shim's OpenAPI document.
 ///
 /// ```text
-/// #[derive(Deserialize)]
+/// #[derive(Deserialize, JsonSchema)]
 /// struct Ping { url: String }
 ///
 /// impl Kind for Ping {
@@ -286,7 +287,7 @@ pub type Attempt = Result<Option<serde_json::Value>, JobError>;
 ///     async fn run(self, ctx: &JobContext, http: &reqwest::Client) -> Attempt { .. }
 /// }
 /// ```
-pub trait Kind: serde::de::DeserializeOwned + Send + 'static {
+pub trait Kind: serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static {
     /// The stable kind string (`noop`, `http.request`, ...).
     const KIND: &'static str;
     /// Enqueued by the daemon itself (schedules, sweeps, webhooks, CLI commands): a
@@ -334,6 +335,16 @@ pub trait Describe: Send + Sync + 'static {
     fn internal(&self) -> bool {
         false
     }
+    /// The JSON Schema (2020-12, as OpenAPI 3.1 uses) of the kind's payload; by default
+    /// any value.
+    fn payload_schema(&self) -> serde_json::Value {
+        serde_json::Value::Bool(true)
+    }
+}
+
+/// The JSON Schema of `K`'s payload.
+fn schema_of<K: Kind>() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(K)).unwrap_or(serde_json::Value::Bool(true))
 }
 
 /// One kind's code, as the runtime calls it.
@@ -349,6 +360,7 @@ pub struct KindInfo {
     internal: bool,
     policy: fn() -> KindPolicy,
     check: fn(&serde_json::Value) -> Result<(), String>,
+    schema: fn() -> serde_json::Value,
 }
 
 impl KindInfo {
@@ -359,6 +371,7 @@ impl KindInfo {
             internal: K::INTERNAL,
             policy: K::policy,
             check: check::<K>,
+            schema: schema_of::<K>,
         }
     }
 }
@@ -379,6 +392,9 @@ impl Describe for KindInfo {
     }
     fn internal(&self) -> bool {
         self.internal
+    }
+    fn payload_schema(&self) -> serde_json::Value {
+        (self.schema)()
     }
 }
 
@@ -406,6 +422,9 @@ impl<K: Kind> Describe for Typed<K> {
     fn internal(&self) -> bool {
         K::INTERNAL
     }
+    fn payload_schema(&self) -> serde_json::Value {
+        schema_of::<K>()
+    }
 }
 
 impl<K: Kind> Handler for Typed<K> {
@@ -428,6 +447,19 @@ impl<'de> serde::Deserialize<'de> for NoPayload {
             serde_json::Value::Object(o) if o.is_empty() => Ok(NoPayload),
             _ => Err(serde::de::Error::custom("takes no payload (use {})")),
         }
+    }
+}
+
+impl schemars::JsonSchema for NoPayload {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NoPayload".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Takes no payload: {}",
+            "type": "object",
+            "maxProperties": 0
+        })
     }
 }
 

@@ -16,6 +16,15 @@ impl<'de> Deserialize<'de> for Noop {
     }
 }
 
+impl schemars::JsonSchema for Noop {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Noop".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "description": "Any value; ignored" })
+    }
+}
+
 impl Kind for Noop {
     const KIND: &'static str = "noop";
     type Deps = ();

@@ -132,6 +132,23 @@ pub struct Exchange {
     state_id: Uuid,
 }
 
+impl schemars::JsonSchema for Exchange {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OauthExchange".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "properties": {
+                "state_id": { "type": "string", "format": "uuid" },
+                "actor": { "type": "string" }
+            },
+            "required": ["state_id"],
+            "additionalProperties": false
+        })
+    }
+}
+
 impl TryFrom<serde_json::Value> for Exchange {
     type Error = String;
     fn try_from(payload: serde_json::Value) -> Result<Self, String> {
@@ -316,6 +333,23 @@ pub struct Refresh {
     actor: Actor,
 }
 
+impl schemars::JsonSchema for Refresh {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OauthRefresh".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "properties": {
+                "connection_id": { "type": "string", "format": "uuid" },
+                "actor": { "type": "string" }
+            },
+            "required": ["connection_id"],
+            "additionalProperties": false
+        })
+    }
+}
+
 impl TryFrom<serde_json::Value> for Refresh {
     type Error = String;
     fn try_from(payload: serde_json::Value) -> Result<Self, String> {
@@ -478,7 +512,7 @@ impl Ended<'_> {
 // ---------------------------------------------------------------- oauth.refresh_sweep
 
 /// The `oauth.refresh_sweep` kind (no payload).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Sweep(NoPayload);
 

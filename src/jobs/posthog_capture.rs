@@ -27,7 +27,7 @@ const GATHER: Duration = Duration::from_millis(5);
 type Submission = (serde_json::Value, oneshot::Sender<Result<(), JobError>>);
 
 /// The `posthog.capture` kind: one event.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct Capture(CaptureEvent);
 

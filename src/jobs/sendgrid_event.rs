@@ -24,7 +24,7 @@ use crate::queue::email::{EmailEvent, EmailStatus, InboundEvent, SuppressionReas
 const PROVIDER: &str = "sendgrid";
 
 /// The `sendgrid.event` kind: one stored SendGrid event.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct SendgridEvent(InboundEventRef);
 

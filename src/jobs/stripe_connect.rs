@@ -27,7 +27,7 @@ pub fn idempotency_key(kind: &str, job_id: i64) -> String {
 }
 
 /// `stripe.account.create`: an Express account for a tenant.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     email: String,
@@ -54,7 +54,7 @@ fn check_account(p: &CreateAccount) -> Result<(), String> {
 }
 
 /// `stripe.account_link.create`: the onboarding link of an account.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccountLink {
     account: String,

@@ -31,7 +31,7 @@ use crate::queue::payments::{
 const PROVIDER: &str = "stripe";
 
 /// The `stripe.event` kind: one stored Stripe event.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct StripeEvent(InboundEventRef);
 

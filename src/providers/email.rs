@@ -14,7 +14,7 @@ pub const MAX_RECIPIENTS: usize = 1000;
 pub const MAX_TAGS: usize = 10;
 
 /// One email to send.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Email {
     /// `"News <news@mg.example.com>"` or a bare address.

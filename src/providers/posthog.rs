@@ -31,7 +31,7 @@ pub struct Posthog {
 }
 
 /// One analytics event (the `posthog.capture` payload).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaptureEvent {
     pub event: String,

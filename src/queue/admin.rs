@@ -123,7 +123,7 @@ pub async fn get_job(pool: &PgPool, id: i64) -> Result<Job, Error> {
 
 /// Where a job is, as its enqueuer sees it: its state (`dead` once dead-lettered) and
 /// what it left (result, or the errors of its attempts).
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct JobStatus {
     pub id: i64,
     pub kind: String,
@@ -329,7 +329,7 @@ pub async fn get_dead_letter(pool: &PgPool, id: i64) -> Result<DeadLetter, Error
 }
 
 /// A replayed dead letter and the job that replays it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Replayed {
     pub dead_letter: i64,
     pub job: i64,

@@ -13,25 +13,32 @@ use super::Error;
 use super::state::{live_states, same_tenant};
 
 /// A job to insert. `None` fields take the kind's defaults from `penguin.kinds`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     pub kind: String,
     #[serde(default)]
     pub payload: serde_json::Value,
+    /// The queue (default: the kind's).
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub queue: Option<String>,
     /// Earliest start; `None` or a past time means now.
     #[serde(default)]
     pub run_at: Option<DateTime<Utc>>,
-    /// Lower runs first.
+    /// Lower runs first (default: the kind's).
     #[serde(default)]
+    #[schema(minimum = -32768, maximum = 32767)]
     pub priority: Option<i16>,
+    /// Attempts before the dead letters (default: the kind's).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_attempts: Option<i32>,
     /// At most one live job per key, kind and tenant; enqueueing again returns the live
-    /// job's id. Keys starting with [`RESERVED_KEY_PREFIX`] are the daemon's own.
+    /// job's id. Keys starting with `penguin:` ([`RESERVED_KEY_PREFIX`]) are the daemon's
+    /// own.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 1000)]
     pub unique_key: Option<String>,
     #[serde(default)]
     pub tenant_id: Option<uuid::Uuid>,

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use super::Error;
 
 /// One provider's row of `penguin.integrations`.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct Integration {
     pub provider: String,
     /// `ok` or `error` (credentials refused).

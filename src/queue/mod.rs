@@ -152,7 +152,7 @@ pub async fn sync_kinds(pool: &PgPool, kinds: &[KindDefaults]) -> Result<(), Err
 }
 
 /// A whole job row, for operators.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Job {
     pub id: i64,
     pub queue: String,
@@ -183,7 +183,7 @@ pub struct Job {
 }
 
 /// A whole dead-letter row, for operators.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: i64,
     pub job_id: i64,

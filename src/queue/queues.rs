@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use super::{Error, NOTIFY_CHANNEL};
 
 /// A paused queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct QueuePause {
     pub queue: String,
     pub paused_at: DateTime<Utc>,

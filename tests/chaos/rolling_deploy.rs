@@ -15,7 +15,7 @@ use crate::support;
 use crate::support::daemon::{config, count, start_runtime, wait_for};
 
 /// The kind only the new daemon knows (a JSON object, ignored).
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 struct NewKind {}
 
 impl Kind for NewKind {

@@ -168,15 +168,6 @@ impl OAuthServer {
     }
 }
 
-fn imports_oauthlib(python: &Path) -> bool {
-    Command::new(python)
-        .args(["-c", "import oauthlib"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// A Python with oauthlib (see the module docs); panics with what to install.
 pub fn python() -> PathBuf {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -187,65 +178,21 @@ pub fn python() -> PathBuf {
 }
 
 fn find_or_install_python() -> Result<PathBuf, String> {
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("oauth-venv");
-    let in_venv = venv.join("bin/python");
-    if imports_oauthlib(&in_venv) {
-        return Ok(in_venv);
-    }
+    let imports = |python: &Path| super::python::imports(python, "oauthlib");
     if let Ok(p) = std::env::var("PENGUIN_JOBS_TEST_PYTHON")
-        && imports_oauthlib(Path::new(&p))
+        && imports(Path::new(&p))
     {
         return Ok(PathBuf::from(p));
     }
-    if imports_oauthlib(Path::new("python3")) {
+    if imports(Path::new("python3")) {
         return Ok(PathBuf::from("python3"));
     }
-    let help = format!(
-        "the OAuth tests run a real authorization server built on oauthlib and need Python 3 \
-         with {OAUTHLIB}: install python3 and python3-venv (bash .ci/run does), or set \
-         PENGUIN_JOBS_TEST_PYTHON to a Python that has oauthlib"
-    );
-    // build aside and rename, so that concurrent test binaries never see half a venv
-    let tmp = venv.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
-        let out = cmd
-            .output()
-            .map_err(|e| format!("{help}; {what} could not run: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{help}; {what} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
-    run(
-        Command::new("python3").args(["-m", "venv"]).arg(&tmp),
-        "python3 -m venv",
-    )?;
-    run(
-        Command::new(tmp.join("bin/python")).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            OAUTHLIB,
-        ]),
-        "pip install oauthlib",
-    )?;
-    if std::fs::rename(&tmp, &venv).is_err() {
-        // another test binary finished first
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    if imports_oauthlib(&in_venv) {
-        Ok(in_venv)
-    } else {
-        Err(format!(
-            "{help}; the virtualenv at {} does not import oauthlib",
-            venv.display()
-        ))
-    }
+    let venv = super::python::venv("oauth-venv", OAUTHLIB, "oauthlib");
+    venv.map(|v| v.join("bin/python")).map_err(|e| {
+        format!(
+            "the OAuth tests run a real authorization server built on oauthlib and need Python 3 \
+             with {OAUTHLIB}: install python3 and python3-venv (bash .ci/run does), or set \
+             PENGUIN_JOBS_TEST_PYTHON to a Python that has oauthlib; {e}"
+        )
+    })
 }
