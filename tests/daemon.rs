@@ -335,6 +335,33 @@ async fn with_no_database_configured_run_starts_and_stops_its_own_postgres() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // the log of the first hour: which config, how to reach the database, no colours
+    let log = embedded_log();
+    let config_path = work.path().join("jobs.toml");
+    assert!(
+        log.contains(&format!("config={}", config_path.display())),
+        "{log}"
+    );
+    assert!(log.contains("connect with: psql -h "), "{log}");
+    assert!(log.contains("-U postgres penguin_jobs"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escape codes in a log file: {log}");
+    // a second daemon on the same data directory fails at once, naming the first
+    let started = std::time::Instant::now();
+    let second = run(&["run", "--no-http", "--no-admin"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a second run waited {:?} before failing",
+        started.elapsed()
+    );
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "belongs to another process still running (pid {}",
+            daemon.id()
+        )),
+        "{stderr}"
+    );
     signal(&daemon, "-TERM");
     let status = wait_exit(&mut daemon, Duration::from_secs(30)).await;
     assert!(status.success(), "{}", embedded_log());
@@ -375,5 +402,42 @@ async fn a_failed_start_stops_the_embedded_cluster_it_started() {
         penguin_jobs::embedded_pg::EmbeddedPostgres::running_url(&cluster, "postgres"),
         None,
         "the embedded cluster still runs"
+    );
+}
+
+#[tokio::test]
+async fn a_queue_with_jobs_and_no_pool_is_warned_about() {
+    let app = TestApp::builder()
+        .config("[daemon]\nrescue_interval = \"100ms\"\npoll_interval = \"100ms\"\n")
+        .build()
+        .await;
+    app.enqueue(&NewJob {
+        queue: Some("nowhere".into()),
+        ..NewJob::new("noop", json!({}))
+    })
+    .await;
+    let served = app.enqueue(&NewJob::new("noop", json!({}))).await;
+    let mut daemon = app.spawn_daemon("unserved.log");
+    app.wait_for_finished(served, Duration::from_secs(30)).await;
+    let warned = support::poll_until(Duration::from_secs(30), async || {
+        app.log("unserved.log")
+            .contains("queue \"nowhere\" holds jobs but no running daemon has a pool for it")
+    })
+    .await;
+    // the queue-level view while the daemon runs: served queues are not listed
+    let unserved = penguin_jobs::queue::unserved_queues(&app.pool, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    signal(&daemon, "-TERM");
+    wait_exit(&mut daemon, Duration::from_secs(30)).await;
+    let log = app.log("unserved.log");
+    assert!(warned.is_some(), "{log}");
+    assert!(!log.contains("queue \"default\" holds jobs"), "{log}");
+    assert_eq!(
+        unserved,
+        vec![penguin_jobs::queue::UnservedQueue {
+            queue: "nowhere".into(),
+            has_jobs: true
+        }]
     );
 }

@@ -245,3 +245,45 @@ async fn a_transaction_holding_the_horizon_is_named_by_stats_and_warned_about_by
     assert!(log.contains(&format!("session pid {pid}")), "{log}");
     sqlx::query("rollback").execute(&mut report).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_cli_shows_lists_and_retries_a_dead_job_and_says_when_nothing_is_open() {
+    let app = support::app::TestApp::new().await;
+    let id = app.enqueue(&NewJob::new("noop", json!({"x": 1}))).await;
+    bury(&app.pool, id).await;
+    let stdout = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown: serde_json::Value = serde_json::from_str(&stdout(app.cli(&[
+        "jobs",
+        "show",
+        &id.to_string(),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(shown["state"], "dead");
+    assert_eq!(shown["payload"], json!({"x": 1}));
+    assert!(shown["dead_letter"].is_i64(), "{shown}");
+    let listed = stdout(app.cli(&["jobs", "list", "--state", "dead"]));
+    assert!(
+        listed.contains(&id.to_string()) && listed.contains("dead"),
+        "{listed}"
+    );
+    let retried = stdout(app.cli(&["jobs", "retry", &id.to_string()]));
+    let replay: i64 = retried
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{retried}"));
+    assert!(retried.contains("replayed as job"), "{retried}");
+    assert_eq!(app.job(replay).await.payload, json!({"x": 1}));
+
+    assert_eq!(stdout(app.cli(&["alerts"])).trim(), "no open alerts");
+    assert!(stdout(app.cli(&["audit"])).starts_with("no audit events"));
+}

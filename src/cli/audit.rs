@@ -16,6 +16,13 @@ pub(super) async fn audit(
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
+    if rows.is_empty() {
+        match &subject {
+            Some(s) => println!("no audit events about {s}"),
+            None => println!("no audit events yet (credential events are recorded here)"),
+        }
+        return Ok(());
+    }
     let mut table = Table::new(&[
         ">ID",
         "AT",
@@ -57,6 +64,10 @@ pub(super) async fn alerts(config: &Config, ack: Option<i64>, json: bool) -> any
     let rows = creds::open_alerts(&pool).await.map_err(user_error)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no open alerts");
         return Ok(());
     }
     for r in rows {

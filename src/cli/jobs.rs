@@ -6,6 +6,8 @@ use super::*;
 pub enum JobsCommand {
     /// Newest jobs first.
     List {
+        /// available, scheduled, running, retryable, completed, cancelled, or dead (the
+        /// jobs in the dead letters).
         #[arg(long)]
         state: Option<String>,
         #[arg(long)]
@@ -17,7 +19,8 @@ pub enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One job with its payload, errors and result.
+    /// One job with its payload, errors and result (a dead job from its dead letter:
+    /// state dead, dead_letter its id).
     Show {
         id: i64,
         #[arg(long)]
@@ -25,7 +28,8 @@ pub enum JobsCommand {
     },
     /// Cancel a live job.
     Cancel { id: i64 },
-    /// Run a job again now (a finished one with fresh attempts).
+    /// Run a job again now (a finished one with fresh attempts; a dead one is replayed
+    /// from its dead letter as a new job).
     Retry { id: i64 },
 }
 
@@ -86,8 +90,12 @@ pub(super) async fn jobs(config: &Config, cmd: JobsCommand) -> anyhow::Result<()
             println!("job {id} cancelled");
         }
         JobsCommand::Retry { id } => {
-            queue::retry_job(&pool, id).await.map_err(user_error)?;
-            println!("job {id} is available again");
+            let job = queue::retry_job(&pool, id).await.map_err(user_error)?;
+            if job.id == id {
+                println!("job {id} is available again");
+            } else {
+                println!("job {id} was dead-lettered: replayed as job {}", job.id);
+            }
         }
     }
     Ok(())

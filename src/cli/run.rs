@@ -24,6 +24,11 @@ pub struct RunArgs {
 }
 
 pub(super) async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<()> {
+    tracing::info!(
+        config = %config.describe_source(),
+        version = env!("CARGO_PKG_VERSION"),
+        "penguin-jobs starting"
+    );
     crate::process::raise_open_files_limit_logged();
     let roles = Roles {
         migrate: !args.no_migrate,

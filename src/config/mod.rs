@@ -154,6 +154,9 @@ pub struct Config {
     pub oauth: OAuthConfig,
     /// Provider API keys: scheduled rotation and each provider's key hooks.
     pub api_keys: ApiKeysConfig,
+    /// The file this config was read from (`None`: built-in defaults, no file).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[http]`.
@@ -549,7 +552,17 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml(&text, path)
+        let mut config = Self::from_toml(&text, path)?;
+        config.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(config)
+    }
+
+    /// Where this config came from, for the start-up log.
+    pub fn describe_source(&self) -> String {
+        match &self.source {
+            Some(path) => path.display().to_string(),
+            None => format!("no config file ({DEFAULT_CONFIG_PATH} not found): built-in defaults"),
+        }
     }
 
     /// Checks every value that would otherwise fail later, naming the key.

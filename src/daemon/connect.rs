@@ -54,7 +54,12 @@ pub async fn connect(
     let dir = config.daemon.data_dir.join("postgres");
     let (admin_url, url, cluster) = if embedded == Embedded::Start {
         let cluster = EmbeddedPostgres::start(&dir).await?;
-        tracing::info!(dir = %dir.display(), "started the embedded PostgreSQL (no database configured)");
+        tracing::info!(
+            dir = %dir.display(),
+            "started the embedded PostgreSQL (no database configured); connect with: psql -h {} -p {} -U postgres {EMBEDDED_DATABASE}",
+            cluster.socket_dir().display(),
+            cluster.port(),
+        );
         (
             cluster.url("postgres"),
             cluster.url(EMBEDDED_DATABASE),

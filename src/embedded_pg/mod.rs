@@ -114,6 +114,18 @@ pub enum EmbeddedError {
     #[error("{dir} is not empty and is not a PostgreSQL data directory: refusing to initialise it")]
     NotACluster { dir: PathBuf },
 
+    /// Another process (a `penguin-jobs run`) owns the cluster and still runs.
+    #[error(
+        "the embedded PostgreSQL in {dir} belongs to another process still running (pid {pid}, \
+         {what}): stop it first, or point this one at another [daemon] data_dir; the other \
+         commands (jobs, dlq, stats, ...) attach to it by themselves"
+    )]
+    InUse {
+        dir: PathBuf,
+        pid: u32,
+        what: String,
+    },
+
     /// Another postmaster is still running on the data directory.
     #[error(
         "the cluster in {dir} is already running (postmaster pid {pid}), probably owned by another process: stop it first"
@@ -187,6 +199,8 @@ pub struct EmbeddedPostgres {
     /// Remove the data (and socket) directory once stopped.
     remove_on_stop: bool,
     stopped: bool,
+    /// The owner lock (see [`owner_lock`]), released when this is dropped.
+    _owner: std::fs::File,
 }
 
 impl EmbeddedPostgres {
@@ -353,6 +367,7 @@ impl EmbeddedPostgres {
         let (run_as, owner_uid) = server_user()?;
         // Data directory: absolute, existing, owned by the server's user.
         let data_dir = prepare_data_dir(dir, run_as)?;
+        let owner = owner_lock(&data_dir)?;
 
         let cluster_version = read_pg_version(&data_dir)?;
         if cluster_version.is_none() && !dir_is_empty(&data_dir)? {
@@ -387,6 +402,7 @@ impl EmbeddedPostgres {
             watchdog: None,
             remove_on_stop,
             stopped: false,
+            _owner: owner,
         };
         this.watch().await
     }
@@ -418,6 +434,54 @@ impl EmbeddedPostgres {
         );
         Ok(self)
     }
+}
+
+/// Takes the owner lock of the cluster in `data_dir`: an exclusive `flock` on
+/// `<data_dir>.owner` (beside it, in the daemon's directory), holding this process's pid.
+/// A second process that would start the same cluster fails at once, naming the owner,
+/// instead of waiting for a postmaster that will not go away. The lock goes with the
+/// process (a kill -9 included); the file is not closed over exec, so the watchdog does
+/// not inherit it.
+fn owner_lock(data_dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = data_dir.with_extension("owner");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("open the owner lock", &path))?;
+    // SAFETY: flock on a file descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        let pid: u32 = text.trim().parse().unwrap_or(0);
+        let what = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| {
+                String::from_utf8_lossy(&c)
+                    .split('\0')
+                    .filter(|a| !a.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .ok()
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "its command line is not visible".into());
+        return Err(EmbeddedError::InUse {
+            dir: data_dir.to_path_buf(),
+            pid,
+            what,
+        });
+    }
+    let write = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| write!(file, "{}", std::process::id()))
+        .and_then(|()| file.flush());
+    write.map_err(io_err("write the owner lock", &path))?;
+    Ok(file)
 }
 
 impl Drop for EmbeddedPostgres {

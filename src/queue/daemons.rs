@@ -101,6 +101,49 @@ pub async fn waiting_kinds(pool: &PgPool, window: Duration) -> Result<Vec<Waitin
         .collect())
 }
 
+/// A queue named in `penguin.kinds` or holding live jobs that no live daemon runs a
+/// pool for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnservedQueue {
+    pub queue: String,
+    /// Whether live jobs wait in it (else only `penguin.kinds` names it).
+    pub has_jobs: bool,
+}
+
+/// The queues of `penguin.kinds` and of live jobs (found by a skip scan of the claim
+/// index: one probe per queue, however many jobs) that no daemon seen within `window`
+/// serves.
+pub async fn unserved_queues(pool: &PgPool, window: Duration) -> Result<Vec<UnservedQueue>, Error> {
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "with recursive live(queue) as (
+             (select queue from penguin.jobs where finished_at is null order by queue limit 1)
+             union all
+             select (select j.queue from penguin.jobs j
+                      where j.finished_at is null and j.queue > live.queue
+                      order by j.queue limit 1)
+               from live where live.queue is not null
+         ),
+         named as (
+             select queue, true as has_jobs from live where queue is not null
+             union all
+             select queue, false from penguin.kinds
+         )
+         select queue, bool_or(has_jobs) from named
+          where not exists (select 1 from penguin.daemons d
+                             where d.seen_at >= now() - make_interval(secs => $1)
+                               and named.queue = any(d.queues))
+          group by queue
+          order by queue",
+    )
+    .bind(window.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(queue, has_jobs)| UnservedQueue { queue, has_jobs })
+        .collect())
+}
+
 /// Moves up to `limit` jobs of `kinds` that have been due for longer than `grace` to the
 /// dead letters with reason `unknown_kind`, re-checking in the same statement that no
 /// daemon seen within `window` handles their kind. Returns how many moved.

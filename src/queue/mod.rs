@@ -32,7 +32,9 @@ pub use claim::{
     ClaimPosition, ClaimRequest, ClaimedJob, claim, claim_from, extend_leases, forget_claims,
     forget_idle_claims, forget_stale_idle_marks, mark_busy, mark_idle, mark_started, release,
 };
-pub use daemons::{WaitingKind, register_daemon, unregister_daemon, waiting_kinds};
+pub use daemons::{
+    UnservedQueue, WaitingKind, register_daemon, unregister_daemon, unserved_queues, waiting_kinds,
+};
 pub use enqueue::{
     Enqueued, NewJob, RESERVED_KEY_PREFIX, enqueue, enqueue_many, enqueue_many_reporting,
     reserved_key,

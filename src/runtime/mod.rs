@@ -307,6 +307,7 @@ async fn maintain(m: Maintenance, stop: CancellationToken) {
     let stale = (m.poll_interval * 3).max(Duration::from_secs(60));
     let window = queue::daemons::liveness_window(m.every);
     let mut reported: HashMap<String, (i64, Instant)> = HashMap::new();
+    let mut unserved_reported: Option<(Vec<queue::UnservedQueue>, Instant)> = None;
     let mut horizon_watch = HorizonWatch::default();
     let mut first = true;
     match queue::horizon::blind_spot(&m.pool).await {
@@ -343,6 +344,7 @@ async fn maintain(m: Maintenance, stop: CancellationToken) {
             Err(e) => tracing::debug!(error = %e, "could not look for jobs of unhandled kinds"),
         }
         warn_of_held_horizon(&m, &mut horizon_watch).await;
+        warn_of_unserved_queues(&m, window, &mut unserved_reported).await;
     }
     if let Err(e) = queue::unregister_daemon(&m.pool, &m.daemon, window).await {
         tracing::debug!(error = %e, "could not remove this daemon's row");
@@ -444,6 +446,47 @@ fn report_waiting(
             reported.insert(w.kind.clone(), (w.jobs, Instant::now()));
         }
     }
+}
+
+/// Warns about queues that hold jobs, or that `penguin.kinds` routes kinds to, with no pool
+/// in any live daemon (a `[queues.NAME]` table missing, a typo in a job's queue): again
+/// when the set changed or ten minutes after the last warning.
+async fn warn_of_unserved_queues(
+    m: &Maintenance,
+    window: Duration,
+    reported: &mut Option<(Vec<queue::UnservedQueue>, Instant)>,
+) {
+    let unserved = match queue::unserved_queues(&m.pool, window).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not look for queues without a pool");
+            return;
+        }
+    };
+    let again = reported
+        .as_ref()
+        .is_none_or(|(last, at)| *last != unserved || at.elapsed() >= Duration::from_secs(600));
+    if !again {
+        return;
+    }
+    for u in &unserved {
+        if u.has_jobs {
+            tracing::warn!(
+                queue = %u.queue,
+                "queue {:?} holds jobs but no running daemon has a pool for it: they wait until \
+                 one does (add [queues.{}] to a daemon's config, or enqueue to a served queue)",
+                u.queue, u.queue
+            );
+        } else {
+            tracing::warn!(
+                queue = %u.queue,
+                "penguin.kinds routes kinds to queue {:?}, which no running daemon serves: their \
+                 jobs will wait (a daemon of another release registered them?)",
+                u.queue
+            );
+        }
+    }
+    *reported = Some((unserved, Instant::now()));
 }
 
 /// Dead-letters, a batch at a time, the jobs of the waiting kinds that waited longer than
