@@ -23,6 +23,7 @@ pub mod readiness;
 pub mod runtime;
 pub mod scheduler;
 pub mod secrets;
+pub mod systemd;
 pub mod telemetry;
 pub mod text;
 pub mod webhooks;

@@ -27,6 +27,8 @@ struct Flags {
     expects_pools: bool,
     pools_started: AtomicBool,
     stopping: AtomicBool,
+    /// Rung when the pools start.
+    started: tokio::sync::Notify,
 }
 
 impl Readiness {
@@ -38,6 +40,7 @@ impl Readiness {
                 expects_pools,
                 pools_started: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
+                started: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -45,6 +48,20 @@ impl Readiness {
     /// The worker pools have started.
     pub fn pools_started(&self) {
         self.inner.pools_started.store(true, Ordering::Relaxed);
+        self.inner.started.notify_waiters();
+    }
+
+    /// Returns once the pools have started (at once for a daemon without pools).
+    pub async fn wait_started(&self) {
+        loop {
+            let notified = self.inner.started.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.inner.expects_pools || self.inner.pools_started.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Shutdown began: not ready any more (load balancers move traffic away while the

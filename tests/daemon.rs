@@ -441,3 +441,86 @@ async fn a_queue_with_jobs_and_no_pool_is_warned_about() {
         }]
     );
 }
+
+#[tokio::test]
+async fn under_systemd_the_daemon_notifies_ready_watchdog_and_stopping() {
+    let app = TestApp::builder().build().await;
+    let dir = support::TempDir::new("systemd");
+    // the master key as a systemd credential (LoadCredential=master-key:...)
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    let key = penguin_jobs::secrets::MasterKey::generate();
+    std::fs::write(
+        credentials.join("master-key"),
+        secrecy::ExposeSecret::expose_secret(&key.to_base64()),
+    )
+    .unwrap();
+    let config = dir.path().join("jobs.toml");
+    std::fs::write(
+        &config,
+        "[daemon]\npoll_interval = \"100ms\"\n[secrets]\nmaster_key = \"cred:master-key\"\n",
+    )
+    .unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut daemon = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--no-http", "--no-admin"])
+        .env("DATABASE_URL", &app.url)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut received = Vec::new();
+    let mut next = || {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no notification ({e}); got {received:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        let message = String::from_utf8_lossy(&buf[..n]).to_string();
+        received.push(message.clone());
+        message
+    };
+    // a status while starting, then READY once the pools run, then the watchdog
+    let mut ready = None;
+    while ready.is_none() {
+        let m = next();
+        if m.starts_with("READY=1") {
+            ready = Some(m);
+        }
+    }
+    let ready = ready.unwrap();
+    assert!(
+        ready.contains(&format!("MAINPID={}", daemon.id())),
+        "{ready}"
+    );
+    let mut pings = 0;
+    while pings < 3 {
+        if next() == "WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    signal(&daemon, "-TERM");
+    loop {
+        if next().starts_with("STOPPING=1") {
+            break;
+        }
+    }
+    let status = wait_exit(&mut daemon, Duration::from_secs(30)).await;
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

@@ -30,6 +30,8 @@ pub(super) async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<
         "penguin-jobs starting"
     );
     crate::process::raise_open_files_limit_logged();
+    let systemd = std::sync::Arc::new(crate::systemd::Notifier::from_env());
+    systemd.status("starting: connecting and migrating");
     let roles = Roles {
         migrate: !args.no_migrate,
         http: !args.no_http,
@@ -39,7 +41,59 @@ pub(super) async fn run_daemon(config: Config, args: RunArgs) -> anyhow::Result<
     let daemon = Daemon::build(config, roles).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    if systemd.is_active() {
+        let serving = serving_status(&daemon);
+        tokio::spawn(tell_systemd(
+            systemd,
+            daemon.readiness(),
+            serving,
+            shutdown.clone(),
+        ));
+    }
     daemon.run_until_stopped(shutdown).await
+}
+
+/// What the daemon serves, for `systemctl status`.
+fn serving_status(daemon: &Daemon) -> String {
+    let mut parts = vec!["serving".to_string()];
+    if let Some(a) = daemon.local_addr() {
+        parts.push(format!("shim on {a}"));
+    }
+    if let Some(a) = daemon.admin_addr() {
+        parts.push(format!("admin on {a}"));
+    }
+    parts.join(", ")
+}
+
+/// Under systemd (`Type=notify`): READY once the pools run, WATCHDOG every half
+/// `WatchdogSec` while the runtime answers, STOPPING when the drain begins.
+async fn tell_systemd(
+    systemd: std::sync::Arc<crate::systemd::Notifier>,
+    ready: crate::readiness::Readiness,
+    serving: String,
+    shutdown: CancellationToken,
+) {
+    let watchdog = systemd.watchdog_every();
+    let ping = async {
+        let Some(every) = watchdog else {
+            return std::future::pending().await;
+        };
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            systemd.watchdog();
+        }
+    };
+    let lifecycle = async {
+        tokio::select! {
+            () = ready.wait_started() => systemd.ready(&serving),
+            () = shutdown.cancelled() => {}
+        }
+        shutdown.cancelled().await;
+        systemd.stopping("draining: no new claims, running jobs finish");
+    };
+    // the watchdog is fed through the drain too, until the process exits
+    tokio::join!(ping, lifecycle);
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once (leases will expire and

@@ -965,6 +965,25 @@ mod tests {
     }
 
     #[test]
+    fn a_credential_reference_names_one_file_of_systemds_credentials_directory() {
+        for bad in ["cred:../etc/passwd", "cred:", "cred:a/b"] {
+            let e = resolve_secret(bad).unwrap_err().to_string();
+            assert!(e.contains("one file name"), "{bad}: {e}");
+        }
+        if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+            let e = resolve_secret("cred:master-key").unwrap_err().to_string();
+            assert!(e.contains("LoadCredential"), "{e}");
+        }
+        // accepted where a reference is required
+        let c = Config::from_toml(
+            "[secrets]\nmaster_key = \"cred:master-key\"\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn the_listen_address_is_a_socket_address_and_a_bad_one_names_the_key() {
         let c = Config::from_toml("[http]\nlisten = \"0.0.0.0:9000\"\n", Path::new("x")).unwrap();
         assert_eq!(

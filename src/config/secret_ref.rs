@@ -1,5 +1,6 @@
-//! Secrets named in the config (`"env:NAME"`, `"file:PATH"`): resolved when used, so a
-//! rotated file is picked up; URLs redacted for logs.
+//! Secrets named in the config (`"env:NAME"`, `"file:PATH"`, `"cred:NAME"` for a systemd
+//! credential, `LoadCredential=NAME:...`): resolved when used, so a rotated file is picked
+//! up; URLs redacted for logs.
 //!
 //! Must never put a secret's value in an error or a log line.
 
@@ -18,8 +19,14 @@ pub fn resolve_secret(reference: &str) -> Result<SecretString, ConfigError> {
             Ok(_) => Err(fail("the environment variable is empty".into())),
             Err(_) => Err(fail("the environment variable is not set".into())),
         }
-    } else if let Some(path) = reference.strip_prefix("file:") {
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    } else if let Some(path) = reference
+        .strip_prefix("file:")
+        .map(std::path::PathBuf::from)
+        .map(Ok)
+        .or_else(|| reference.strip_prefix("cred:").map(credential_path))
+    {
+        let path = path.map_err(fail)?;
+        let text = std::fs::read_to_string(&path).map_err(|e| fail(format!("cannot read: {e}")))?;
         let value = text.trim_end_matches(['\n', '\r']).to_string();
         if value.is_empty() {
             return Err(fail("the file is empty".into()));
@@ -30,14 +37,40 @@ pub fn resolve_secret(reference: &str) -> Result<SecretString, ConfigError> {
     }
 }
 
-/// Like [`resolve_secret`], but only `"env:NAME"` and `"file:PATH"` are accepted: tokens
-/// and signing keys must not sit in the config file itself.
+/// The file of systemd credential `name`: `$CREDENTIALS_DIRECTORY/name`.
+fn credential_path(name: &str) -> Result<std::path::PathBuf, String> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err("a credential name is one file name, as in LoadCredential=NAME:PATH".into());
+    }
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if !dir.is_empty() => Ok(std::path::Path::new(&dir).join(name)),
+        _ => Err(
+            "CREDENTIALS_DIRECTORY is not set: cred:NAME is read from systemd's LoadCredential= \
+             (outside the unit, use file:PATH or env:NAME)"
+                .into(),
+        ),
+    }
+}
+
+/// Whether `reference` names a secret (rather than being one).
+fn is_reference(reference: &str) -> bool {
+    ["env:", "file:", "cred:"]
+        .iter()
+        .any(|p| reference.starts_with(p))
+}
+
+/// What a secret reference must look like, for errors.
+const REFERENCE_FORMS: &str =
+    "\"env:NAME\", \"file:PATH\" or \"cred:NAME\" (systemd's LoadCredential)";
+
+/// Like [`resolve_secret`], but only references are accepted: tokens and signing keys must
+/// not sit in the config file itself.
 pub fn resolve_secret_ref(key: &str, reference: &str) -> Result<SecretString, ConfigError> {
-    if reference.starts_with("env:") || reference.starts_with("file:") {
+    if is_reference(reference) {
         resolve_secret(reference)
     } else {
         Err(ConfigError::Invalid(format!(
-            "{key}: write the secret as \"env:NAME\" or \"file:PATH\", not the value itself"
+            "{key}: write the secret as {REFERENCE_FORMS}, not the value itself"
         )))
     }
 }
@@ -86,11 +119,11 @@ impl SecretRef {
 
     /// Refuses a value written in place of a reference.
     pub(super) fn check(&self) -> Result<(), ConfigError> {
-        if self.reference.starts_with("env:") || self.reference.starts_with("file:") {
+        if is_reference(&self.reference) {
             Ok(())
         } else {
             Err(ConfigError::Invalid(format!(
-                "{}: write the secret as \"env:NAME\" or \"file:PATH\", not the value itself",
+                "{}: write the secret as {REFERENCE_FORMS}, not the value itself",
                 self.key
             )))
         }

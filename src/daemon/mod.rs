@@ -69,6 +69,7 @@ pub struct Daemon {
     listener: Option<TcpListener>,
     admin_listener: Option<TcpListener>,
     metrics: Arc<Metrics>,
+    ready: Readiness,
 }
 
 impl Daemon {
@@ -101,17 +102,21 @@ impl Daemon {
             Err(e) => Err(e.into()),
         };
         match prepared {
-            Ok((registry, listener, admin_listener)) => Ok(Daemon {
-                config,
-                roles,
-                pool,
-                cluster,
-                registry,
-                schedules,
-                listener,
-                admin_listener,
-                metrics,
-            }),
+            Ok((registry, listener, admin_listener)) => {
+                let ready = Readiness::new(pool.clone(), roles.workers);
+                Ok(Daemon {
+                    config,
+                    roles,
+                    pool,
+                    cluster,
+                    registry,
+                    schedules,
+                    listener,
+                    admin_listener,
+                    metrics,
+                    ready,
+                })
+            }
             Err(e) => {
                 close(pool, cluster).await;
                 Err(e)
@@ -127,6 +132,11 @@ impl Daemon {
     /// The address the shim listens on (`None` without the `http` role).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// What `/readyz` answers; [`Readiness::wait_started`] returns once the daemon serves.
+    pub fn readiness(&self) -> Readiness {
+        self.ready.clone()
     }
 
     /// The address the admin listener listens on (`None` without it).
@@ -149,8 +159,8 @@ impl Daemon {
             listener,
             admin_listener,
             metrics,
+            ready,
         } = self;
-        let ready = Readiness::new(pool.clone(), roles.workers);
         let result = async {
             let serving = Serving {
                 config: &config,
