@@ -12,3 +12,5 @@ pub const SENDGRID_EVENT: &str = "sendgrid.event";
 pub const MAILGUN_EVENT: &str = "mailgun.event";
 /// An OAuth authorization code to redeem (enqueued by the callback).
 pub const OAUTH_EXCHANGE: &str = "oauth.exchange";
+/// `integration.health_check`: the built-in health schedules enqueue it.
+pub const HEALTH_CHECK: &str = "integration.health_check";

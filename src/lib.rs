@@ -6,12 +6,14 @@
 //! whose handlers call out through [`providers`]; outcomes flow back to [`queue`].
 
 pub mod admin;
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod embedded_pg;
 pub mod error_class;
+pub mod health;
 pub mod http;
 pub mod jobs;
 pub mod kind_names;

@@ -233,11 +233,27 @@ pub fn from_config(config: &Config) -> Result<Vec<Schedule>, ScheduleError> {
             schedules.push(builtin(name, cron, kind, key)?);
         }
     }
+    if config.health.checks {
+        for provider in config.providers.configured() {
+            let mut check = builtin(
+                &format!("{HEALTH_CHECK_PREFIX}{provider}"),
+                &config.health.check_cron,
+                crate::kind_names::HEALTH_CHECK,
+                "(health.check_cron)",
+            )?;
+            check.job.payload = serde_json::json!({ "provider": provider });
+            schedules.push(check);
+        }
+    }
     for (name, cfg) in &config.schedules {
         schedules.push(Schedule::parse(name, cfg)?);
     }
     Ok(schedules)
 }
+
+/// The built-in schedules of `integration.health_check`, one per configured provider:
+/// `health-check-PROVIDER`.
+pub const HEALTH_CHECK_PREFIX: &str = "health-check-";
 
 /// The built-in schedule that enqueues `oauth.refresh` for connections about to expire.
 pub const OAUTH_REFRESH_SWEEP: &str = "oauth-refresh-sweep";

@@ -16,6 +16,7 @@ use utoipa_axum::routes;
 use super::stats::QueueSummary;
 use super::{Actor, AdminState};
 use crate::credentials::AlertRow;
+use crate::health;
 use crate::http::ApiError;
 use crate::http::error::ErrorBody;
 use crate::queue::integrations::Integration;
@@ -131,7 +132,8 @@ pub struct Purged {
 /// `GET /v1/integrations`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct IntegrationList {
-    pub items: Vec<Integration>,
+    pub summary: health::Summary,
+    pub items: Vec<health::IntegrationHealth>,
 }
 
 /// `GET /v1/schedules`.
@@ -528,15 +530,55 @@ async fn purge_dead_letters(
     Ok(Json(Purged { deleted }))
 }
 
-/// Each provider's row: credentials, circuit breaker, last error.
+/// Each integration's health (status healthy, degraded or unhealthy under `[health]`,
+/// response time, error rate, requests, latency, uptime over 24 h, circuit, credentials,
+/// open alerts) and a summary: every configured provider, and every provider called.
 #[utoipa::path(get, path = "/v1/integrations", tag = "integrations",
     security(("admin_token" = [])),
     responses((status = 200, body = IntegrationList), Refusals))]
 async fn list_integrations(
     State(state): State<AdminState>,
 ) -> Result<Json<IntegrationList>, ApiError> {
-    let items = queue::integrations::list_integrations(&state.pool).await?;
-    Ok(Json(IntegrationList { items }))
+    Ok(Json(integrations_health(&state).await?))
+}
+
+/// The health of every integration the config names or the metrics saw.
+pub(super) async fn integrations_health(
+    state: &AdminState,
+) -> Result<IntegrationList, queue::Error> {
+    let t = &state.health.thresholds;
+    let window = queue::integrations::provider_calls(&state.pool, t.window).await?;
+    let day =
+        queue::integrations::provider_calls(&state.pool, std::time::Duration::from_secs(86_400))
+            .await?;
+    let rows: Vec<Integration> = queue::integrations::list_integrations(&state.pool).await?;
+    let open = crate::credentials::list_alerts(&state.pool, true, None, 10_000).await?;
+    let mut names: Vec<String> = state.health.configured.clone();
+    names.extend(day.iter().map(|d| d.provider.clone()));
+    names.extend(rows.iter().map(|r| r.provider.clone()));
+    names.sort_unstable();
+    names.dedup();
+    let items: Vec<health::IntegrationHealth> = names
+        .iter()
+        .map(|name| {
+            let alerts = open
+                .iter()
+                .filter(|a| a.provider.as_deref() == Some(name.as_str()))
+                .count() as i64;
+            health::assess(
+                name,
+                window.iter().find(|w| &w.provider == name),
+                day.iter().find(|d| &d.provider == name),
+                rows.iter().find(|r| &r.provider == name),
+                alerts,
+                t,
+            )
+        })
+        .collect();
+    Ok(IntegrationList {
+        summary: health::summarize(&items),
+        items,
+    })
 }
 
 /// Filters of `GET /v1/alerts`.

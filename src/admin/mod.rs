@@ -59,6 +59,32 @@ pub struct AdminState {
     stats: Arc<stats::StatsCache>,
     ready: Readiness,
     metrics: Arc<Metrics>,
+    health: Arc<HealthSettings>,
+}
+
+/// What the integrations' health is judged by: `[health]`, and the providers the config
+/// names (listed even before their first call).
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    pub thresholds: crate::config::HealthConfig,
+    pub configured: Vec<String>,
+}
+
+impl HealthSettings {
+    /// From the config: `[providers.*]` and `[oauth.providers.*]`.
+    pub fn from_config(config: &Config) -> Self {
+        let mut configured: Vec<String> = config
+            .providers
+            .configured()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        configured.extend(config.oauth.providers.keys().cloned());
+        Self {
+            thresholds: config.health.clone(),
+            configured,
+        }
+    }
 }
 
 impl AdminState {
@@ -96,6 +122,7 @@ impl AdminState {
             tokens: Arc::new(tokens),
             ready,
             metrics: Metrics::new(),
+            health: Arc::new(HealthSettings::from_config(config)),
         })
     }
 

@@ -21,6 +21,7 @@ mod admin;
 mod credentials;
 mod durations;
 mod egress;
+mod health;
 mod providers;
 mod secret_ref;
 
@@ -28,6 +29,7 @@ pub use admin::*;
 pub use credentials::*;
 pub use durations::*;
 pub use egress::*;
+pub use health::*;
 pub use providers::*;
 pub use secret_ref::*;
 
@@ -144,6 +146,10 @@ pub struct Config {
     pub http: HttpConfig,
     /// The operators' listener: admin API, Prometheus metrics, dashboard.
     pub admin: AdminConfig,
+    /// How integration health is judged, and its scheduled checks.
+    pub health: HealthConfig,
+    /// Alert thresholds and who hears of alerts.
+    pub alerts: AlertsConfig,
     /// Provider credentials and webhook keys.
     pub providers: ProvidersConfig,
     /// Exceptions to the egress guard for calls to user-controlled URLs.
@@ -411,6 +417,10 @@ pub struct RetentionConfig {
     /// by its stored row.
     #[serde(with = "humantime_serde")]
     pub inbound_events: Duration,
+    /// How long the per-minute call rollups (`penguin.integration_metrics`, what health
+    /// and its charts are computed from) stay; `"0s"` keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub metrics: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -419,6 +429,7 @@ impl Default for RetentionConfig {
             completed: Duration::from_secs(24 * 3600),
             dead_letters: Duration::from_secs(30 * 24 * 3600),
             inbound_events: Duration::from_secs(30 * 24 * 3600),
+            metrics: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -570,6 +581,7 @@ impl Config {
         self.validate_daemon()?;
         self.validate_http()?;
         self.validate_admin()?;
+        self.validate_health()?;
         self.providers.validate()?;
         self.validate_retention()?;
         self.validate_schedules()?;
@@ -691,6 +703,7 @@ impl Config {
             r.inbound_events,
             RETENTION_RANGE,
         )?;
+        check_duration("retention.metrics", r.metrics, RETENTION_RANGE)?;
         if !r.inbound_events.is_zero() && r.inbound_events < 3 * DAY {
             return invalid(
                 "retention.inbound_events must be \"0s\" (keep) or at least 3d: providers redeliver \

@@ -14,6 +14,21 @@ pub struct ProvidersConfig {
     pub posthog: Option<PosthogConfig>,
 }
 
+impl ProvidersConfig {
+    /// The names of the providers with a `[providers.NAME]` table.
+    pub fn configured(&self) -> Vec<&'static str> {
+        [
+            ("mailgun", self.mailgun.is_some()),
+            ("sendgrid", self.sendgrid.is_some()),
+            ("stripe", self.stripe.is_some()),
+            ("posthog", self.posthog.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}
+
 /// One `[[providers.NAME.filters]]` entry: an event gets a processing job when its type
 /// is `event` (`"*"`: any) and every condition holds. With filters configured, an event
 /// no filter matches is stored but gets no job, and is counted in

@@ -16,8 +16,8 @@ pub struct NewAlert<'a> {
 /// Raises an alert (a row in `penguin.alerts`).
 pub async fn raise_alert<'e>(executor: impl PgExecutor<'e>, a: &NewAlert<'_>) -> Result<(), Error> {
     with_alert(
-        "insert into penguin.alerts (kind, subject_type, subject_id, tenant_id, provider, message)
-         values ($1, $2, $3, $4, $5, $6)",
+        "insert into penguin.alerts (kind, subject_type, subject_id, tenant_id, provider, message, severity)
+         values ($1, $2, $3, $4, $5, $6, $7)",
         a,
     )
     .execute(executor)
@@ -41,8 +41,8 @@ pub async fn raise_alert_once(pool: &PgPool, a: &NewAlert<'_>) -> Result<bool, E
         .execute(&mut *tx)
         .await?;
     let raised = with_alert(
-        "insert into penguin.alerts (kind, subject_type, subject_id, tenant_id, provider, message)
-         select $1, $2, $3, $4, $5, $6
+        "insert into penguin.alerts (kind, subject_type, subject_id, tenant_id, provider, message, severity)
+         select $1, $2, $3, $4, $5, $6, $7
           where not exists (
                 select 1 from penguin.alerts
                  where kind = $1 and provider is not distinct from $5
@@ -70,6 +70,18 @@ fn with_alert<'q>(
         .bind(a.tenant_id)
         .bind(a.provider)
         .bind(&a.message)
+        .bind(severity_of(a.kind))
+}
+
+/// How bad a job-raised alert is.
+fn severity_of(kind: AlertKind) -> &'static str {
+    match kind {
+        AlertKind::OauthClientRefused => "critical",
+        AlertKind::OauthReauthRequired
+        | AlertKind::ApikeyRotationFailed
+        | AlertKind::ApikeyTestFailed => "high",
+        AlertKind::ApikeyRotationBlocked => "medium",
+    }
 }
 
 /// One alert row.
@@ -78,6 +90,13 @@ pub struct AlertRow {
     pub id: i64,
     pub at: DateTime<Utc>,
     pub kind: String,
+    /// low, medium, high or critical.
+    pub severity: String,
+    /// What an evaluated alert is about (`error_rate:mailgun`); none for alerts raised by
+    /// a job (reauthorisation, key tests), which stay until acknowledged.
+    pub condition: Option<String>,
+    /// When the condition cleared.
+    pub resolved_at: Option<DateTime<Utc>>,
     pub subject_type: String,
     pub subject_id: Option<String>,
     pub tenant_id: Option<Uuid>,
@@ -100,8 +119,10 @@ pub async fn acknowledge_alert(pool: &PgPool, id: i64) -> Result<bool, Error> {
 /// Alerts not acknowledged yet, newest first.
 pub async fn open_alerts(pool: &PgPool) -> Result<Vec<AlertRow>, Error> {
     Ok(sqlx::query_as(
-        "select id, at, kind, subject_type, subject_id, tenant_id, provider, message, acknowledged_at
-           from penguin.alerts where acknowledged_at is null order by id desc",
+        "select id, at, kind, severity, condition, resolved_at, subject_type, subject_id, tenant_id,
+                provider, message, acknowledged_at
+           from penguin.alerts where acknowledged_at is null and resolved_at is null
+          order by id desc",
     )
     .fetch_all(pool)
     .await?)
@@ -116,9 +137,11 @@ pub async fn list_alerts(
     limit: i64,
 ) -> Result<Vec<AlertRow>, Error> {
     Ok(sqlx::query_as(
-        "select id, at, kind, subject_type, subject_id, tenant_id, provider, message, acknowledged_at
+        "select id, at, kind, severity, condition, resolved_at, subject_type, subject_id,
+                tenant_id, provider, message, acknowledged_at
            from penguin.alerts
-          where (not $1 or acknowledged_at is null) and ($2::bigint is null or id < $2)
+          where (not $1 or (acknowledged_at is null and resolved_at is null))
+            and ($2::bigint is null or id < $2)
           order by id desc limit $3",
     )
     .bind(open_only)
@@ -126,4 +149,100 @@ pub async fn list_alerts(
     .bind(limit.clamp(1, 10_000))
     .fetch_all(pool)
     .await?)
+}
+
+/// An alert about a condition the daemons evaluate (integration health, dead letters,
+/// stalled queues): at most one unresolved alert per `condition`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConditionAlert {
+    /// `KIND:SUBJECT` (`error_rate:mailgun`, `queue_stalled:email`).
+    pub condition: String,
+    pub kind: &'static str,
+    pub severity: &'static str,
+    /// `integration`, `queue` or `dead_letters`.
+    pub subject_type: &'static str,
+    pub subject_id: Option<String>,
+    pub provider: Option<String>,
+    pub message: String,
+}
+
+/// Opens an alert for each of `alerts` whose condition has no unresolved alert yet (one
+/// statement; concurrent daemons meet on the unique index): the ids opened.
+pub async fn open_conditions(pool: &PgPool, alerts: &[ConditionAlert]) -> Result<Vec<i64>, Error> {
+    if alerts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let column = |f: fn(&ConditionAlert) -> Option<String>| -> Vec<Option<String>> {
+        alerts.iter().map(f).collect()
+    };
+    Ok(sqlx::query_scalar(
+        "insert into penguin.alerts (condition, kind, severity, subject_type, subject_id, provider, message)
+         select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+         on conflict (condition) where resolved_at is null and condition is not null do nothing
+         returning id",
+    )
+    .bind(column(|a| Some(a.condition.clone())))
+    .bind(column(|a| Some(a.kind.to_string())))
+    .bind(column(|a| Some(a.severity.to_string())))
+    .bind(column(|a| Some(a.subject_type.to_string())))
+    .bind(column(|a| a.subject_id.clone()))
+    .bind(column(|a| a.provider.clone()))
+    .bind(column(|a| Some(a.message.clone())))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Resolves every unresolved condition alert whose condition is not in `active`: the ids
+/// resolved.
+pub async fn resolve_conditions(pool: &PgPool, active: &[String]) -> Result<Vec<i64>, Error> {
+    Ok(sqlx::query_scalar(
+        "update penguin.alerts set resolved_at = now()
+          where resolved_at is null and condition is not null and not (condition = any($1))
+         returning id",
+    )
+    .bind(active)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// An alert whose opening or clearing is not notified yet.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Unnotified {
+    #[sqlx(flatten)]
+    pub alert: AlertRow,
+    /// `true`: its clearing (else its opening) is to be notified.
+    pub cleared: bool,
+}
+
+/// Up to `limit` alerts whose opening or clearing is not notified yet, locked in `tx`
+/// (skipping those another daemon is notifying). [`mark_notified`] them in the same
+/// transaction as the notifications' jobs.
+pub async fn claim_unnotified(tx: &mut PgConnection, limit: i64) -> Result<Vec<Unnotified>, Error> {
+    Ok(sqlx::query_as(
+        "select id, at, kind, severity, condition, resolved_at, subject_type, subject_id,
+                tenant_id, provider, message, acknowledged_at,
+                notified_at is not null as cleared
+           from penguin.alerts
+          where notified_at is null or (resolved_at is not null and resolve_notified_at is null)
+          order by id
+          limit $1
+          for update skip locked",
+    )
+    .bind(limit)
+    .fetch_all(tx)
+    .await?)
+}
+
+/// Records that alert `id`'s opening (and, if cleared, its clearing) was notified.
+pub async fn mark_notified(tx: &mut PgConnection, id: i64) -> Result<(), Error> {
+    sqlx::query(
+        "update penguin.alerts
+            set notified_at = coalesce(notified_at, now()),
+                resolve_notified_at = case when resolved_at is not null then now() end
+          where id = $1",
+    )
+    .bind(id)
+    .execute(tx)
+    .await?;
+    Ok(())
 }

@@ -179,6 +179,13 @@ impl Daemon {
                 None => None,
             };
             let cron = tokio::spawn(scheduler::run(pool.clone(), schedules, shutdown.clone()));
+            let alerts = roles.workers.then(|| {
+                tokio::spawn(crate::alerts::run(
+                    pool.clone(),
+                    crate::alerts::Settings::from_config(&config),
+                    shutdown.clone(),
+                ))
+            });
             let stopping = {
                 let (ready, shutdown) = (ready.clone(), shutdown.clone());
                 tokio::spawn(async move {
@@ -202,6 +209,9 @@ impl Daemon {
             }
             let _ = stopping.await;
             let _ = cron.await;
+            if let Some(alerts) = alerts {
+                let _ = alerts.await;
+            }
             for server in [shim, admin].into_iter().flatten() {
                 stop_shim(server).await;
             }

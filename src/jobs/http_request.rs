@@ -137,9 +137,19 @@ fn prepare(p: &HttpRequest) -> Result<Prepared, String> {
     })
 }
 
+/// What `http.request` needs: the egress-guarded client, and the metrics its calls count
+/// into (provider `http`).
+pub struct HttpDeps {
+    pub guarded: GuardedClient,
+    pub outbound: std::sync::Arc<super::outbound::Outbound>,
+}
+
+/// The provider name `http.request` calls are counted under.
+pub const PROVIDER: &str = "http";
+
 impl Kind for HttpRequest {
     const KIND: &'static str = "http.request";
-    type Deps = GuardedClient;
+    type Deps = HttpDeps;
 
     fn policy() -> KindPolicy {
         KindPolicy {
@@ -152,7 +162,8 @@ impl Kind for HttpRequest {
         prepare(self).map(drop)
     }
 
-    async fn run(self, ctx: &JobContext, guarded: &GuardedClient) -> Attempt {
+    async fn run(self, ctx: &JobContext, deps: &HttpDeps) -> Attempt {
+        let guarded = &deps.guarded;
         let req = prepare(&self).map_err(JobError::bad_payload)?;
         guarded.policy.check_url(&req.url).map_err(refused)?;
         let mut builder = guarded
@@ -166,13 +177,19 @@ impl Kind for HttpRequest {
             }
             builder = builder.body(body);
         }
-        let response = builder
-            .send()
-            .await
-            .map_err(|e| match egress::refusal(&e) {
-                Some(r) => refused(r.clone()),
-                None => JobError::from(error_from_transport(&e)),
-            })?;
+        let started = std::time::Instant::now();
+        let sent = builder.send().await;
+        let answer = match &sent {
+            Ok(r) => Ok(r.status().as_u16()),
+            Err(e) if egress::refusal(e).is_some() => Err(ErrorClass::Data),
+            Err(e) => Err(error_from_transport(e).class),
+        };
+        deps.outbound
+            .record_answer(PROVIDER, Self::KIND, answer, started.elapsed());
+        let response = sent.map_err(|e| match egress::refusal(&e) {
+            Some(r) => refused(r.clone()),
+            None => JobError::from(error_from_transport(&e)),
+        })?;
         let status = response.status().as_u16();
         let expected = match &req.expect {
             Some(list) => list.contains(&status),

@@ -1,6 +1,7 @@
 //! `maintenance.prune`: deletes completed and cancelled jobs past `[retention] completed`,
-//! dead letters past `[retention] dead_letters` and stored webhooks past
-//! `[retention] inbound_events`, in bounded batches. Enqueued by the built-in
+//! dead letters past `[retention] dead_letters`, stored webhooks past
+//! `[retention] inbound_events`, in bounded batches, and per-minute call rollups past
+//! `[retention] metrics`. Enqueued by the built-in
 //! `maintenance.prune` schedule.
 //!
 //! Must never delete a live job or a dead letter younger than its retention.
@@ -25,6 +26,7 @@ pub struct Retention {
     completed: Duration,
     dead_letters: Option<Duration>,
     inbound_events: Option<Duration>,
+    metrics: Option<Duration>,
     batch: i64,
 }
 
@@ -36,6 +38,7 @@ impl Retention {
             completed: config.retention.completed,
             dead_letters: (!dead.is_zero()).then_some(dead),
             inbound_events: Some(config.retention.inbound_events).filter(|d| !d.is_zero()),
+            metrics: Some(config.retention.metrics).filter(|d| !d.is_zero()),
             batch: i64::from(config.maintenance.prune_batch),
         }
     }
@@ -72,6 +75,10 @@ impl Kind for Prune {
         if tokens > 0 {
             tracing::debug!(replay_tokens = tokens, "pruned");
         }
+        let metrics = match r.metrics {
+            Some(age) => queue::integrations::prune_metrics(&r.pool, age).await?,
+            None => 0,
+        };
         if pruned.jobs + pruned.dead_letters + inbound > 0 {
             tracing::info!(
                 jobs = pruned.jobs,
@@ -84,6 +91,7 @@ impl Kind for Prune {
             "jobs": pruned.jobs,
             "dead_letters": pruned.dead_letters,
             "inbound_events": inbound,
+            "integration_metrics": metrics,
         })))
     }
 }

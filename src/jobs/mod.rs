@@ -14,6 +14,7 @@
 
 pub mod apikey;
 pub mod email_send;
+pub mod health_check;
 pub mod http_request;
 pub mod inbound;
 pub mod mailgun_event;
@@ -558,6 +559,7 @@ const BUILTIN: &[KindInfo] = &[
     KindInfo::of::<apikey::Rotate>(),
     KindInfo::of::<apikey::Revoke>(),
     KindInfo::of::<apikey::Sweep>(),
+    KindInfo::of::<health_check::HealthCheck>(),
 ];
 
 /// The built-in kinds with what each needs to run.
@@ -588,7 +590,7 @@ fn builtin_handlers(config: &Config, deps: &Deps) -> Result<Vec<Arc<dyn Handler>
         deps.http.clone(),
         outbound.clone(),
     );
-    let oauth = Arc::new(oauth::OAuthDeps::new(config, deps)?);
+    let oauth = Arc::new(oauth::OAuthDeps::new(config, deps)?.counting(outbound.clone()));
     let keys = Arc::new(apikey::KeyDeps::new(config, deps));
     Ok(vec![
         handler::<email_send::MailgunSend>(send(email_send::EmailProvider::Mailgun(
@@ -601,10 +603,22 @@ fn builtin_handlers(config: &Config, deps: &Deps) -> Result<Vec<Arc<dyn Handler>
         handler::<stripe_connect::CreateAccountLink>(stripe),
         handler::<posthog_capture::Capture>(posthog),
         handler::<noop::Noop>(()),
-        handler::<http_request::HttpRequest>(
-            crate::providers::egress::GuardedClient::new(&config.egress, Duration::from_secs(60))
-                .map_err(|e| RegistryError(format!("cannot build the HTTP client: {e}")))?,
-        ),
+        handler::<health_check::HealthCheck>(health_check::HealthDeps {
+            http: deps.http.clone(),
+            outbound: outbound.clone(),
+            mailgun: crate::providers::mailgun::Mailgun::new(providers.mailgun.as_ref()),
+            sendgrid: crate::providers::sendgrid::Sendgrid::new(providers.sendgrid.as_ref()),
+            stripe: crate::providers::stripe::Stripe::new(providers.stripe.as_ref()),
+            posthog: crate::providers::posthog::Posthog::new(providers.posthog.as_ref()),
+        }),
+        handler::<http_request::HttpRequest>(http_request::HttpDeps {
+            guarded: crate::providers::egress::GuardedClient::new(
+                &config.egress,
+                Duration::from_secs(60),
+            )
+            .map_err(|e| RegistryError(format!("cannot build the HTTP client: {e}")))?,
+            outbound: outbound.clone(),
+        }),
         handler::<maintenance::Prune>(maintenance::Retention::new(config, deps.pool.clone())),
         handler::<mailgun_event::MailgunEvent>(mailgun_event::MailgunEventDeps::new(
             providers.mailgun.as_ref(),

@@ -44,6 +44,8 @@ pub struct OAuthDeps {
     pub http: reqwest::Client,
     pub providers: Arc<Providers>,
     pub refresh_ahead: Duration,
+    /// Token calls are counted in its metrics (provider: the OAuth provider's name).
+    pub outbound: Option<Arc<super::outbound::Outbound>>,
 }
 
 impl OAuthDeps {
@@ -57,7 +59,36 @@ impl OAuthDeps {
                 Providers::from_config(config).map_err(|e| super::RegistryError(e.to_string()))?,
             ),
             refresh_ahead: config.oauth.refresh_ahead,
+            outbound: None,
         })
+    }
+
+    /// The same, counting token calls in `outbound`'s metrics.
+    pub fn counting(self, outbound: Arc<super::outbound::Outbound>) -> Self {
+        Self {
+            outbound: Some(outbound),
+            ..self
+        }
+    }
+
+    /// Counts a token call to `provider` that ended in `result` after `elapsed`.
+    fn count<T>(
+        &self,
+        provider: &str,
+        kind: &'static str,
+        result: &Result<T, TokenError>,
+        elapsed: Duration,
+    ) {
+        let Some(outbound) = &self.outbound else {
+            return;
+        };
+        let answer = match result {
+            Ok(_) => Ok(200),
+            // invalid_grant and friends: the provider answered 400
+            Err(TokenError::Reauthorize { .. }) => Ok(400),
+            Err(TokenError::Call(c)) => c.status.ok_or(c.class),
+        };
+        outbound.record_answer(provider, kind, answer, elapsed);
     }
 
     fn keyring(&self) -> Result<Arc<Keyring>, JobError> {
@@ -235,15 +266,12 @@ impl Exchanging<'_> {
         })?;
         let (verifier, code) = connections::open_authorization(&keyring, state, code_enc)
             .map_err(|e| Redeem::Spent(e.to_string(), ErrorClass::Configuration))?;
-        let tokens = match oauth::exchange_code(
-            &deps.http,
-            &provider,
-            &code,
-            &state.redirect_uri,
-            &verifier,
-        )
-        .await
-        {
+        let started = std::time::Instant::now();
+        let exchanged =
+            oauth::exchange_code(&deps.http, &provider, &code, &state.redirect_uri, &verifier)
+                .await;
+        deps.count(&state.provider, EXCHANGE, &exchanged, started.elapsed());
+        let tokens = match exchanged {
             Ok(t) => t,
             Err(TokenError::Call(c)) if c.class == ErrorClass::Configuration => {
                 connections::client_refused(&deps.pool, &state.provider, &c.message)
@@ -404,7 +432,10 @@ impl Kind for Refresh {
             }
             Err(e) => return ended.retry(JobError::from(e)).await,
         };
-        let tokens = match oauth::refresh(&deps.http, &provider, &refresh_token).await {
+        let started = std::time::Instant::now();
+        let refreshed = oauth::refresh(&deps.http, &provider, &refresh_token).await;
+        deps.count(&claim.provider, REFRESH, &refreshed, started.elapsed());
+        let tokens = match refreshed {
             Ok(t) => t,
             Err(TokenError::Reauthorize { message }) => {
                 return ended.permanent(message, ErrorClass::Authentication).await;

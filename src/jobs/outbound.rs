@@ -103,9 +103,10 @@ struct Agg {
     calls: i64,
     total_ms: f64,
     max_ms: f64,
+    buckets: [i64; integrations::LATENCY_SLOTS],
 }
 
-type MetricKey = (DateTime<Utc>, &'static str, &'static str, &'static str);
+type MetricKey = (DateTime<Utc>, String, &'static str, &'static str);
 
 /// The guard around provider calls (one per daemon, shared by its kinds).
 pub struct Outbound {
@@ -439,29 +440,43 @@ impl Outbound {
         *state.view.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    fn record_metric<T>(
+    /// Counts a call made outside [`Outbound::call`] (no breaker, no rate limit: an
+    /// `http.request` to a customer's endpoint, an OAuth token call) in the metrics.
+    pub fn record_metric<T>(
         &self,
-        provider: &'static str,
+        provider: &str,
         kind: &'static str,
         result: &Result<T, CallError>,
+        elapsed: Duration,
+    ) {
+        let answer = match result {
+            Ok(_) => Ok(200),
+            Err(e) => e.status.ok_or(e.class),
+        };
+        self.record_answer(provider, kind, answer, elapsed);
+    }
+
+    /// Counts a call that was answered with `answer`'s HTTP status, or failed before an
+    /// answer with its error class.
+    pub fn record_answer(
+        &self,
+        provider: &str,
+        kind: &'static str,
+        answer: Result<u16, ErrorClass>,
         elapsed: Duration,
     ) {
         if self.pool.is_none() {
             return;
         }
-        let class: &'static str = match result {
-            Ok(_) => "2xx",
-            Err(e) => match e.status {
-                Some(s) if (400..500).contains(&s) => "4xx",
-                Some(s) if (500..600).contains(&s) => "5xx",
-                Some(_) => "other",
-                None => match e.class {
-                    ErrorClass::Timeout => "timeout",
-                    ErrorClass::Network => "network",
-                    ErrorClass::Configuration => "configuration",
-                    _ => "invalid_answer",
-                },
-            },
+        let class: &'static str = match answer {
+            Ok(s) if (200..300).contains(&s) => "2xx",
+            Ok(s) if (400..500).contains(&s) => "4xx",
+            Ok(s) if (500..600).contains(&s) => "5xx",
+            Ok(_) => "other",
+            Err(ErrorClass::Timeout) => "timeout",
+            Err(ErrorClass::Network) => "network",
+            Err(ErrorClass::Configuration) => "configuration",
+            Err(_) => "invalid_answer",
         };
         self.prometheus
             .outbound(provider, class, elapsed.as_secs_f64());
@@ -470,10 +485,13 @@ impl Outbound {
             .unwrap_or_else(|_| Utc::now());
         let ms = elapsed.as_secs_f64() * 1000.0;
         let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
-        let agg = metrics.entry((minute, provider, kind, class)).or_default();
+        let agg = metrics
+            .entry((minute, provider.to_string(), kind, class))
+            .or_default();
         agg.calls += 1;
         agg.total_ms += ms;
         agg.max_ms = agg.max_ms.max(ms);
+        agg.buckets[integrations::latency_slot(ms)] += 1;
     }
 
     /// Writes the metrics gathered so far (also done every two seconds).
@@ -485,12 +503,13 @@ impl Outbound {
                 .drain()
                 .map(|((minute, provider, kind, class), a)| MetricRow {
                     minute,
-                    provider: provider.into(),
+                    provider,
                     kind: kind.into(),
                     status_class: class.into(),
                     calls: a.calls,
                     total_ms: a.total_ms,
                     max_ms: a.max_ms,
+                    buckets: a.buckets,
                 })
                 .collect()
         };

@@ -217,6 +217,13 @@ pub async fn test_key(
     expect_success("key test", answer, key).map(drop)
 }
 
+/// Sends a provider's health check (`health_request` of its client) authenticated with
+/// `key`: `Ok` for a 2xx, else the classified failure (the key scrubbed from it).
+pub async fn probe(request: reqwest::RequestBuilder, key: &SecretString) -> Result<(), CallError> {
+    let answer = call("health check", request, key).await?;
+    expect_success("health check", answer, key).map(drop)
+}
+
 /// Creates the next key through the provider's key API, authenticated with the replaced
 /// key, and with its scopes where the hooks read them: the new key and its provider id.
 /// `Ok(None)`: the provider has no key API.

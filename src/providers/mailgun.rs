@@ -43,6 +43,18 @@ pub struct Accepted {
 impl Mailgun {
     /// The key of the configuration (`[providers.mailgun]`), used when `penguin.api_keys`
     /// holds no active key for the provider.
+    /// The cheapest authenticated call: the first of the account's domains.
+    pub fn health_request(
+        &self,
+        client: &reqwest::Client,
+        key: &secrecy::SecretString,
+    ) -> reqwest::RequestBuilder {
+        use secrecy::ExposeSecret;
+        client
+            .get(format!("{}/v3/domains?limit=1", self.base))
+            .basic_auth("api", Some(key.expose_secret()))
+    }
+
     pub fn configured_key(&self) -> &SecretSource {
         &self.key
     }

@@ -66,6 +66,15 @@ impl SecretSource {
 }
 
 /// The API root: the configured URL or the provider's, without a trailing slash.
+/// `GET url` with `key` as a bearer token (the health checks of bearer-key providers).
+pub fn bearer_get(
+    client: &reqwest::Client,
+    url: String,
+    key: &SecretString,
+) -> reqwest::RequestBuilder {
+    client.get(url).bearer_auth(key.expose_secret())
+}
+
 pub fn base_url(configured: Option<&String>, default: &str) -> String {
     configured
         .map_or(default, String::as_str)

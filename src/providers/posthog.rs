@@ -89,6 +89,21 @@ impl CaptureEvent {
 impl Posthog {
     /// The key of the configuration (`[providers.posthog]`), used when `penguin.api_keys`
     /// holds no active key for the provider.
+    /// The cheapest call the project key authenticates: feature flags for a made-up user.
+    pub fn health_request(
+        &self,
+        client: &reqwest::Client,
+        key: &secrecy::SecretString,
+    ) -> reqwest::RequestBuilder {
+        use secrecy::ExposeSecret;
+        client
+            .post(format!("{}/flags/?v=2", self.host))
+            .json(&serde_json::json!({
+                "api_key": key.expose_secret(),
+                "distinct_id": "penguin-jobs-health-check",
+            }))
+    }
+
     pub fn configured_key(&self) -> &SecretSource {
         &self.key
     }

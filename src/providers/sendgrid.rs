@@ -50,6 +50,15 @@ fn mailbox(address: &str) -> Value {
 impl Sendgrid {
     /// The key of the configuration (`[providers.sendgrid]`), used when `penguin.api_keys`
     /// holds no active key for the provider.
+    /// The cheapest authenticated call: the key's own scopes.
+    pub fn health_request(
+        &self,
+        client: &reqwest::Client,
+        key: &secrecy::SecretString,
+    ) -> reqwest::RequestBuilder {
+        super::bearer_get(client, format!("{}/v3/scopes", self.base), key)
+    }
+
     pub fn configured_key(&self) -> &SecretSource {
         &self.key
     }

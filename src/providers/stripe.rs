@@ -55,6 +55,15 @@ pub struct AccountLink {
 impl Stripe {
     /// The key of the configuration (`[providers.stripe]`), used when `penguin.api_keys`
     /// holds no active key for the provider.
+    /// The cheapest authenticated call: the account's balance.
+    pub fn health_request(
+        &self,
+        client: &reqwest::Client,
+        key: &secrecy::SecretString,
+    ) -> reqwest::RequestBuilder {
+        super::bearer_get(client, format!("{}/v1/balance", self.base), key)
+    }
+
     pub fn configured_key(&self) -> &SecretSource {
         &self.key
     }

@@ -114,15 +114,8 @@ pub struct UnservedQueue {
 /// index: one probe per queue, however many jobs) that no daemon seen within `window`
 /// serves.
 pub async fn unserved_queues(pool: &PgPool, window: Duration) -> Result<Vec<UnservedQueue>, Error> {
-    let rows: Vec<(String, bool)> = sqlx::query_as(
-        "with recursive live(queue) as (
-             (select queue from penguin.jobs where finished_at is null order by queue limit 1)
-             union all
-             select (select j.queue from penguin.jobs j
-                      where j.finished_at is null and j.queue > live.queue
-                      order by j.queue limit 1)
-               from live where live.queue is not null
-         ),
+    let rows: Vec<(String, bool)> = sqlx::query_as(&format!(
+        "{},
          named as (
              select queue, true as has_jobs from live where queue is not null
              union all
@@ -134,7 +127,8 @@ pub async fn unserved_queues(pool: &PgPool, window: Duration) -> Result<Vec<Unse
                                and named.queue = any(d.queues))
           group by queue
           order by queue",
-    )
+        super::queues::LIVE_QUEUES
+    ))
     .bind(window.as_secs_f64())
     .fetch_all(pool)
     .await?;

@@ -250,6 +250,46 @@ pub async fn take_tokens(pool: &PgPool, provider: &str, want: u32) -> Result<Tak
     })
 }
 
+/// Upper bounds (milliseconds) of the latency histogram each minute keeps (`buckets`); the
+/// array has one more slot, for slower calls.
+pub const LATENCY_BUCKETS_MS: [f64; 12] = [
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 60000.0,
+];
+
+/// Slots of a latency histogram: one per bound, plus the unbounded one.
+pub const LATENCY_SLOTS: usize = LATENCY_BUCKETS_MS.len() + 1;
+
+/// The slot of a call that took `ms`.
+pub fn latency_slot(ms: f64) -> usize {
+    LATENCY_BUCKETS_MS
+        .iter()
+        .position(|bound| ms <= *bound)
+        .unwrap_or(LATENCY_BUCKETS_MS.len())
+}
+
+/// The `q` quantile (0..1) of a histogram, as the upper bound of the slot it falls in
+/// (the last slot reports the largest bound): `None` without calls.
+pub fn latency_quantile(buckets: &[i64], q: f64) -> Option<f64> {
+    let total: i64 = buckets.iter().sum();
+    if total <= 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil().max(1.0) as i64;
+    let mut seen = 0;
+    for (slot, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(
+                LATENCY_BUCKETS_MS
+                    .get(slot)
+                    .copied()
+                    .unwrap_or(LATENCY_BUCKETS_MS[LATENCY_BUCKETS_MS.len() - 1]),
+            );
+        }
+    }
+    LATENCY_BUCKETS_MS.last().copied()
+}
+
 /// Calls of one minute, provider, kind and status class.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricRow {
@@ -260,6 +300,8 @@ pub struct MetricRow {
     pub calls: i64,
     pub total_ms: f64,
     pub max_ms: f64,
+    /// [`LATENCY_SLOTS`] counts.
+    pub buckets: [i64; LATENCY_SLOTS],
 }
 
 /// Adds `rows` to `penguin.integration_metrics` in one statement.
@@ -274,14 +316,24 @@ pub async fn add_metrics(pool: &PgPool, rows: &[MetricRow]) -> Result<(), Error>
     let calls: Vec<i64> = rows.iter().map(|r| r.calls).collect();
     let totals: Vec<f64> = rows.iter().map(|r| r.total_ms).collect();
     let maxes: Vec<f64> = rows.iter().map(|r| r.max_ms).collect();
+    // row n's histogram is the slice [(n-1)*slots+1 : n*slots] of one flat array
+    let buckets: Vec<i64> = rows.iter().flat_map(|r| r.buckets).collect();
     sqlx::query(
         "insert into penguin.integration_metrics as m
-             (minute, provider, kind, status_class, calls, total_ms, max_ms)
-         select * from unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[],
-                              $5::bigint[], $6::float8[], $7::float8[])
+             (minute, provider, kind, status_class, calls, total_ms, max_ms, buckets)
+         select r.minute, r.provider, r.kind, r.status_class, r.calls, r.total_ms, r.max_ms,
+                ($8::bigint[])[((r.n - 1) * $9 + 1):(r.n * $9)]
+           from unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[],
+                       $5::bigint[], $6::float8[], $7::float8[])
+                with ordinality as r(minute, provider, kind, status_class, calls, total_ms, max_ms, n)
          on conflict (minute, provider, kind, status_class) do update
             set calls = m.calls + excluded.calls, total_ms = m.total_ms + excluded.total_ms,
-                max_ms = greatest(m.max_ms, excluded.max_ms)",
+                max_ms = greatest(m.max_ms, excluded.max_ms),
+                buckets = case
+                    when m.buckets is null then excluded.buckets
+                    else array(select coalesce(a, 0) + coalesce(b, 0)
+                                 from unnest(m.buckets, excluded.buckets) as t(a, b))
+                end",
     )
     .bind(&minutes)
     .bind(&providers)
@@ -290,7 +342,85 @@ pub async fn add_metrics(pool: &PgPool, rows: &[MetricRow]) -> Result<(), Error>
     .bind(&calls)
     .bind(&totals)
     .bind(&maxes)
+    .bind(&buckets)
+    .bind(LATENCY_SLOTS as i32)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// One provider's calls over a window, every daemon's together.
+#[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
+pub struct ProviderCalls {
+    pub provider: String,
+    pub calls: i64,
+    /// Answered 2xx.
+    pub succeeded: i64,
+    /// Failed on the provider's side: 5xx, timeouts, network errors.
+    pub provider_failures: i64,
+    pub total_ms: f64,
+    /// [`LATENCY_SLOTS`] counts (of the minutes that kept one).
+    #[sqlx(skip)]
+    pub buckets: Vec<i64>,
+    /// The last minute with a call.
+    pub last_call: Option<DateTime<Utc>>,
+    /// Minutes with calls, and those in which every call failed on the provider's side.
+    pub minutes: i64,
+    pub down_minutes: i64,
+}
+
+/// Every provider's calls since `since` ago (read by its index on provider and minute).
+pub async fn provider_calls(pool: &PgPool, since: Duration) -> Result<Vec<ProviderCalls>, Error> {
+    let mut rows: Vec<ProviderCalls> = sqlx::query_as(
+        "with per_minute as (
+             select provider, minute, sum(calls) as calls,
+                    coalesce(sum(calls) filter (where status_class = '2xx'), 0) as ok,
+                    coalesce(sum(calls) filter (where status_class in ('5xx', 'timeout', 'network')), 0)
+                        as bad,
+                    sum(total_ms) as total_ms
+               from penguin.integration_metrics
+              where minute >= date_trunc('minute', now() - make_interval(secs => $1))
+              group by provider, minute
+         )
+         select provider, sum(calls)::bigint as calls, sum(ok)::bigint as succeeded,
+                sum(bad)::bigint as provider_failures, sum(total_ms)::float8 as total_ms,
+                max(minute) as last_call, count(*) as minutes,
+                count(*) filter (where ok = 0 and bad > 0) as down_minutes
+           from per_minute group by provider order by provider",
+    )
+    .bind(since.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let slots: Vec<(String, i64, i64)> = sqlx::query_as(
+        "select m.provider, u.slot, sum(u.n)::bigint
+           from penguin.integration_metrics m, unnest(m.buckets) with ordinality as u(n, slot)
+          where m.minute >= date_trunc('minute', now() - make_interval(secs => $1))
+          group by m.provider, u.slot",
+    )
+    .bind(since.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    for row in &mut rows {
+        row.buckets = vec![0; LATENCY_SLOTS];
+        for (_, slot, n) in slots.iter().filter(|(p, _, _)| *p == row.provider) {
+            if let Some(b) = usize::try_from(*slot - 1)
+                .ok()
+                .and_then(|i| row.buckets.get_mut(i))
+            {
+                *b += n;
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Deletes the minutes older than `older_than`; how many rows went.
+pub async fn prune_metrics(pool: &PgPool, older_than: Duration) -> Result<u64, Error> {
+    Ok(sqlx::query(
+        "delete from penguin.integration_metrics where minute < now() - make_interval(secs => $1)",
+    )
+    .bind(older_than.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected())
 }

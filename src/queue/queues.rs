@@ -117,3 +117,51 @@ pub async fn open_dead_letters(pool: &PgPool) -> Result<Vec<QueueDeadLetters>, E
     .fetch_all(pool)
     .await?)
 }
+
+/// The queues holding live jobs, as a CTE `live(queue)` (the last row is NULL): a skip
+/// scan of the claim index, one probe per queue however many jobs wait.
+pub(super) const LIVE_QUEUES: &str = "with recursive live(queue) as (
+             (select queue from penguin.jobs where finished_at is null order by queue limit 1)
+             union all
+             select (select j.queue from penguin.jobs j
+                      where j.finished_at is null and j.queue > live.queue
+                      order by j.queue limit 1)
+               from live where live.queue is not null
+         )";
+
+/// The job next in line of one queue (claim order, due now), if any.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct QueueHead {
+    pub queue: String,
+    /// When the next job in line became due; `None` when nothing is due.
+    pub due_since: Option<DateTime<Utc>>,
+}
+
+/// The head of every queue holding live jobs: a skip scan of the claim index for the
+/// queues, then one probe per queue in claim order (priority, run_at, id). A queue whose
+/// head has waited long is not being worked (stalled, or far behind).
+pub async fn queue_heads(pool: &PgPool) -> Result<Vec<QueueHead>, Error> {
+    Ok(sqlx::query_as(&format!(
+        "{LIVE_QUEUES}
+         select l.queue,
+                (select c.run_at from penguin.jobs c
+                  where c.queue = l.queue and c.finished_at is null
+                    and c.state in ('available', 'scheduled', 'retryable') and c.run_at <= now()
+                  order by c.priority, c.run_at, c.id
+                  limit 1) as due_since
+           from live l
+          where l.queue is not null"
+    ))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Jobs dead-lettered within the last `window`.
+pub async fn dead_lettered_since(pool: &PgPool, window: std::time::Duration) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(
+        "select count(*) from penguin.dead_letters where dead_at >= now() - make_interval(secs => $1)",
+    )
+    .bind(window.as_secs_f64())
+    .fetch_one(pool)
+    .await?)
+}
