@@ -13,6 +13,9 @@
 //! for longer than `queue_stalled_after`, or jobs no live daemon serves). Paused queues are
 //! not stalled.
 //!
+//! Each pass also samples every queue's depth into `penguin.queue_minutes`, once a minute
+//! across daemons (the dashboard's history).
+//!
 //! Must never fail the daemon: an evaluation that cannot read or write is logged and
 //! tried again at the next interval.
 
@@ -74,6 +77,8 @@ pub async fn run(pool: PgPool, settings: Settings, stop: CancellationToken) {
 
 /// One evaluation: open, resolve, notify.
 pub async fn evaluate(pool: &PgPool, settings: &Settings) -> Result<(), queue::Error> {
+    // the dashboard's depth history: once a minute across daemons
+    queue::sample_depths(pool).await?;
     let active = conditions(pool, settings).await?;
     let opened = credentials::open_conditions(pool, &active).await?;
     let keys: Vec<String> = active.iter().map(|a| a.condition.clone()).collect();

@@ -336,3 +336,49 @@ async fn the_scheduled_health_check_calls_the_provider_and_records_what_it_found
         0
     );
 }
+
+#[tokio::test]
+async fn each_minute_records_what_the_queues_finished_and_their_depth() {
+    let mut app = app_with_fake("").await;
+    let jobs: Vec<NewJob> = (0..30)
+        .map(|n| NewJob::new("noop", json!({ "n": n })))
+        .collect();
+    app.enqueue_many(&jobs).await;
+    let failing = app
+        .enqueue(&NewJob {
+            max_attempts: Some(1),
+            ..NewJob::new(
+                "http.request",
+                json!({"url": "http://127.0.0.1:9/unreachable"}),
+            )
+        })
+        .await;
+    app.start_runtime();
+    app.wait_for_dead_letter(failing).await;
+    // the pools report every 5 s
+    app.wait_for(
+        "select coalesce(sum(completed), 0) = 30 and coalesce(sum(dead_lettered), 0) = 1
+           from penguin.queue_minutes where queue = 'default'",
+        Duration::from_secs(30),
+        "the finished jobs reported",
+    )
+    .await;
+    app.stop().await;
+    // a job waits: the evaluator's pass samples the depth once this minute
+    app.enqueue(&NewJob::new("noop", json!({}))).await;
+    alerts::evaluate(&app.pool, &settings(&app)).await.unwrap();
+    let (status, history) = app.admin().get("/v1/history?minutes=5").await;
+    assert_eq!(status, 200, "{history}");
+    let rows: Vec<&Value> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["queue"] == "default")
+        .collect();
+    let completed: i64 = rows.iter().map(|r| r["completed"].as_i64().unwrap()).sum();
+    assert_eq!(completed, 30, "{history}");
+    let last = rows.last().unwrap();
+    assert_eq!(last["available"], 1, "{history}");
+    let (status, _) = app.admin().get("/v1/history?minutes=0").await;
+    assert_eq!(status, 422);
+}

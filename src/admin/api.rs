@@ -47,6 +47,7 @@ pub(super) fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(show_dead_letter))
         .routes(routes!(replay_dead_letter))
         .routes(routes!(list_integrations))
+        .routes(routes!(history))
         .routes(routes!(list_alerts))
         .routes(routes!(acknowledge_alert))
         .routes(routes!(list_schedules))
@@ -579,6 +580,45 @@ pub(super) async fn integrations_health(
         summary: health::summarize(&items),
         items,
     })
+}
+
+/// Query of `GET /v1/history`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct HistoryQuery {
+    /// How many minutes back (default 60, at most 1440).
+    #[param(minimum = 1, maximum = 1440)]
+    minutes: Option<i64>,
+}
+
+/// `GET /v1/history`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct History {
+    /// Per minute and queue, oldest first: jobs finished by outcome (every daemon's) and
+    /// the depth sampled that minute.
+    pub items: Vec<queue::QueueMinute>,
+}
+
+/// Each queue's last minutes: throughput, failures and depth, for the dashboard's charts.
+#[utoipa::path(get, path = "/v1/history", tag = "queues", security(("admin_token" = [])),
+    params(HistoryQuery),
+    responses((status = 200, body = History),
+        (status = 422, description = "minutes out of range", body = ErrorBody), Refusals))]
+async fn history(State(state): State<AdminState>, uri: Uri) -> Result<Json<History>, ApiError> {
+    let q: HistoryQuery = query(&uri)?;
+    let minutes = match q.minutes {
+        None => 60,
+        Some(m) if (1..=1440).contains(&m) => m,
+        Some(m) => {
+            return Err(ApiError::Invalid(format!(
+                "minutes: {m} is not between 1 and 1440"
+            )));
+        }
+    };
+    Ok(Json(History {
+        items: queue::queue_minutes(&state.pool, minutes).await?,
+    }))
 }
 
 /// Filters of `GET /v1/alerts`.

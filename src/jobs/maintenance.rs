@@ -76,7 +76,10 @@ impl Kind for Prune {
             tracing::debug!(replay_tokens = tokens, "pruned");
         }
         let metrics = match r.metrics {
-            Some(age) => queue::integrations::prune_metrics(&r.pool, age).await?,
+            Some(age) => {
+                queue::integrations::prune_metrics(&r.pool, age).await?
+                    + queue::prune_queue_minutes(&r.pool, age).await?
+            }
             None => 0,
         };
         if pruned.jobs + pruned.dead_letters + inbound > 0 {
@@ -91,7 +94,7 @@ impl Kind for Prune {
             "jobs": pruned.jobs,
             "dead_letters": pruned.dead_letters,
             "inbound_events": inbound,
-            "integration_metrics": metrics,
+            "metrics_rows": metrics,
         })))
     }
 }

@@ -165,3 +165,107 @@ pub async fn dead_lettered_since(pool: &PgPool, window: std::time::Duration) -> 
     .fetch_one(pool)
     .await?)
 }
+
+/// One queue's minute: jobs finished by outcome (every daemon's together), and its depth
+/// when sampled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct QueueMinute {
+    pub minute: DateTime<Utc>,
+    pub queue: String,
+    pub completed: i64,
+    pub retried: i64,
+    pub dead_lettered: i64,
+    pub available: Option<i64>,
+    pub scheduled: Option<i64>,
+    pub running: Option<i64>,
+    pub retryable: Option<i64>,
+}
+
+/// Jobs a daemon's pool finished since its last report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinishedCounts {
+    pub queue: String,
+    pub completed: i64,
+    pub retried: i64,
+    pub dead_lettered: i64,
+}
+
+/// Adds `counts` to this minute's rows, one statement.
+pub async fn add_finished(pool: &PgPool, counts: &[FinishedCounts]) -> Result<(), Error> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let queues: Vec<&str> = counts.iter().map(|c| c.queue.as_str()).collect();
+    let completed: Vec<i64> = counts.iter().map(|c| c.completed).collect();
+    let retried: Vec<i64> = counts.iter().map(|c| c.retried).collect();
+    let dead: Vec<i64> = counts.iter().map(|c| c.dead_lettered).collect();
+    sqlx::query(
+        "insert into penguin.queue_minutes as m (minute, queue, completed, retried, dead_lettered)
+         select date_trunc('minute', now()), * from unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+         on conflict (minute, queue) do update
+            set completed = m.completed + excluded.completed,
+                retried = m.retried + excluded.retried,
+                dead_lettered = m.dead_lettered + excluded.dead_lettered",
+    )
+    .bind(&queues)
+    .bind(&completed)
+    .bind(&retried)
+    .bind(&dead)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Samples every queue's depth into this minute's rows unless a daemon already did this
+/// minute (a count over the live rows, once a minute across daemons). `true` if sampled.
+pub async fn sample_depths(pool: &PgPool) -> Result<bool, Error> {
+    let done: bool = sqlx::query_scalar(
+        "select exists (select 1 from penguin.queue_minutes
+                         where minute = date_trunc('minute', now()) and available is not null)",
+    )
+    .fetch_one(pool)
+    .await?;
+    if done {
+        return Ok(false);
+    }
+    sqlx::query(
+        "insert into penguin.queue_minutes as m (minute, queue, available, scheduled, running, retryable)
+         select date_trunc('minute', now()), queue,
+                count(*) filter (where state = 'available'), count(*) filter (where state = 'scheduled'),
+                count(*) filter (where state = 'running'), count(*) filter (where state = 'retryable')
+           from penguin.jobs where finished_at is null group by queue
+         on conflict (minute, queue) do update
+            set available = excluded.available, scheduled = excluded.scheduled,
+                running = excluded.running, retryable = excluded.retryable",
+    )
+    .execute(pool)
+    .await?;
+    Ok(true)
+}
+
+/// Every queue's minutes over the last `minutes`, oldest first.
+pub async fn queue_minutes(pool: &PgPool, minutes: i64) -> Result<Vec<QueueMinute>, Error> {
+    Ok(sqlx::query_as(
+        "select minute, queue, completed, retried, dead_lettered, available, scheduled, running, retryable
+           from penguin.queue_minutes
+          where minute >= date_trunc('minute', now()) - make_interval(mins => $1::int)
+          order by minute, queue",
+    )
+    .bind(minutes.clamp(1, 24 * 60))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Deletes minutes older than `older_than`.
+pub async fn prune_queue_minutes(
+    pool: &PgPool,
+    older_than: std::time::Duration,
+) -> Result<u64, Error> {
+    Ok(sqlx::query(
+        "delete from penguin.queue_minutes where minute < now() - make_interval(secs => $1)",
+    )
+    .bind(older_than.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected())
+}

@@ -136,6 +136,11 @@ pub async fn run_reporting(
 
     let background = CancellationToken::new();
     let listener = tokio::spawn(listen(pool.clone(), wakers, background.clone()));
+    let reporter = tokio::spawn(report_finished(
+        pool.clone(),
+        pools.iter().map(|p| p.shared.clone()).collect(),
+        background.clone(),
+    ));
     let maintenance = tokio::spawn(maintain(
         Maintenance {
             pool: pool.clone(),
@@ -158,6 +163,7 @@ pub async fn run_reporting(
     }
     background.cancel();
     let _ = listener.await;
+    let _ = reporter.await;
     let _ = maintenance.await;
     conns.flush.close().await;
     conns.lease.close().await;
@@ -280,6 +286,44 @@ async fn listen(pool: PgPool, wakers: HashMap<String, Arc<Notify>>, stop: Cancel
                 },
                 () = stop.cancelled() => return,
             }
+        }
+    }
+}
+
+/// How often each daemon adds its pools' finished jobs to `penguin.queue_minutes`.
+const REPORT_FINISHED_EVERY: Duration = Duration::from_secs(5);
+
+/// Every [`REPORT_FINISHED_EVERY`] (and once more at the end), adds the jobs each pool
+/// finished to this minute's row of its queue; counts that cannot be written are kept for
+/// the next report.
+async fn report_finished(pool: PgPool, pools: Vec<Arc<pool::Shared>>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(REPORT_FINISHED_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            () = stop.cancelled() => true,
+        };
+        let taken: Vec<[u64; 3]> = pools.iter().map(|p| p.take_finished()).collect();
+        let counts: Vec<queue::FinishedCounts> = pools
+            .iter()
+            .zip(&taken)
+            .filter(|(_, t)| t.iter().any(|n| *n > 0))
+            .map(|(p, t)| queue::FinishedCounts {
+                queue: p.queue.clone(),
+                completed: t[0] as i64,
+                retried: t[1] as i64,
+                dead_lettered: t[2] as i64,
+            })
+            .collect();
+        if let Err(e) = queue::add_finished(&pool, &counts).await {
+            tracing::debug!(error = %e, "could not record finished jobs per minute; kept for the next report");
+            for (p, t) in pools.iter().zip(taken) {
+                p.restore_finished(t);
+            }
+        }
+        if last {
+            return;
         }
     }
 }

@@ -170,6 +170,9 @@ pub struct Shared {
     /// The counters of each kind this pool runs, and its running jobs as a gauge.
     kind_metrics: HashMap<String, KindMetrics>,
     running_gauge: Gauge,
+    /// Jobs finished since the last report to `penguin.queue_minutes`: completed, retried,
+    /// dead-lettered.
+    finished_since_report: [AtomicU64; 3],
 }
 
 impl Shared {
@@ -191,6 +194,7 @@ impl Shared {
         Self {
             kind_metrics,
             running_gauge,
+            finished_since_report: Default::default(),
             queue: settings.queue.clone(),
             worker,
             room: Semaphore::new(settings.max_held()),
@@ -337,6 +341,27 @@ impl Shared {
     pub(in crate::runtime) fn count_attempt(&self, kind: &str, outcome: &Outcome, seconds: f64) {
         if let Some(m) = self.kind_metrics.get(kind) {
             m.attempt(outcome, seconds);
+        }
+        let slot = match outcome {
+            Outcome::Completed { .. } => 0,
+            Outcome::Retry { .. } => 1,
+            Outcome::Dead { .. } => 2,
+            Outcome::Snooze { .. } | Outcome::Cancel { .. } => return,
+        };
+        self.finished_since_report[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The jobs finished since the last call (completed, retried, dead-lettered), reset.
+    pub(in crate::runtime) fn take_finished(&self) -> [u64; 3] {
+        self.finished_since_report
+            .each_ref()
+            .map(|n| n.swap(0, Ordering::Relaxed))
+    }
+
+    /// Gives back counts [`Shared::take_finished`] took that could not be reported.
+    pub(in crate::runtime) fn restore_finished(&self, counts: [u64; 3]) {
+        for (n, c) in self.finished_since_report.iter().zip(counts) {
+            n.fetch_add(c, Ordering::Relaxed);
         }
     }
 
