@@ -13,6 +13,7 @@
 //! answer 5xx for a request's own fault (bad filter, unknown id: 4xx with a message).
 
 mod api;
+mod dashboard;
 mod prometheus;
 pub mod stats;
 
@@ -193,10 +194,15 @@ pub fn document() -> serde_json::Value {
 /// The admin listener's routes.
 pub fn router(state: AdminState) -> Router {
     let doc = Arc::new(document());
-    api(&state).with_state(state).split_for_parts().0.route(
-        crate::http::openapi::PATH,
-        get(move || crate::http::openapi::serve(doc.clone())),
-    )
+    api(&state)
+        .with_state(state)
+        .split_for_parts()
+        .0
+        .route(
+            crate::http::openapi::PATH,
+            get(move || crate::http::openapi::serve(doc.clone())),
+        )
+        .merge(dashboard::routes())
 }
 
 /// Serves the admin routes on `listener` until `shutdown` (the `[http]` connection limits

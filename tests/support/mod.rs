@@ -28,6 +28,7 @@ pub mod app;
 pub mod credentials;
 pub mod daemon;
 pub mod fake_provider;
+pub mod node;
 pub mod python;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
