@@ -38,6 +38,11 @@
 //! release. 12 to 17 minutes at the defaults:
 //! `cargo bench --bench queue -- --runs 1 --quick --long`.
 //!
+//! `--observed` (on its own; never by default) compares the no-op drain of 1M jobs with a
+//! Prometheus scrape every second and the dashboard open in headless Chromium against the
+//! same drain unwatched (see `observed/mod.rs`): `cargo bench --bench queue -- --observed
+//! --runs 3`.
+//!
 //! `--peer` (off by default; CI never benches) also drives graphile_worker-rs 0.14 in the same
 //! run (see `peer/mod.rs`): it builds `tools/graphile-bench` once (`cargo build --release
 //! --manifest-path tools/graphile-bench/Cargo.toml`, printed; a failed build ends the bench),
@@ -57,6 +62,7 @@
 
 mod common;
 mod horizon;
+mod observed;
 mod peer;
 
 use std::ops::RangeInclusive;
@@ -78,7 +84,12 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(600);
 
 /// The daemon's config: defaults but for the pool (`--concurrency`, `--batch`) and the
 /// built-in schedules (they would add their own jobs to the counts).
-fn daemon_config(concurrency: usize, batch: Option<usize>, flush_batch: Option<usize>) -> String {
+fn daemon_config(
+    concurrency: usize,
+    batch: Option<usize>,
+    flush_batch: Option<usize>,
+    admin: &str,
+) -> String {
     let batch = batch.map(|b| format!("batch = {b}\n")).unwrap_or_default();
     let flush = flush_batch
         .map(|b| format!("flush_batch = {b}\n"))
@@ -86,7 +97,7 @@ fn daemon_config(concurrency: usize, batch: Option<usize>, flush_batch: Option<u
     format!(
         "[egress]\nallow = [\"127.0.0.1\"]\n[database]\nmax_connections = 8\n[daemon]\npoll_interval = \"200ms\"\n{flush}\
          [queues.default]\nconcurrency = {concurrency}\n{batch}\
-         [oauth]\nrefresh = false\n[api_keys]\nrotation = false\n[maintenance]\nprune = false\n"
+         [oauth]\nrefresh = false\n[api_keys]\nrotation = false\n[maintenance]\nprune = false\n{admin}"
     )
 }
 
@@ -742,9 +753,33 @@ async fn main() {
     let horizon = horizon::HorizonOptions::from_args(concurrency, batch);
     let long = horizon::long::LongOptions::from_args(concurrency, batch);
     let peer = peer::Peer::from_args();
-    let config = daemon_config(concurrency, batch, flush_batch);
     let dir = PathBuf::from(format!("/tmp/penguin-jobs-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // the admin listener as users get it, on a free port, with a token for the dashboard
+    let admin = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let token = format!("bench-admin-token-{:032x}", rand::random::<u128>());
+        std::fs::write(dir.join("admin.token"), &token).unwrap();
+        observed::Admin {
+            base: format!("http://127.0.0.1:{port}"),
+            token,
+        }
+    };
+    // the other modes keep the default listener (127.0.0.1:8081, passed over when taken)
+    let observing = std::env::args().any(|a| a == "--observed");
+    let admin_toml = if observing {
+        format!(
+            "[admin]\nlisten = \"{}\"\ntokens = [\"file:{}\"]\n",
+            admin.base.trim_start_matches("http://"),
+            dir.join("admin.token").display()
+        )
+    } else {
+        String::new()
+    };
+    let config = daemon_config(concurrency, batch, flush_batch, &admin_toml);
     std::fs::write(dir.join("jobs.toml"), &config).unwrap();
     let cluster = EmbeddedPostgres::start(&dir.join("postgres"))
         .await
@@ -752,6 +787,17 @@ async fn main() {
     let settings = common::server_settings(&cluster).await;
     if diagnose() {
         explain_slow_statements(&cluster).await;
+    }
+    if observing {
+        let report = json!({
+            "postgres_settings": settings,
+            "daemon_config": config,
+            "observed": observed::run(&cluster, &dir, &admin, runs).await,
+        });
+        println!("{}", serde_json::to_string_pretty(&report).unwrap());
+        let _ = cluster.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
     }
     let sink = slow_sink().await;
 

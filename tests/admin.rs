@@ -619,3 +619,21 @@ async fn metrics_count_what_the_daemon_did_and_read_depth_from_the_database() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_shims_401_says_when_no_api_token_is_configured() {
+    let app = TestApp::builder().shim().build().await;
+    let answer = app
+        .shim()
+        .client
+        .post(app.shim().url("/v1/jobs"))
+        .json(&json!({"kind": "noop", "payload": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+    let body: Value = answer.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("no API token is configured"), "{error}");
+    assert!(error.contains("[http] api_tokens"), "{error}");
+}
