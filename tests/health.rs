@@ -355,6 +355,14 @@ async fn each_minute_records_what_the_queues_finished_and_their_depth() {
         .await;
     app.start_runtime();
     app.wait_for_dead_letter(failing).await;
+    // the refused connection is counted as an outbound call of provider `http`
+    app.wait_for(
+        "select coalesce(sum(calls), 0) = 1 from penguin.integration_metrics
+          where provider = 'http' and kind = 'http.request' and status_class = 'network'",
+        Duration::from_secs(10),
+        "the http.request call counted",
+    )
+    .await;
     // the pools report every 5 s
     app.wait_for(
         "select coalesce(sum(completed), 0) = 30 and coalesce(sum(dead_lettered), 0) = 1

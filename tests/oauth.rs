@@ -235,6 +235,15 @@ async fn connect_exchanges_the_code_with_pkce_through_the_callback_and_stores_en
     assert_eq!(stats["pkce_checked"], 1);
     assert_eq!(stats["token_requests"]["authorization_code"], 1);
     assert_eq!(stats["client_auth"], serde_json::json!(["body"]));
+    // the token call is counted under the provider, as every outbound call
+    w.app
+        .wait_for(
+            "select coalesce(sum(calls), 0) = 1 from penguin.integration_metrics
+              where provider = 'google' and kind = 'oauth.exchange' and status_class = '2xx'",
+            LIMIT,
+            "the token call counted",
+        )
+        .await;
     // tokens are ciphertexts at rest, and decrypt to the token the server issued
     let (access_enc, refresh_enc): (String, String) =
         sqlx::query_as("select access_token_enc, refresh_token_enc from penguin.oauth_connections")
