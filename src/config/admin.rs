@@ -24,8 +24,9 @@ pub struct AdminConfig {
     /// why); `/healthz`, `/readyz` and `/metrics` need no token.
     pub tokens: Vec<SecretRef>,
     /// Queue counts (depth per queue and state, oldest waiting job) are read at most this
-    /// often, however often `/metrics`, `/v1/stats` or the dashboard ask: a scrape never
-    /// costs a count over the table.
+    /// often, however often `/metrics`, `/v1/stats` or the dashboard ask, and never for
+    /// more than 2% of the time (a reading of a big backlog that took 470 ms is reused for
+    /// 23.5 s): a scrape never costs a count over the table.
     #[serde(with = "humantime_serde")]
     pub stats_interval: Duration,
 }
