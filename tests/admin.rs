@@ -507,6 +507,21 @@ async fn readiness_waits_for_the_pools_and_ends_at_shutdown() {
         .await
         .unwrap_err();
     assert!(why.contains("not current"), "{why}");
+
+    // a database that cannot be reached is not ready, and the probe does not hang
+    let away = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy("postgres://nobody@127.0.0.1:1/nothing")
+        .unwrap();
+    let why = Readiness::new(away, false).check().await.unwrap_err();
+    assert!(
+        why.contains("unreachable") || why.contains("did not answer"),
+        "{why}"
+    );
+    assert!(
+        !why.contains("nobody"),
+        "no connection detail in the answer: {why}"
+    );
 }
 
 /// A daemon (shim, admin listener, workers) on `db` with `extra` TOML, running until the
