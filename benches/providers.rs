@@ -116,7 +116,7 @@ async fn run_once(
         &config,
         format!(
             "[database]\nmax_connections = 12\n[maintenance]\nprune = false\n\
-             [oauth]\nrefresh = false\n[api_keys]\nrotation = false\n\
+             [oauth]\nrefresh = false\n[api_keys]\nrotation = false\n[health]\nchecks = false\n\
              [queues.default]\nconcurrency = {CONCURRENCY}\nbatch = {CONCURRENCY}\n\
              [providers.mailgun]\napi_key = \"file:{}\"\ndomain = \"mg.example.com\"\nbase_url = \"{}\"\n{}",
             dir.join("key").display(),

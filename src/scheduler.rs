@@ -234,7 +234,7 @@ pub fn from_config(config: &Config) -> Result<Vec<Schedule>, ScheduleError> {
         }
     }
     if config.health.checks {
-        for provider in config.providers.configured() {
+        for provider in config.providers.with_api_key() {
             let mut check = builtin(
                 &format!("{HEALTH_CHECK_PREFIX}{provider}"),
                 &config.health.check_cron,
@@ -251,8 +251,8 @@ pub fn from_config(config: &Config) -> Result<Vec<Schedule>, ScheduleError> {
     Ok(schedules)
 }
 
-/// The built-in schedules of `integration.health_check`, one per configured provider:
-/// `health-check-PROVIDER`.
+/// The built-in schedules of `integration.health_check`, one per provider configured
+/// with a key for outbound calls: `health-check-PROVIDER`.
 pub const HEALTH_CHECK_PREFIX: &str = "health-check-";
 
 /// The built-in schedule that enqueues `oauth.refresh` for connections about to expire.
@@ -487,6 +487,24 @@ mod tests {
 
     fn fires(s: &Schedule, from: &str, to: &str) -> Vec<DateTime<Utc>> {
         s.fires_between(at(from), at(to), 1000).0
+    }
+
+    #[test]
+    fn health_checks_are_scheduled_for_providers_that_call_out_only() {
+        let config = crate::config::Config::from_toml(
+            "[providers.mailgun]\napi_key = \"env:MG\"\ndomain = \"mg.example.com\"\n\
+             [providers.stripe]\nwebhook_secret = \"env:WHSEC\"\n\
+             [providers.sendgrid]\nwebhook_public_key = \"env:SGPUB\"\n",
+            std::path::Path::new("x.toml"),
+        )
+        .unwrap();
+        let names: Vec<String> = from_config(&config)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|n| n.starts_with(HEALTH_CHECK_PREFIX))
+            .collect();
+        assert_eq!(names, ["health-check-mailgun"]);
     }
 
     #[test]

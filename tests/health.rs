@@ -282,7 +282,8 @@ async fn stalled_queues_and_growing_dead_letters_are_alerts() {
 
 #[tokio::test]
 async fn the_scheduled_health_check_calls_the_provider_and_records_what_it_found() {
-    let mut app = app_with_fake("").await;
+    // the schedule exists but never fires during the test (the test enqueues its job)
+    let mut app = app_with_fake("[health]\ncheck_cron = \"0 0 1 1 *\"\n").await;
     // first check: the key works; second: refused
     app.fake()
         .push("/v3/domains", Reply::status(200, json!({"items": []})));

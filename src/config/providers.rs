@@ -27,6 +27,33 @@ impl ProvidersConfig {
         .filter_map(|(name, set)| set.then_some(name))
         .collect()
     }
+
+    /// The names of the providers with a key for outbound calls (Mailgun's and SendGrid's
+    /// `api_key`, Stripe's `secret_key`, PostHog's `api_key`): the ones a health check can
+    /// call. A table holding only a webhook secret receives, it never calls.
+    pub fn with_api_key(&self) -> Vec<&'static str> {
+        [
+            (
+                "mailgun",
+                self.mailgun.as_ref().is_some_and(|c| c.api_key.is_some()),
+            ),
+            (
+                "sendgrid",
+                self.sendgrid.as_ref().is_some_and(|c| c.api_key.is_some()),
+            ),
+            (
+                "stripe",
+                self.stripe.as_ref().is_some_and(|c| c.secret_key.is_some()),
+            ),
+            (
+                "posthog",
+                self.posthog.as_ref().is_some_and(|c| c.api_key.is_some()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
 }
 
 /// One `[[providers.NAME.filters]]` entry: an event gets a processing job when its type
