@@ -1,7 +1,8 @@
 //! The alert evaluator: every `[alerts] check_interval`, each daemon with workers judges
 //! the conditions operators must hear about, opens an alert for each new one (at most one
 //! unresolved alert per condition across every daemon: `penguin.alerts`' unique index),
-//! resolves those that cleared, and enqueues the notifications of alerts opened or
+//! resolves those that cleared (and those jobs raised whose cause is gone: a connection
+//! authorised again, a key activated), and enqueues the notifications of alerts opened or
 //! cleared (its own and those jobs raised: reauthorisation, key tests) as ordinary jobs,
 //! one per `[alerts.notify.NAME]` target: `http.request` for a webhook, `mailgun.send` /
 //! `sendgrid.send` for an email. A target that is down retries as any job; detection
@@ -30,6 +31,7 @@ use crate::config::{AlertsConfig, Config, HealthConfig, NotifyTarget};
 use crate::credentials::{self, ConditionAlert, Unnotified};
 use crate::health;
 use crate::queue::{self, NewJob};
+use crate::readiness::Readiness;
 
 /// Notifications enqueued per transaction.
 const NOTIFY_BATCH: i64 = 100;
@@ -54,8 +56,13 @@ impl Settings {
     }
 }
 
-/// Evaluates every `check_interval` until `stop`.
-pub async fn run(pool: PgPool, settings: Settings, stop: CancellationToken) {
+/// Evaluates every `check_interval` until `stop`, from the moment this daemon's pools
+/// have started (`ready`): before, its own queues would look unserved.
+pub async fn run(pool: PgPool, settings: Settings, ready: Readiness, stop: CancellationToken) {
+    tokio::select! {
+        () = ready.wait_started() => {}
+        () = stop.cancelled() => return,
+    }
     let mut failures = 0u32;
     loop {
         match evaluate(&pool, &settings).await {
@@ -82,7 +89,8 @@ pub async fn evaluate(pool: &PgPool, settings: &Settings) -> Result<(), queue::E
     let active = conditions(pool, settings).await?;
     let opened = credentials::open_conditions(pool, &active).await?;
     let keys: Vec<String> = active.iter().map(|a| a.condition.clone()).collect();
-    let resolved = credentials::resolve_conditions(pool, &keys).await?;
+    let mut resolved = credentials::resolve_conditions(pool, &keys).await?;
+    resolved.extend(credentials::resolve_raised_alerts(pool).await?);
     if !opened.is_empty() || !resolved.is_empty() {
         tracing::info!(
             opened = opened.len(),

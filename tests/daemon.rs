@@ -428,11 +428,28 @@ async fn a_queue_with_jobs_and_no_pool_is_warned_about() {
     let unserved = penguin_jobs::queue::unserved_queues(&app.pool, Duration::from_secs(3600))
         .await
         .unwrap();
+    // the alert evaluator's first pass comes once this daemon's pools are recorded: the
+    // unserved queue is stalled, the served one never was (not even at startup)
+    let stalled = "select count(*) from penguin.alerts where condition = 'queue_stalled:nowhere'";
+    let alerted = support::poll_until(Duration::from_secs(30), async || {
+        app.count(stalled).await == 1
+    })
+    .await;
     signal(&daemon, "-TERM");
     wait_exit(&mut daemon, Duration::from_secs(30)).await;
     let log = app.log("unserved.log");
     assert!(warned.is_some(), "{log}");
     assert!(!log.contains("queue \"default\" holds jobs"), "{log}");
+    assert!(
+        alerted.is_some(),
+        "no queue_stalled alert for the unserved queue"
+    );
+    assert_eq!(
+        app.count("select count(*) from penguin.alerts where condition = 'queue_stalled:default'")
+            .await,
+        0,
+        "the served queue looked unserved"
+    );
     assert_eq!(
         unserved,
         vec![penguin_jobs::queue::UnservedQueue {

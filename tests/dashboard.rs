@@ -42,7 +42,7 @@ async fn the_dashboard_shows_the_database_and_acts_on_it_in_a_real_browser() {
     }
     let alert: i64 = sqlx::query_scalar(
         "insert into penguin.alerts (kind, subject_type, message, severity)
-         values ('apikey_test_failed', 'api_key', 'the stored key failed its test', 'high') returning id",
+         values ('key_test_failed', 'api_key', 'the stored key failed its test', 'high') returning id",
     )
     .fetch_one(&db.pool)
     .await

@@ -391,3 +391,36 @@ async fn each_minute_records_what_the_queues_finished_and_their_depth() {
     let (status, _) = app.admin().get("/v1/history?minutes=0").await;
     assert_eq!(status, 422);
 }
+
+#[tokio::test]
+async fn a_daemon_evaluates_alerts_only_once_its_pools_have_started() {
+    let app = app_with_fake("").await;
+    // jobs in a queue: before this daemon's pools are recorded it would look unserved
+    app.enqueue(&NewJob::new("noop", json!({}))).await;
+    let ready = penguin_jobs::readiness::Readiness::new(app.pool.clone(), true);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let evaluator = tokio::spawn(alerts::run(
+        app.pool.clone(),
+        settings(&app),
+        ready.clone(),
+        stop.clone(),
+    ));
+    let alerts = "select count(*) from penguin.alerts";
+    let early = support::poll_until(Duration::from_millis(500), async || {
+        app.count(alerts).await > 0
+    })
+    .await;
+    assert!(early.is_none(), "an alert opened before the pools started");
+    // started (and, as the runtime does first, recorded as serving no queue here): the
+    // first pass runs at once and finds the queue unserved
+    ready.pools_started();
+    let opened = support::poll_until(Duration::from_secs(10), async || {
+        app.count("select count(*) from penguin.alerts where condition = 'queue_stalled:default'")
+            .await
+            == 1
+    })
+    .await;
+    stop.cancel();
+    evaluator.await.unwrap();
+    assert!(opened.is_some(), "the evaluator did not run once started");
+}

@@ -277,7 +277,7 @@ async fn a_staged_key_that_fails_its_test_leaves_the_old_key_active_and_raises_a
     assert!(!errors.to_string().contains("wrong-key-2"));
     let alerts = creds::open_alerts(&w.app.pool).await.unwrap();
     assert_eq!(alerts.len(), 1);
-    assert_eq!(alerts[0].kind, "apikey_test_failed");
+    assert_eq!(alerts[0].kind, "key_test_failed");
     assert!(alerts[0].message.contains("the current key stays active"));
     assert_eq!(
         events_of(&w.app.pool, "plain", 2).await,
@@ -312,6 +312,21 @@ async fn a_staged_key_that_fails_its_test_leaves_the_old_key_active_and_raises_a
     w.app.wait_for_finished(job, LIMIT).await;
     assert_eq!(w.active("plain").await, (3, "plain-key-3".into()));
     assert_eq!(status_of(&w.app.pool, "plain", 1).await, "retiring");
+    // the activation resolves both alerts at the evaluator's next pass
+    assert_eq!(creds::open_alerts(&w.app.pool).await.unwrap().len(), 2);
+    penguin_jobs::alerts::evaluate(
+        &w.app.pool,
+        &penguin_jobs::alerts::Settings::from_config(&w.app.config),
+    )
+    .await
+    .unwrap();
+    assert!(creds::open_alerts(&w.app.pool).await.unwrap().is_empty());
+    assert_eq!(
+        w.app
+            .count("select count(*) from penguin.alerts where resolved_at is not null")
+            .await,
+        2
+    );
     w.app.stop().await;
 }
 

@@ -497,7 +497,10 @@ async fn a_refused_client_secret_keeps_connections_active_raises_one_alert_and_r
         .unwrap()
         .unwrap();
     assert_eq!(c.status, "active");
+    // the refresh that went through resolves the alert at the evaluator's next pass
     assert_eq!(creds::open_alerts(&w.app.pool).await.unwrap().len(), 1);
+    assert_eq!(evaluate_alerts(&w.app).await, 1);
+    assert!(creds::open_alerts(&w.app.pool).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -540,6 +543,7 @@ async fn a_refused_client_secret_during_the_code_exchange_is_retried_until_fixed
     let alerts = creds::open_alerts(&w.app.pool).await.unwrap();
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].kind, "oauth_client_refused");
+    assert_eq!(evaluate_alerts(&w.app).await, 0, "nothing went through yet");
     // fixed (read again within the 30 s secret cache): the same code is exchanged
     w.app.dir.secret_file("client.secret", CLIENT_SECRET);
     w.app
@@ -552,6 +556,11 @@ async fn a_refused_client_secret_during_the_code_exchange_is_retried_until_fixed
             "the connection stored once the secret is fixed",
         )
         .await;
+    assert_eq!(
+        evaluate_alerts(&w.app).await,
+        1,
+        "the exchange resolves the alert"
+    );
 }
 
 #[tokio::test]
@@ -592,7 +601,9 @@ async fn a_revoked_grant_requires_reauthorization_raises_an_alert_and_is_not_ret
     assert!(!errors.to_string().contains(&refresh));
     let alerts = creds::open_alerts(&w.app.pool).await.unwrap();
     assert_eq!(alerts.len(), 1);
-    assert_eq!(alerts[0].kind, "oauth_reauth_required");
+    assert_eq!(alerts[0].kind, "reauth_required");
+    // the evaluator leaves it while the connection waits for consent
+    assert_eq!(evaluate_alerts(&w.app).await, 0);
     assert_eq!(alerts[0].tenant_id, Some(tenant));
     let alerts_cli = |args: &[&str]| {
         Command::new(BIN)
@@ -628,10 +639,24 @@ async fn a_revoked_grant_requires_reauthorization_raises_an_alert_and_is_not_ret
         sweep(&w.app.pool, Duration::from_secs(600)).await.unwrap(),
         0
     );
-    // connecting the account again makes it active
+    // connecting the account again makes it active, and the alert resolves (acknowledged
+    // or not)
     let again = w.connect("acme", tenant).await;
     assert_eq!(again, id);
+    assert_eq!(evaluate_alerts(&w.app).await, 1);
     w.app.stop().await;
+}
+
+/// One pass of the alert evaluator: how many alerts are resolved after it.
+async fn evaluate_alerts(app: &TestApp) -> i64 {
+    penguin_jobs::alerts::evaluate(
+        &app.pool,
+        &penguin_jobs::alerts::Settings::from_config(&app.config),
+    )
+    .await
+    .unwrap();
+    app.count("select count(*) from penguin.alerts where resolved_at is not null")
+        .await
 }
 
 #[tokio::test]

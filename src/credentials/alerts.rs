@@ -25,9 +25,9 @@ pub async fn raise_alert<'e>(executor: impl PgExecutor<'e>, a: &NewAlert<'_>) ->
     Ok(())
 }
 
-/// Raises `a` unless an open (unacknowledged) alert of the same kind about the same
-/// provider and subject exists: one alert per condition, not one per attempt, however
-/// many daemons see it. `true` when raised.
+/// Raises `a` unless an open (unacknowledged, unresolved) alert of the same kind about
+/// the same provider and subject exists: one alert per condition, not one per attempt,
+/// however many daemons see it. `true` when raised.
 pub async fn raise_alert_once(pool: &PgPool, a: &NewAlert<'_>) -> Result<bool, Error> {
     let mut tx = pool.begin().await?;
     let condition = format!(
@@ -46,7 +46,8 @@ pub async fn raise_alert_once(pool: &PgPool, a: &NewAlert<'_>) -> Result<bool, E
           where not exists (
                 select 1 from penguin.alerts
                  where kind = $1 and provider is not distinct from $5
-                   and subject_id is not distinct from $3 and acknowledged_at is null)",
+                   and subject_id is not distinct from $3
+                   and acknowledged_at is null and resolved_at is null)",
         a,
     )
     .execute(&mut *tx)
@@ -93,7 +94,7 @@ pub struct AlertRow {
     /// low, medium, high or critical.
     pub severity: String,
     /// What an evaluated alert is about (`error_rate:mailgun`); none for alerts raised by
-    /// a job (reauthorisation, key tests), which stay until acknowledged.
+    /// a job (reauthorisation, key tests), which [`resolve_raised_alerts`] clears.
     pub condition: Option<String>,
     /// When the condition cleared.
     pub resolved_at: Option<DateTime<Utc>>,
@@ -201,6 +202,45 @@ pub async fn resolve_conditions(pool: &PgPool, active: &[String]) -> Result<Vec<
          returning id",
     )
     .bind(active)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Resolves the unresolved alerts raised by jobs whose cause is gone (acknowledged or
+/// not): the ids resolved.
+/// - `reauth_required`: the connection is no longer waiting for consent (authorised
+///   again, revoked or deleted);
+/// - `oauth_client_refused`: one of the provider's connections refreshed, or a new one
+///   was authorised, since the alert;
+/// - `key_test_failed`, `apikey_rotation_failed`, `apikey_rotation_blocked`: a key of
+///   the same provider and environment was activated since the alert.
+///
+/// The names from before migration 0038 are matched too (an older daemon of a rolling
+/// deploy may still raise them). Cheap: each test is a probe per open alert.
+pub async fn resolve_raised_alerts(pool: &PgPool) -> Result<Vec<i64>, Error> {
+    Ok(sqlx::query_scalar(
+        "update penguin.alerts a set resolved_at = now()
+          where a.resolved_at is null and a.condition is null
+            and case
+                when a.kind in ('reauth_required', 'oauth_reauth_required') then not exists (
+                     select 1 from penguin.oauth_connections c
+                      where c.id = penguin.uuid_or_null(a.subject_id)
+                        and c.status = 'reauth_required')
+                when a.kind = 'oauth_client_refused' then exists (
+                     select 1 from penguin.oauth_connections c
+                      where c.provider = a.provider
+                        and (c.last_refreshed_at > a.at or c.created_at > a.at))
+                when a.kind in ('key_test_failed', 'apikey_test_failed',
+                                'apikey_rotation_failed', 'apikey_rotation_blocked') then exists (
+                     select 1 from penguin.api_keys subject
+                       join penguin.api_keys k
+                         on k.provider = subject.provider and k.environment = subject.environment
+                      where subject.id = penguin.uuid_or_null(a.subject_id)
+                        and k.activated_at > a.at)
+                else false
+                end
+         returning a.id",
+    )
     .fetch_all(pool)
     .await?)
 }

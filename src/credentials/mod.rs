@@ -93,12 +93,13 @@ stored_words! {
 }
 
 stored_words! {
-    /// What an alert says is wrong (`penguin.alerts.kind`).
+    /// What an alert raised by a job says is wrong (`penguin.alerts.kind`; migration 0038
+    /// renamed `oauth_reauth_required` and `apikey_test_failed`).
     AlertKind {
-        OauthReauthRequired => "oauth_reauth_required",
+        OauthReauthRequired => "reauth_required",
         ApikeyRotationBlocked => "apikey_rotation_blocked",
         ApikeyRotationFailed => "apikey_rotation_failed",
-        ApikeyTestFailed => "apikey_test_failed",
+        ApikeyTestFailed => "key_test_failed",
         /// The provider refuses our OAuth client (`invalid_client`, `unauthorized_client`).
         OauthClientRefused => "oauth_client_refused",
     }

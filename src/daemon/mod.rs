@@ -183,6 +183,7 @@ impl Daemon {
                 tokio::spawn(crate::alerts::run(
                     pool.clone(),
                     crate::alerts::Settings::from_config(&config),
+                    ready.clone(),
                     shutdown.clone(),
                 ))
             });

@@ -130,6 +130,11 @@ pub async fn run_reporting(
         queues = ?wakers.keys().collect::<BTreeSet<_>>(),
         "worker pools started"
     );
+    // recorded as alive before anyone hears the pools started: the alert evaluator and
+    // the unserved-queue warning must not find these queues unserved while they are served
+    if let Err(e) = queue::register_daemon(&pool, &id, &kinds, &queue_names).await {
+        tracing::debug!(error = %e, "could not record this daemon as alive yet; maintenance retries");
+    }
     if let Some(ready) = ready {
         ready.pools_started();
     }
