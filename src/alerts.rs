@@ -10,9 +10,9 @@
 //!
 //! Conditions: `error_rate`, `response_time`, `connectivity` (circuit open),
 //! `credentials_refused` (401/403) and `quota_exceeded` per integration (over `[health]
-//! window`); `dead_letters_growing`; `queue_stalled` per queue (its next job in line due
-//! for longer than `queue_stalled_after`, or jobs no live daemon serves). Paused queues are
-//! not stalled.
+//! window`); `dead_letters_growing`; `queue_stalled` per queue (its oldest due job, of any
+//! priority, due for longer than `queue_stalled_after`, or jobs no live daemon serves).
+//! Paused queues are not stalled.
 //!
 //! Each pass also samples every queue's depth into `penguin.queue_minutes`, once a minute
 //! across daemons (the dashboard's history).
@@ -222,7 +222,7 @@ pub async fn conditions(
             ),
         ));
     }
-    for head in queue::queue_heads(pool).await? {
+    for head in queue::oldest_due_per_queue(pool).await? {
         let Some(due) = head.due_since else { continue };
         let waited = (Utc::now() - due).to_std().unwrap_or_default();
         if waited >= a.queue_stalled_after
@@ -234,7 +234,7 @@ pub async fn conditions(
             out.push(stalled(
                 &head.queue,
                 format!(
-                    "queue {}: its next job in line has been due for {} min",
+                    "queue {}: its oldest due job has waited {} min",
                     head.queue,
                     waited.as_secs() / 60
                 ),

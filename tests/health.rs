@@ -270,6 +270,52 @@ async fn stalled_queues_and_growing_dead_letters_are_alerts() {
         ],
         "{found:?}"
     );
+    // a low-priority job starved behind urgent ones is stalled too: the queue's next job
+    // in line is fresh, its oldest due job is not
+    queue::register_daemon(
+        &app.pool,
+        "d2",
+        &["noop".into()],
+        &["default".into(), "bulk".into()],
+    )
+    .await
+    .unwrap();
+    let starved = app
+        .enqueue(&NewJob {
+            queue: Some("bulk".into()),
+            priority: Some(5),
+            ..NewJob::new("noop", json!({}))
+        })
+        .await;
+    sqlx::query("update penguin.jobs set run_at = now() - interval '3 minutes' where id = $1")
+        .bind(starved)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    for priority in [0, 1] {
+        app.enqueue(&NewJob {
+            queue: Some("bulk".into()),
+            priority: Some(priority),
+            ..NewJob::new("noop", json!({}))
+        })
+        .await;
+    }
+    let waits = queue::oldest_due_per_queue(&app.pool).await.unwrap();
+    let bulk = waits.iter().find(|w| w.queue == "bulk").unwrap();
+    let waited = Utc::now() - bulk.due_since.unwrap();
+    assert!(waited >= chrono::Duration::minutes(3), "{waits:?}");
+    let found = alerts::conditions(&app.pool, &settings(&app))
+        .await
+        .unwrap();
+    let bulk_stalled = found
+        .iter()
+        .find(|c| c.condition == "queue_stalled:bulk")
+        .unwrap_or_else(|| panic!("the starved job raised nothing: {found:?}"));
+    assert!(
+        bulk_stalled
+            .message
+            .contains("oldest due job has waited 3 min")
+    );
     // a paused queue is not stalled
     queue::pause_queue(&app.pool, "default", "test")
         .await

@@ -68,8 +68,8 @@ pub struct AlertsConfig {
     pub dead_letters: i64,
     #[serde(with = "humantime_serde")]
     pub dead_letters_window: Duration,
-    /// A queue whose oldest due job waited longer than this (or that holds jobs no live
-    /// daemon serves) opens a `queue_stalled` alert.
+    /// A queue whose oldest due job (of any priority) waited longer than this (or that
+    /// holds jobs no live daemon serves) opens a `queue_stalled` alert.
     #[serde(with = "humantime_serde")]
     pub queue_stalled_after: Duration,
     /// Who hears of alerts opening and clearing: `[alerts.notify.NAME]`.

@@ -46,9 +46,9 @@ pub use outcome::{
 };
 pub use prune::{Pruned, prune, prune_inbound_events, prune_replay_tokens};
 pub use queues::{
-    FinishedCounts, QueueDeadLetters, QueueDepth, QueueHead, QueueMinute, QueuePause, add_finished,
-    dead_lettered_since, open_dead_letters, pause_queue, paused_queues, prune_queue_minutes,
-    queue_depths, queue_heads, queue_minutes, resume_queue, sample_depths,
+    FinishedCounts, QueueDeadLetters, QueueDepth, QueueMinute, QueuePause, QueueWait, add_finished,
+    dead_lettered_since, oldest_due_per_queue, open_dead_letters, pause_queue, paused_queues,
+    prune_queue_minutes, queue_depths, queue_minutes, resume_queue, sample_depths,
 };
 pub use rescue::{CLAIMS_CHECKED_AFTER, RescueCounts, forget_finished_claims, rescue_expired};
 pub use schema::{check_migrated, migrate};

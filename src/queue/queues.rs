@@ -129,29 +129,43 @@ pub(super) const LIVE_QUEUES: &str = "with recursive live(queue) as (
                from live where live.queue is not null
          )";
 
-/// The job next in line of one queue (claim order, due now), if any.
+/// How long one queue's longest-waiting job has been due.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct QueueHead {
+pub struct QueueWait {
     pub queue: String,
-    /// When the next job in line became due; `None` when nothing is due.
+    /// When the oldest job due now (of any priority) became due; `None` when nothing is
+    /// due.
     pub due_since: Option<DateTime<Utc>>,
 }
 
-/// The head of every queue holding live jobs: a skip scan of the claim index for the
-/// queues, then one probe per queue in claim order (priority, run_at, id). A queue whose
-/// head has waited long is not being worked (stalled, or far behind).
-pub async fn queue_heads(pool: &PgPool) -> Result<Vec<QueueHead>, Error> {
-    Ok(sqlx::query_as(&format!(
-        "{LIVE_QUEUES}
-         select l.queue,
-                (select c.run_at from penguin.jobs c
-                  where c.queue = l.queue and c.finished_at is null
-                    and c.state in ('available', 'scheduled', 'retryable') and c.run_at <= now()
-                  order by c.priority, c.run_at, c.id
-                  limit 1) as due_since
-           from live l
-          where l.queue is not null"
-    ))
+/// Every queue with live jobs, and its oldest due job whatever its priority (a
+/// low-priority job starved behind a stream of urgent ones counts). Index probes only: a
+/// skip scan over the live `(queue, priority)` pairs of `jobs_claim_live_idx`, then the
+/// first due job of each pair; never a count.
+pub async fn oldest_due_per_queue(pool: &PgPool) -> Result<Vec<QueueWait>, Error> {
+    Ok(sqlx::query_as(
+        "with recursive pairs(queue, priority) as (
+             (select queue, priority from penguin.jobs
+               where finished_at is null order by queue, priority limit 1)
+             union all
+             select n.queue, n.priority
+               from pairs p,
+                    lateral (select j.queue, j.priority from penguin.jobs j
+                              where j.finished_at is null
+                                and (j.queue, j.priority) > (p.queue, p.priority)
+                              order by j.queue, j.priority limit 1) n
+         )
+         select p.queue, min(h.run_at) as due_since
+           from pairs p
+           left join lateral (
+                select c.run_at from penguin.jobs c
+                 where c.queue = p.queue and c.priority = p.priority and c.finished_at is null
+                   and c.state in ('available', 'scheduled', 'retryable') and c.run_at <= now()
+                 order by c.run_at, c.id
+                 limit 1) h on true
+          group by p.queue
+          order by p.queue",
+    )
     .fetch_all(pool)
     .await?)
 }
