@@ -89,7 +89,8 @@ pub async fn evaluate(pool: &PgPool, settings: &Settings) -> Result<(), queue::E
     let active = conditions(pool, settings).await?;
     let opened = credentials::open_conditions(pool, &active).await?;
     let keys: Vec<String> = active.iter().map(|a| a.condition.clone()).collect();
-    let mut resolved = credentials::resolve_conditions(pool, &keys).await?;
+    let mut resolved =
+        credentials::resolve_conditions(pool, &keys, settings.alerts.clear_after).await?;
     resolved.extend(credentials::resolve_raised_alerts(pool).await?);
     if !opened.is_empty() || !resolved.is_empty() {
         tracing::info!(

@@ -72,6 +72,11 @@ pub struct AlertsConfig {
     /// holds jobs no live daemon serves) opens a `queue_stalled` alert.
     #[serde(with = "humantime_serde")]
     pub queue_stalled_after: Duration,
+    /// An alert resolves once its condition has been clear this long; a condition that
+    /// comes back sooner stays the same alert (no open/clear/open storm of notifications
+    /// at a threshold's edge). `0s`: resolve at the first pass that finds it clear.
+    #[serde(with = "humantime_serde")]
+    pub clear_after: Duration,
     /// Who hears of alerts opening and clearing: `[alerts.notify.NAME]`.
     pub notify: BTreeMap<String, NotifyTarget>,
 }
@@ -85,6 +90,7 @@ impl Default for AlertsConfig {
             dead_letters: 10,
             dead_letters_window: Duration::from_secs(900),
             queue_stalled_after: Duration::from_secs(300),
+            clear_after: Duration::from_secs(120),
             notify: BTreeMap::new(),
         }
     }
@@ -118,6 +124,11 @@ pub const HEALTH_WINDOW_RANGE: DurationRange = DurationRange {
 };
 /// `[health]` latencies and `[alerts] response_time`.
 pub const LATENCY_RANGE: DurationRange = DurationRange { min: MS, max: HOUR };
+/// `[alerts] clear_after`.
+pub const ALERT_CLEAR_RANGE: DurationRange = DurationRange {
+    min: Duration::ZERO,
+    max: DAY,
+};
 /// `[alerts] check_interval`.
 pub const ALERT_CHECK_RANGE: DurationRange = DurationRange {
     min: Duration::from_millis(100),
@@ -169,6 +180,7 @@ impl Config {
             a.queue_stalled_after,
             HEALTH_WINDOW_RANGE,
         )?;
+        check_duration("alerts.clear_after", a.clear_after, ALERT_CLEAR_RANGE)?;
         if !(1..=1_000_000_000).contains(&a.dead_letters) {
             return invalid("alerts.dead_letters must be between 1 and 1000000000".into());
         }

@@ -193,15 +193,26 @@ pub async fn open_conditions(pool: &PgPool, alerts: &[ConditionAlert]) -> Result
     .await?)
 }
 
-/// Resolves every unresolved condition alert whose condition is not in `active`: the ids
+/// Marks the unresolved condition alerts of `active` as seen now, and resolves those whose
+/// condition is not in `active` and was last seen at least `clear_after` ago: the ids
 /// resolved.
-pub async fn resolve_conditions(pool: &PgPool, active: &[String]) -> Result<Vec<i64>, Error> {
+pub async fn resolve_conditions(
+    pool: &PgPool,
+    active: &[String],
+    clear_after: std::time::Duration,
+) -> Result<Vec<i64>, Error> {
     Ok(sqlx::query_scalar(
-        "update penguin.alerts set resolved_at = now()
+        "with seen as (
+             update penguin.alerts set last_seen_at = now()
+              where resolved_at is null and condition = any($1)
+         )
+         update penguin.alerts set resolved_at = now()
           where resolved_at is null and condition is not null and not (condition = any($1))
+            and coalesce(last_seen_at, at) <= now() - make_interval(secs => $2)
          returning id",
     )
     .bind(active)
+    .bind(clear_after.as_secs_f64())
     .fetch_all(pool)
     .await?)
 }
