@@ -371,6 +371,44 @@ async fn a_paused_queue_is_not_claimed_until_resumed() {
 }
 
 #[tokio::test]
+async fn a_request_stuck_behind_a_long_transaction_is_answered_503_and_writes_nothing() {
+    let app = TestApp::builder()
+        .admin_settings("statement_timeout = \"300ms\"")
+        .build()
+        .await;
+    // a long transaction elsewhere holds a lock the pause needs
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("lock table penguin.queue_pauses in access exclusive mode")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let admin = app.admin();
+    let started = std::time::Instant::now();
+    let (status, body) = admin.post("/v1/queues/default/pause", None).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains("[admin] statement_timeout"), "{message}");
+    assert!(
+        waited < Duration::from_secs(10),
+        "answered after {waited:?}, not at the timeout"
+    );
+    // reads wait on it too, and so answer the same way
+    let (status, _) = admin.get("/v1/queues").await;
+    assert_eq!(status, 503);
+    blocker.rollback().await.unwrap();
+    assert_eq!(
+        app.count("select count(*) from penguin.queue_pauses").await,
+        0,
+        "nothing half-written"
+    );
+    // the lock gone, the same request goes through: no connection was left stuck
+    let (status, body) = admin.post("/v1/queues/default/pause", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["changed"], true);
+}
+
+#[tokio::test]
 async fn schedules_and_alerts_are_listed_switched_and_acknowledged() {
     let app = TestApp::builder()
         .config(

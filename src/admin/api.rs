@@ -197,7 +197,8 @@ enum Refusals {
     /// No valid admin token (or none configured).
     #[response(status = 401)]
     Unauthorized(ErrorBody),
-    /// The database is unavailable; retry.
+    /// The database is unavailable, or did not answer within `[admin]
+    /// statement_timeout`; retry.
     #[response(status = 503)]
     Unavailable(ErrorBody),
 }

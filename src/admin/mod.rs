@@ -40,10 +40,6 @@ use crate::readiness::Readiness;
 /// Connections of the admin listener's own pool.
 pub const ADMIN_CONNECTIONS: u32 = 3;
 
-/// The longest an admin statement may run (a search over a huge table is cut off, not
-/// left holding a connection).
-pub const ADMIN_STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// The 401 of `/v1` on the admin listener when no admin token is configured.
 pub const NO_ADMIN_TOKEN: &str = "no admin token is configured, so the admin API accepts no \
     request: set [admin] tokens = [\"env:NAME\"] and restart";
@@ -107,7 +103,7 @@ impl AdminState {
             .collect::<Result<Vec<_>, crate::http::HttpError>>()?;
         let options = (*pool.connect_options()).clone().options([(
             "statement_timeout",
-            format!("{}ms", ADMIN_STATEMENT_TIMEOUT.as_millis()),
+            format!("{}ms", config.admin.statement_timeout.as_millis()),
         )]);
         let admin_pool = PgPoolOptions::new()
             .max_connections(ADMIN_CONNECTIONS)

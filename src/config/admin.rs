@@ -10,6 +10,11 @@ pub const DEFAULT_ADMIN_LISTEN: std::net::SocketAddr =
 /// `admin.stats_interval`: how stale the queue counts of `/metrics`, `/v1/stats` and the
 /// dashboard may be.
 pub const STATS_INTERVAL_RANGE: DurationRange = DurationRange { min: MS, max: HOUR };
+/// `admin.statement_timeout`.
+pub const ADMIN_STATEMENT_TIMEOUT_RANGE: DurationRange = DurationRange {
+    min: Duration::from_millis(100),
+    max: HOUR,
+};
 
 /// `[admin]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +34,11 @@ pub struct AdminConfig {
     /// 23.5 s): a scrape never costs a count over the table.
     #[serde(with = "humantime_serde")]
     pub stats_interval: Duration,
+    /// The longest one admin API statement may run: a search too broad for a huge table,
+    /// or a request waiting on a lock a long transaction elsewhere holds, is answered 503
+    /// naming this setting instead of holding one of the admin API's connections.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -37,6 +47,7 @@ impl Default for AdminConfig {
             listen: None,
             tokens: Vec::new(),
             stats_interval: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -67,6 +78,11 @@ impl Config {
             "admin.stats_interval",
             self.admin.stats_interval,
             STATS_INTERVAL_RANGE,
+        )?;
+        check_duration(
+            "admin.statement_timeout",
+            self.admin.statement_timeout,
+            ADMIN_STATEMENT_TIMEOUT_RANGE,
         )?;
         if let Some(listen) = self.admin.listen
             && listen == self.http.listen

@@ -48,6 +48,9 @@ pub enum ApiError {
     Body(StatusCode, String),
     /// 503: the database is away; the client should retry.
     Unavailable,
+    /// 503: a statement ran past its `statement_timeout` (a lock held by a long
+    /// transaction elsewhere, or a read too broad); retry, or narrow the request.
+    TimedOut,
     /// 500: a bug of ours; details are in the log only.
     Internal,
 }
@@ -65,7 +68,7 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Body(status, _) => *status,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -83,6 +86,11 @@ impl ApiError {
             | ApiError::UnsupportedMediaType(m)
             | ApiError::Body(_, m) => m,
             ApiError::Unavailable => "database unavailable, retry later",
+            ApiError::TimedOut => {
+                "the database did not answer within [admin] statement_timeout: a long \
+                 transaction may hold a lock this needs, or the request reads too much; \
+                 retry, or narrow the request"
+            }
             ApiError::Internal => "internal error",
         }
     }
@@ -119,6 +127,10 @@ impl From<crate::queue::Error> for ApiError {
             E::NotFound { .. } => ApiError::NotFound(e.to_string()),
             E::Conflict(m) => ApiError::Conflict(m),
             E::Invalid(m) => ApiError::Invalid(m),
+            other if other.is_statement_timeout() => {
+                tracing::warn!(error = %other, "an admin statement timed out; answering 503");
+                ApiError::TimedOut
+            }
             other => IngestError::from(other).into(),
         }
     }

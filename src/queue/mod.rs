@@ -74,6 +74,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// The statement was cancelled by `statement_timeout` (SQLSTATE 57014).
+    pub fn is_statement_timeout(&self) -> bool {
+        matches!(self, Error::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("57014"))
+    }
+
     /// Whether this failure is about reaching the database (connection lost or refused,
     /// server restarting, pool exhausted, deadlock, serialization failure, out of
     /// resources) rather than about the statement or its data: only such a failure is

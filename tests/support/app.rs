@@ -168,7 +168,8 @@ pub struct Builder {
     fake: Option<FakeProvider>,
     shim: Option<Option<Clock>>,
     runtime: bool,
-    admin: bool,
+    /// Lines for the `[admin]` table when the admin listener is served.
+    admin: Option<String>,
     database: Option<(PgPool, String)>,
 }
 
@@ -217,8 +218,13 @@ impl Builder {
     /// Serves the admin listener in-process ([`TestApp::admin`]) with [`ADMIN_TOKEN`] and
     /// queue counts never cached (`stats_interval = "1ms"`); the config must not have an
     /// `[admin]` table of its own.
-    pub fn admin(mut self) -> Self {
-        self.admin = true;
+    pub fn admin(self) -> Self {
+        self.admin_settings("")
+    }
+
+    /// [`Builder::admin`] with `lines` added to its `[admin]` table.
+    pub fn admin_settings(mut self, lines: &str) -> Self {
+        self.admin = Some(lines.to_string());
         self
     }
 
@@ -251,10 +257,10 @@ impl Builder {
             // configure `[health]` themselves
             toml.push_str("\n[health]\nchecks = false\n");
         }
-        if self.admin {
+        if let Some(lines) = &self.admin {
             let token = self.dir.secret_file("admin-token", ADMIN_TOKEN);
             toml.push_str(&format!(
-                "\n[admin]\ntokens = [\"{token}\"]\nstats_interval = \"1ms\"\n"
+                "\n[admin]\ntokens = [\"{token}\"]\nstats_interval = \"1ms\"\n{lines}\n"
             ));
         }
         let config = config(&toml);
@@ -277,7 +283,7 @@ impl Builder {
             Some(clock) => Some(serve_shim(&config, &pool, &registry, clock).await),
             None => None,
         };
-        let admin = if self.admin {
+        let admin = if self.admin.is_some() {
             Some(serve_admin(&config, &pool, &registry, &metrics).await)
         } else {
             None
@@ -383,7 +389,7 @@ impl TestApp {
             fake: None,
             shim: None,
             runtime: false,
-            admin: false,
+            admin: None,
             database: None,
         }
     }
