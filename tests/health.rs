@@ -147,6 +147,20 @@ async fn an_alert_opens_once_however_many_daemons_evaluate_and_resolves_when_it_
     assert_eq!(items[0]["kind"], "error_rate");
     assert_eq!(items[0]["severity"], "high");
     assert_eq!(items[0]["condition"], "error_rate:mailgun");
+    let open_of = |list: &Value, provider: &str| {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["provider"] == provider)
+            .map(|i| i["open_alerts"].clone())
+    };
+    let (_, integrations) = app.admin().get("/v1/integrations").await;
+    assert_eq!(
+        open_of(&integrations, "mailgun"),
+        Some(json!(1)),
+        "{integrations}"
+    );
     assert!(
         items[0]["message"]
             .as_str()
@@ -208,6 +222,12 @@ async fn an_alert_opens_once_however_many_daemons_evaluate_and_resolves_when_it_
     assert_eq!(open["items"], json!([]));
     let (_, all) = app.admin().get("/v1/alerts?state=all").await;
     assert!(all["items"][0]["resolved_at"].is_string(), "{all}");
+    let (_, integrations) = app.admin().get("/v1/integrations").await;
+    assert_eq!(
+        open_of(&integrations, "mailgun"),
+        Some(json!(0)),
+        "{integrations}"
+    );
     let sent = notifications(&app).await;
     assert_eq!(sent.len(), 4, "{sent:?}");
     assert!(

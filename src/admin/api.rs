@@ -554,7 +554,7 @@ pub(super) async fn integrations_health(
         queue::integrations::provider_calls(&state.pool, std::time::Duration::from_secs(86_400))
             .await?;
     let rows: Vec<Integration> = queue::integrations::list_integrations(&state.pool).await?;
-    let open = crate::credentials::list_alerts(&state.pool, true, None, 10_000).await?;
+    let open = crate::credentials::open_alerts_per_provider(&state.pool).await?;
     let mut names: Vec<String> = state.health.configured.clone();
     names.extend(day.iter().map(|d| d.provider.clone()));
     names.extend(rows.iter().map(|r| r.provider.clone()));
@@ -565,8 +565,8 @@ pub(super) async fn integrations_health(
         .map(|name| {
             let alerts = open
                 .iter()
-                .filter(|a| a.provider.as_deref() == Some(name.as_str()))
-                .count() as i64;
+                .find(|(provider, _)| provider == name)
+                .map_or(0, |(_, n)| *n);
             health::assess(
                 name,
                 window.iter().find(|w| &w.provider == name),

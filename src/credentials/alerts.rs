@@ -117,6 +117,17 @@ pub async fn acknowledge_alert(pool: &PgPool, id: i64) -> Result<bool, Error> {
     Ok(done.rows_affected() == 1)
 }
 
+/// How many alerts are open (neither acknowledged nor resolved) per provider.
+pub async fn open_alerts_per_provider(pool: &PgPool) -> Result<Vec<(String, i64)>, Error> {
+    Ok(sqlx::query_as(
+        "select provider, count(*) from penguin.alerts
+          where acknowledged_at is null and resolved_at is null and provider is not null
+          group by provider",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Alerts not acknowledged yet, newest first.
 pub async fn open_alerts(pool: &PgPool) -> Result<Vec<AlertRow>, Error> {
     Ok(sqlx::query_as(
