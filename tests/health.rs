@@ -511,3 +511,81 @@ async fn a_daemon_evaluates_alerts_only_once_its_pools_have_started() {
     evaluator.await.unwrap();
     assert!(opened.is_some(), "the evaluator did not run once started");
 }
+
+/// Renames `penguin.queue_minutes` away (`away`) or back: every write to it fails meanwhile,
+/// as it would while the database refuses them.
+async fn queue_minutes_away(app: &TestApp, away: bool) {
+    let sql = if away {
+        "alter table penguin.queue_minutes rename to queue_minutes_away"
+    } else {
+        "alter table penguin.queue_minutes_away rename to queue_minutes"
+    };
+    sqlx::query(sql).execute(&app.pool).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_evaluator_pass_that_fails_is_tried_again_and_the_next_one_opens_the_alert() {
+    let app = app_with_fake("[alerts]\ncheck_interval = \"100ms\"\n").await;
+    app.enqueue(&NewJob {
+        queue: Some("nowhere".into()),
+        ..NewJob::new("noop", json!({}))
+    })
+    .await;
+    queue_minutes_away(&app, true).await;
+    let ready = penguin_jobs::readiness::Readiness::new(app.pool.clone(), false);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let evaluator = tokio::spawn(alerts::run(
+        app.pool.clone(),
+        settings(&app),
+        ready,
+        stop.clone(),
+    ));
+    let stalled = "select count(*) from penguin.alerts where condition = 'queue_stalled:nowhere'";
+    let early = support::poll_until(Duration::from_millis(700), async || {
+        app.count(stalled).await > 0
+    })
+    .await;
+    assert!(
+        early.is_none(),
+        "a pass that cannot write its sample went on"
+    );
+    assert!(
+        !evaluator.is_finished(),
+        "a failed pass ended the evaluator"
+    );
+    queue_minutes_away(&app, false).await;
+    let opened = support::poll_until(Duration::from_secs(10), async || {
+        app.count(stalled).await == 1
+    })
+    .await;
+    stop.cancel();
+    evaluator.await.unwrap();
+    assert!(opened.is_some(), "the evaluator did not recover");
+}
+
+#[tokio::test]
+async fn finished_jobs_a_report_could_not_write_are_written_by_the_next_one() {
+    let mut app = app_with_fake("").await;
+    queue_minutes_away(&app, true).await;
+    app.start_runtime();
+    let jobs: Vec<NewJob> = (0..10)
+        .map(|n| NewJob::new("noop", json!({ "n": n })))
+        .collect();
+    app.enqueue_many(&jobs).await;
+    app.wait_for(
+        "select count(*) = 10 from penguin.jobs where state = 'completed'",
+        Duration::from_secs(10),
+        "the jobs completed",
+    )
+    .await;
+    // at least one report (every 5 s) fails while the table is away
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    queue_minutes_away(&app, false).await;
+    app.wait_for(
+        "select coalesce(sum(completed), 0) = 10 from penguin.queue_minutes where queue = 'default'",
+        Duration::from_secs(15),
+        "the counts kept for the next report",
+    )
+    .await;
+    app.stop().await;
+}
