@@ -589,3 +589,58 @@ async fn finished_jobs_a_report_could_not_write_are_written_by_the_next_one() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn notifications_a_failed_batch_could_not_enqueue_are_sent_once_by_the_next_pass() {
+    let app = app_with_fake("").await;
+    queue::register_daemon(
+        &app.pool,
+        "d1",
+        &["http.request".into(), "mailgun.send".into()],
+        &["default".into()],
+    )
+    .await
+    .unwrap();
+    // the database refuses the notification jobs (a failure mid-batch)
+    sqlx::query(
+        "create function public.refuse_notifications() returns trigger language plpgsql as $$
+         begin raise exception 'refused for the test'; end $$",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "create trigger refuse_notifications before insert on penguin.jobs for each row
+         when (new.unique_key like 'penguin:alert:%') execute function public.refuse_notifications()",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    counted(&app.pool, "mailgun", 20, 10, 80.0).await;
+    let s = settings(&app);
+    let failed = alerts::evaluate(&app.pool, &s).await;
+    assert!(failed.is_err(), "the refused batch is an error of the pass");
+    // detection did not wait for the notification: the alert is open, not marked notified
+    let (open, notified): (i64, i64) = sqlx::query_as(
+        "select count(*), count(notified_at) from penguin.alerts where resolved_at is null",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((open, notified), (1, 0));
+    let sent = "select count(*) from penguin.jobs where unique_key like 'penguin:alert:%'";
+    assert_eq!(app.count(sent).await, 0);
+    sqlx::query("drop trigger refuse_notifications on penguin.jobs")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // the next passes send it, once per target, and only once
+    alerts::evaluate(&app.pool, &s).await.unwrap();
+    alerts::evaluate(&app.pool, &s).await.unwrap();
+    assert_eq!(app.count(sent).await, 2);
+    assert_eq!(
+        app.count("select count(*) from penguin.alerts where notified_at is null")
+            .await,
+        0
+    );
+}
