@@ -477,3 +477,39 @@ async fn on_shutdown_a_request_in_flight_is_answered_and_idle_connections_close(
         "no longer listening"
     );
 }
+
+#[tokio::test]
+async fn the_admin_listener_cuts_a_trickled_head_too_and_keeps_serving_others() {
+    let app = TestApp::builder()
+        .config("[http]\nheader_timeout = \"1s\"\n")
+        .admin()
+        .build()
+        .await;
+    let admin = app.admin().base.trim_start_matches("http://").to_string();
+    let mut stream = TcpStream::connect(&admin).await.unwrap();
+    let start = Instant::now();
+    stream
+        .write_all(b"GET /v1/stats HTTP/1.1\r\nx-slow: ")
+        .await
+        .unwrap();
+    // another operator is served while the head trickles
+    let (status, _) = app.admin().get("/v1/stats").await;
+    assert_eq!(status, 200);
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if stream.write_all(b"a").await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = trickle => {}
+        _ = tokio::time::sleep(DEADLINE) => panic!("the trickling connection is open after {DEADLINE:?}"),
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "not before the timeout: {elapsed:?}"
+    );
+}
