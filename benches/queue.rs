@@ -41,7 +41,7 @@
 //! `--observed` (on its own; never by default) compares the no-op drain of 1M jobs with a
 //! Prometheus scrape every second and the dashboard open in headless Chromium against the
 //! same drain unwatched (see `observed/mod.rs`): `cargo bench --bench queue -- --observed
-//! --runs 3`.
+//! --runs 3` (`--observers metrics|dashboard` keeps one of the two).
 //!
 //! `--peer` (off by default; CI never benches) also drives graphile_worker-rs 0.14 in the same
 //! run (see `peer/mod.rs`): it builds `tools/graphile-bench` once (`cargo build --release
@@ -770,6 +770,10 @@ async fn main() {
     };
     // the other modes keep the default listener (127.0.0.1:8081, passed over when taken)
     let observing = std::env::args().any(|a| a == "--observed");
+    let Some(observers) = observed::Observers::from_args() else {
+        eprintln!("--observers takes metrics, dashboard or both");
+        std::process::exit(2);
+    };
     let admin_toml = if observing {
         format!(
             "[admin]\nlisten = \"{}\"\ntokens = [\"file:{}\"]\n",
@@ -792,7 +796,7 @@ async fn main() {
         let report = json!({
             "postgres_settings": settings,
             "daemon_config": config,
-            "observed": observed::run(&cluster, &dir, &admin, runs).await,
+            "observed": observed::run(&cluster, &dir, &admin, runs, observers).await,
         });
         println!("{}", serde_json::to_string_pretty(&report).unwrap());
         let _ = cluster.stop().await;

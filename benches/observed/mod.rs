@@ -6,7 +6,8 @@
 //! each on a fresh database and daemon, the order alternating between runs so that the
 //! machine's drift does not favour one side; rates are jobs / (last finished_at − first
 //! attempted_at). Prints the medians, their ratio (goal: at least 0.95) and what the
-//! observers did during each observed drain.
+//! observers did during each observed drain. `--observers metrics` or `dashboard` keeps
+//! one of the two (what each costs); the default is both.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,23 +29,52 @@ pub struct Admin {
     pub token: String,
 }
 
+/// Who watches the observed drains: `--observers metrics|dashboard|both` (default both;
+/// one alone tells what each costs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observers {
+    Metrics,
+    Dashboard,
+    Both,
+}
+
+impl Observers {
+    /// From `--observers`; `None` for a value that is none of the three.
+    pub fn from_args() -> Option<Self> {
+        match super::common::arg::<String>("--observers").as_deref() {
+            None | Some("both") => Some(Self::Both),
+            Some("metrics") => Some(Self::Metrics),
+            Some("dashboard") => Some(Self::Dashboard),
+            Some(_) => None,
+        }
+    }
+
+    fn scrape(self) -> bool {
+        self != Self::Dashboard
+    }
+
+    fn browse(self) -> bool {
+        self != Self::Metrics
+    }
+}
+
 /// What the observers did during one drain.
 struct Watching {
     scrapes: Arc<AtomicU64>,
     scrape_failures: Arc<AtomicU64>,
     scrape_bytes: Arc<AtomicU64>,
-    scraper: tokio::task::JoinHandle<()>,
-    browser: Child,
+    scraper: Option<tokio::task::JoinHandle<()>>,
+    browser: Option<Child>,
     count_file: PathBuf,
 }
 
 impl Watching {
     /// Starts the scraper and the browser, and waits until the page has loaded once.
-    async fn start(admin: &Admin, dir: &Path) -> Self {
+    async fn start(admin: &Admin, dir: &Path, observers: Observers) -> Self {
         let scrapes = Arc::new(AtomicU64::new(0));
         let scrape_failures = Arc::new(AtomicU64::new(0));
         let scrape_bytes = Arc::new(AtomicU64::new(0));
-        let scraper = {
+        let scraper = observers.scrape().then(|| {
             let (url, ok, failed, bytes) = (
                 format!("{}/metrics", admin.base),
                 scrapes.clone(),
@@ -68,24 +98,25 @@ impl Watching {
                     }
                 }
             })
-        };
-        let modules = browser_modules();
+        });
         let count_file = dir.join("dashboard-refreshes");
         let _ = std::fs::remove_file(&count_file);
-        let browser = Command::new("node")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/observed/dashboard.cjs"))
-            .env("NODE_PATH", modules)
-            .env("BASE", &admin.base)
-            .env("TOKEN", &admin.token)
-            .env(
-                "CHROMIUM",
-                std::env::var("PENGUIN_JOBS_CHROMIUM").unwrap_or("/usr/bin/chromium".into()),
-            )
-            .env("COUNT_FILE", &count_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node runs the dashboard (install Node.js)");
+        let browser = observers.browse().then(|| {
+            Command::new("node")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/observed/dashboard.cjs"))
+                .env("NODE_PATH", browser_modules())
+                .env("BASE", &admin.base)
+                .env("TOKEN", &admin.token)
+                .env(
+                    "CHROMIUM",
+                    std::env::var("PENGUIN_JOBS_CHROMIUM").unwrap_or("/usr/bin/chromium".into()),
+                )
+                .env("COUNT_FILE", &count_file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("node runs the dashboard (install Node.js)")
+        });
         let watching = Self {
             scrapes,
             scrape_failures,
@@ -95,7 +126,7 @@ impl Watching {
             count_file,
         };
         for _ in 0..600 {
-            if watching.refreshes() >= 1 {
+            if !observers.browse() || watching.refreshes() >= 1 {
                 return watching;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -120,10 +151,14 @@ impl Watching {
         )
     }
 
-    fn stop(mut self) {
-        self.scraper.abort();
-        let _ = self.browser.kill();
-        let _ = self.browser.wait();
+    fn stop(self) {
+        if let Some(scraper) = self.scraper {
+            scraper.abort();
+        }
+        if let Some(mut browser) = self.browser {
+            let _ = browser.kill();
+            let _ = browser.wait();
+        }
     }
 }
 
@@ -150,6 +185,7 @@ pub async fn run(
     dir: &Path,
     admin: &Admin,
     runs: usize,
+    observers: Observers,
 ) -> serde_json::Value {
     let (mut plain, mut observed, mut watched) = (vec![], vec![], vec![]);
     for run in 0..runs {
@@ -164,7 +200,7 @@ pub async fn run(
             let daemon = Daemon::start(dir, &url);
             wait_idle(&pool).await;
             let watching = if with_observers {
-                Some(Watching::start(admin, dir).await)
+                Some(Watching::start(admin, dir, observers).await)
             } else {
                 None
             };
@@ -206,6 +242,7 @@ pub async fn run(
                  scrape: GET /metrics every 1 s; dashboard: headless Chromium, signed in, \
                  refreshing every 5 s (all of /v1/stats, history, integrations, alerts, \
                  dead-letters, jobs, schedules); [admin] stats_interval = 5s (default)",
+        "observers": format!("{observers:?}"),
         "jobs_per_drain": OBSERVED_JOBS,
         "plain_jobs_per_s": { "median": p, "runs": plain },
         "observed_jobs_per_s": { "median": o, "runs": observed },
