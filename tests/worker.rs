@@ -72,6 +72,36 @@ async fn a_commit_wakes_an_idle_worker_well_before_the_poll_interval() {
     );
 }
 
+/// Transactions committed in this test's database so far (every connection's, as the
+/// statistics collector has them: each backend reports at most once a second).
+async fn commits(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "select xact_commit from pg_stat_database where datname = current_database()",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_pool_that_has_worked_waits_for_jobs_instead_of_claiming_in_a_loop() {
+    let mut app = TestApp::running("[daemon]\npoll_interval = \"1s\"\n").await;
+    // a job run gives the pool a claim position, then the queue is empty
+    let id = app.enqueue(&NewJob::new("noop", json!({}))).await;
+    app.wait_for_state(id, JobState::Completed).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = commits(&app).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = commits(&app).await - before;
+    // idle, each pool claims once per poll or wake-up, maintenance ticks: tens in 3 s; a
+    // pool passing over its empty queue back to back makes thousands
+    assert!(idle < 300, "{idle} transactions in 3 s of idling");
+    // and a job still wakes it at once
+    let id = app.enqueue(&NewJob::new("noop", json!({}))).await;
+    app.wait_for_state(id, JobState::Completed).await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_busy_queue_does_not_notify_on_each_insert() {
     let app = TestApp::new().await;

@@ -117,18 +117,33 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
     let mut rate = WorkRate::new();
     let mut cursor = ClaimCursor::new();
     let mut beside: Option<FullPass> = None;
+    // the last claim in line found nothing (the queue looked empty after the position)
+    let mut found_none = false;
     loop {
         if beside.as_ref().is_some_and(FullPass::is_finished)
             && let Some(pass) = beside.take()
         {
-            pass.finish(&shared, &mut cursor, &mut idle).await;
+            let found = pass.finish(&shared, &mut cursor, &mut idle).await;
+            if found == 0 && found_none {
+                // Neither the claims in line nor the full pass beside found a job: the
+                // queue is empty. Wait as an empty claim in line does, rather than pass
+                // again at once (a cheap pass is spaced by nothing).
+                if wait_for_jobs(&shared, cursor.owed_full_pass_at(), None)
+                    .await
+                    .is_break()
+                {
+                    break;
+                }
+                continue;
+            }
         }
         if shared.stop_claiming.is_cancelled() {
             break;
         }
         let counted = beside.as_ref().and_then(FullPass::counted);
         let Some(size) = next_claim_size(&shared, &mut rate, counted.map_or(0, |(n, _)| n)) else {
-            if wait_for_signal(&shared, counted.map(|(_, until)| until))
+            let ended = beside.as_ref().map(|p| &*p.ended);
+            if wait_for_signal(&shared, counted.map(|(_, until)| until), ended)
                 .await
                 .is_break()
             {
@@ -159,6 +174,7 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
                 }
             }
         };
+        found_none = claimed.is_empty();
         if claimed.is_empty() {
             drop(room);
             let owed = cursor.owed_full_pass_at();
@@ -175,7 +191,8 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
                     continue;
                 }
             }
-            if wait_for_jobs(&shared, owed).await.is_break() {
+            let ended = beside.as_ref().map(|p| &*p.ended);
+            if wait_for_jobs(&shared, owed, ended).await.is_break() {
                 break;
             }
             continue;
@@ -214,20 +231,26 @@ struct FullPass {
     claim: i64,
     started: Instant,
     task: JoinHandle<(Result<Vec<ClaimedJob>, queue::Error>, Duration)>,
+    /// Rung when the pass ends: the claimer's waits listen to it while the pass runs. Its
+    /// own, not the pool's `wake`: a wake-up left stored there by a pass that ended while
+    /// the claimer was not waiting on it cut the next idle wait short, and an idle pool
+    /// passed over its empty queue thousands of times a second.
+    ended: Arc<tokio::sync::Notify>,
 }
 
 impl FullPass {
-    /// Starts a full pass claiming up to `size` jobs; it wakes the claimer when it ends.
+    /// Starts a full pass claiming up to `size` jobs; it rings `ended` when it ends.
     fn start(shared: &Arc<Shared>, size: usize) -> Self {
         let claim = shared.new_claim();
         let shared = shared.clone();
+        let ended = Arc::new(tokio::sync::Notify::new());
+        let ring = ended.clone();
         let task = tokio::spawn(async move {
             let request = claim_request(&shared, size, claim);
             let began = Instant::now();
             let claimed = queue::claim::claim_from(&shared.conns.main, &request, None).await;
             let took = began.elapsed();
-            shared.claim_signal.notify_one();
-            shared.wake.notify_one();
+            ring.notify_one();
             (claimed, took)
         });
         Self {
@@ -235,6 +258,7 @@ impl FullPass {
             claim,
             started: Instant::now(),
             task,
+            ended,
         }
     }
 
@@ -248,9 +272,10 @@ impl FullPass {
         self.task.is_finished()
     }
 
-    /// Waits for the pass, records it in `cursor` and hands its jobs to the worker. A
-    /// failed pass gives its room back and is retried after its spacing and a pause.
-    async fn finish(self, shared: &Shared, cursor: &mut ClaimCursor, idle: &mut IdleMark) {
+    /// Waits for the pass, records it in `cursor` and hands its jobs to the worker: how
+    /// many it claimed. A failed pass gives its room back and is retried after its
+    /// spacing and a pause.
+    async fn finish(self, shared: &Shared, cursor: &mut ClaimCursor, idle: &mut IdleMark) -> usize {
         let s = &shared.settings;
         match self.task.await {
             Ok((Ok(claimed), took)) => {
@@ -259,7 +284,9 @@ impl FullPass {
                 if !claimed.is_empty() && idle.on_jobs(now) == MarkAction::Clear {
                     shared.clear_idle_mark().await;
                 }
+                let found = claimed.len();
                 take_claimed(shared, self.size, claimed, self.claim);
+                found
             }
             Ok((Err(e), _)) => {
                 if e.is_transient() {
@@ -268,12 +295,14 @@ impl FullPass {
                 cursor.full_pass_failed(Instant::now());
                 shared.room.add_permits(self.size);
                 tracing::warn!(queue = %s.queue, error = %e, "full claim pass failed");
+                0
             }
             Err(e) => {
                 // a claim that panicked: whatever it claimed is rescued when its lease expires
                 cursor.full_pass_failed(Instant::now());
                 shared.room.add_permits(self.size);
                 tracing::error!(queue = %s.queue, error = %e, "full claim pass died");
+                0
             }
         }
     }
@@ -301,12 +330,18 @@ fn next_claim_size(shared: &Shared, rate: &mut WorkRate, in_flight: usize) -> Op
 }
 
 /// Waits until the claimer may want to claim more (or 50 ms, or `counted`: when a full
-/// pass beside stops counting as buffered); `Break` when claiming stops.
-async fn wait_for_signal(shared: &Shared, counted: Option<Instant>) -> ControlFlow<()> {
+/// pass beside stops counting as buffered, or `pass_ended` rings); `Break` when claiming
+/// stops.
+async fn wait_for_signal(
+    shared: &Shared,
+    counted: Option<Instant>,
+    pass_ended: Option<&tokio::sync::Notify>,
+) -> ControlFlow<()> {
     let poll = Instant::now() + Duration::from_millis(50);
     let until = counted.map_or(poll, |c| c.min(poll));
     tokio::select! {
         () = shared.claim_signal.notified() => {}
+        () = rung(pass_ended) => {}
         () = tokio::time::sleep_until(until.into()) => {}
         () = shared.stop_claiming.cancelled() => return ControlFlow::Break(()),
     }
@@ -377,9 +412,14 @@ async fn mark_idle(shared: &Shared) -> bool {
 }
 
 /// Waits, with the queue empty and the pool marked idle, for a notification, for a job
-/// this pool wrote back to come due, for the owed full pass (`full_pass`), or for the poll
-/// interval; `Break` when claiming stops.
-async fn wait_for_jobs(shared: &Shared, full_pass: Option<Instant>) -> ControlFlow<()> {
+/// this pool wrote back to come due, for the owed full pass (`full_pass`), for the full
+/// pass running beside to end (`pass_ended`), or for the poll interval; `Break` when
+/// claiming stops.
+async fn wait_for_jobs(
+    shared: &Shared,
+    full_pass: Option<Instant>,
+    pass_ended: Option<&tokio::sync::Notify>,
+) -> ControlFlow<()> {
     let s = &shared.settings;
     let now = tokio::time::Instant::now();
     let poll = now + s.poll_interval;
@@ -396,10 +436,19 @@ async fn wait_for_jobs(shared: &Shared, full_pass: Option<Instant>) -> ControlFl
     };
     tokio::select! {
         () = shared.wake.notified() => {}
+        () = rung(pass_ended) => {}
         () = tokio::time::sleep_until(due.map_or(poll, |d| d.min(poll))) => {}
         () = shared.stop_claiming.cancelled() => return ControlFlow::Break(()),
     }
     ControlFlow::Continue(())
+}
+
+/// Returns when `bell` rings; never without one.
+async fn rung(bell: Option<&tokio::sync::Notify>) {
+    match bell {
+        Some(bell) => bell.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
