@@ -48,14 +48,23 @@ async fn pools_drain_every_job_and_keep_completed_rows() {
 
 #[tokio::test]
 async fn a_commit_wakes_an_idle_worker_well_before_the_poll_interval() {
-    let mut app = TestApp::running("[daemon]\npoll_interval = \"30s\"\n").await;
+    let mut app = TestApp::running(SLOW_POLL).await;
     // the pool marks itself idle once it found the queue empty
-    app.wait_for(
-        "select exists (select 1 from penguin.idle_workers where queue = 'default')",
-        Duration::from_secs(10),
-        "an idle mark",
-    )
-    .await;
+    app.wait_for(IDLE_MARK, Duration::from_secs(10), "an idle mark")
+        .await;
+    a_job_is_woken_by_notify(&mut app).await;
+}
+
+/// A 30 s poll: a job that waits for it fails [`a_job_is_woken_by_notify`].
+const SLOW_POLL: &str = "[daemon]\npoll_interval = \"30s\"\n";
+
+/// Whether the pool of queue `default` is marked idle (so inserts NOTIFY it).
+const IDLE_MARK: &str =
+    "select exists (select 1 from penguin.idle_workers where queue = 'default')";
+
+/// Enqueues a job and checks that it completes well before the [`SLOW_POLL`] (woken by
+/// NOTIFY), then stops the app.
+async fn a_job_is_woken_by_notify(app: &mut TestApp) {
     let id = app.enqueue(&NewJob::new("noop", json!({}))).await;
     // a limit below the 30 s poll, so that the assertion below can fail on its own
     let waited = app
@@ -100,6 +109,27 @@ async fn an_idle_pool_that_has_worked_waits_for_jobs_instead_of_claiming_in_a_lo
     let id = app.enqueue(&NewJob::new("noop", json!({}))).await;
     app.wait_for_state(id, JobState::Completed).await;
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_pool_busy_long_enough_to_clear_its_idle_mark_marks_itself_again_once_empty() {
+    let mut app = TestApp::running(SLOW_POLL).await;
+    // a job every 10 ms for 2 s: busy for longer than the grace, the pool clears its mark
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    let mut last = 0;
+    while std::time::Instant::now() < until {
+        last = app.enqueue(&NewJob::new("noop", json!({}))).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.wait_for_state(last, JobState::Completed).await;
+    // the queue is empty: the mark is back well before the 30 s poll, so inserts NOTIFY
+    app.wait_for(
+        IDLE_MARK,
+        Duration::from_secs(10),
+        "the idle mark written again",
+    )
+    .await;
+    a_job_is_woken_by_notify(&mut app).await;
 }
 
 #[tokio::test]

@@ -128,7 +128,7 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
                 // Neither the claims in line nor the full pass beside found a job: the
                 // queue is empty. Wait as an empty claim in line does, rather than pass
                 // again at once (a cheap pass is spaced by nothing).
-                if wait_for_jobs(&shared, cursor.owed_full_pass_at(), None)
+                if wait_for_jobs(&shared, &mut idle, cursor.owed_full_pass_at(), None)
                     .await
                     .is_break()
                 {
@@ -181,18 +181,11 @@ pub(super) async fn claimer(shared: Arc<Shared>) {
             if owed.is_some_and(|at| at <= Instant::now()) {
                 continue;
             }
-            let now = Instant::now();
-            if let MarkAction::Write { fresh } = idle.on_empty(now) {
-                let written = mark_idle(&shared).await;
-                idle.written(written, now);
-                if written && fresh {
-                    // Mark first, then claim once more: a job inserted between the empty
-                    // claim and the mark is caught by that claim instead of waiting a poll.
-                    continue;
-                }
-            }
             let ended = beside.as_ref().map(|p| &*p.ended);
-            if wait_for_jobs(&shared, owed, ended).await.is_break() {
+            if wait_for_jobs(&shared, &mut idle, owed, ended)
+                .await
+                .is_break()
+            {
                 break;
             }
             continue;
@@ -400,6 +393,20 @@ async fn claim_next(
     }
 }
 
+/// The queue was found empty: writes the idle mark if it is absent or due for a refresh
+/// (so inserts NOTIFY this pool); `true` when it was written afresh, and the pool must
+/// claim once more before it waits (a job inserted between the empty claim and the mark
+/// sent no NOTIFY, and would wait a poll).
+async fn settle_idle(shared: &Shared, idle: &mut IdleMark) -> bool {
+    let now = Instant::now();
+    if let MarkAction::Write { fresh } = idle.on_empty(now) {
+        let written = mark_idle(shared).await;
+        idle.written(written, now);
+        return written && fresh;
+    }
+    false
+}
+
 /// Marks the pool idle, so inserts into its queue NOTIFY; whether that worked.
 async fn mark_idle(shared: &Shared) -> bool {
     match queue::mark_idle(&shared.conns.main, &shared.worker, &shared.settings.queue).await {
@@ -411,15 +418,22 @@ async fn mark_idle(shared: &Shared) -> bool {
     }
 }
 
-/// Waits, with the queue empty and the pool marked idle, for a notification, for a job
-/// this pool wrote back to come due, for the owed full pass (`full_pass`), for the full
-/// pass running beside to end (`pass_ended`), or for the poll interval; `Break` when
-/// claiming stops.
+/// The queue was found empty: first marks the pool idle if the mark is absent or due for
+/// a refresh (see [`settle_idle`]; a mark written afresh returns at once, to claim once
+/// more), then waits for a notification, for a job this pool wrote back to come due, for
+/// the owed full pass (`full_pass`), for the full pass running beside to end
+/// (`pass_ended`), or for the poll interval; `Break` when claiming stops. Every wait for
+/// jobs goes through here, so a pool never sleeps unmarked (inserts would not NOTIFY it,
+/// and their jobs would wait a poll).
 async fn wait_for_jobs(
     shared: &Shared,
+    idle: &mut IdleMark,
     full_pass: Option<Instant>,
     pass_ended: Option<&tokio::sync::Notify>,
 ) -> ControlFlow<()> {
+    if settle_idle(shared, idle).await {
+        return ControlFlow::Continue(());
+    }
     let s = &shared.settings;
     let now = tokio::time::Instant::now();
     let poll = now + s.poll_interval;
