@@ -38,6 +38,9 @@
 //! release. 12 to 17 minutes at the defaults:
 //! `cargo bench --bench queue -- --runs 1 --quick --long`.
 //!
+//! `PENGUIN_JOBS_BENCH_BIN=PATH` drives another build's `penguin-jobs` (an A/B of two
+//! versions on the same harness); the binary used is printed first.
+//!
 //! `--observed` (on its own; never by default) compares the no-op drain of 1M jobs with a
 //! Prometheus scrape every second and the dashboard open in headless Chromium against the
 //! same drain unwatched (see `observed/mod.rs`): `cargo bench --bench queue -- --observed
@@ -76,6 +79,12 @@ use serde_json::json;
 use sqlx::PgPool;
 
 const BIN: &str = env!("CARGO_BIN_EXE_penguin-jobs");
+
+/// The daemon the bench drives: this build's, or `PENGUIN_JOBS_BENCH_BIN` (another
+/// build's binary, for an A/B of two versions over the same harness and cluster).
+fn daemon_binary() -> String {
+    std::env::var("PENGUIN_JOBS_BENCH_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 const DRAIN_JOBS: usize = 200_000;
 const ENQUEUE_CHUNK: usize = 1_000;
 const CHURN_ROUNDS: usize = 5;
@@ -121,7 +130,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(workdir: &Path, url: &str) -> Self {
-        let child = Command::new(BIN)
+        let child = Command::new(daemon_binary())
             .arg("--config")
             .arg(workdir.join("jobs.toml"))
             .args(["run", "--no-http"])
@@ -746,6 +755,7 @@ async fn fresh_database(cluster: &EmbeddedPostgres, name: &str) -> (PgPool, Stri
 #[tokio::main]
 async fn main() {
     let runs: usize = common::arg("--runs").unwrap_or(3);
+    eprintln!("daemon binary: {}", daemon_binary());
     let concurrency: usize = common::arg("--concurrency").unwrap_or(64);
     let batch: Option<usize> = common::arg("--batch");
     let flush_batch: Option<usize> = common::arg("--flush-batch");
