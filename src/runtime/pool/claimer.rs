@@ -9,7 +9,9 @@
 //! unit of room until its outcome is written, a full pass running beside takes its room
 //! when it starts), never claim after the pool was told to stop claiming, and never end
 //! while a full pass it started still runs (its jobs must be held before the pool
-//! releases what it holds).
+//! releases what it holds). Must never wait for jobs without its idle mark written (inserts
+//! would not NOTIFY it), nor pass over an empty queue again without waiting (an idle pool
+//! once claimed thousands of times a second).
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
