@@ -18,6 +18,7 @@
 //!   200k drain, in its database, before autovacuum has cleaned up after it (with each
 //!   second's p50/p99 on stderr),
 //! - the daemon's idle RSS and its peak RSS during the drain,
+//! - the daemon idle after that work: its CPU and its database's commits per second,
 //! - sustained churn (5 drains of 200k in a row over 1M completed rows) with the
 //!   migration's per-table autovacuum settings and with PostgreSQL's defaults: the rate of
 //!   each round, dead tuples left and the sizes of the table and its indexes.
@@ -112,6 +113,52 @@ fn daemon_config(
 
 fn median(values: &mut [f64]) -> f64 {
     common::median(values)
+}
+
+/// How long the daemon is left alone before its idle cost is measured: longer than the 10 s
+/// after which PostgreSQL flushes an idle backend's statistics, so the work before does
+/// not land in the window.
+const IDLE_SETTLE: Duration = Duration::from_secs(11);
+/// How long the idle cost is measured.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The daemon idle after work (its queues empty, nobody calling): its CPU in percent of
+/// one core, and the transactions its database commits per second (claims, heartbeats,
+/// maintenance), over [`IDLE_WINDOW`] after [`IDLE_SETTLE`]. An idle pool that claims in
+/// a loop shows here (it once made ~6,400 a second).
+async fn idle_cost(pool: &PgPool, pid: u32) -> (f64, f64) {
+    let commits = async || -> i64 {
+        sqlx::query_scalar(
+            "select xact_commit from pg_stat_database where datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let (ticks0, commits0) = (cpu_ticks(pid), commits().await);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let (ticks1, commits1) = (cpu_ticks(pid), commits().await);
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let window = IDLE_WINDOW.as_secs_f64();
+    (
+        (ticks1 - ticks0) as f64 / per_second / window * 100.0,
+        (commits1 - commits0) as f64 / window,
+    )
+}
+
+/// The CPU time (user + system, in clock ticks) process `pid` has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // after the command's closing parenthesis: state is field 3, utime 14, stime 15
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| -> u64 { fields.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    field(14) + field(15)
 }
 
 fn rss_kb(pid: u32, field: &str) -> u64 {
@@ -818,6 +865,7 @@ async fn main() {
     let (mut empty_rates, mut loaded_rates, mut enqueue_rates) = (vec![], vec![], vec![]);
     let (mut from_start_rates, mut peer_reports) = (vec![], vec![]);
     let (mut p50s, mut p99s, mut idle_rss, mut peak_rss) = (vec![], vec![], vec![], vec![]);
+    let (mut idle_cpu, mut idle_commits) = (vec![], vec![]);
     let (mut after_drain_p50s, mut after_drain_p99s) = (vec![], vec![]);
     let (mut from_return_p50s, mut from_return_p99s, mut call_p99s) = (vec![], vec![], vec![]);
     let (mut c2s_p50, mut c2s_p99, mut c2o_p50, mut urgent_p50) = (vec![], vec![], vec![], vec![]);
@@ -837,6 +885,12 @@ async fn main() {
         after_drain_p50s.push(after_drain.p50);
         after_drain_p99s.push(after_drain.p99);
         let sink_figures = sink_latency(&pool, &daemon, &sink).await;
+        let (cpu, commits) = idle_cost(&pool, daemon.child.id()).await;
+        eprintln!(
+            "  idle after work: daemon {cpu:.1}% of a core, {commits:.1} commits/s in its database"
+        );
+        idle_cpu.push(cpu);
+        idle_commits.push(commits);
         c2s_p50.push(sink_figures.claim_to_start_p50);
         c2s_p99.push(sink_figures.claim_to_start_p99);
         c2o_p50.push(sink_figures.claim_to_outcome_p50);
@@ -947,6 +1001,11 @@ async fn main() {
             "claim_to_start_p50_runs": c2s_p50, "claim_to_outcome_p50_runs": c2o_p50, "urgent_runs": urgent_p50,
         },
         "daemon_idle_rss_mb": { "median": m(&idle_rss), "runs": idle_rss },
+        "idle_after_work": {
+            "note": "queues empty after the drain and the sink phase, 11 s settled, 10 s measured",
+            "daemon_cpu_percent_of_a_core": { "median": m(&idle_cpu), "runs": idle_cpu },
+            "commits_per_s": { "median": m(&idle_commits), "runs": idle_commits },
+        },
         "daemon_peak_rss_mb": { "median": m(&peak_rss), "runs": peak_rss },
     });
     if !quick {
