@@ -373,7 +373,7 @@ async fn a_paused_queue_is_not_claimed_until_resumed() {
 #[tokio::test]
 async fn a_request_stuck_behind_a_long_transaction_is_answered_503_and_writes_nothing() {
     let app = TestApp::builder()
-        .admin_settings("statement_timeout = \"300ms\"")
+        .admin_settings("statement_timeout = \"1s\"")
         .build()
         .await;
     // a long transaction elsewhere holds a lock the pause needs

@@ -119,7 +119,7 @@ async fn the_health_model_follows_the_counted_calls_and_the_providers_row() {
 
 #[tokio::test]
 async fn an_alert_opens_once_however_many_daemons_evaluate_and_resolves_when_it_clears() {
-    let app = app_with_fake("[alerts]\nclear_after = \"1s\"\n").await;
+    let app = app_with_fake("[alerts]\nclear_after = \"2s\"\n").await;
     // a daemon serves the queue the notifications go to (else they stall it)
     queue::register_daemon(
         &app.pool,
@@ -198,15 +198,18 @@ async fn an_alert_opens_once_however_many_daemons_evaluate_and_resolves_when_it_
             .await
             .unwrap();
     };
+    // (each clearing right after a pass that saw the condition: the 2 s start there)
+    alerts::evaluate(&app.pool, &s).await.unwrap();
     clear().await;
     alerts::evaluate(&app.pool, &s).await.unwrap();
     counted(&app.pool, "mailgun", 20, 10, 80.0).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     alerts::evaluate(&app.pool, &s).await.unwrap();
     let (_, still) = app.admin().get("/v1/alerts").await;
     assert_eq!(still["items"][0]["id"], items[0]["id"], "{still}");
     assert_eq!(notifications(&app).await.len(), 2);
     // clear for clear_after: resolved, and the clearing notified once
+    alerts::evaluate(&app.pool, &s).await.unwrap();
     clear().await;
     alerts::evaluate(&app.pool, &s).await.unwrap();
     let (_, open) = app.admin().get("/v1/alerts").await;
@@ -215,7 +218,7 @@ async fn an_alert_opens_once_however_many_daemons_evaluate_and_resolves_when_it_
         1,
         "resolved too soon"
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     alerts::evaluate(&app.pool, &s).await.unwrap();
     alerts::evaluate(&app.pool, &s).await.unwrap();
     let (_, open) = app.admin().get("/v1/alerts").await;
