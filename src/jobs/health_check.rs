@@ -98,28 +98,18 @@ impl Kind for HealthCheck {
             }
         };
         let ms = started.elapsed().as_secs_f64() * 1000.0;
-        Ok(Some(match result {
+        Ok(Some(match &result {
             Ok(()) => json!({ "provider": self.provider, "ok": true, "ms": ms }),
             Err(JobError::Snooze { .. }) => json!({
                 "provider": self.provider, "ok": false, "skipped": "circuit open or rate limited"
             }),
-            Err(
-                JobError::Retryable {
-                    class,
-                    message,
-                    status,
-                    ..
-                }
-                | JobError::Fatal {
-                    class,
-                    message,
-                    status,
-                },
-            ) => json!({
-                "provider": self.provider, "ok": false, "class": class.as_str(),
-                "status": status, "error": message, "ms": ms,
-            }),
-            Err(JobError::Cancel { .. }) => json!({ "provider": self.provider, "ok": false }),
+            Err(e) => match e.failure() {
+                Some((class, message, status)) => json!({
+                    "provider": self.provider, "ok": false, "class": class.as_str(),
+                    "status": status, "error": message, "ms": ms,
+                }),
+                None => json!({ "provider": self.provider, "ok": false }),
+            },
         }))
     }
 }

@@ -64,6 +64,25 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// A failure's class, message and HTTP status; `None` for a snooze or a cancellation
+    /// (which are not failures).
+    pub fn failure(&self) -> Option<(ErrorClass, &str, Option<u16>)> {
+        match self {
+            JobError::Retryable {
+                class,
+                message,
+                status,
+                ..
+            }
+            | JobError::Fatal {
+                class,
+                message,
+                status,
+            } => Some((*class, message, *status)),
+            JobError::Snooze { .. } | JobError::Cancel { .. } => None,
+        }
+    }
+
     /// A fatal `data` error: the payload cannot be processed.
     pub fn bad_payload(message: impl Into<String>) -> Self {
         JobError::Fatal {

@@ -41,8 +41,6 @@ pub struct Accepted {
 }
 
 impl Mailgun {
-    /// The key of the configuration (`[providers.mailgun]`), used when `penguin.api_keys`
-    /// holds no active key for the provider.
     /// The cheapest authenticated call: the first of the account's domains.
     pub fn health_request(
         &self,
@@ -55,6 +53,8 @@ impl Mailgun {
             .basic_auth("api", Some(key.expose_secret()))
     }
 
+    /// The key of the configuration (`[providers.mailgun]`), used when `penguin.api_keys`
+    /// holds no active key for the provider.
     pub fn configured_key(&self) -> &SecretSource {
         &self.key
     }

@@ -87,8 +87,6 @@ impl CaptureEvent {
 }
 
 impl Posthog {
-    /// The key of the configuration (`[providers.posthog]`), used when `penguin.api_keys`
-    /// holds no active key for the provider.
     /// The cheapest call the project key authenticates: feature flags for a made-up user.
     pub fn health_request(
         &self,
@@ -104,6 +102,8 @@ impl Posthog {
             }))
     }
 
+    /// The key of the configuration (`[providers.posthog]`), used when `penguin.api_keys`
+    /// holds no active key for the provider.
     pub fn configured_key(&self) -> &SecretSource {
         &self.key
     }

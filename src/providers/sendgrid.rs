@@ -48,8 +48,6 @@ fn mailbox(address: &str) -> Value {
 }
 
 impl Sendgrid {
-    /// The key of the configuration (`[providers.sendgrid]`), used when `penguin.api_keys`
-    /// holds no active key for the provider.
     /// The cheapest authenticated call: the key's own scopes.
     pub fn health_request(
         &self,
@@ -59,6 +57,8 @@ impl Sendgrid {
         super::bearer_get(client, format!("{}/v3/scopes", self.base), key)
     }
 
+    /// The key of the configuration (`[providers.sendgrid]`), used when `penguin.api_keys`
+    /// holds no active key for the provider.
     pub fn configured_key(&self) -> &SecretSource {
         &self.key
     }

@@ -53,8 +53,6 @@ pub struct AccountLink {
 }
 
 impl Stripe {
-    /// The key of the configuration (`[providers.stripe]`), used when `penguin.api_keys`
-    /// holds no active key for the provider.
     /// The cheapest authenticated call: the account's balance.
     pub fn health_request(
         &self,
@@ -64,6 +62,8 @@ impl Stripe {
         super::bearer_get(client, format!("{}/v1/balance", self.base), key)
     }
 
+    /// The key of the configuration (`[providers.stripe]`), used when `penguin.api_keys`
+    /// holds no active key for the provider.
     pub fn configured_key(&self) -> &SecretSource {
         &self.key
     }

@@ -117,24 +117,11 @@ async fn run_handler(handler: &Arc<dyn Handler>, policy: &KindPolicy, job: &Clai
 
 /// Logs a failed attempt (snoozes and cancellations are not failures).
 fn log_failure(job: &ClaimedJob, e: &JobError) {
-    match e {
-        JobError::Retryable {
-            class,
-            message,
-            status,
-            ..
-        }
-        | JobError::Fatal {
-            class,
-            message,
-            status,
-        } => {
-            tracing::warn!(
-                job.id = job.id, job.kind = %job.kind, job.attempt = job.attempt,
-                class = %class, status = ?status, error = %message, "attempt failed"
-            );
-        }
-        JobError::Snooze { .. } | JobError::Cancel { .. } => {}
+    if let Some((class, message, status)) = e.failure() {
+        tracing::warn!(
+            job.id = job.id, job.kind = %job.kind, job.attempt = job.attempt,
+            class = %class, status = ?status, error = %message, "attempt failed"
+        );
     }
 }
 
